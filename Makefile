@@ -1,0 +1,30 @@
+# make demo: set up .venv and run the demo experiment offline on the bundled data.
+# make test: set up .venv with the test tools and run the whole test suite.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+TEST_INSTALLED := $(VENV)/.installed-test
+
+.PHONY: demo test bench clean-demo
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(INSTALLED): requirements.txt | $(PY)
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+$(TEST_INSTALLED): requirements-test.txt $(INSTALLED)
+	$(PY) -m pip install -q -r requirements-test.txt
+	touch $@
+
+demo: $(INSTALLED)
+	$(PY) main_train.py config/demo/cka.json
+
+test: $(TEST_INSTALLED)
+	$(PY) -m pytest -q tests
+
+bench: $(INSTALLED)
+	$(PY) bench/train_speed.py
+	$(PY) bench/prune_speed.py

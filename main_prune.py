@@ -1,0 +1,57 @@
+"""Prune the trained models of CONFIG: python3 main_prune.py CONFIG [--seed S | --seed-index I]."""
+
+from pathlib import Path
+
+from src.artifacts import ModelFileError, load_model, model_path, output_dir
+from src.cli import add_seed_options, base_parser, run, selected_seeds
+from src.config import load_config
+from src.data import load_splits
+from src.models import check_model_fits_data
+from src.pruning.strategy import prune_seed, summary_rows
+from src.tracking import resolve_mode, wandb_run
+from src.train import select_device
+
+
+def main(argv=None) -> int:
+    parser = base_parser("Prune the trained models of CONFIG; results go to output/<experiment>/.")
+    add_seed_options(parser)
+    parser.add_argument("--models-dir", default="models", help="where main_train.py put the models (default: models/)")
+    parser.add_argument("--output-dir", default="output", help="results root (default: output/)")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config)
+    prune = cfg.require_prune()
+    seeds = selected_seeds(cfg, args.seed, args.seed_index)
+    device = select_device(args.device)
+    splits = load_splits(cfg.data).to(device)
+    check_model_fits_data(cfg.model, splits.input_shape, splits.num_classes, str(cfg.source))
+    out_dir = output_dir(cfg, Path(args.output_dir))
+    p = prune.params
+    budget = f"rate {p.rate}" if p.rate is not None else f"stop_cka {p.stop_cka}"
+    print(f"{cfg.name}: {prune.strategy} {p.type} pruning of layers {list(prune.modules)}, "
+          f"{p.iterations} x {budget}, on {device}")
+    if p.type == "cka" and p.engine == "fast" and p.kernel == "rbf":
+        print("note: the fast engine computes linear CKA only; kernel rbf runs the reference engine")
+    mode = resolve_mode(cfg, args.wandb)
+    results = []
+    for seed in seeds:
+        path = model_path(cfg, seed, Path(args.models_dir))
+        if not path.exists():
+            print(f"seed {seed}: no trained model at {path}; run main_train.py {cfg.source} first. Skipping.")
+            continue
+        try:
+            model = load_model(path, cfg, device)
+        except ModelFileError as err:
+            print(f"seed {seed}: {err}; retrain it with main_train.py. Skipping.")
+            continue
+        with wandb_run(cfg, mode, job_type="prune", name=f"{cfg.name}-seed{seed}", config=cfg.raw) as log:
+            results.append(prune_seed(model, cfg, seed, splits, device, path, out_dir, on_epoch=log))
+    if not results:
+        print("nothing was pruned")
+        return 1
+    print("\n".join(summary_rows(results)))
+    print(f"results are in {out_dir}/")
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)

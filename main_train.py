@@ -1,0 +1,37 @@
+"""Train one model per seed: python3 main_train.py CONFIG [--seed S | --seed-index I]."""
+
+from src.cli import add_seed_options, base_parser, run, selected_seeds
+from src.config import load_config
+from src.data import load_splits
+from src.models import check_model_fits_data
+from src.tracking import resolve_mode, wandb_run
+from src.train import select_device, train_seed
+
+MODELS_DIR = "models"
+
+
+def main(argv=None) -> int:
+    parser = base_parser("Train one model per seed of CONFIG into models/.")
+    add_seed_options(parser)
+    parser.add_argument("--models-dir", default=MODELS_DIR, help="where trained models go (default: models/)")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config)
+    seeds = selected_seeds(cfg, args.seed, args.seed_index)
+    device = select_device(args.device)
+    splits = load_splits(cfg.data)
+    check_model_fits_data(cfg.model, splits.input_shape, splits.num_classes, str(cfg.source))
+    print(f"{cfg.name}: {len(seeds)} seed(s) on {device}; data {cfg.data.dataset} "
+          f"({len(splits.train)}/{len(splits.val)}/{len(splits.test)} train/val/test)")
+    mode = resolve_mode(cfg, args.wandb)
+    failed = []
+    for seed in seeds:
+        with wandb_run(cfg, mode, job_type="train", name=f"{cfg.name}-seed{seed}", config=cfg.raw) as log:
+            path = train_seed(cfg, seed, splits.to(device), device, args.models_dir, on_epoch=log)
+        if not path.exists():
+            failed.append(seed)
+    print(f"models are in {args.models_dir}/" + (f"; diverged seeds: {failed}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    run(main)

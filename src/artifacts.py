@@ -1,0 +1,62 @@
+"""Where trained models and results live, and how model files are written and read."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from src.config import ExperimentConfig
+from src.io import atomic_torch_save, atomic_write_json
+from src.models import Net, build_model
+
+
+def model_stem(cfg: ExperimentConfig, seed: int) -> str:
+    """A file name derived from everything that determines the weights.
+
+    Two configs that train the same model on the same data with the same parameters (the
+    cka and l1 configs of one experiment) share the trained models.
+    """
+    identity = json.dumps(cfg.training_identity(), sort_keys=True)
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:10]
+    m = cfg.model
+    widths = m.hidden_sizes if m.type == "mlp" else (*m.conv_channels, *m.fc_sizes)
+    arch = "-".join(str(w) for w in widths)
+    return f"{m.type}-{arch}_{cfg.data.dataset}_{digest}_seed{seed}"
+
+
+def model_path(cfg: ExperimentConfig, seed: int, models_dir: Path) -> Path:
+    return Path(models_dir) / f"{model_stem(cfg, seed)}.pt"
+
+
+def sidecar_path(path: Path) -> Path:
+    return path.with_suffix(".json")
+
+
+def save_model(path: Path, model: Net, record: dict[str, Any]) -> None:
+    """Weights first, then the sidecar JSON: a sidecar always describes a complete model."""
+    atomic_torch_save(path, model.state_dict())
+    atomic_write_json(sidecar_path(path), record)
+
+
+class ModelFileError(Exception):
+    """A model file exists but cannot be used (truncated, wrong shapes, unreadable)."""
+
+
+def load_model(path: Path, cfg: ExperimentConfig, device: torch.device | str = "cpu") -> Net:
+    """Build the config's model and load ``path`` into it, strictly."""
+    model = build_model(cfg.model)
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        model.load_state_dict(state)
+    except Exception as err:  # torch raises many types for a bad file; all mean "unusable"
+        raise ModelFileError(f"{path}: cannot load ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from err
+    return model.to(device)
+
+
+def output_dir(cfg: ExperimentConfig, output_root: Path) -> Path:
+    """``output/<experiment>/`` (``output/demo/cka/``)."""
+    return Path(output_root) / cfg.name

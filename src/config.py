@@ -1,0 +1,386 @@
+"""Experiment configs: JSON in, typed and validated dataclasses out.
+
+Everything a config can say is checked here, once, before any work starts. A mistake is
+reported as one line naming the file and the key path, e.g.
+``config/ex1/cka.json: params.lr must be a positive number, got "abc"``; the rest of the
+code trusts these objects. Keys starting with ``_`` are comments and are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from src.errors import UserError
+
+DATASETS = ("mnist", "fashion-mnist", "cifar10", "mnist-5k")
+MODEL_TYPES = ("mlp", "cnn")
+STRATEGIES = ("one_shot", "iterative")
+CRITERIA = ("cka", "l1", "l2", "random")
+ENGINES = ("fast", "reference")
+KERNELS = ("linear", "rbf")
+HOOKS = ("module", "nonlinearity")
+WANDB_MODES = ("disabled", "offline", "online")
+SEARCH_METHODS = ("grid", "random")
+SEARCH_METRICS = ("val_loss", "val_acc")
+# Search parameters and where they live in the config.
+SEARCHABLE = {
+    "lr": ("params", "lr"),
+    "batch_size": ("params", "batch_size"),
+    "epochs": ("params", "epochs"),
+    "patience": ("params", "patience"),
+    "dropout_rate": ("model", "dropout_rate"),
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """``mlp``: Linear-ReLU-Dropout per hidden layer. ``cnn``: conv blocks then an MLP head."""
+
+    type: str = "mlp"
+    input_size: int = 784
+    hidden_sizes: tuple[int, ...] = (512, 512)
+    output_size: int = 10
+    dropout_rate: float = 0.0
+    input_shape: tuple[int, int, int] = (1, 28, 28)
+    conv_channels: tuple[int, ...] = ()
+    kernel_size: int = 5
+    padding: str = "valid"
+    pool_every: int = 1
+    fc_sizes: tuple[int, ...] = ()
+    batch_norm: bool = False
+
+    @property
+    def num_prunable(self) -> int:
+        if self.type == "mlp":
+            return len(self.hidden_sizes)
+        return len(self.conv_channels) + len(self.fc_sizes)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "mnist"
+    root: str = "data"
+    val_split: float = 1 / 12
+    split_seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    lr: float = 1e-3
+    batch_size: int = 512
+    epochs: int = 50
+    patience: int = 3
+
+
+@dataclass(frozen=True)
+class PruneParams:
+    type: str = "cka"
+    iterations: int = 1
+    rate: float | None = None
+    stop_cka: float | None = None
+    engine: str = "fast"
+    kernel: str = "linear"
+    debiased: bool = False
+    # None: one random validation batch of params.batch_size; an int: that many samples; "all".
+    samples: int | str | None = None
+    hook: str = "module"
+    retrain: bool = True
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    strategy: str = "iterative"
+    params: PruneParams = field(default_factory=PruneParams)
+    modules: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """A W&B sweep description; the local backend runs the same grid with Optuna."""
+
+    method: str = "grid"
+    metric: str = "val_loss"
+    goal: str = "minimize"
+    parameters: tuple[tuple[str, tuple[Any, ...]], ...] = (
+        ("lr", (0.1, 0.01, 0.001, 0.0001, 0.00001)),
+    )
+    seed: int = 666
+    project: str = "cka_prune"
+    trials: int | None = None
+
+    def as_sweep(self) -> dict[str, Any]:
+        """The dict W&B's ``wandb.sweep`` takes."""
+        return {
+            "method": self.method,
+            "metric": {"name": self.metric, "goal": self.goal},
+            "parameters": {name: {"values": list(values)} for name, values in self.parameters},
+        }
+
+
+@dataclass(frozen=True)
+class WandbConfig:
+    mode: str = "disabled"
+    project: str = "cka_prune"
+    entity: str | None = None
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    source: Path
+    model: ModelConfig
+    data: DataConfig
+    params: TrainParams
+    seeds: tuple[int, ...]
+    prune: PruneConfig | None = None
+    search: SearchConfig = field(default_factory=SearchConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def name(self) -> str:
+        """Experiment name: the path below ``config/`` without ``.json`` (``demo/cka``)."""
+        parts = self.source.resolve().with_suffix("").parts
+        if "config" in parts:
+            below = parts[len(parts) - parts[::-1].index("config"):]
+            if below:
+                return "/".join(below)
+        return self.source.stem
+
+    def require_prune(self) -> PruneConfig:
+        if self.prune is None:
+            raise UserError(f"{self.source}: prune section is required to prune")
+        return self.prune
+
+    def training_identity(self) -> dict[str, Any]:
+        """Everything that determines trained weights, apart from the seed."""
+        return {"model": asdict(self.model), "data": asdict(self.data), "params": asdict(self.params)}
+
+
+class _Section:
+    """Reads one JSON object, checking each key; reports leftovers as unknown keys."""
+
+    def __init__(self, file: Path, path: str, value: Any):
+        self.file = file
+        self.path = path
+        if not isinstance(value, dict):
+            self.fail(path or "config", "must be a JSON object", value)
+        self.values = {k: v for k, v in value.items() if not k.startswith("_")}
+
+    def fail(self, key: str, what: str, got: Any = ...) -> None:
+        suffix = "" if got is ... else f", got {json.dumps(got)}"
+        raise UserError(f"{self.file}: {key} {what}{suffix}")
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def get(self, name: str, default: Any, check: Callable[[Any], bool], what: str) -> Any:
+        if name not in self.values:
+            return default
+        value = self.values.pop(name)
+        if not check(value):
+            self.fail(self.key(name), what, value)
+        return value
+
+    def section(self, name: str) -> _Section:
+        return _Section(self.file, self.key(name), self.values.pop(name, {}))
+
+    def choice(self, name: str, default: str, options: tuple[str, ...]) -> str:
+        return self.get(name, default, lambda v: v in options, "must be one of " + ", ".join(options))
+
+    def done(self) -> None:
+        for name in self.values:
+            self.fail(self.key(name), "is not a known key")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+def _positive_int(v: Any) -> bool:
+    return _is_int(v) and v >= 1
+
+
+def _int_list(v: Any, minimum: int = 1) -> bool:
+    return isinstance(v, list) and all(_is_int(x) and x >= minimum for x in v)
+
+
+def _in_open_unit(v: Any) -> bool:
+    return _is_number(v) and 0 < v < 1
+
+
+def _read_model(s: _Section) -> ModelConfig:
+    d = ModelConfig()
+    model_type = s.choice("type", d.type, MODEL_TYPES)
+    positive_list = "must be a list of positive integers"
+    cfg = ModelConfig(
+        type=model_type,
+        input_size=s.get("input_size", d.input_size, _positive_int, "must be a positive integer"),
+        hidden_sizes=tuple(s.get("hidden_sizes", list(d.hidden_sizes), _int_list, positive_list)),
+        output_size=s.get("output_size", d.output_size, lambda v: _is_int(v) and v >= 2, "must be an integer >= 2"),
+        dropout_rate=s.get("dropout_rate", d.dropout_rate, lambda v: _is_number(v) and 0 <= v < 1, "must be a number in [0, 1)"),
+        input_shape=tuple(s.get("input_shape", list(d.input_shape), lambda v: _int_list(v) and len(v) == 3, "must be [channels, height, width]")),
+        conv_channels=tuple(s.get("conv_channels", list(d.conv_channels), _int_list, positive_list)),
+        kernel_size=s.get("kernel_size", d.kernel_size, _positive_int, "must be a positive integer"),
+        padding=s.choice("padding", d.padding, ("valid", "same")),
+        pool_every=s.get("pool_every", d.pool_every, lambda v: _is_int(v) and v >= 0, "must be an integer >= 0 (0: no pooling)"),
+        fc_sizes=tuple(s.get("fc_sizes", list(d.fc_sizes), _int_list, positive_list)),
+        batch_norm=s.get("batch_norm", d.batch_norm, lambda v: isinstance(v, bool), "must be true or false"),
+    )
+    if model_type == "cnn" and not cfg.conv_channels:
+        s.fail(s.key("conv_channels"), "must list at least one channel count for a cnn")
+    s.done()
+    return cfg
+
+
+def _read_data(s: _Section) -> DataConfig:
+    d = DataConfig()
+    cfg = DataConfig(
+        dataset=s.choice("dataset", d.dataset, DATASETS),
+        root=s.get("root", d.root, lambda v: isinstance(v, str) and v != "", "must be a directory path"),
+        val_split=s.get("val_split", d.val_split, _in_open_unit, "must be a number in (0, 1)"),
+        split_seed=s.get("split_seed", d.split_seed, _is_int, "must be an integer"),
+    )
+    s.done()
+    return cfg
+
+
+def _read_params(s: _Section) -> TrainParams:
+    d = TrainParams()
+    cfg = TrainParams(
+        lr=s.get("lr", d.lr, lambda v: _is_number(v) and v > 0, "must be a positive number"),
+        batch_size=s.get("batch_size", d.batch_size, _positive_int, "must be a positive integer"),
+        epochs=s.get("epochs", d.epochs, _positive_int, "must be a positive integer"),
+        patience=s.get("patience", d.patience, _positive_int, "must be a positive integer"),
+    )
+    s.done()
+    return cfg
+
+
+def _read_prune(s: _Section, model: ModelConfig) -> PruneConfig:
+    strategy = s.choice("strategy", "iterative", STRATEGIES)
+    p = s.section("params")
+    d = PruneParams()
+    params = PruneParams(
+        type=p.choice("type", d.type, CRITERIA),
+        iterations=p.get("iterations", d.iterations, _positive_int, "must be an integer >= 1"),
+        rate=p.get("rate", None, _in_open_unit, "must be a number in (0, 1)"),
+        stop_cka=p.get("stop_cka", None, lambda v: _is_number(v) and 0 <= v < 1, "must be a number in [0, 1)"),
+        engine=p.choice("engine", d.engine, ENGINES),
+        kernel=p.choice("kernel", d.kernel, KERNELS),
+        debiased=p.get("debiased", d.debiased, lambda v: isinstance(v, bool), "must be true or false"),
+        samples=p.get("samples", d.samples, lambda v: v is None or v == "all" or _positive_int(v), 'must be a positive integer, "all" or null'),
+        hook=p.choice("hook", d.hook, HOOKS),
+        retrain=p.get("retrain", d.retrain, lambda v: isinstance(v, bool), "must be true or false"),
+    )
+    if (params.rate is None) == (params.stop_cka is None):
+        p.fail(p.path, "needs exactly one of rate and stop_cka")
+    if strategy == "one_shot" and params.iterations != 1:
+        p.fail(p.key("iterations"), "must be 1 for the one_shot strategy", params.iterations)
+    p.done()
+    default_modules = list(range(model.num_prunable))
+    modules = s.get("modules", default_modules, lambda v: _int_list(v, 0) and len(v) > 0, "must be a non-empty list of layer indices")
+    for index in modules:
+        if index >= model.num_prunable:
+            s.fail(s.key("modules"), f"has layer {index}, but the model has {model.num_prunable} prunable layers (0..{model.num_prunable - 1})")
+    if len(set(modules)) != len(modules):
+        s.fail(s.key("modules"), "must not repeat a layer", modules)
+    s.done()
+    return PruneConfig(strategy=strategy, params=params, modules=tuple(sorted(modules)))
+
+
+def _read_search(s: _Section) -> SearchConfig:
+    d = SearchConfig()
+    metric = s.section("metric")
+    metric_name = metric.choice("name", d.metric, SEARCH_METRICS)
+    goal = metric.choice("goal", "maximize" if metric_name == "val_acc" else "minimize", ("minimize", "maximize"))
+    metric.done()
+    parameters = d.parameters
+    if "parameters" in s.values:
+        p = s.section("parameters")
+        parsed = []
+        for name in list(p.values):
+            if name not in SEARCHABLE:
+                p.fail(p.key(name), "is not searchable; use one of " + ", ".join(SEARCHABLE))
+            spec = p.section(name)
+            values = spec.get("values", None, lambda v: isinstance(v, list) and len(v) > 0, "must be a non-empty list")
+            if values is None:
+                spec.fail(spec.key("values"), "is required")
+            spec.done()
+            parsed.append((name, tuple(values)))
+        if not parsed:
+            p.fail(p.path, "must name at least one parameter")
+        parameters = tuple(parsed)
+    cfg = SearchConfig(
+        method=s.choice("method", d.method, SEARCH_METHODS),
+        metric=metric_name,
+        goal=goal,
+        parameters=parameters,
+        seed=s.get("seed", d.seed, _is_int, "must be an integer"),
+        project=s.get("project", d.project, lambda v: isinstance(v, str) and v != "", "must be a non-empty string"),
+        trials=s.get("trials", d.trials, _positive_int, "must be a positive integer"),
+    )
+    s.done()
+    return cfg
+
+
+def _read_wandb(s: _Section) -> WandbConfig:
+    d = WandbConfig()
+    cfg = WandbConfig(
+        mode=s.choice("mode", d.mode, WANDB_MODES),
+        project=s.get("project", d.project, lambda v: isinstance(v, str) and v != "", "must be a non-empty string"),
+        entity=s.get("entity", d.entity, lambda v: v is None or isinstance(v, str), "must be a string"),
+    )
+    s.done()
+    return cfg
+
+
+def parse_config(raw: Any, source: Path) -> ExperimentConfig:
+    """Validate a parsed JSON document; raise :class:`UserError` on the first problem."""
+    top = _Section(source, "", raw)
+    model = _read_model(top.section("model"))
+    data = _read_data(top.section("data"))
+    params = _read_params(top.section("params"))
+    prune = _read_prune(top.section("prune"), model) if "prune" in top.values else None
+    search = _read_search(top.section("search"))
+    wandb = _read_wandb(top.section("wandb"))
+    seeds = top.get("seeds", [0], lambda v: _int_list(v, 0) and len(v) > 0, "must be a non-empty list of integers >= 0")
+    if len(set(seeds)) != len(seeds):
+        top.fail("seeds", "must not repeat a seed", seeds)
+    top.done()
+    return ExperimentConfig(
+        source=source, model=model, data=data, params=params, seeds=tuple(seeds),
+        prune=prune, search=search, wandb=wandb, raw=raw,
+    )
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and validate a JSON experiment config."""
+    source = Path(path)
+    try:
+        text = source.read_text()
+    except FileNotFoundError:
+        raise UserError(f"{source}: config file not found") from None
+    except OSError as err:
+        raise UserError(f"{source}: cannot read config file ({err.strerror})") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{source}: not valid JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
+    return parse_config(raw, source)
+
+
+def with_overrides(cfg: ExperimentConfig, values: dict[str, Any]) -> ExperimentConfig:
+    """A copy of ``cfg`` with searchable parameters (``SEARCHABLE`` names) replaced, re-validated."""
+    raw = json.loads(json.dumps(cfg.raw))
+    for name, value in values.items():
+        section, key = SEARCHABLE[name]
+        raw.setdefault(section, {})[key] = value
+    return parse_config(raw, cfg.source)

@@ -1,0 +1,69 @@
+"""Neuron masks on weights, through ``torch.nn.utils.prune``.
+
+A pruned neuron of a Linear layer is a zero row of its weight mask; a pruned channel of a
+Conv2d layer is a zero filter. The bias stays. Because the mask is applied by a forward
+pre-hook (``weight = weight_orig * weight_mask``), retraining cannot revive a pruned weight.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterable, Iterator
+
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from src.models import Net, prunable_layers
+
+
+def ensure_mask(layer: nn.Module) -> torch.Tensor:
+    """The layer's weight mask, adding an all-ones one if it has none."""
+    if not prune.is_pruned(layer) or not hasattr(layer, "weight_mask"):
+        prune.identity(layer, "weight")
+    return layer.weight_mask
+
+
+def add_masks(model: Net, indices: Iterable[int]) -> None:
+    """Give the prunable layers ``indices`` a weight mask (so masked state dicts load)."""
+    layers = prunable_layers(model)
+    for index in indices:
+        ensure_mask(layers[index].block.layer)
+
+
+def alive_neurons(layer: nn.Module) -> torch.Tensor:
+    """Bool tensor (out_features or out_channels,): True where the neuron is not masked."""
+    if not hasattr(layer, "weight_mask"):
+        return torch.ones(layer.weight.shape[0], dtype=torch.bool, device=layer.weight.device)
+    return layer.weight_mask.flatten(1).any(dim=1)
+
+
+def remove_neurons(layer: nn.Module, neurons: Iterable[int]) -> None:
+    """Mask the incoming weights of ``neurons`` (rows of a Linear, filters of a Conv2d)."""
+    mask = ensure_mask(layer)
+    index = torch.as_tensor(list(neurons), dtype=torch.long, device=mask.device)
+    with torch.no_grad():
+        mask[index] = 0
+        layer.weight = layer.weight_orig * mask
+
+
+@contextmanager
+def neurons_zeroed(layer: nn.Module, neurons: Iterable[int]) -> Iterator[None]:
+    """Temporarily zero ``neurons``' weights (the reference engine's zero-score-restore)."""
+    mask = ensure_mask(layer)
+    saved = mask.clone()
+    remove_neurons(layer, neurons)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            mask.copy_(saved)
+            layer.weight = layer.weight_orig * mask
+
+
+def make_permanent(model: Net) -> Net:
+    """Fold every mask into its weight (``prune.remove``): a plain state dict, zeros kept."""
+    for layer in prunable_layers(model):
+        if prune.is_pruned(layer.block.layer):
+            prune.remove(layer.block.layer, "weight")
+    return model
