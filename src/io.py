@@ -21,6 +21,7 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: s
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are shared on clusters
         with os.fdopen(fd, mode) as handle:
             write(handle)
             handle.flush()
@@ -30,6 +31,12 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: s
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:

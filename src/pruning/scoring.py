@@ -43,8 +43,13 @@ class LayerRecording:
     def recompute(self, removed: list[int]) -> torch.Tensor:
         """The layer output with ``removed`` neurons' weights really zeroed: (N, D)."""
         block = self.layer.block
-        with torch.no_grad(), neurons_zeroed(block.layer, removed):
-            return layer_output(block, self.inputs, self.hook).flatten(1)
+        was_training = block.training
+        block.eval()  # BatchNorm must use its running statistics, as when the outputs were recorded
+        try:
+            with torch.no_grad(), neurons_zeroed(block.layer, removed):
+                return layer_output(block, self.inputs, self.hook).flatten(1)
+        finally:
+            block.train(was_training)
 
 
 def layer_output(block: Block, x: torch.Tensor, hook: str) -> torch.Tensor:

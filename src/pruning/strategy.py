@@ -109,6 +109,8 @@ def prune_seed(model: Net, cfg: ExperimentConfig, seed: int, splits: Splits, dev
     if result is None:
         add_masks(model, prune.modules)
         result = _new_result(cfg, seed, model, model_file, evaluate_all(model, splits, batch, device))
+    elif result["complete"]:
+        print(f"seed {seed}: already pruned ({len(result['iterations'])} iterations), skipping")
     elif result["iterations"]:
         print(f"seed {seed}: resuming after iteration {len(result['iterations'])} of {prune.params.iterations}")
     for iteration in range(len(result["iterations"]) + 1, prune.params.iterations + 1):

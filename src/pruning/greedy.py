@@ -1,0 +1,546 @@
+"""Greedy CKA pruning of one layer from its activations.
+
+Conditional greedy: with S the groups removed so far in this call, each step scores every
+alive candidate i by
+
+    score_i = CKA(A, A with the columns of S and i made constant)
+
+and removes the best (ties, i.e. scores within a relative 1e-10 of the best: lowest index).
+It stops after k removals, or before removing a group whose score is <= stop_cka.
+
+A group is one output column (a Linear neuron) or several (a Conv2d channel's H*W columns of
+the flattened (N, C*H*W) output). Zeroing a group's incoming weights makes its columns constant
+(the bias), and a constant column drops out of centered CKA.
+
+Two engines give the same removal order and scores:
+
+- reference: the literal loop, one CKA evaluation of a recomputed representation per candidate
+  per step (`reference_greedy`; O(k n) CKA evaluations).
+- fast: the closed form for linear CKA. With X the column-centered activations and
+  K_g = X_g X_g^T the Gram of group g, linear CKA only needs the n x n interaction matrix
+
+      M[g, h] = <K_g, K_h>_F                 (biased)
+      M[g, h] = N (N-3) HSIC_u(K_g, K_h)      (debiased; HSIC_u is bilinear)
+
+  since for the kept set R, with m = M 1 and T = 1^T M 1,
+
+      CKA(A, A_R) = sum_{h in R} m[h] / sqrt(T * sum_{g,h in R} M[g, h]).
+
+  The greedy pass then costs O(n) per step (`fast_greedy_from_interactions`).
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lib.cka import center_gram, gram_linear, gram_rbf, to_float64
+
+# Scores within this relative distance of the best are tied; the lowest index wins. Without it,
+# exactly tied candidates (e.g. dead columns) would be ordered by float noise, differently in
+# the two engines.
+TIE_RTOL = 1e-10
+# A pruned representation whose self-similarity is at most this fraction of the original's has
+# no variation left (only constant columns); its CKA (0/0) is taken as 0.
+DEGENERATE_RTOL = 1e-12
+# Default memory bound for one interaction-matrix computation (covariance route: a few D x D
+# float64 matrices; Gram route: a chunk of flattened N x N Grams).
+DEFAULT_MEMORY_BYTES = 2 * 1024**3
+
+_NO_VARIATION = ("activations have no variation across samples (or a debiased self-similarity "
+                 "<= 0); CKA is undefined")
+
+Groups = Sequence[Any] | None
+Recompute = Callable[[list[int]], Any]
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument checks
+
+
+def _check_activations(activations: Any, min_samples: int) -> np.ndarray:
+    x = to_float64(activations)
+    if x.ndim != 2:
+        raise ValueError(f"activations must have shape (N, D), got shape {x.shape}; "
+                         "flatten a Conv2d output to (N, C*H*W) and pass groups")
+    if x.shape[0] < min_samples or x.shape[1] < 1:
+        raise ValueError(f"activations need N >= {min_samples} samples and D >= 1 columns, "
+                         f"got shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("activations contain NaN or inf")
+    return x
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    """NumPy array of `x` (array, tensor or sequence), dtype kept."""
+    return np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x)
+
+
+def _normalize_groups(groups: Groups, n_columns: int) -> list[np.ndarray]:
+    """Groups as int index arrays that partition range(n_columns); None -> one per column."""
+    if groups is None:
+        return [np.array([j]) for j in range(n_columns)]
+    if isinstance(groups, np.ndarray) and groups.ndim == 2:  # (n, size): one row per group
+        groups = list(groups)
+    if isinstance(groups, (str, bytes)) or not isinstance(groups, Sequence):
+        raise ValueError(f"groups must be None or a list of column-index arrays, got {type(groups).__name__}")
+    out = []
+    for g, idx in enumerate(groups):
+        arr = _to_numpy(idx)
+        if arr.ndim != 1 or arr.size == 0 or not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(f"groups[{g}] must be a non-empty 1-D array of int column indices")
+        out.append(arr.astype(np.int64))
+    if not out:
+        raise ValueError("groups must not be empty")
+    flat = np.concatenate(out)
+    if flat.size != n_columns or not np.array_equal(np.sort(flat), np.arange(n_columns)):
+        raise ValueError(f"groups must partition the {n_columns} activation columns "
+                         "(every column in exactly one group)")
+    return out
+
+
+def _candidate_mask(alive: Any, n_groups: int) -> np.ndarray:
+    """Bool (n_groups,) mask of candidate groups from None, a bool mask or an index list."""
+    if alive is None:
+        return np.ones(n_groups, dtype=bool)
+    arr = _to_numpy(alive)
+    if arr.dtype == bool:
+        if arr.shape != (n_groups,):
+            raise ValueError(f"alive mask must have shape ({n_groups},), got {arr.shape}")
+        return arr.copy()
+    if arr.size == 0:
+        return np.zeros(n_groups, dtype=bool)
+    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError("alive must be a bool mask or a 1-D list of int group indices")
+    if arr.min() < 0 or arr.max() >= n_groups or np.unique(arr).size != arr.size:
+        raise ValueError(f"alive indices must be distinct and in [0, {n_groups}), got {arr.tolist()}")
+    mask = np.zeros(n_groups, dtype=bool)
+    mask[arr] = True
+    return mask
+
+
+def _check_budget(k: Any, stop_cka: Any, n_candidates: int) -> None:
+    if k is None and stop_cka is None:
+        raise ValueError("give k, stop_cka or both")
+    if k is not None:
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+            raise ValueError(f"k must be an int or None, got {k!r}")
+        if not 0 <= k <= n_candidates:
+            raise ValueError(f"k must be in [0, {n_candidates}] (the alive groups), got {k}")
+    if stop_cka is not None:
+        if isinstance(stop_cka, bool) or not isinstance(stop_cka, numbers.Real) or not np.isfinite(stop_cka):
+            raise ValueError(f"stop_cka must be a finite number or None, got {stop_cka!r}")
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The shared greedy driver (stop and tie rules for both engines)
+
+
+def choose(scores: np.ndarray, candidates: np.ndarray) -> int:
+    """Index of the best candidate; scores within TIE_RTOL (relative) of the best tie -> lowest index.
+
+    scores: (n,) float, read only where `candidates` (n,) bool is True.
+    """
+    best = np.max(scores[candidates])
+    tied = candidates & (scores >= best - TIE_RTOL * abs(best))
+    return int(np.flatnonzero(tied)[0])
+
+
+def _greedy(candidates: np.ndarray, k: int | None, stop_cka: float | None,
+            step_scores: Callable[[list[int], np.ndarray], np.ndarray],
+            on_remove: Callable[[int], None]) -> tuple[list[int], list[float]]:
+    """Run the greedy loop; `step_scores(removed, candidates)` -> (n,) scores of this step."""
+    candidates = candidates.copy()
+    limit = int(candidates.sum()) if k is None else k
+    removed: list[int] = []
+    scores: list[float] = []
+    while len(removed) < limit and candidates.any():
+        step = step_scores(removed, candidates)
+        j = choose(step, candidates)
+        if stop_cka is not None and step[j] <= stop_cka:
+            break
+        on_remove(j)
+        candidates[j] = False
+        removed.append(j)
+        scores.append(float(step[j]))
+    return removed, scores
+
+
+def _ratio(num: np.ndarray | float, den2: np.ndarray | float, total: float) -> np.ndarray:
+    """CKA = num / sqrt(total * den2), and 0 where den2 <= DEGENERATE_RTOL * total."""
+    num, den2 = np.asarray(num, dtype=np.float64), np.asarray(den2, dtype=np.float64)
+    ok = den2 > DEGENERATE_RTOL * total
+    return np.where(ok, num / np.sqrt(total * np.where(ok, den2, 1.0)), 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference engine
+
+
+def reference_greedy(original: Any, recompute: Recompute, n_groups: int, k: int | None, *,
+                     alive: Any = None, kernel: str = "linear", debiased: bool = False,
+                     stop_cka: float | None = None) -> tuple[list[int], list[float]]:
+    """The literal greedy loop: one CKA evaluation of a recomputed representation per candidate.
+
+    original: (N, D) layer output before this pass.
+    recompute(removed) -> (N, D') layer output with the weights of the `removed` groups zeroed
+        (a model-level caller re-runs the module; `greedy_cka` sets the columns constant).
+    Score = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)) from lib.cka's Grams and centering (kernel
+    linear or rbf, biased or unbiased HSIC); 0 when the recomputed output has no variation left.
+    Returns (removed group indices in removal order, score at each removal).
+    """
+    _check_choice("kernel", kernel, ("linear", "rbf"))
+    x = _check_activations(original, 4 if debiased else 2)
+    if isinstance(n_groups, bool) or not isinstance(n_groups, numbers.Integral) or n_groups < 1:
+        raise ValueError(f"n_groups must be a positive int, got {n_groups!r}")
+    candidates = _candidate_mask(alive, n_groups)
+    _check_budget(k, stop_cka, int(candidates.sum()))
+    gram = gram_linear if kernel == "linear" else gram_rbf
+    # CKA = <Kc, Lc>_F / sqrt(<Kc, Kc>_F <Lc, Lc>_F) as in lib.cka.cka, with the original's
+    # centered Gram Kc computed once instead of once per candidate.
+    kc = center_gram(gram(x), unbiased=debiased)
+    kk = float(np.vdot(kc, kc))
+    if not kk > 0:
+        raise ValueError(_NO_VARIATION)
+
+    def score(removed: list[int]) -> float:
+        y = to_float64(recompute(removed))
+        if y.ndim != 2 or y.shape[0] != x.shape[0]:
+            raise ValueError(f"recompute must return ({x.shape[0]}, D) activations, got {y.shape}")
+        if np.all(y == y[0]):  # no variation left (and no RBF bandwidth): CKA taken as 0
+            return 0.0
+        lc = center_gram(gram(y), unbiased=debiased)
+        return float(_ratio(np.vdot(kc, lc), np.vdot(lc, lc), kk))
+
+    def step_scores(removed: list[int], cand: np.ndarray) -> np.ndarray:
+        out = np.full(n_groups, -np.inf)
+        for i in np.flatnonzero(cand):
+            out[i] = score(removed + [int(i)])
+        return out
+
+    return _greedy(candidates, k, stop_cka, step_scores, lambda j: None)
+
+
+def constant_columns(x: np.ndarray, groups: list[np.ndarray]) -> Recompute:
+    """recompute(removed) for activations: x (N, D) with the removed groups' columns set to 0."""
+    def recompute(removed: list[int]) -> np.ndarray:
+        out = x.copy()
+        if removed:
+            out[:, np.concatenate([groups[g] for g in removed])] = 0.0
+        return out
+    return recompute
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast engine: interaction matrix
+
+
+@dataclass
+class CovarianceAccumulator:
+    """Streams the centered covariance G = sum_i (a_i - mu)(a_i - mu)^T (D x D) over batches.
+
+    Float64. Rows are shifted by the first batch's mean before accumulating, so the final
+    centering G = S - N mu' mu'^T subtracts a small correction (little cancellation) even for
+    activations with a large mean such as ReLU outputs.
+    """
+
+    shift: np.ndarray | None = None
+    second: np.ndarray | None = None  # (D, D) sum of shifted outer products
+    total: np.ndarray | None = None   # (D,) sum of shifted rows
+    count: int = 0
+
+    def update(self, batch: Any) -> None:
+        """Add a batch of activations (B, D)."""
+        a = to_float64(batch)
+        if a.ndim != 2 or a.shape[0] == 0:
+            raise ValueError(f"batch must have shape (B, D) with B >= 1, got {a.shape}")
+        if not np.all(np.isfinite(a)):
+            raise ValueError("batch contains NaN or inf")
+        if self.shift is None:
+            self.shift = a.mean(axis=0)
+            self.second = np.zeros((a.shape[1], a.shape[1]))
+            self.total = np.zeros(a.shape[1])
+        elif a.shape[1] != self.shift.shape[0]:
+            raise ValueError(f"batch has {a.shape[1]} columns, expected {self.shift.shape[0]}")
+        a = a - self.shift
+        self.second += a.T @ a
+        self.total += a.sum(axis=0)
+        self.count += a.shape[0]
+
+    def centered(self) -> np.ndarray:
+        """Centered covariance G = X^T X of the column-centered activations seen so far (D, D)."""
+        if self.count == 0:
+            raise ValueError("CovarianceAccumulator.centered: no batch was added")
+        mean = self.total / self.count
+        return self.second - self.count * np.outer(mean, mean)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Groups as contiguous runs of columns after a permutation, for block sums."""
+
+    perm: np.ndarray | None    # None: columns are already in group order
+    starts: np.ndarray | None  # None: one column per group, in order (no block sums)
+    size: int | None           # the common group size, None when sizes differ
+
+
+def _layout(groups: list[np.ndarray]) -> _Layout:
+    sizes = np.array([g.size for g in groups])
+    perm = np.concatenate(groups)
+    in_order = np.array_equal(perm, np.arange(perm.size))
+    if in_order and np.all(sizes == 1):
+        return _Layout(None, None, 1)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    size = int(sizes[0]) if np.all(sizes == sizes[0]) else None
+    return _Layout(None if in_order else perm, starts, size)
+
+
+def _block_sums(elements: np.ndarray, layout: _Layout) -> np.ndarray:
+    """M[g, h] = sum of elements[a, b] over a in g, b in h; elements (D, D) in group order."""
+    if layout.starts is None:
+        return elements
+    if layout.size is not None:  # equal sizes: a reshape, several times faster than reduceat
+        n = layout.starts.size
+        return elements.reshape(n, layout.size, n, layout.size).sum(axis=(1, 3))
+    cols = np.add.reduceat(elements, layout.starts, axis=1)  # along rows first: contiguous
+    return np.add.reduceat(cols, layout.starts, axis=0)
+
+
+def interactions_from_covariance(cov: Any, groups: Groups = None) -> np.ndarray:
+    """Biased-CKA interaction matrix from the centered covariance.
+
+    M[g, h] = ||X_g^T X_h||_F^2 = sum_{a in g, b in h} G[a, b]^2, G = X^T X.
+    cov: (D, D) centered covariance (e.g. CovarianceAccumulator.centered()) -> (n, n).
+    """
+    g = to_float64(cov)
+    if g.ndim != 2 or g.shape[0] != g.shape[1]:
+        raise ValueError(f"cov must be a square (D, D) matrix, got shape {g.shape}")
+    layout = _layout(_normalize_groups(groups, g.shape[0]))
+    if layout.perm is not None:
+        g = g[np.ix_(layout.perm, layout.perm)]
+    return _block_sums(g * g, layout)
+
+
+def _covariance_route(x: np.ndarray, layout: _Layout, debiased: bool) -> np.ndarray:
+    """M by block sums of per-column interactions E (D x D), x (N, D) centered, in group order.
+
+    Biased:   E = G o G, G = X^T X.
+    Debiased: E[a, b] = N (N-3) HSIC_u(x_a x_a^T, x_b x_b^T) for centered columns x_a, x_b:
+              tr(K~L~) = (x_a.x_b)^2 - sum_i x_ai^2 x_bi^2, 1^T K~ 1 = -||x_a||^2 and
+              K~ 1 = -x_a o x_a, so
+              E = G o G - N/(N-2) Q + d d^T / ((N-1)(N-2)),  Q = (X o X)^T (X o X), d = diag(G).
+    """
+    g = x.T @ x
+    if not debiased:
+        g *= g
+        return _block_sums(g, layout)
+    n = x.shape[0]
+    d = np.diag(g).copy()
+    sq = x * x
+    q = sq.T @ sq
+    del sq
+    g *= g
+    q *= n / (n - 2)
+    g -= q
+    del q
+    g += np.outer(d, d / ((n - 1) * (n - 2)))
+    return _block_sums(g, layout)
+
+
+def _gram_rows(x: np.ndarray, groups: list[np.ndarray], chunk: range, debiased: bool) -> np.ndarray:
+    """Flattened centered Grams of the groups in `chunk`: (len(chunk), N*N).
+
+    Biased: K_g = X_g X_g^T is already centered (X is). Debiased: the unbiased centering U(K_g)
+    of lib.cka.center_gram, for which <U(K), U(L)>_F = N (N-3) HSIC_u(K, L).
+    """
+    n = x.shape[0]
+    rows = np.empty((len(chunk), n * n))
+    for row, g in enumerate(chunk):
+        xg = x[:, groups[g]]
+        k = xg @ xg.T
+        rows[row] = (center_gram(k, unbiased=True) if debiased else k).ravel()
+    return rows
+
+
+def _gram_route(x: np.ndarray, groups: list[np.ndarray], debiased: bool, memory_bytes: int) -> np.ndarray:
+    """M = F F^T, F the (n, N^2) flattened centered per-group Grams, in chunks of groups.
+
+    When F does not fit in `memory_bytes`, each off-diagonal chunk is recomputed per block row.
+    """
+    n_groups, n = len(groups), x.shape[0]
+    per_chunk = max(1, memory_bytes // (2 * 8 * n * n))
+    chunks = [range(s, min(s + per_chunk, n_groups)) for s in range(0, n_groups, per_chunk)]
+    m = np.empty((n_groups, n_groups))
+    for a, ca in enumerate(chunks):
+        fa = _gram_rows(x, groups, ca, debiased)
+        m[ca.start:ca.stop, ca.start:ca.stop] = fa @ fa.T
+        for cb in chunks[a + 1:]:
+            block = fa @ _gram_rows(x, groups, cb, debiased).T
+            m[ca.start:ca.stop, cb.start:cb.stop] = block
+            m[cb.start:cb.stop, ca.start:ca.stop] = block.T
+    return m
+
+
+def choose_route(n_samples: int, n_columns: int, n_groups: int, debiased: bool,
+                 memory_bytes: int = DEFAULT_MEMORY_BYTES) -> str:
+    """'covariance' or 'gram', whichever is cheaper in flops, if the covariance route fits.
+
+    covariance: N D^2 (x2 debiased) flops, about 2-3 D x D float64 matrices.
+    gram:       N^2 D + n^2 N^2 flops (Grams, then F F^T), memory bounded by chunking.
+    """
+    cov_flops = n_samples * n_columns**2 * (2 if debiased else 1)
+    cov_bytes = 8 * n_columns**2 * (3 if debiased else 2)
+    gram_flops = n_samples**2 * n_columns + n_groups**2 * n_samples**2
+    if cov_bytes > memory_bytes and n_groups < n_columns:
+        return "gram"
+    return "covariance" if cov_flops <= gram_flops else "gram"
+
+
+def interactions_from_activations(activations: Any, groups: Groups = None, *, debiased: bool = False,
+                                  route: str = "auto",
+                                  memory_bytes: int = DEFAULT_MEMORY_BYTES) -> np.ndarray:
+    """Interaction matrix M (n, n) of the fast engine from activations (N, D).
+
+    M[g, h] = <K_g, K_h>_F (biased) or N (N-3) HSIC_u(K_g, K_h) (debiased), K_g = X_g X_g^T from
+    the column-centered activations X. Centering is exact for both estimators: constant
+    columns drop out, and HSIC_u is unchanged by it. route: 'covariance', 'gram' or 'auto'
+    (`choose_route`).
+    """
+    _check_choice("route", route, ("auto", "covariance", "gram"))
+    x = _check_activations(activations, 4 if debiased else 2)
+    group_list = _normalize_groups(groups, x.shape[1])
+    if route == "auto":
+        route = choose_route(x.shape[0], x.shape[1], len(group_list), debiased, memory_bytes)
+    x = x - x.mean(axis=0)
+    if route == "gram":
+        return _gram_route(x, group_list, debiased, memory_bytes)
+    layout = _layout(group_list)
+    if layout.perm is not None:
+        x = x[:, layout.perm]
+    return _covariance_route(x, layout, debiased)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast engine: greedy pass
+
+
+@dataclass
+class _FastState:
+    """num, den2 and r (see fast_greedy_from_interactions) for the current kept set."""
+
+    interactions: np.ndarray  # M (n, n)
+    m: np.ndarray             # M 1 (n,)
+    total: float              # T = 1^T M 1
+    diag: np.ndarray = field(init=False)
+    num: float = field(init=False)
+    den2: float = field(init=False)
+    r: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.diag = np.diag(self.interactions).copy()
+        self.num = self.den2 = self.total  # nothing removed yet: R = all groups
+        self.r = self.m.copy()
+
+    def scores(self, removed: list[int], candidates: np.ndarray) -> np.ndarray:
+        """(n,) score of removing each group next (meaningful for candidates only)."""
+        return _ratio(self.num - self.m, self.den2 - 2.0 * self.r + self.diag, self.total)
+
+    def remove(self, j: int) -> None:
+        self.num -= self.m[j]
+        self.den2 += self.diag[j] - 2.0 * self.r[j]
+        self.r -= self.interactions[j]  # row j = column j (M is symmetric)
+
+
+def fast_greedy_from_interactions(interactions: Any, k: int | None, alive: Any = None,
+                                  stop_cka: float | None = None) -> tuple[list[int], list[float]]:
+    """Exact greedy pass from the interaction matrix M (n, n), O(n) per step.
+
+    State for the kept set R: num = sum_{h in R} m[h], den2 = sum_{g,h in R} M[g, h],
+    r = M[:, R] 1 (m = M 1, T = 1^T M 1). Removing i gives
+        num_i = num - m[i],  den2_i = den2 - 2 r[i] + M[i, i],  score_i = num_i / sqrt(T den2_i).
+    Returns (removed group indices in removal order, score at each removal).
+    """
+    m_mat = to_float64(interactions)
+    if m_mat.ndim != 2 or m_mat.shape[0] != m_mat.shape[1] or m_mat.shape[0] == 0:
+        raise ValueError(f"interactions must be a square (n, n) matrix, got shape {m_mat.shape}")
+    if not np.all(np.isfinite(m_mat)):
+        raise ValueError("interactions contain NaN or inf")
+    m = m_mat.sum(axis=0)
+    # Cheap O(n^2) symmetry check (row sums = column sums); a full M == M^T costs far more.
+    if not np.allclose(m, m_mat.sum(axis=1), rtol=1e-8, atol=1e-9 * np.abs(m).max()):
+        raise ValueError("interactions must be symmetric")
+    candidates = _candidate_mask(alive, m_mat.shape[0])
+    _check_budget(k, stop_cka, int(candidates.sum()))
+    total = float(m.sum())
+    if not total > 0:
+        raise ValueError(_NO_VARIATION)
+    state = _FastState(m_mat, m, total)
+    return _greedy(candidates, k, stop_cka, state.scores, state.remove)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry point
+
+
+def channel_groups(n_channels: int, positions: int) -> list[np.ndarray]:
+    """Groups of a Conv2d output flattened to (N, C*H*W): channel c owns columns [c*HW, (c+1)*HW)."""
+    return [np.arange(c * positions, (c + 1) * positions) for c in range(n_channels)]
+
+
+def greedy_cka(activations: Any, k: int | None, groups: Groups = None, engine: str = "fast",
+               kernel: str = "linear", stop_cka: float | None = None, *, debiased: bool = False,
+               alive: Any = None) -> tuple[list[int], list[float]]:
+    """Greedily remove the groups of one layer whose removal keeps CKA to the original highest.
+
+    activations: (N, D) array or tensor of the layer's outputs on the scoring samples.
+    k: number of groups to remove (None: until stop_cka). stop_cka: stop before a removal
+        whose score is <= stop_cka. With both, whichever comes first.
+    groups: None (each column a group), a list of column-index arrays partitioning the D
+        columns (e.g. `channel_groups(C, H*W)`), or an (n, size) int array, one row per group.
+    engine: 'fast' (closed form, linear kernel) or 'reference' (literal loop).
+    kernel: 'linear' or 'rbf'. rbf CKA is not a sum over groups: engine='fast' warns and runs
+        the reference engine.
+    debiased: unbiased HSIC (Song et al. 2012) instead of the biased estimator.
+    alive: bool mask (n,) or group indices of the candidates; the others were pruned earlier
+        (constant columns) and are never chosen.
+    Returns (removed group indices in removal order, CKA score at each removal).
+    """
+    _check_choice("engine", engine, ("fast", "reference"))
+    _check_choice("kernel", kernel, ("linear", "rbf"))
+    if not isinstance(debiased, bool):
+        raise ValueError(f"debiased must be a bool, got {debiased!r}")
+    x = _check_activations(activations, 4 if debiased else 2)
+    group_list = _normalize_groups(groups, x.shape[1])
+    candidates = _candidate_mask(alive, len(group_list))
+    _check_budget(k, stop_cka, int(candidates.sum()))
+    if engine == "fast" and kernel == "rbf":
+        warnings.warn("greedy_cka: the fast engine does not support kernel='rbf' (RBF CKA is not a "
+                      "sum over groups); running the reference engine", UserWarning, stacklevel=2)
+        engine = "reference"
+    if engine == "fast":
+        interactions = interactions_from_activations(x, group_list, debiased=debiased)
+        return fast_greedy_from_interactions(interactions, k, alive=candidates, stop_cka=stop_cka)
+    return reference_greedy(x, constant_columns(x, group_list), len(group_list), k,
+                            alive=candidates, kernel=kernel, debiased=debiased, stop_cka=stop_cka)
+
+
+def cka_path(interactions: Any, order: Sequence[int]) -> list[float]:
+    """CKA(A, A with order[:t+1] removed) for each t: the damage curve of a given removal order."""
+    m_mat = to_float64(interactions)
+    m = m_mat.sum(axis=0)
+    state = _FastState(m_mat, m, float(m.sum()))
+    out = []
+    for j in order:
+        state.remove(int(j))
+        out.append(float(_ratio(state.num, state.den2, state.total)))
+    return out

@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny configs on the bundled MNIST subset."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def tiny_raw(**sections) -> dict:
+    """A small, fast experiment on mnist-5k; ``sections`` replace or extend the defaults."""
+    raw = {
+        "model": {"type": "mlp", "input_size": 784, "hidden_sizes": [48, 32], "output_size": 10, "dropout_rate": 0.2},
+        "data": {"dataset": "mnist-5k"},
+        "params": {"lr": 0.002, "batch_size": 128, "epochs": 3, "patience": 2},
+        "prune": {"strategy": "iterative", "params": {"type": "cka", "iterations": 2, "rate": 0.25}, "modules": [0, 1]},
+        "seeds": [0],
+    }
+    for key, value in sections.items():
+        raw[key] = value
+    return raw
+
+
+@pytest.fixture
+def write_config(tmp_path):
+    def write(name="tiny", **sections) -> Path:
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(tiny_raw(**sections)))
+        return path
+    return write
+
+
+@pytest.fixture(scope="session")
+def mnist5k():
+    from src.config import DataConfig
+    from src.data import load_splits
+    return load_splits(DataConfig(dataset="mnist-5k"))

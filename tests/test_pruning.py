@@ -1,0 +1,230 @@
+"""Model-level pruning: engines agree on real activations, masks hold, runs resume exactly."""
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from src.artifacts import model_path
+from src.config import PruneParams, load_config
+from src.models import build_model, prunable_layers
+from src.pruning.criteria import removal_count, select
+from src.pruning.masks import add_masks, alive_neurons, remove_neurons
+from src.pruning.scoring import record_layers
+from src.pruning.strategy import prune_pass, prune_seed
+from src.train import fit, train_seed
+from tests.conftest import ROOT
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def trained_cnn(mnist5k, tmp_path_factory):
+    """A LeNet-style CNN (BatchNorm, no padding) trained briefly on the bundled data."""
+    path = tmp_path_factory.mktemp("cnn") / "cnn.json"
+    raw = {
+        "model": {"type": "cnn", "conv_channels": [6, 8], "kernel_size": 5, "fc_sizes": [24], "batch_norm": True},
+        "data": {"dataset": "mnist-5k"},
+        "params": {"lr": 0.003, "batch_size": 128, "epochs": 2, "patience": 1},
+        "prune": {"strategy": "iterative", "params": {"type": "cka", "iterations": 1, "rate": 0.3}, "modules": [0, 1, 2]},
+        "seeds": [0],
+    }
+    path.write_text(json.dumps(raw))
+    cfg = load_config(path)
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    fit(model, mnist5k, cfg.params, seed=0, device=CPU)
+    return cfg, model
+
+
+@pytest.fixture(scope="module")
+def trained_mlp(mnist5k, tmp_path_factory):
+    from tests.conftest import tiny_raw
+    path = tmp_path_factory.mktemp("mlp") / "mlp.json"
+    path.write_text(json.dumps(tiny_raw()))
+    cfg = load_config(path)
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    fit(model, mnist5k, cfg.params, seed=0, device=CPU)
+    return cfg, model
+
+
+def _select_both(model, split, params, indices, already_pruned=()):
+    """Run one pass's selection with each engine on the same recorded activations."""
+    model = copy.deepcopy(model)
+    layers = [prunable_layers(model)[i] for i in indices]
+    add_masks(model, indices)
+    for index, neurons in already_pruned:
+        remove_neurons(prunable_layers(model)[index].block.layer, neurons)
+    out = {}
+    for engine in ("fast", "reference"):
+        p = replace(params, engine=engine)
+        recs = record_layers(model, layers, split, p, 96, torch.Generator().manual_seed(1), CPU)
+        out[engine] = {i: select(recs[i], p, alive_neurons(layers[n].block.layer).numpy(), (0,))
+                       for n, i in enumerate(indices)}
+    return out
+
+
+def _assert_same(choices):
+    for index in choices["fast"]:
+        fast, ref = choices["fast"][index], choices["reference"][index]
+        assert fast.removed == ref.removed, f"layer {index}"
+        assert ref.engine == "reference" and fast.engine == "fast"
+        np.testing.assert_allclose(fast.cka, ref.cka, rtol=1e-6, atol=0)
+        assert len(fast.removed) > 0
+
+
+@pytest.mark.parametrize("hook", ["module", "nonlinearity"])
+@pytest.mark.parametrize("budget", [{"rate": 0.3}, {"stop_cka": 0.97}])
+def test_engines_agree_on_a_trained_cnn(trained_cnn, mnist5k, hook, budget):
+    _, model = trained_cnn
+    params = PruneParams(type="cka", hook=hook, **budget)
+    _assert_same(_select_both(model, mnist5k.val, params, [0, 1, 2]))
+
+
+@pytest.mark.parametrize("debiased", [False, True])
+def test_engines_agree_on_a_trained_mlp_after_earlier_pruning(trained_mlp, mnist5k, debiased):
+    cfg, model = trained_mlp
+    params = PruneParams(type="cka", rate=0.2, debiased=debiased)
+    choices = _select_both(model, mnist5k.val, params, [0, 1], already_pruned=[(0, [3, 7, 11]), (1, [0])])
+    _assert_same(choices)
+    assert not {3, 7, 11} & set(choices["fast"][0].removed)
+    assert len(choices["fast"][0].removed) == removal_count(0.2, 45)
+
+
+@pytest.mark.parametrize("criterion", ["l1", "l2", "random"])
+def test_baselines_record_the_same_cka_damage_with_both_engines(trained_mlp, mnist5k, criterion):
+    _, model = trained_mlp
+    choices = _select_both(model, mnist5k.val, PruneParams(type=criterion, rate=0.25), [0, 1])
+    _assert_same(choices)
+
+
+def test_l1_removes_the_smallest_rows(trained_mlp, mnist5k):
+    _, model = trained_mlp
+    layer = prunable_layers(model)[0]
+    rec = record_layers(model, [layer], mnist5k.val, PruneParams(type="l1", rate=0.25), 96,
+                        torch.Generator().manual_seed(0), CPU)[0]
+    choice = select(rec, PruneParams(type="l1", rate=0.25), np.ones(48, bool), (0,))
+    norms = layer.block.layer.weight.detach().abs().sum(1).numpy()
+    assert choice.removed == list(np.argsort(norms)[:12])
+    assert choice.scores == pytest.approx(sorted(norms)[:12], rel=1e-5)
+
+
+def test_random_baseline_is_seeded(trained_mlp, mnist5k):
+    _, model = trained_mlp
+    layer = prunable_layers(model)[1]
+    rec = record_layers(model, [layer], mnist5k.val, PruneParams(type="random", rate=0.5), 96,
+                        torch.Generator().manual_seed(0), CPU)[1]
+    pick = lambda seed: select(rec, PruneParams(type="random", rate=0.5), np.ones(32, bool), seed).removed  # noqa: E731
+    assert pick((0, 1, 1)) == pick((0, 1, 1)) and pick((0, 1, 1)) != pick((1, 1, 1))
+
+
+def test_streamed_covariance_matches_in_memory_activations(trained_mlp, mnist5k):
+    _, model = trained_mlp
+    layers = prunable_layers(model)
+    picks = []
+    for samples in ("all", len(mnist5k.val)):
+        params = PruneParams(type="cka", rate=0.3, samples=samples)
+        recs = record_layers(model, layers, mnist5k.val, params, 128, torch.Generator().manual_seed(0), CPU)
+        assert (recs[0].covariance is not None) == (samples == "all")
+        picks.append(select(recs[0], params, np.ones(48, bool), (0,)))
+    assert picks[0].removed == picks[1].removed
+    np.testing.assert_allclose(picks[0].cka, picks[1].cka, rtol=1e-9)
+
+
+def test_masks_survive_retraining(trained_mlp, mnist5k):
+    cfg, model = trained_mlp
+    model = copy.deepcopy(model)
+    records = prune_pass(model, cfg, mnist5k, seed=0, iteration=1, device=CPU)
+    fit(model, mnist5k, cfg.params, seed=1, device=CPU)
+    for record in records:
+        layer = prunable_layers(model)[record["index"]].block.layer
+        assert torch.all(layer.weight[record["removed"]] == 0)
+        assert int(alive_neurons(layer).sum()) == record["alive_after"]
+        assert layer.weight_orig.grad is None or torch.all(layer.weight_orig.grad[record["removed"]] == 0)
+
+
+def _strip_timings(obj):
+    if isinstance(obj, dict):
+        return {k: _strip_timings(v) for k, v in obj.items() if "seconds" not in k}
+    if isinstance(obj, list):
+        return [_strip_timings(v) for v in obj]
+    return obj
+
+
+def test_an_interrupted_run_resumes_to_the_same_results(write_config, tmp_path):
+    config = write_config(prune={"strategy": "iterative", "params": {"type": "cka", "iterations": 3, "rate": 0.25}})
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+    def cli(script, out, *extra):
+        return [sys.executable, str(ROOT / script), str(config), "--models-dir", str(tmp_path / "models"), *extra] + (
+            ["--output-dir", str(out)] if script == "main_prune.py" else [])
+
+    subprocess.run(cli("main_train.py", None), check=True, capture_output=True, cwd=tmp_path)
+    whole = subprocess.run(cli("main_prune.py", tmp_path / "whole"), capture_output=True, text=True, cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr
+    proc = subprocess.Popen(cli("main_prune.py", tmp_path / "cut"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, cwd=tmp_path, env=env)
+    for line in proc.stdout:
+        if "iteration 2/3: pruned" in line:  # iteration 1 is saved, iteration 2 in flight
+            proc.send_signal(signal.SIGTERM)
+            break
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in out
+    partial = json.loads((tmp_path / "cut/tiny/0.json").read_text())
+    assert len(partial["iterations"]) == 1 and partial["complete"] is False
+    resumed = subprocess.run(cli("main_prune.py", tmp_path / "cut"), capture_output=True, text=True, cwd=tmp_path)
+    assert resumed.returncode == 0 and "resuming after iteration 1 of 3" in resumed.stdout
+    a, b = (json.loads((tmp_path / d / "tiny/0.json").read_text()) for d in ("whole", "cut"))
+    assert b["complete"] and len(b["iterations"]) == 3
+    assert _strip_timings(a) == _strip_timings({**b, "model_file": a["model_file"]})
+    again = subprocess.run(cli("main_prune.py", tmp_path / "cut"), capture_output=True, text=True, cwd=tmp_path)
+    assert again.returncode == 0 and "seed 0: already pruned (3 iterations), skipping" in again.stdout
+    assert _strip_timings(json.loads((tmp_path / "cut/tiny/0.json").read_text())) == _strip_timings(b)
+
+
+def test_missing_model_is_skipped_with_a_message(write_config, tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "main_prune.py"), str(write_config()), "--models-dir",
+                           str(tmp_path / "none"), "--output-dir", str(tmp_path / "out")],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert "no trained model" in proc.stdout and proc.returncode == 1
+
+
+@pytest.mark.parametrize("prune, expected", [
+    (None, "prune section is required"),
+    ({"params": {"type": "cka", "rate": 1.5}}, "prune.params.rate must be a number in (0, 1)"),
+    ({"params": {"type": "cka", "rate": 0.2, "stop_cka": 0.9}}, "needs exactly one of rate and stop_cka"),
+    ({"params": {"type": "cka"}}, "needs exactly one of rate and stop_cka"),
+    ({"params": {"type": "cka", "rate": 0.2}, "modules": [5]}, "prune.modules has layer 5"),
+    ({"params": {"type": "snip", "rate": 0.2}}, "prune.params.type must be one of"),
+    ({"params": {"type": "cka", "rate": 0.2, "engine": "exact"}}, "prune.params.engine must be one of"),
+    ({"params": {"type": "cka", "rate": 0.2, "kernel": "cosine"}}, "prune.params.kernel must be one of"),
+    ({"params": {"type": "cka", "rate": 0.2, "iterations": 0}}, "prune.params.iterations must be an integer >= 1"),
+])
+def test_bad_prune_configs_exit_2_before_work(tmp_path, prune, expected):
+    from tests.conftest import tiny_raw
+    raw = tiny_raw()
+    if prune is None:
+        del raw["prune"]
+    else:
+        raw["prune"] = prune
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(raw))
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(ROOT / "main_prune.py"), str(path)], capture_output=True, text=True)
+    assert proc.returncode == 2 and expected in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert time.perf_counter() - start < 20
+
+
+def test_trained_model_file_is_shared_by_criteria(write_config, tmp_path):
+    cka = load_config(write_config("cka"))
+    l1 = load_config(write_config("l1", prune={"params": {"type": "l1", "rate": 0.2}}))
+    assert model_path(cka, 3, tmp_path) == model_path(l1, 3, tmp_path)
