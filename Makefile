@@ -21,6 +21,9 @@ $(TEST_INSTALLED): requirements-test.txt $(INSTALLED)
 
 demo: $(INSTALLED)
 	$(PY) main_train.py config/demo/cka.json
+	$(PY) main_prune.py config/demo/cka.json
+	$(PY) main_prune.py config/demo/l1.json
+	$(PY) -m src.report output/demo/cka output/demo/l1
 
 test: $(TEST_INSTALLED)
 	$(PY) -m pytest -q tests

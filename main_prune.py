@@ -2,14 +2,33 @@
 
 from pathlib import Path
 
+import torch
+
 from src.artifacts import ModelFileError, load_model, model_path, output_dir
 from src.cli import add_seed_options, base_parser, run, selected_seeds
 from src.config import load_config
 from src.data import load_splits
+from src.export import add_latency, export_model, format_report, save_exported
 from src.models import check_model_fits_data
 from src.pruning.strategy import prune_seed, summary_rows
+from src.report import write_report
 from src.tracking import resolve_mode, wandb_run
-from src.train import select_device
+from src.train import evaluate, select_device
+
+
+def export_seed(model, cfg, splits, path: Path) -> None:
+    """Save the pruned model as a smaller dense one; report its size, speed and accuracy."""
+    model = model.cpu()  # latency is measured on the CPU
+    small, small_cfg, report = export_model(model, cfg.model)
+    report = add_latency(report, model, small)
+    save_exported(path, small, small_cfg, report)
+    print(format_report(report))
+    if not report.exact:
+        cpu = torch.device("cpu")
+        masked_acc = evaluate(model, splits.test, cfg.params.batch_size, cpu).acc
+        small_acc = evaluate(small, splits.test, cfg.params.batch_size, cpu).acc
+        print(f"test accuracy: pruned (masked) {masked_acc:.4f}, exported {small_acc:.4f}")
+    print(f"exported model: {path}")
 
 
 def main(argv=None) -> int:
@@ -17,6 +36,8 @@ def main(argv=None) -> int:
     add_seed_options(parser)
     parser.add_argument("--models-dir", default="models", help="where main_train.py put the models (default: models/)")
     parser.add_argument("--output-dir", default="output", help="results root (default: output/)")
+    parser.add_argument("--export", action="store_true",
+                        help="also save each pruned model as a smaller dense model in output/<experiment>/exported/")
     args = parser.parse_args(argv)
     cfg = load_config(args.config)
     prune = cfg.require_prune()
@@ -45,11 +66,15 @@ def main(argv=None) -> int:
             continue
         with wandb_run(cfg, mode, job_type="prune", name=f"{cfg.name}-seed{seed}", config=cfg.raw) as log:
             results.append(prune_seed(model, cfg, seed, splits, device, path, out_dir, on_epoch=log))
+        if args.export:
+            export_seed(model, cfg, splits, out_dir / "exported" / f"seed{seed}.pt")
     if not results:
         print("nothing was pruned")
         return 1
     print("\n".join(summary_rows(results)))
     print(f"results are in {out_dir}/")
+    report = write_report([out_dir], out_dir / "report")
+    print(f"report: {report.markdown}\nfigure: {report.accuracy_figure}")
     return 0
 
 

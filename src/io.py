@@ -8,7 +8,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 
 
 def _atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str) -> Path:
@@ -48,7 +47,13 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return _atomic_write(path, lambda f: f.write(text), "w")
 
 
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    return _atomic_write(path, lambda f: f.write(data), "wb")
+
+
 def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
+    import torch  # here, so that tools which only write JSON (the report) start fast
+
     return _atomic_write(path, lambda f: torch.save(obj, f), "wb")
 
 

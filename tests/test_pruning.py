@@ -15,6 +15,7 @@ import torch
 
 from src.artifacts import model_path
 from src.config import PruneParams, load_config
+from src.export import load_exported
 from src.models import build_model, prunable_layers
 from src.pruning.criteria import removal_count, select
 from src.pruning.masks import add_masks, alive_neurons, remove_neurons
@@ -186,8 +187,11 @@ def test_an_interrupted_run_resumes_to_the_same_results(write_config, tmp_path):
     a, b = (json.loads((tmp_path / d / "tiny/0.json").read_text()) for d in ("whole", "cut"))
     assert b["complete"] and len(b["iterations"]) == 3
     assert _strip_timings(a) == _strip_timings({**b, "model_file": a["model_file"]})
-    again = subprocess.run(cli("main_prune.py", tmp_path / "cut"), capture_output=True, text=True, cwd=tmp_path)
+    again = subprocess.run(cli("main_prune.py", tmp_path / "cut", "--export"), capture_output=True, text=True, cwd=tmp_path)
     assert again.returncode == 0 and "seed 0: already pruned (3 iterations), skipping" in again.stdout
+    exported, small_cfg = load_exported(tmp_path / "cut/tiny/exported/seed0.pt")
+    alive = [layer["alive_after"] for layer in b["iterations"][-1]["layers"]]
+    assert list(small_cfg.hidden_sizes) == alive and "exported model:" in again.stdout
     assert _strip_timings(json.loads((tmp_path / "cut/tiny/0.json").read_text())) == _strip_timings(b)
 
 

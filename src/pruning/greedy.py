@@ -353,8 +353,9 @@ def _covariance_route(x: np.ndarray, layout: _Layout, debiased: bool) -> np.ndar
     q *= n / (n - 2)
     g -= q
     del q
-    g += np.outer(d, d / ((n - 1) * (n - 2)))
-    return _block_sums(g, layout)
+    # The rank-1 term's block sums are the outer product of d's group sums.
+    d_groups = d if layout.starts is None else np.add.reduceat(d, layout.starts)
+    return _block_sums(g, layout) + np.outer(d_groups, d_groups / ((n - 1) * (n - 2)))
 
 
 def _gram_rows(x: np.ndarray, groups: list[np.ndarray], chunk: range, debiased: bool) -> np.ndarray:

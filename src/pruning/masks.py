@@ -17,10 +17,21 @@ from torch.nn.utils import prune
 from src.models import Net, prunable_layers
 
 
+def refresh_weight(layer: nn.Module) -> None:
+    """Recompute ``weight = weight_orig * weight_mask`` now, outside autograd.
+
+    The pre-hook does this before each forward; doing it eagerly keeps ``layer.weight``
+    current after a mask or state-dict change (and a leaf tensor, so the model deep-copies).
+    """
+    with torch.no_grad():
+        layer.weight = layer.weight_orig * layer.weight_mask
+
+
 def ensure_mask(layer: nn.Module) -> torch.Tensor:
     """The layer's weight mask, adding an all-ones one if it has none."""
     if not prune.is_pruned(layer) or not hasattr(layer, "weight_mask"):
         prune.identity(layer, "weight")
+        refresh_weight(layer)
     return layer.weight_mask
 
 
@@ -29,6 +40,16 @@ def add_masks(model: Net, indices: Iterable[int]) -> None:
     layers = prunable_layers(model)
     for index in indices:
         ensure_mask(layers[index].block.layer)
+
+
+def load_masked_state(model: Net, state: dict, indices: Iterable[int]) -> None:
+    """Load a state dict saved from a model whose layers ``indices`` carry masks."""
+    indices = list(indices)
+    add_masks(model, indices)
+    model.load_state_dict(state)
+    layers = prunable_layers(model)
+    for index in indices:
+        refresh_weight(layers[index].block.layer)
 
 
 def alive_neurons(layer: nn.Module) -> torch.Tensor:
@@ -44,7 +65,7 @@ def remove_neurons(layer: nn.Module, neurons: Iterable[int]) -> None:
     index = torch.as_tensor(list(neurons), dtype=torch.long, device=mask.device)
     with torch.no_grad():
         mask[index] = 0
-        layer.weight = layer.weight_orig * mask
+    refresh_weight(layer)
 
 
 @contextmanager
@@ -58,7 +79,7 @@ def neurons_zeroed(layer: nn.Module, neurons: Iterable[int]) -> Iterator[None]:
     finally:
         with torch.no_grad():
             mask.copy_(saved)
-            layer.weight = layer.weight_orig * mask
+        refresh_weight(layer)
 
 
 def make_permanent(model: Net) -> Net:

@@ -24,7 +24,7 @@ from src.data import Splits
 from src.io import atomic_torch_save, atomic_write_json
 from src.models import Net, prunable_layers
 from src.pruning.criteria import select
-from src.pruning.masks import add_masks, alive_neurons, remove_neurons
+from src.pruning.masks import add_masks, alive_neurons, load_masked_state, remove_neurons
 from src.pruning.scoring import record_layers
 from src.train import evaluate_all, fit
 
@@ -90,8 +90,7 @@ def load_checkpoint(path: Path, model: Net, prune_modules: tuple[int, ...]) -> d
         return None
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
-        add_masks(model, prune_modules)
-        model.load_state_dict(saved["state_dict"])
+        load_masked_state(model, saved["state_dict"], prune_modules)
         return saved["result"]
     except Exception as err:  # a checkpoint we cannot read is not trusted: start over
         print(f"{path}: unusable checkpoint ({type(err).__name__}); starting this seed over")

@@ -1,0 +1,889 @@
+"""Compare pruning runs: python3 -m src.report RESULT_DIR... [--out DIR].
+
+Each RESULT_DIR is an ``output/<experiment>/`` folder written by main_prune.py, holding one
+``<seed>.json`` per seed. The report aggregates over seeds, per criterion and iteration:
+
+- neurons remaining per pruned layer, test accuracy after pruning and after retraining
+  (mean, min, max over seeds), the smallest CKA accepted in the iteration;
+- with several folders, the accuracy gap between the first folder (the reference) and each
+  other one at every iteration, paired by seed, and the fraction of removed neurons the two
+  chose in common (only for seeds that pruned the same trained model).
+
+Outputs (under --out; default ``<dir>/report`` for one folder, ``output/report/<a>_vs_<b>``
+for several): ``report.md``, ``iterations.csv`` (+ ``gap.csv``, ``overlap.csv``) and the
+figures ``accuracy.png``, ``cka.png``, ``overlap.png``. The tables are also printed.
+
+Partial results are fine: a seed still running (fewer iterations, ``complete: false``), a seed
+with no file yet, or an unreadable file is listed in the report's notes, not fatal. Iteration 0
+is the trained model before pruning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import re
+import textwrap
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from src.cli import run
+from src.config import load_config
+from src.errors import UserError
+from src.io import atomic_write_bytes, atomic_write_text, read_json
+
+SEED_FILE = re.compile(r"-?\d+\.json")
+DEFAULT_OUTPUT_ROOT = Path("output")
+DEFAULT_CONFIG_ROOT = Path("config")
+# Okabe-Ito: distinguishable with the common colour-vision deficiencies and in greyscale print.
+PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
+DPI = 150
+NOTE_WIDTH = 100  # characters per line of the notes under a printed table
+
+
+# ---------------------------------------------------------------------------------------------
+# Results as read from disk
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    index: int
+    name: str
+    width: int
+
+
+@dataclass(frozen=True)
+class LayerStep:
+    """One pruned layer in one iteration of one seed; neuron indices are the layer's original ones."""
+
+    index: int
+    alive_before: int
+    alive_after: int
+    removed: tuple[int, ...]
+    cka: tuple[float, ...]  # CKA(layer output at the start of the pass, after) for each removal
+
+
+@dataclass(frozen=True)
+class IterationResult:
+    iteration: int
+    layers: dict[int, LayerStep]
+    test_after_prune: float
+    test_after_retrain: float | None  # None when retraining is off
+
+
+@dataclass(frozen=True)
+class SeedResult:
+    path: Path
+    experiment: str
+    seed: int
+    criterion: str
+    model_file: str | None
+    layers: tuple[LayerInfo, ...]
+    baseline_test: float
+    iterations: tuple[IterationResult, ...]
+    planned: int | None
+    complete: bool
+
+    def iteration(self, number: int) -> IterationResult | None:
+        return next((it for it in self.iterations if it.iteration == number), None)
+
+    def test_acc(self, number: int, retrained: bool) -> float | None:
+        """Test accuracy after iteration ``number`` (0: the unpruned model)."""
+        if number == 0:
+            return self.baseline_test
+        it = self.iteration(number)
+        if it is None:
+            return None
+        return it.test_after_retrain if retrained else it.test_after_prune
+
+    def alive(self, number: int) -> dict[int, int]:
+        """Neurons alive per layer after iteration ``number``; a layer an iteration left out keeps its count."""
+        alive = {layer.index: layer.width for layer in self.layers}
+        for it in self.iterations:
+            if it.iteration > number:
+                break
+            alive.update({index: step.alive_after for index, step in it.layers.items()})
+        return alive
+
+    def removed_up_to(self, number: int, layer: int) -> set[int]:
+        return {n for it in self.iterations if it.iteration <= number and layer in it.layers
+                for n in it.layers[layer].removed}
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """The results of one folder. ``label`` names it in tables and legends (unique in a report)."""
+
+    directory: Path
+    name: str
+    criterion: str
+    label: str
+    seeds: tuple[SeedResult, ...]
+    notes: tuple[str, ...] = ()
+
+    @property
+    def layers(self) -> dict[int, LayerInfo]:
+        return {layer.index: layer for seed in self.seeds for layer in seed.layers}
+
+    def iteration_numbers(self) -> list[int]:
+        return sorted({it.iteration for seed in self.seeds for it in seed.iterations})
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _get(obj: Any, key: str, where: str, check: Callable[[Any], bool], what: str) -> Any:
+    """``obj[key]`` after checking it; errors name the key path, e.g. ``iterations[1].after_prune``."""
+    path = f"{where}.{key}" if where else key
+    if not isinstance(obj, dict):
+        raise UserError(f"{where or 'the file'} must be an object, got {type(obj).__name__}")
+    if key not in obj:
+        raise UserError(f"{path} is missing")
+    value = obj[key]
+    if not check(value):
+        raise UserError(f"{path} must be {what}, got {value!r:.60}")
+    return value
+
+
+def _int_list(value: Any) -> bool:
+    return isinstance(value, list) and all(_is_int(v) for v in value)
+
+
+def _number_list(value: Any) -> bool:
+    return isinstance(value, list) and all(_is_number(v) for v in value)
+
+
+def _parse_layer_info(raw: Any, where: str) -> LayerInfo:
+    index = _get(raw, "index", where, _is_int, "an integer")
+    width = _get(raw, "width", where, lambda v: _is_int(v) and v > 0, "a positive integer")
+    name = raw.get("name") if isinstance(raw.get("name"), str) else f"layer {index}"
+    return LayerInfo(index, name, width)
+
+
+def _parse_step(raw: Any, where: str, widths: dict[int, int]) -> LayerStep:
+    index = _get(raw, "index", where, lambda v: _is_int(v) and v in widths, f"one of the file's layers {sorted(widths)}")
+    count = lambda v: _is_int(v) and 0 <= v <= widths[index]  # noqa: E731
+    return LayerStep(
+        index=index,
+        alive_before=_get(raw, "alive_before", where, count, f"an integer in 0..{widths[index]}"),
+        alive_after=_get(raw, "alive_after", where, count, f"an integer in 0..{widths[index]}"),
+        removed=tuple(_get(raw, "removed", where, _int_list, "a list of neuron indices")),
+        cka=tuple(float(v) for v in _get(raw, "cka", where, _number_list, "a list of numbers")),
+    )
+
+
+def _parse_iteration(raw: Any, where: str, widths: dict[int, int]) -> IterationResult:
+    steps = _get(raw, "layers", where, lambda v: isinstance(v, list), "a list")
+    parsed = [_parse_step(step, f"{where}.layers[{j}]", widths) for j, step in enumerate(steps)]
+    after_prune = _get(raw, "after_prune", where, lambda v: isinstance(v, dict), "an object")
+    after_retrain = _get(raw, "after_retrain", where, lambda v: v is None or isinstance(v, dict), "an object or null")
+    return IterationResult(
+        iteration=_get(raw, "iteration", where, lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+        layers={step.index: step for step in parsed},
+        test_after_prune=float(_get(after_prune, "test_acc", f"{where}.after_prune", _is_number, "a number")),
+        test_after_retrain=None if after_retrain is None else float(
+            _get(after_retrain, "test_acc", f"{where}.after_retrain", _is_number, "a number")),
+    )
+
+
+def parse_seed_result(raw: Any, path: Path) -> SeedResult:
+    """One ``<seed>.json`` (see main_prune.py) as a SeedResult; UserError names the bad key."""
+    layer_list = _get(raw, "layers", "", lambda v: isinstance(v, list) and v, "a non-empty list")
+    layers = tuple(_parse_layer_info(item, f"layers[{j}]") for j, item in enumerate(layer_list))
+    widths = {layer.index: layer.width for layer in layers}
+    iterations = _get(raw, "iterations", "", lambda v: isinstance(v, list), "a list")
+    baseline = _get(raw, "baseline", "", lambda v: isinstance(v, dict), "an object")
+    planned = raw.get("planned_iterations")
+    model_file = raw.get("model_file")
+    return SeedResult(
+        path=path,
+        experiment=_get(raw, "experiment", "", lambda v: isinstance(v, str), "a string"),
+        seed=_get(raw, "seed", "", _is_int, "an integer"),
+        criterion=_get(raw, "criterion", "", lambda v: isinstance(v, str) and v, "a non-empty string"),
+        model_file=model_file if isinstance(model_file, str) else None,
+        layers=layers,
+        baseline_test=float(_get(baseline, "test_acc", "baseline", _is_number, "a number")),
+        iterations=tuple(sorted((_parse_iteration(it, f"iterations[{i}]", widths) for i, it in enumerate(iterations)),
+                                key=lambda it: it.iteration)),
+        planned=planned if _is_int(planned) else None,
+        complete=raw.get("complete") is True,
+    )
+
+
+def load_experiment(directory: Path) -> Experiment:
+    """Every readable ``<seed>.json`` in ``directory``; unreadable ones become notes."""
+    if not directory.is_dir():
+        raise UserError(f"{directory}: no such directory (expected an output/<experiment>/ folder written by main_prune.py)")
+    files = sorted((p for p in directory.iterdir() if SEED_FILE.fullmatch(p.name) and p.is_file()),
+                   key=lambda p: int(p.stem))
+    seeds: list[SeedResult] = []
+    notes: list[str] = []
+    for path in files:
+        try:
+            seeds.append(parse_seed_result(read_json(path), path))
+        except (OSError, ValueError) as err:
+            notes.append(f"skipped {path}: not readable as JSON ({err})")
+        except UserError as err:
+            notes.append(f"skipped {path}: {err}")
+    if not seeds:
+        return Experiment(directory, directory.name, "", directory.name, (), tuple(notes))
+    first = seeds[0]
+    odd = [s.seed for s in seeds if s.criterion != first.criterion]
+    if odd:
+        notes.append(f"seeds {_seed_list(odd)} have a criterion other than {first.criterion!r}")
+    return Experiment(directory, first.experiment, first.criterion, first.criterion, tuple(seeds), tuple(notes))
+
+
+def with_unique_labels(experiments: Sequence[Experiment]) -> list[Experiment]:
+    """Label by criterion; where two share one, by experiment name; where those clash too, by folder."""
+    def clashes(key: Callable[[Experiment], str], exp: Experiment) -> bool:
+        return sum(key(other) == key(exp) for other in experiments) > 1
+
+    out = []
+    for exp in experiments:
+        label = exp.criterion
+        if clashes(lambda e: e.criterion, exp):
+            label = str(exp.directory) if clashes(lambda e: e.name, exp) else exp.name
+        out.append(replace(exp, label=label))
+    return out
+
+
+def configured_seeds(experiment: str, config_root: Path | None) -> tuple[int, ...]:
+    """The seeds config/<experiment>.json asks for, when that file exists and is valid, else ()."""
+    if config_root is None:
+        return ()
+    path = config_root / f"{experiment}.json"
+    if not path.is_file():
+        return ()
+    try:
+        return tuple(load_config(path).seeds)
+    except (UserError, OSError, ValueError):
+        return ()
+
+
+def _seed_list(seeds: Iterable[int]) -> str:
+    return ", ".join(str(s) for s in sorted(seeds))
+
+
+def seed_status(exp: Experiment, expected: Iterable[int]) -> list[str]:
+    """One line per kind of seed: complete, still running (with progress), missing."""
+    done = [s.seed for s in exp.seeds if s.complete]
+    lines = [f"{len(done)} seed(s) complete" + (f": {_seed_list(done)}" if done else "")]
+    for s in exp.seeds:
+        if not s.complete:
+            of = f" of {s.planned}" if s.planned is not None else ""
+            lines.append(f"seed {s.seed}: {len(s.iterations)}{of} iterations done (running or stopped)")
+    missing = sorted(set(expected) - {s.seed for s in exp.seeds})
+    if missing:
+        lines.append(f"no results yet for seed(s) {_seed_list(missing)}")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# Aggregation (pure)
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean, min and max of values over seeds; ``n`` values. NaN in, NaN out."""
+
+    mean: float
+    min: float
+    max: float
+    n: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Stat | None:
+        if not values:
+            return None
+        if any(math.isnan(v) for v in values):
+            return cls(math.nan, math.nan, math.nan, len(values))
+        return cls(math.fsum(values) / len(values), min(values), max(values), len(values))
+
+
+@dataclass(frozen=True)
+class IterationRow:
+    """One criterion after one iteration, over the seeds that completed it (iteration 0: unpruned)."""
+
+    label: str
+    iteration: int
+    seeds: tuple[int, ...]
+    remaining: dict[int, Stat]  # layer index -> neurons alive
+    layer_fraction: dict[int, Stat]  # layer index -> alive / width
+    fraction: Stat  # alive / width over all pruned layers together
+    after_prune: Stat
+    after_retrain: Stat | None  # None when no seed retrained
+    min_cka: float | None  # smallest CKA accepted in this iteration, any seed and layer
+    cka: dict[int, Stat] = field(default_factory=dict)  # layer -> CKA after the pass's last removal
+
+
+def iteration_rows(exp: Experiment) -> list[IterationRow]:
+    """Rows for iteration 0 (unpruned) and every iteration at least one seed completed."""
+    return [_row(exp, 0, list(exp.seeds))] + [
+        _row(exp, number, [s for s in exp.seeds if s.iteration(number) is not None])
+        for number in exp.iteration_numbers()]
+
+
+def _row(exp: Experiment, number: int, seeds: list[SeedResult]) -> IterationRow:
+    alive = {s.seed: s.alive(number) for s in seeds}
+    widths = {s.seed: {layer.index: layer.width for layer in s.layers} for s in seeds}
+    layers = sorted({index for a in alive.values() for index in a})
+    iterations = [it for s in seeds if (it := s.iteration(number)) is not None]
+    steps = [step for it in iterations for step in it.layers.values()]
+    accepted = [v for step in steps for v in step.cka]
+    retrained = [v for s in seeds if (v := s.test_acc(number, retrained=True)) is not None]
+    return IterationRow(
+        label=exp.label,
+        iteration=number,
+        seeds=tuple(s.seed for s in seeds),
+        remaining={i: Stat.of([a[i] for a in alive.values() if i in a]) for i in layers},
+        layer_fraction={i: Stat.of([a[i] / widths[s][i] for s, a in alive.items() if i in a]) for i in layers},
+        fraction=Stat.of([sum(a.values()) / sum(widths[s].values()) for s, a in alive.items()]),
+        after_prune=Stat.of([s.test_acc(number, retrained=False) for s in seeds]),
+        after_retrain=Stat.of(retrained),
+        min_cka=min(accepted) if accepted else None,
+        cka={i: Stat.of(values) for i in layers
+             if (values := [step.cka[-1] for step in steps if step.index == i and step.cka])},
+    )
+
+
+@dataclass(frozen=True)
+class GapRow:
+    """Test accuracy of ``reference`` minus ``other`` after one iteration, paired by seed."""
+
+    reference: str
+    other: str
+    iteration: int
+    fraction_reference: float  # mean fraction of neurons remaining, over the paired seeds
+    fraction_other: float
+    after_prune: Stat | None
+    after_retrain: Stat | None
+
+
+def accuracy_gaps(reference: Experiment, other: Experiment) -> list[GapRow]:
+    """A row for every iteration both completed for at least one common seed (0: unpruned)."""
+    other_seeds = {s.seed: s for s in other.seeds}
+    pairs = [(s, other_seeds[s.seed]) for s in reference.seeds if s.seed in other_seeds]
+    rows = []
+    for number in [0] + reference.iteration_numbers():
+        done = [(a, b) for a, b in pairs if number == 0 or (a.iteration(number) and b.iteration(number))]
+        if not done:
+            continue
+
+        def gap(retrained: bool) -> Stat | None:
+            values = [(x, y) for a, b in done
+                      if (x := a.test_acc(number, retrained)) is not None and (y := b.test_acc(number, retrained)) is not None]
+            return Stat.of([x - y for x, y in values])
+
+        rows.append(GapRow(
+            reference=reference.label, other=other.label, iteration=number,
+            fraction_reference=_mean_fraction([a for a, _ in done], number),
+            fraction_other=_mean_fraction([b for _, b in done], number),
+            after_prune=gap(False), after_retrain=gap(True)))
+    return rows
+
+
+def _mean_fraction(seeds: list[SeedResult], number: int) -> float:
+    fractions = [sum(s.alive(number).values()) / sum(layer.width for layer in s.layers) for s in seeds]
+    return math.fsum(fractions) / len(fractions)
+
+
+def overlap_fraction(a: Iterable[int], b: Iterable[int]) -> float | None:
+    """|A & B| / max(|A|, |B|): the fraction of removed neurons both chose (None if neither removed any).
+
+    For equally many removals this is the share of one choice the other also made; it is 1 only
+    when the two sets are identical.
+    """
+    a, b = set(a), set(b)
+    if not a and not b:
+        return None
+    return len(a & b) / max(len(a), len(b))
+
+
+@dataclass(frozen=True)
+class OverlapRow:
+    """Neurons ``first`` and ``second`` both removed from one layer, over seeds with the same trained model."""
+
+    first: str
+    second: str
+    iteration: int
+    layer: int
+    removed: Stat  # neurons ``first`` removed in this iteration
+    common: Stat  # overlap_fraction of this iteration's removals
+    cumulative: Stat  # overlap_fraction of everything removed up to this iteration
+    chance: Stat  # what two independent random choices would share: min(|A|, |B|) / alive_before
+    chance_cumulative: Stat  # the same for the cumulative sets: min(|A|, |B|) / width
+
+
+def removal_overlaps(first: Experiment, second: Experiment) -> tuple[list[OverlapRow], list[str]]:
+    """Overlap rows and notes on the seeds left out (different or unknown trained model)."""
+    second_seeds = {s.seed: s for s in second.seeds}
+    pairs, skipped = [], []
+    for a in first.seeds:
+        b = second_seeds.get(a.seed)
+        if b is None:
+            continue
+        if a.model_file is None or a.model_file != b.model_file:
+            skipped.append(a.seed)
+        else:
+            pairs.append((a, b))
+    notes = []
+    if skipped:
+        notes.append(f"{first.label} vs {second.label}: seed(s) {_seed_list(skipped)} did not prune the same "
+                     "trained model (model_file differs), so their removals are not compared")
+    widths = {a.seed: {layer.index: layer.width for layer in a.layers} for a, _ in pairs}
+    rows = []
+    for number in first.iteration_numbers():
+        for layer in sorted(first.layers):
+            per_seed = []
+            for a, b in pairs:
+                it_a, it_b = a.iteration(number), b.iteration(number)
+                if it_a is None or it_b is None or layer not in it_a.layers or layer not in it_b.layers:
+                    continue
+                step_a, step_b = it_a.layers[layer], it_b.layers[layer]
+                common = overlap_fraction(step_a.removed, step_b.removed)
+                if common is None or step_a.alive_before == 0:
+                    continue
+                gone_a, gone_b = a.removed_up_to(number, layer), b.removed_up_to(number, layer)
+                per_seed.append((
+                    len(step_a.removed), common, overlap_fraction(gone_a, gone_b),
+                    min(len(set(step_a.removed)), len(set(step_b.removed))) / step_a.alive_before,
+                    min(len(gone_a), len(gone_b)) / widths[a.seed][layer]))
+            if per_seed:
+                rows.append(OverlapRow(first.label, second.label, number, layer,
+                                       *(Stat.of(values) for values in zip(*per_seed))))
+    return rows, notes
+
+
+@dataclass(frozen=True)
+class Report:
+    experiments: tuple[Experiment, ...]  # the first is the reference for gaps and overlaps
+    rows: tuple[IterationRow, ...]
+    gaps: tuple[GapRow, ...]
+    overlaps: tuple[OverlapRow, ...]
+    notes: tuple[str, ...]  # about the inputs as a whole (folders without results, overlap skips)
+
+    @property
+    def layers(self) -> dict[int, LayerInfo]:
+        return {i: info for exp in reversed(self.experiments) for i, info in exp.layers.items()}
+
+
+def build_report(result_dirs: Sequence[Path], config_root: Path | None = DEFAULT_CONFIG_ROOT) -> Report:
+    """Load every folder and aggregate. ``config_root``: where to look up each experiment's seed list.
+
+    Raises UserError when a folder does not exist or no folder holds a readable result.
+    """
+    unique = list(dict.fromkeys(Path(d) for d in result_dirs))
+    loaded = [load_experiment(d) for d in unique]
+    if not any(exp.seeds for exp in loaded):
+        raise UserError(f"no readable result files (<seed>.json) in {', '.join(str(d) for d in unique)}; "
+                        "run main_prune.py first")
+    notes = [f"{exp.directory}: no result files yet" for exp in loaded if not exp.seeds]
+    experiments = with_unique_labels([exp for exp in loaded if exp.seeds])
+    every_seed = {s.seed for exp in experiments for s in exp.seeds}
+    experiments = [replace(exp, notes=tuple(seed_status(exp, every_seed | set(configured_seeds(exp.name, config_root))))
+                           + exp.notes) for exp in experiments]
+    reference, others = experiments[0], experiments[1:]
+    gaps = [row for other in others for row in accuracy_gaps(reference, other)]
+    overlaps = []
+    for other in others:
+        rows, skip_notes = removal_overlaps(reference, other)
+        overlaps += rows
+        notes += skip_notes
+    return Report(tuple(experiments), tuple(row for exp in experiments for row in iteration_rows(exp)),
+                  tuple(gaps), tuple(overlaps), tuple(notes))
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+
+
+@dataclass(frozen=True)
+class Table:
+    title: str
+    headers: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    notes: tuple[str, ...] = ()
+
+
+def _pct(value: float, signed: bool = False) -> str:
+    return f"{100 * value:+.2f}" if signed else f"{100 * value:.2f}"
+
+
+def _share(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def _stat_cell(stat: Stat | None, signed: bool = False) -> str:
+    """``mean [min, max]`` in percent (percentage points when signed)."""
+    if stat is None:
+        return "-"
+    return f"{_pct(stat.mean, signed)} [{_pct(stat.min, signed)}, {_pct(stat.max, signed)}]"
+
+
+def _count(stat: Stat) -> str:
+    """An integer count, or ``min-max`` when seeds differ."""
+    return f"{stat.min:g}" if stat.min == stat.max else f"{stat.min:g}-{stat.max:g}"
+
+
+def _layer_key(report: Report) -> str:
+    return "; ".join(f"L{i} = {info.name} (width {info.width})" for i, info in sorted(report.layers.items()))
+
+
+def iteration_table(report: Report) -> Table:
+    layers = sorted(report.layers)
+    rows = []
+    for row in report.rows:
+        cells = [f"{_count(row.remaining[i])} ({_share(row.layer_fraction[i].mean)})" if i in row.remaining else ""
+                 for i in layers]
+        rows.append((row.label, str(row.iteration), *cells, _share(row.fraction.mean), str(len(row.seeds)),
+                     _stat_cell(row.after_prune), _stat_cell(row.after_retrain),
+                     "-" if row.min_cka is None else f"{row.min_cka:.4f}"))
+    return Table(
+        "Test accuracy per iteration",
+        ("criterion", "iter", *(f"L{i} left" for i in layers), "remaining", "seeds",
+         "pruned acc % [min, max]", "retrained acc % [min, max]", "min CKA"),
+        tuple(rows),
+        ("Iteration 0 is the trained model before pruning. Lx left: neurons remaining in layer x "
+         "(% of its width); remaining: all pruned layers together. Accuracy: test accuracy right after "
+         "pruning and after retraining, mean over seeds [min, max]. min CKA: smallest CKA between a layer's "
+         "output at the start of the iteration and after a removal, over the iteration's removals.", _layer_key(report)))
+
+
+def gap_table(report: Report) -> Table | None:
+    if not report.gaps:
+        return None
+    rows = tuple((f"{g.reference} - {g.other}", str(g.iteration), _share(g.fraction_reference),
+                  _share(g.fraction_other), str(g.after_prune.n),
+                  _stat_cell(g.after_prune, signed=True), _stat_cell(g.after_retrain, signed=True))
+                 for g in report.gaps)
+    return Table(
+        "Accuracy gap between criteria",
+        ("gap", "iter", "remaining (ref)", "remaining (other)", "seeds", "pruned gap pp [min, max]",
+         "retrained gap pp [min, max]"),
+        rows,
+        ("Test accuracy of the reference (the first folder) minus the other, in percentage points, "
+         "per seed that completed the iteration in both, then mean [min, max] over those seeds. "
+         "Positive: the reference kept more accuracy at that iteration.",))
+
+
+def overlap_table(report: Report) -> Table | None:
+    if not report.overlaps:
+        return None
+    rows = tuple((f"{o.first} & {o.second}", str(o.iteration), f"L{o.layer}", f"{o.removed.mean:g}",
+                  _stat_cell(o.common), _pct(o.chance.mean), _stat_cell(o.cumulative), _pct(o.chance_cumulative.mean),
+                  str(o.common.n))
+                 for o in report.overlaps)
+    return Table(
+        "Neurons removed by both criteria",
+        ("criteria", "iter", "layer", "removed", "common % [min, max]", "random %", "cumulative % [min, max]",
+         "random cum. %", "seeds"),
+        rows,
+        ("common: of the neurons removed in this iteration, the share both criteria chose "
+         "(|A & B| / max(|A|, |B|)), over seeds that pruned the same trained model. cumulative: the same "
+         "for everything removed up to and including this iteration. random, random cum.: what two "
+         "independent random choices of as many neurons would share on average.", _layer_key(report)))
+
+
+def render_text(table: Table) -> str:
+    """Aligned plain text: the first column left-aligned, the others right-aligned."""
+    widths = [max(len(cells[c]) for cells in (table.headers, *table.rows)) for c in range(len(table.headers))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(cell.ljust(w) if c == 0 else cell.rjust(w) for c, (cell, w) in enumerate(zip(cells, widths))).rstrip()
+
+    body = [line(table.headers), "  ".join("-" * w for w in widths), *(line(cells) for cells in table.rows)]
+    notes = [textwrap.fill(note, NOTE_WIDTH) for note in table.notes]
+    return "\n".join([table.title, "=" * len(table.title), *body, *notes]) + "\n"
+
+
+def render_markdown(table: Table) -> str:
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+    align = "| " + " | ".join(":--" if c == 0 else "--:" for c in range(len(table.headers))) + " |"
+    notes = "".join(f"\n{note}\n" for note in table.notes)
+    return f"## {table.title}\n\n" + "\n".join([line(table.headers), align, *map(line, table.rows)]) + "\n" + notes
+
+
+def tables(report: Report) -> list[Table]:
+    return [t for t in (iteration_table(report), gap_table(report), overlap_table(report)) if t is not None]
+
+
+def input_lines(report: Report) -> list[str]:
+    lines = []
+    for exp in report.experiments:
+        lines.append(f"{exp.label}: {exp.directory} (experiment {exp.name}, criterion {exp.criterion})")
+        lines += [f"  {note}" for note in exp.notes]
+    return lines + list(report.notes)
+
+
+def report_text(report: Report) -> str:
+    """Everything the command prints: inputs, seed status, then the tables."""
+    return "\n".join(["\n".join(input_lines(report)) + "\n", *(render_text(t) for t in tables(report))])
+
+
+def report_markdown(report: Report, figures: Sequence[Path]) -> str:
+    title = " vs ".join(exp.label for exp in report.experiments)
+    inputs = "\n".join(f"- {line.strip()}" if not line.startswith("  ") else f"  - {line.strip()}"
+                       for line in input_lines(report))
+    images = "".join(f"![{path.stem}]({path.name})\n\n" for path in figures)
+    return "\n".join([f"# Pruning report: {title}\n", inputs + "\n", *(render_markdown(t) for t in tables(report)),
+                      "## Figures\n", images.rstrip() + "\n"])
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
+    return buffer.getvalue()
+
+
+def _stat_columns(prefix: str, stat: Stat | None) -> dict[str, Any]:
+    return {f"{prefix}_{k}": None if stat is None else getattr(stat, k) for k in ("mean", "min", "max", "n")}
+
+
+def iteration_csv(report: Report) -> str:
+    """Fractions, not percent; one row per criterion and iteration."""
+    layers = sorted(report.layers)
+    rows = []
+    for row in report.rows:
+        out: dict[str, Any] = {"criterion": row.label, "iteration": row.iteration, "seeds": len(row.seeds),
+                               "fraction_remaining": row.fraction.mean}
+        for i in layers:
+            out[f"L{i}_remaining"] = row.remaining[i].mean if i in row.remaining else None
+            out[f"L{i}_fraction"] = row.layer_fraction[i].mean if i in row.layer_fraction else None
+        out |= _stat_columns("test_acc_pruned", row.after_prune) | _stat_columns("test_acc_retrained", row.after_retrain)
+        out["min_cka"] = row.min_cka
+        out |= {f"L{i}_cka_mean": row.cka[i].mean if i in row.cka else None for i in layers}
+        rows.append(out)
+    return _csv(rows)
+
+
+def gap_csv(report: Report) -> str:
+    return _csv([{"reference": g.reference, "other": g.other, "iteration": g.iteration,
+                  "fraction_remaining_reference": g.fraction_reference, "fraction_remaining_other": g.fraction_other}
+                 | _stat_columns("gap_pruned", g.after_prune) | _stat_columns("gap_retrained", g.after_retrain)
+                 for g in report.gaps])
+
+
+def overlap_csv(report: Report) -> str:
+    return _csv([{"first": o.first, "second": o.second, "iteration": o.iteration, "layer": o.layer,
+                  "removed_mean": o.removed.mean} | _stat_columns("common", o.common)
+                 | _stat_columns("cumulative", o.cumulative)
+                 | {"chance_mean": o.chance.mean, "chance_cumulative_mean": o.chance_cumulative.mean}
+                 for o in report.overlaps])
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures (matplotlib is imported here only, so importing this module stays light)
+
+
+def _style() -> dict[str, Any]:
+    return {"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "legend.fontsize": 9,
+            "xtick.labelsize": 9, "ytick.labelsize": 9, "axes.spines.top": False, "axes.spines.right": False,
+            "axes.grid": True, "grid.alpha": 0.3, "lines.linewidth": 1.6, "lines.markersize": 4}
+
+
+def _colors(report: Report) -> dict[str, str]:
+    return {exp.label: PALETTE[i % len(PALETTE)] for i, exp in enumerate(report.experiments)}
+
+
+def _band(ax: Any, x: Sequence[float], stats: Sequence[Stat], color: str, label: str, **line: Any) -> None:
+    """Mean line with a min-max band over seeds."""
+    ax.fill_between(x, [s.min for s in stats], [s.max for s in stats], color=color, alpha=0.2, linewidth=0)
+    ax.plot(x, [s.mean for s in stats], color=color, label=label, **line)
+
+
+def _save_with_legend(fig: Any, axes: Iterable[Any], path: Path) -> Path:
+    """One legend for all panels, below them, where it covers no data."""
+    entries = {label: handle for ax in axes for handle, label in zip(*ax.get_legend_handles_labels())}
+    fig.tight_layout()
+    fig.legend(entries.values(), entries.keys(), loc="upper center", bbox_to_anchor=(0.5, 0.0),
+               ncol=min(len(entries), 4), frameon=False, title="lines: mean over seeds; bands: min to max")
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def _percent_decimals(span: float) -> int:
+    """Enough decimals for ticks over an axis spanning ``span`` (a fraction) to differ, and no more."""
+    return 0 if span >= 0.05 else 1 if span >= 0.005 else 2
+
+
+def _integer_iterations(ax: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("iteration")
+
+
+def plot_accuracy(report: Report, path: Path) -> Path:
+    """Test accuracy vs fraction of neurons remaining: after retraining (left), before (right)."""
+    from matplotlib import rc_context
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import PercentFormatter
+
+    colors = _colors(report)
+    with rc_context(_style()):
+        fig = Figure(figsize=(8, 3.4))
+        axes = fig.subplots(1, 2, sharex=True)
+        panels = (("after retraining", lambda r: r.after_retrain), ("after pruning, before retraining", lambda r: r.after_prune))
+        for ax, (title, stat_of) in zip(axes, panels):
+            for exp in report.experiments:
+                rows = [r for r in report.rows if r.label == exp.label and stat_of(r) is not None]
+                if len(rows) > 1:  # iteration 0 alone: this criterion never retrained
+                    _band(ax, [r.fraction.mean for r in rows], [stat_of(r) for r in rows], colors[exp.label],
+                          f"{exp.label} ({len(exp.seeds)} seed{'s' if len(exp.seeds) != 1 else ''})", marker="o")
+            if not ax.lines:
+                ax.text(0.5, 0.5, "no retraining recorded", transform=ax.transAxes, ha="center", color="0.4")
+            ax.set_title(title)
+            ax.set_xlabel("neurons remaining (pruned layers)")
+            ax.xaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
+            low, high = ax.get_ylim()
+            ax.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=_percent_decimals(high - low)))
+        axes[0].set_ylabel("test accuracy")
+        axes[0].invert_xaxis()  # shared: pruning proceeds left to right in both panels
+        fig.suptitle("Test accuracy vs. neurons remaining")
+        return _save_with_legend(fig, axes, path)
+
+
+def _layer_axes(fig: Any, report: Report, layers: Sequence[int]) -> dict[int, Any]:
+    axes = fig.subplots(1, len(layers), sharey=True, squeeze=False)[0]
+    info = report.layers
+    for ax, i in zip(axes, layers):
+        ax.set_title(f"L{i}: {info[i].name} (width {info[i].width})")
+        _integer_iterations(ax)
+    return dict(zip(layers, axes))
+
+
+def plot_cka(report: Report, path: Path) -> Path | None:
+    """Per pruned layer: CKA(before, after) of each iteration's removals; None when nothing recorded."""
+    from matplotlib import rc_context
+    from matplotlib.figure import Figure
+
+    layers = sorted({i for row in report.rows for i in row.cka})
+    if not layers:
+        return None
+    colors = _colors(report)
+    with rc_context(_style()):
+        fig = Figure(figsize=(3.6 * len(layers) + 0.6, 3.2))
+        axes = _layer_axes(fig, report, layers)
+        for exp in report.experiments:
+            for i, ax in axes.items():
+                rows = [r for r in report.rows if r.label == exp.label and i in r.cka]
+                if rows:
+                    _band(ax, [r.iteration for r in rows], [r.cka[i] for r in rows], colors[exp.label], exp.label,
+                          marker="o")
+        first = axes[layers[0]]
+        first.set_ylabel("CKA(before, after)")
+        fig.suptitle("CKA between each layer's output before and after the iteration's removals")
+        return _save_with_legend(fig, axes.values(), path)
+
+
+def plot_overlap(report: Report, path: Path) -> Path | None:
+    """Per pruned layer: share of removed neurons the reference and each other criterion chose in common."""
+    from matplotlib import rc_context
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import PercentFormatter
+
+    if not report.overlaps:
+        return None
+    layers = sorted({o.layer for o in report.overlaps})
+    colors = _colors(report)
+    with rc_context(_style()):
+        fig = Figure(figsize=(3.6 * len(layers) + 0.6, 3.2))
+        axes = _layer_axes(fig, report, layers)
+        for i, ax in axes.items():
+            for second in dict.fromkeys(o.second for o in report.overlaps):
+                rows = [o for o in report.overlaps if o.layer == i and o.second == second]
+                if not rows:
+                    continue
+                x, color, pair = [o.iteration for o in rows], colors[second], f"{rows[0].first} & {second}"
+                _band(ax, x, [o.common for o in rows], color, pair, marker="o")
+                ax.plot(x, [o.chance.mean for o in rows], color="0.45", linestyle=":",
+                        label="two random choices (expected)")
+            ax.set_ylim(0, 1.02)
+            ax.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
+        first = axes[layers[0]]
+        first.set_ylabel("removed in this iteration by both")
+        fig.suptitle("Overlap of the neurons removed (same trained models)")
+        return _save_with_legend(fig, axes.values(), path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing and the command
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    directory: Path
+    markdown: Path
+    accuracy_figure: Path
+    csv: tuple[Path, ...]
+    figures: tuple[Path, ...]  # accuracy_figure first, then cka / overlap when there is data
+
+
+def default_out_dir(report: Report) -> Path:
+    """``<dir>/report`` for one folder; ``output/report/<a>_vs_<b>...`` (experiment names, '/' -> '-') for several."""
+    if len(report.experiments) == 1:
+        return report.experiments[0].directory / "report"
+    return DEFAULT_OUTPUT_ROOT / "report" / "_vs_".join(exp.name.replace("/", "-") for exp in report.experiments)
+
+
+def write_outputs(report: Report, out_dir: Path) -> ReportPaths:
+    """Write report.md, the CSV tables and the figures into ``out_dir``, each file atomically."""
+    accuracy = plot_accuracy(report, out_dir / "accuracy.png")
+    figures = [accuracy] + [p for p in (plot_cka(report, out_dir / "cka.png"),
+                                         plot_overlap(report, out_dir / "overlap.png")) if p is not None]
+    csvs = [atomic_write_text(out_dir / "iterations.csv", iteration_csv(report))]
+    if report.gaps:
+        csvs.append(atomic_write_text(out_dir / "gap.csv", gap_csv(report)))
+    if report.overlaps:
+        csvs.append(atomic_write_text(out_dir / "overlap.csv", overlap_csv(report)))
+    markdown = atomic_write_text(out_dir / "report.md", report_markdown(report, figures))
+    return ReportPaths(out_dir, markdown, accuracy, tuple(csvs), tuple(figures))
+
+
+def write_report(result_dirs: Sequence[Path], out_dir: Path | None = None,
+                 config_root: Path | None = DEFAULT_CONFIG_ROOT) -> ReportPaths:
+    """Load ``result_dirs``, aggregate, and write the report (``out_dir`` None: see default_out_dir)."""
+    report = build_report(result_dirs, config_root)
+    return write_outputs(report, out_dir if out_dir is not None else default_out_dir(report))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python3 -m src.report",
+        description="Tables and figures comparing pruning runs (mean, min, max over seeds).")
+    parser.add_argument("result_dirs", nargs="+", type=Path, metavar="RESULT_DIR",
+                        help="output/<experiment>/ folders from main_prune.py; the first is the reference for gaps")
+    parser.add_argument("--out", type=Path,
+                        help="where to write (default: RESULT_DIR/report for one folder, "
+                             "output/report/<a>_vs_<b> for several)")
+    parser.add_argument("--config-root", type=Path, default=DEFAULT_CONFIG_ROOT,
+                        help="where to find <experiment>.json for the list of planned seeds (default: config/)")
+    args = parser.parse_args(argv)
+    report = build_report(args.result_dirs, args.config_root)
+    paths = write_outputs(report, args.out if args.out is not None else default_out_dir(report))
+    print(report_text(report))
+    print(f"report: {paths.markdown}")
+    print(f"figure: {paths.accuracy_figure}")
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,237 @@
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from src.errors import UserError
+from src.report import (build_report, default_out_dir, main, overlap_fraction, write_report)
+
+ROOT = Path(__file__).resolve().parents[1]
+WIDTHS = (10, 8)
+
+
+def metrics(test_acc: float) -> dict:
+    return {"train_loss": 0.1, "train_acc": 0.99, "val_loss": 0.2, "val_acc": 0.97, "test_loss": 0.2, "test_acc": test_acc}
+
+
+def iteration(number: int, removed: list[list[int]], alive_before: list[int], cka: list[list[float]],
+              pruned: float, retrained: float | None) -> dict:
+    """One iterations[] entry; layer j loses removed[j] out of alive_before[j]."""
+    layers = [{"index": j, "alive_before": alive_before[j], "alive_after": alive_before[j] - len(removed[j]),
+               "removed": removed[j], "scores": cka[j], "cka": cka[j], "seconds": 0.01, "engine": "fast"}
+              for j in range(len(WIDTHS))]
+    return {"iteration": number, "layers": layers, "after_prune": metrics(pruned),
+            "after_retrain": None if retrained is None else metrics(retrained),
+            "retrain": {"epochs": 2, "best_epoch": 1, "diverged": False, "seconds": 0.5},
+            "seconds_scoring": 0.1, "seconds_retraining": 0.5}
+
+
+def write_result(folder: Path, experiment: str, criterion: str, seed: int, baseline: float, iterations: list[dict],
+                 planned: int = 2, model_file: str | None = None) -> None:
+    result = {
+        "experiment": experiment, "seed": seed, "criterion": criterion, "strategy": "iterative",
+        "prune": {"strategy": "iterative", "params": {"type": criterion, "iterations": planned, "rate": 0.2}},
+        "model_file": model_file or f"models/mlp_seed{seed}.pt",
+        "layers": [{"index": j, "name": f"hidden.{j}.layer", "kind": "linear", "width": w} for j, w in enumerate(WIDTHS)],
+        "baseline": metrics(baseline),
+        "iterations": iterations,
+        "planned_iterations": planned,
+        "complete": len(iterations) == planned,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{seed}.json").write_text(json.dumps(result))
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> tuple[Path, Path]:
+    """cka: seed 0 complete, seed 1 stopped after iteration 1, seed 2 missing.
+    l1: seeds 0-2; seed 1 pruned a different trained model."""
+    cka, l1 = tmp_path / "output" / "demo" / "cka", tmp_path / "output" / "demo" / "l1"
+    write_result(cka, "demo/cka", "cka", 0, 0.90, [
+        iteration(1, [[1, 2], [0, 1]], [10, 8], [[0.99, 0.97], [0.98, 0.95]], 0.80, 0.88),
+        iteration(2, [[3, 4], [5]], [8, 6], [[0.96, 0.93], [0.94]], 0.70, 0.85),
+    ])
+    write_result(cka, "demo/cka", "cka", 1, 0.94, [
+        iteration(1, [[6, 7], [2, 3]], [10, 8], [[0.995, 0.96], [0.97, 0.96]], 0.86, 0.92),
+    ])
+    write_result(l1, "demo/l1", "l1", 0, 0.90, [
+        iteration(1, [[2, 5], [1, 0]], [10, 8], [[0.9, 0.8], [0.9, 0.85]], 0.70, 0.86),
+        iteration(2, [[1, 3], [5]], [8, 6], [[0.9, 0.7], [0.8]], 0.50, 0.80),
+    ])
+    write_result(l1, "demo/l1", "l1", 1, 0.94, [
+        iteration(1, [[6, 7], [2, 3]], [10, 8], [[0.9, 0.8], [0.9, 0.8]], 0.86, 0.90),
+        iteration(2, [[0, 1], [4]], [8, 6], [[0.9, 0.8], [0.9]], 0.60, 0.84),
+    ], model_file="models/other_seed1.pt")
+    write_result(l1, "demo/l1", "l1", 2, 0.92, [])
+    return cka, l1
+
+
+def rows_of(report, label):
+    return {row.iteration: row for row in report.rows if row.label == label}
+
+
+def test_mean_min_max_over_seeds_per_iteration(runs):
+    report = build_report(list(runs), config_root=None)
+    cka = rows_of(report, "cka")
+    assert sorted(cka) == [0, 1, 2]
+    assert cka[0].after_prune.mean == pytest.approx((0.90 + 0.94) / 2)
+    one = cka[1]
+    assert one.seeds == (0, 1)
+    assert (one.after_prune.mean, one.after_prune.min, one.after_prune.max, one.after_prune.n) == \
+        (pytest.approx(0.83), 0.80, 0.86, 2)
+    assert (one.after_retrain.mean, one.after_retrain.min, one.after_retrain.max) == (pytest.approx(0.90), 0.88, 0.92)
+    assert one.remaining[0].mean == 8 and one.remaining[1].mean == 6
+    assert one.layer_fraction[0].mean == pytest.approx(0.8)
+    assert one.fraction.mean == pytest.approx(14 / 18)
+    assert one.min_cka == 0.95
+    assert one.cka[0].mean == pytest.approx((0.97 + 0.96) / 2)  # the last removal's CKA
+    # Only seed 0 reached iteration 2.
+    two = cka[2]
+    assert two.seeds == (0,) and two.after_prune.n == 1 and two.after_prune.mean == 0.70
+    assert two.fraction.mean == pytest.approx(11 / 18)
+
+
+def test_gap_is_paired_by_seed(runs):
+    report = build_report(list(runs), config_root=None)
+    gaps = {g.iteration: g for g in report.gaps}
+    assert all((g.reference, g.other) == ("cka", "l1") for g in report.gaps)
+    assert gaps[0].after_prune.mean == pytest.approx(0) and gaps[0].after_prune.n == 2
+    # Iteration 1: cka - l1 = 0.10 (seed 0) and 0.00 (seed 1) after pruning; 0.02 and 0.02 after retraining.
+    assert (gaps[1].after_prune.mean, gaps[1].after_prune.min, gaps[1].after_prune.max) == \
+        (pytest.approx(0.05), pytest.approx(0.0), pytest.approx(0.10))
+    assert gaps[1].after_retrain.mean == pytest.approx(0.02)
+    # Iteration 2: only seed 0 has it in both.
+    assert gaps[2].after_prune.n == 1 and gaps[2].after_prune.mean == pytest.approx(0.20)
+    assert gaps[2].fraction_reference == pytest.approx(11 / 18)
+
+
+def test_overlap_fraction():
+    assert overlap_fraction([1, 2, 3, 4], [4, 3, 9, 8]) == 0.5
+    assert overlap_fraction([1, 2], [2, 3, 4, 5]) == 0.25
+    assert overlap_fraction([0, 1], [1, 0]) == 1.0
+    assert overlap_fraction([], []) is None
+
+
+def test_overlap_only_for_seeds_with_the_same_trained_model(runs):
+    report = build_report(list(runs), config_root=None)
+    rows = {(o.iteration, o.layer): o for o in report.overlaps}
+    # Seed 1 pruned different models, so only seed 0 counts.
+    assert all(o.common.n == 1 for o in report.overlaps)
+    assert rows[1, 0].common.mean == 0.5  # {1, 2} vs {2, 5}
+    assert rows[1, 1].common.mean == 1.0  # {0, 1} vs {1, 0}
+    assert rows[1, 0].chance.mean == pytest.approx(2 / 10)
+    assert rows[2, 0].common.mean == 0.5  # {3, 4} vs {1, 3}
+    assert rows[2, 0].cumulative.mean == 0.75  # {1, 2, 3, 4} vs {2, 5, 1, 3}
+    assert rows[2, 0].chance_cumulative.mean == pytest.approx(4 / 10)
+    assert rows[2, 1].common.mean == 1.0
+    assert any("seed(s) 1 did not prune the same trained model" in note for note in report.notes)
+
+
+def test_partial_and_missing_seeds_are_reported_not_fatal(runs, tmp_path):
+    cka, l1 = runs
+    (cka / "3.json").write_text('{"experiment": "demo/cka", "seed"')  # cut short
+    (cka / "notes.json").write_text("{}")  # not a seed file: ignored
+    report = build_report([cka, l1], config_root=None)
+    notes = "\n".join(report.experiments[0].notes)
+    assert "1 seed(s) complete: 0" in notes
+    assert "seed 1: 1 of 2 iterations done" in notes
+    assert "no results yet for seed(s) 2" in notes
+    assert f"skipped {cka / '3.json'}: not readable as JSON" in notes
+    assert "notes.json" not in notes
+    l1_notes = "\n".join(report.experiments[1].notes)
+    assert "seed 2: 0 of 2 iterations done" in l1_notes
+    assert rows_of(report, "l1")[0].after_prune.n == 3
+
+
+def test_malformed_file_names_the_key(runs):
+    cka, _ = runs
+    raw = json.loads((cka / "0.json").read_text())
+    del raw["iterations"][1]["after_prune"]["test_acc"]
+    (cka / "0.json").write_text(json.dumps(raw))
+    report = build_report([cka], config_root=None)
+    assert [s.seed for s in report.experiments[0].seeds] == [1]
+    assert any("iterations[1].after_prune.test_acc is missing" in note for note in report.experiments[0].notes)
+
+
+def test_planned_seeds_come_from_the_config(runs, tmp_path):
+    cka, _ = runs
+    config = tmp_path / "config" / "demo" / "cka.json"
+    config.parent.mkdir(parents=True)
+    config.write_text(json.dumps({
+        "model": {"type": "mlp", "input_size": 784, "hidden_sizes": [10, 8], "output_size": 10},
+        "prune": {"strategy": "iterative", "params": {"type": "cka", "iterations": 2, "rate": 0.2}, "modules": [0, 1]},
+        "seeds": [0, 1, 5]}))
+    report = build_report([cka], config_root=tmp_path / "config")
+    assert "no results yet for seed(s) 5" in report.experiments[0].notes
+
+
+def test_labels_fall_back_to_experiment_names(tmp_path):
+    for name in ("a", "b"):
+        write_result(tmp_path / name, f"ex/{name}", "cka", 0, 0.9, [])
+    report = build_report([tmp_path / "a", tmp_path / "b"], config_root=None)
+    assert [exp.label for exp in report.experiments] == ["ex/a", "ex/b"]
+    assert default_out_dir(report) == Path("output/report/ex-a_vs_ex-b")
+
+
+def test_write_report_files(runs, tmp_path):
+    out = tmp_path / "report"
+    paths = write_report(list(runs), out, config_root=None)
+    assert paths.accuracy_figure == out / "accuracy.png"
+    assert [p.name for p in paths.figures] == ["accuracy.png", "cka.png", "overlap.png"]
+    for figure in paths.figures:
+        assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 10_000
+    markdown = paths.markdown.read_text()
+    assert "| cka | 1 |" in markdown and "![accuracy](accuracy.png)" in markdown
+    with open(out / "iterations.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    row = next(r for r in rows if (r["criterion"], r["iteration"]) == ("cka", "1"))
+    assert float(row["test_acc_pruned_mean"]) == pytest.approx(0.83) and row["test_acc_pruned_n"] == "2"
+    assert {p.name for p in paths.csv} == {"iterations.csv", "gap.csv", "overlap.csv"}
+
+
+def test_single_run_without_retraining(tmp_path):
+    run = tmp_path / "solo"
+    write_result(run, "solo", "l2", 0, 0.9, [
+        iteration(1, [[1, 2], [0]], [10, 8], [[0.9, 0.8], [0.7]], 0.8, None)], planned=1)
+    paths = write_report([run], None, config_root=None)
+    assert paths.directory == run / "report"
+    report = build_report([run], config_root=None)
+    assert rows_of(report, "l2")[1].after_retrain is None and not report.gaps and not report.overlaps
+    assert paths.accuracy_figure.stat().st_size > 0
+    assert not (run / "report" / "gap.csv").exists()
+
+
+def test_nan_accuracy_stays_nan(tmp_path):
+    run = tmp_path / "nan"
+    write_result(run, "nan", "cka", 0, 0.9, [iteration(1, [[1], [0]], [10, 8], [[0.9], [0.9]], math.nan, 0.5)], planned=1)
+    write_result(run, "nan", "cka", 1, 0.9, [iteration(1, [[1], [0]], [10, 8], [[0.9], [0.9]], 0.4, 0.5)], planned=1)
+    row = rows_of(build_report([run], config_root=None), "cka")[1]
+    assert math.isnan(row.after_prune.mean) and row.after_retrain.mean == pytest.approx(0.5)
+
+
+def test_no_results_is_a_user_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no readable result files"):
+        build_report([tmp_path / "empty"], config_root=None)
+    with pytest.raises(UserError, match="no such directory"):
+        build_report([tmp_path / "absent"], config_root=None)
+
+
+def test_cli_prints_tables_and_exits_2_on_bad_input(runs, tmp_path, capsys):
+    assert main([str(d) for d in runs] + ["--out", str(tmp_path / "cli"), "--config-root", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "Accuracy gap between criteria" in printed
+    assert printed.rstrip().endswith(f"figure: {tmp_path / 'cli' / 'accuracy.png'}")
+    done = subprocess.run([sys.executable, "-m", "src.report", str(tmp_path / "absent")],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "no such directory" in done.stderr
+
+
+def test_importing_does_not_load_matplotlib():
+    code = "import sys, src.report; sys.exit('matplotlib' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
