@@ -20,6 +20,7 @@ $(TEST_INSTALLED): requirements-test.txt $(INSTALLED)
 	touch $@
 
 demo: $(INSTALLED)
+	$(PY) main_search.py config/demo/cka.json
 	$(PY) main_train.py config/demo/cka.json
 	$(PY) main_prune.py config/demo/cka.json
 	$(PY) main_prune.py config/demo/l1.json

@@ -101,7 +101,8 @@ def fit(model: nn.Module, splits: Splits, params: TrainParams, *, seed: int,
     for epoch in range(1, params.epochs + 1):
         model.train()
         epoch_start = time.perf_counter()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        # Running sums stay on the device: one host sync per epoch, not per batch.
+        loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), dtype=torch.int64, device=device)
         batches = iterate_batches(splits.train, params.batch_size, shuffle=True, generator=generator, device=device)
         total = math.ceil(len(splits.train) / params.batch_size)
@@ -111,8 +112,8 @@ def fit(model: nn.Module, splits: Splits, params: TrainParams, *, seed: int,
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += loss.detach().double() * len(y)
-            correct += (logits.detach().argmax(1) == y).sum()
+            loss_sum.add_(loss.detach(), alpha=len(y))
+            correct.add_((logits.detach().argmax(1) == y).sum())
         train_loss = loss_sum.item() / len(splits.train)
         if not math.isfinite(train_loss):
             diverged = True

@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 import time
@@ -86,3 +87,12 @@ def test_cli_trains_then_skips_everything(write_config, tmp_path):
     assert time.perf_counter() - start < 30
     one = subprocess.run(cmd + ["--seed-index", "5"], capture_output=True, text=True, cwd=tmp_path)
     assert one.returncode == 2 and "--seed-index 5 is out of range" in one.stderr
+
+
+def test_online_logging_without_credentials_is_a_user_error(write_config, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")}
+    env.update(HOME=str(tmp_path), NETRC=str(tmp_path / "none"))
+    proc = subprocess.run([sys.executable, str(ROOT / "main_train.py"), str(write_config()), "--wandb", "online",
+                           "--models-dir", str(tmp_path / "m")], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert proc.returncode == 2 and "online W&B logging needs W&B credentials" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "m").exists()
