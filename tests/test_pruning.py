@@ -108,6 +108,22 @@ def test_baselines_record_the_same_cka_damage_with_both_engines(trained_mlp, mni
     _assert_same(choices)
 
 
+def test_removal_count_rounds_and_never_empties_a_layer():
+    assert removal_count(0.2, 512) == 102 and removal_count(0.2, 18) == 4 and removal_count(0.5, 5) == 3
+    assert removal_count(0.5, 1) == 0 and removal_count(0.9, 2) == 1 and removal_count(None, 9) is None
+
+
+def test_a_layer_without_variation_is_left_alone(trained_mlp, mnist5k):
+    _, model = trained_mlp
+    model = copy.deepcopy(model)
+    layer = prunable_layers(model)[1]
+    with torch.no_grad():
+        layer.block.layer.bias.fill_(-1e3)  # every ReLU dead on every sample
+    params = PruneParams(type="cka", rate=0.5, hook="nonlinearity")
+    rec = record_layers(model, [layer], mnist5k.val, params, 96, torch.Generator().manual_seed(0), CPU)[1]
+    assert select(rec, params, np.ones(32, bool), (0,)).removed == []
+
+
 def test_l1_removes_the_smallest_rows(trained_mlp, mnist5k):
     _, model = trained_mlp
     layer = prunable_layers(model)[0]

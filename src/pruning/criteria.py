@@ -60,8 +60,11 @@ class Selection:
 
 
 def removal_count(rate: float | None, alive: int) -> int | None:
-    """k = round(rate * alive), rounding halves up; None when the pass stops on CKA instead."""
-    return None if rate is None else int(math.floor(rate * alive + 0.5))
+    """k = round(rate * alive), rounding halves up, leaving at least one neuron alive.
+
+    None when the pass stops on CKA instead.
+    """
+    return None if rate is None else min(int(math.floor(rate * alive + 0.5)), alive - 1)
 
 
 def select(rec: LayerRecording, params: PruneParams, alive: np.ndarray,
@@ -69,6 +72,8 @@ def select(rec: LayerRecording, params: PruneParams, alive: np.ndarray,
     """Choose the neurons of one layer to remove in this pass."""
     k = removal_count(params.rate, int(alive.sum()))
     fast = params.engine == "fast" and params.kernel == "linear"
+    if not _varies(rec):  # CKA is undefined (e.g. every alive ReLU dead on these samples)
+        return Selection([], [], [], "fast" if fast else "reference")
     if fast:
         interactions = (interactions_from_covariance(rec.covariance, rec.groups) if rec.covariance is not None
                         else interactions_from_activations(rec.outputs, rec.groups, debiased=params.debiased))
@@ -92,6 +97,13 @@ def select(rec: LayerRecording, params: PruneParams, alive: np.ndarray,
         order, damage = order[:keep], damage[:keep]
     scores = [None if params.type == "random" else float(importance[i]) for i in order]
     return Selection(order, scores, list(damage), "fast" if fast else "reference")
+
+
+def _varies(rec: LayerRecording) -> bool:
+    """Whether the layer's recorded output varies across the scoring samples."""
+    if rec.covariance is not None:
+        return bool(np.trace(rec.covariance) > 0)
+    return bool((rec.outputs != rec.outputs[:1]).any())
 
 
 def _reference_path(rec: LayerRecording, params: PruneParams) -> Callable[[list[int]], list[float]]:
