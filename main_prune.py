@@ -2,33 +2,16 @@
 
 from pathlib import Path
 
-import torch
-
 from src.artifacts import ModelFileError, load_model, model_path, output_dir
 from src.cli import add_seed_options, base_parser, run, selected_seeds
 from src.config import load_config
 from src.data import load_splits
-from src.export import add_latency, export_model, format_report, save_exported
+from src.export import export_seed
 from src.models import check_model_fits_data
 from src.pruning.strategy import prune_seed, summary_rows
 from src.report import write_report
 from src.tracking import resolve_mode, wandb_run
-from src.train import evaluate, select_device
-
-
-def export_seed(model, cfg, splits, path: Path) -> None:
-    """Save the pruned model as a smaller dense one; report its size, speed and accuracy."""
-    model = model.cpu()  # latency is measured on the CPU
-    small, small_cfg, report = export_model(model, cfg.model)
-    report = add_latency(report, model, small)
-    save_exported(path, small, small_cfg, report)
-    print(format_report(report))
-    if not report.exact:
-        cpu = torch.device("cpu")
-        masked_acc = evaluate(model, splits.test, cfg.params.batch_size, cpu).acc
-        small_acc = evaluate(small, splits.test, cfg.params.batch_size, cpu).acc
-        print(f"test accuracy: pruned (masked) {masked_acc:.4f}, exported {small_acc:.4f}")
-    print(f"exported model: {path}")
+from src.train import select_device
 
 
 def main(argv=None) -> int:
@@ -67,7 +50,7 @@ def main(argv=None) -> int:
         with wandb_run(cfg, mode, job_type="prune", name=f"{cfg.name}-seed{seed}", config=cfg.raw) as log:
             results.append(prune_seed(model, cfg, seed, splits, device, path, out_dir, on_epoch=log))
         if args.export:
-            export_seed(model, cfg, splits, out_dir / "exported" / f"seed{seed}.pt")
+            export_seed(model, cfg, splits.test, out_dir / "exported" / f"seed{seed}.pt")
     if not results:
         print("nothing was pruned")
         return 1

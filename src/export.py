@@ -35,11 +35,13 @@ import torch
 from torch import nn
 
 from src.artifacts import sidecar_path
-from src.config import ModelConfig, parse_config
+from src.config import ExperimentConfig, ModelConfig, parse_config
+from src.data import Split
 from src.errors import UserError
 from src.io import atomic_torch_save, atomic_write_json, read_json
 from src.models import Block, Net, PrunableLayer, build_model, prunable_layers
 from src.pruning.masks import make_permanent
+from src.train import evaluate
 
 # Samples of uniform [0, 1) inputs (the range of the image data) for the built-in output check.
 CHECK_SAMPLES = 64
@@ -379,3 +381,21 @@ def _max_abs_diff(masked: Net, exported: Net, input_shape: tuple[int, ...]) -> f
     x = torch.rand(CHECK_SAMPLES, *input_shape, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         return float((_eval_copy(masked)(x) - _eval_copy(exported)(x)).abs().max())
+
+
+def export_seed(model: Net, cfg: ExperimentConfig, test: Split, path: Path) -> None:
+    """Save a pruned model as a smaller dense one; print its size, speed and accuracy.
+
+    Where the fold is not exact (zero padding), the test accuracy of both models is printed.
+    """
+    model = model.cpu()  # latency is measured on the CPU
+    small, small_cfg, report = export_model(model, cfg.model)
+    report = add_latency(report, model, small)
+    save_exported(path, small, small_cfg, report)
+    print(format_report(report))
+    if not report.exact:
+        cpu = torch.device("cpu")
+        masked_acc = evaluate(model, test, cfg.params.batch_size, cpu).acc
+        small_acc = evaluate(small, test, cfg.params.batch_size, cpu).acc
+        print(f"test accuracy: pruned (masked) {masked_acc:.4f}, exported {small_acc:.4f}")
+    print(f"exported model: {path}")

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
-from src.config import ModelConfig
+from src.config import ModelConfig, parse_config
+from src.data import Split
 from src.errors import UserError
 from src.export import (
-    add_latency, count_macs, count_parameters, export_model, format_report, load_exported,
+    add_latency, count_macs, count_parameters, export_model, export_seed, format_report, load_exported,
     measure_latency, save_exported,
 )
 from src.models import Net, build_model, prunable_layers
@@ -211,3 +214,17 @@ def test_latency_and_formatted_report():
     text = format_report(timed)
     assert "6  ->     5" in text and "NOT exact" in text and "batch 4" in text
     assert f"{report.params_before:,} -> {report.params_after:,}" in text
+
+
+def test_export_seed_reports_both_accuracies_when_inexact(tmp_path, capsys):
+    masked = prune(random_model(CNN_SAME), {0: [0, 3], 1: [1]})
+    images = torch.randint(0, 256, (16, *CNN_SAME.input_shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    test = Split(images, torch.arange(16) % 4)
+    cfg = parse_config({"model": {"type": "cnn", "input_shape": [2, 10, 10], "conv_channels": [6, 5], "kernel_size": 3,
+                                  "padding": "same", "pool_every": 2, "fc_sizes": [7], "output_size": 4,
+                                  "batch_norm": True}, "params": {"batch_size": 8}}, Path("same.json"))
+    export_seed(masked, cfg, test, tmp_path / "seed0.pt")
+    out = capsys.readouterr().out
+    assert "test accuracy: pruned (masked)" in out and "exported model:" in out
+    small, small_cfg = load_exported(tmp_path / "seed0.pt")
+    assert small_cfg.conv_channels == (4, 4)
