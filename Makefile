@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 TEST_INSTALLED := $(VENV)/.installed-test
 
-.PHONY: demo test bench clean-demo
+.PHONY: demo test bench
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,3 +32,4 @@ test: $(TEST_INSTALLED)
 bench: $(INSTALLED)
 	$(PY) bench/train_speed.py
 	$(PY) bench/prune_speed.py
+	$(PY) bench/export_latency.py
