@@ -13,15 +13,18 @@
 #
 # Environment (all optional):
 #   LOCAL_SLURM_DIR      state, spool, logs, pid files   [/tmp/cka-prune-slurm]
-#   LOCAL_SLURM_CPUS     CPUs of the node                [nproc]
-#   LOCAL_SLURM_MEM_MB   RealMemory of the node in MB    [half of MemTotal]
+#   LOCAL_SLURM_CPUS     CPUs of the node                [nproc, at least 16]
+#   LOCAL_SLURM_MEM_MB   RealMemory of the node in MB    [MemTotal, at least 65536]
 #   LOCAL_SLURM_TIMEOUT  seconds to wait for readiness   [60]
 #   LOCAL_SLURM_FORCE=1  overwrite a slurm.conf this script did not write
 set -euo pipefail
 
 STATE_DIR="${LOCAL_SLURM_DIR:-/tmp/cka-prune-slurm}"
-NODE_CPUS="${LOCAL_SLURM_CPUS:-$(nproc)}"
-NODE_MEM_MB="${LOCAL_SLURM_MEM_MB:-$(awk '/^MemTotal:/ {print int($2 / 2048)}' /proc/meminfo)}"
+# The node advertises at least 16 CPUs and 64 GB (slurmd trusts slurm.conf: config_overrides),
+# so the batch scripts' default requests (4 CPUs, 16 GB) run here unchanged; this one-node
+# cluster enforces neither.
+NODE_CPUS="${LOCAL_SLURM_CPUS:-$(( $(nproc) > 16 ? $(nproc) : 16 ))}"
+NODE_MEM_MB="${LOCAL_SLURM_MEM_MB:-$(awk '/^MemTotal:/ {m = int($2 / 1024); print (m > 65536 ? m : 65536)}' /proc/meminfo)}"
 READY_TIMEOUT="${LOCAL_SLURM_TIMEOUT:-60}"
 SLURM_CONF_FILE=/etc/slurm/slurm.conf
 CONF_MARKER="# written by scripts/ci/start-local-slurm.sh"
@@ -110,6 +113,7 @@ JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 MpiDefault=none
+SlurmdParameters=config_overrides
 MailProg=/bin/true
 ReturnToService=2
 SlurmctldTimeout=30
