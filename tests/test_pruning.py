@@ -20,8 +20,8 @@ from src.models import build_model, prunable_layers
 from src.pruning.criteria import removal_count, select
 from src.pruning.masks import add_masks, alive_neurons, remove_neurons
 from src.pruning.scoring import record_layers
-from src.pruning.strategy import prune_pass, prune_seed
-from src.train import fit, train_seed
+from src.pruning.strategy import prune_pass
+from src.train import fit
 from tests.conftest import ROOT
 
 CPU = torch.device("cpu")
