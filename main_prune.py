@@ -5,13 +5,11 @@ from pathlib import Path
 from src.artifacts import ModelFileError, load_model, model_path, output_dir
 from src.cli import add_seed_options, base_parser, run, selected_seeds
 from src.config import load_config
-from src.data import load_splits
 from src.export import export_seed
-from src.models import check_model_fits_data
 from src.pruning.strategy import prune_seed, summary_rows
 from src.report import write_report
 from src.tracking import resolve_mode, wandb_run
-from src.train import select_device
+from src.train import load_experiment_data, select_device
 
 
 def main(argv=None) -> int:
@@ -26,8 +24,7 @@ def main(argv=None) -> int:
     prune = cfg.require_prune()
     seeds = selected_seeds(cfg, args.seed, args.seed_index)
     device = select_device(args.device)
-    splits = load_splits(cfg.data).to(device)
-    check_model_fits_data(cfg.model, splits.input_shape, splits.num_classes, str(cfg.source))
+    splits = load_experiment_data(cfg, device)
     out_dir = output_dir(cfg, Path(args.output_dir))
     p = prune.params
     budget = f"rate {p.rate}" if p.rate is not None else f"stop_cka {p.stop_cka}"

@@ -2,10 +2,8 @@
 
 from src.cli import add_seed_options, base_parser, run, selected_seeds
 from src.config import load_config
-from src.data import load_splits
-from src.models import check_model_fits_data
 from src.tracking import resolve_mode, wandb_run
-from src.train import select_device, train_seed
+from src.train import load_experiment_data, select_device, train_seed
 
 MODELS_DIR = "models"
 
@@ -18,15 +16,14 @@ def main(argv=None) -> int:
     cfg = load_config(args.config)
     seeds = selected_seeds(cfg, args.seed, args.seed_index)
     device = select_device(args.device)
-    splits = load_splits(cfg.data)
-    check_model_fits_data(cfg.model, splits.input_shape, splits.num_classes, str(cfg.source))
+    splits = load_experiment_data(cfg, device)
     print(f"{cfg.name}: {len(seeds)} seed(s) on {device}; data {cfg.data.dataset} "
           f"({len(splits.train)}/{len(splits.val)}/{len(splits.test)} train/val/test)")
     mode = resolve_mode(cfg, args.wandb)
     failed = []
     for seed in seeds:
         with wandb_run(cfg, mode, job_type="train", name=f"{cfg.name}-seed{seed}", config=cfg.raw) as log:
-            path = train_seed(cfg, seed, splits.to(device), device, args.models_dir, on_epoch=log)
+            path = train_seed(cfg, seed, splits, device, args.models_dir, on_epoch=log)
         if not path.exists():
             failed.append(seed)
     print(f"models are in {args.models_dir}/" + (f"; diverged seeds: {failed}" if failed else ""))

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from src.config import ExperimentConfig
+from src.errors import brief
 from src.io import atomic_torch_save, atomic_write_json
 from src.models import Net, build_model
 
@@ -53,7 +54,7 @@ def load_model(path: Path, cfg: ExperimentConfig, device: torch.device | str = "
         state = torch.load(path, map_location=device, weights_only=True)
         model.load_state_dict(state)
     except Exception as err:  # torch raises many types for a bad file; all mean "unusable"
-        raise ModelFileError(f"{path}: cannot load ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from err
+        raise ModelFileError(f"{path}: cannot load ({brief(err)})") from err
     return model.to(device)
 
 

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from src.config import DATASETS, DataConfig
-from src.errors import UserError
+from src.errors import UserError, brief
 
 NUM_CLASSES = 10
 IDX_FILES = (
@@ -292,22 +292,15 @@ def _download_with_torchvision(dataset: str, root: Path) -> str:
     try:
         import torchvision
     except Exception as err:  # noqa: BLE001 - any import failure means "no downloader"
-        return f"torchvision could not be imported ({_brief(err)})"
+        return f"torchvision could not be imported ({brief(err)})"
     classes = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10"}
     try:
         dataset_class = getattr(torchvision.datasets, classes[dataset])
         for train in (True, False):
             dataset_class(str(root), train=train, download=True)
     except Exception as err:  # noqa: BLE001 - network, disk or checksum errors alike
-        return f"download through torchvision failed ({_brief(err)})"
+        return f"download through torchvision failed ({brief(err)})"
     return "the torchvision download did not produce these files"
-
-
-def _brief(err: BaseException, limit: int = 240) -> str:
-    """``Type: message`` on one line, shortened, for one-line error reports."""
-    message = " ".join(str(err).split())
-    text = f"{type(err).__name__}: {message}" if message else type(err).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # ---------------------------------------------------------------- CIFAR-10
@@ -338,7 +331,7 @@ def _read_cifar_batch(path: Path) -> Split:
     except OSError as err:
         raise UserError(f"{path}: cannot read ({err.strerror})") from None
     except Exception as err:  # noqa: BLE001 - unpickling raises many types on corrupt input
-        raise UserError(f"{path}: not a CIFAR-10 batch pickle ({_brief(err)})") from None
+        raise UserError(f"{path}: not a CIFAR-10 batch pickle ({brief(err)})") from None
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         raise UserError(f"{path}: not a CIFAR-10 batch (needs keys b'data' and b'labels')")
     data = np.asarray(batch[b"data"])
@@ -391,7 +384,7 @@ def _load_mnist5k(root: Path) -> Splits:
         with path.open("rb") as handle, np.load(handle, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
     except Exception as err:  # noqa: BLE001 - zip, format and I/O errors alike
-        raise UserError(f"{path}: not a readable .npz file ({_brief(err)})") from None
+        raise UserError(f"{path}: not a readable .npz file ({brief(err)})") from None
     splits = {name: _npz_split(arrays, name, path) for name in SPLIT_NAMES}
     return Splits(**splits, num_classes=NUM_CLASSES)
 

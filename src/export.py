@@ -37,7 +37,7 @@ from torch import nn
 from src.artifacts import sidecar_path
 from src.config import ExperimentConfig, ModelConfig, parse_config
 from src.data import Split
-from src.errors import UserError
+from src.errors import UserError, brief
 from src.io import atomic_torch_save, atomic_write_json, read_json
 from src.models import Block, Net, PrunableLayer, build_model, prunable_layers
 from src.pruning.masks import make_permanent
@@ -248,7 +248,7 @@ def load_exported(path: str | Path) -> tuple[Net, ModelConfig]:
     try:
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     except Exception as err:  # torch raises many types for a bad file; all mean "unusable"
-        raise UserError(f"{path}: cannot load exported weights ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
+        raise UserError(f"{path}: cannot load exported weights ({brief(err)})") from None
     return model.eval(), cfg
 
 

@@ -42,12 +42,12 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from src.config import SEARCHABLE, ExperimentConfig, SearchConfig, with_overrides
-from src.data import Splits, load_splits
-from src.errors import UserError
+from src.data import Splits
+from src.errors import UserError, brief
 from src.io import atomic_write_json, read_json
-from src.models import build_model, check_model_fits_data
+from src.models import build_model
 from src.tracking import LogFn, wandb_run
-from src.train import evaluate, fit, select_device
+from src.train import evaluate, fit, load_experiment_data, select_device
 
 Point = dict[str, Any]
 # A trial in one of these states stands for its point: it will run, runs or ran.
@@ -169,9 +169,7 @@ class DataTrainer:
 
     def splits(self) -> Splits:
         if self._splits is None:
-            splits = load_splits(self.cfg.data)
-            check_model_fits_data(self.cfg.model, splits.input_shape, splits.num_classes, str(self.cfg.source))
-            self._splits = splits.to(self.device)
+            self._splits = load_experiment_data(self.cfg, self.device)
         return self._splits
 
     def __call__(self, point: Point, on_epoch: LogFn | None = None) -> PointResult:
@@ -324,11 +322,6 @@ def storage_file(location: str) -> Path | None:
     return None
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 def open_storage(location: str, heartbeat: int) -> BaseStorage:
     """A journal file (a path) or a database (a URL, with Optuna's heartbeat)."""
     if not is_database_url(location):
@@ -342,7 +335,7 @@ def open_storage(location: str, heartbeat: int) -> BaseStorage:
         # storage object the study uses.
         return get_storage(RDBStorage(location, heartbeat_interval=heartbeat, grace_period=3 * heartbeat))
     except (ImportError, ArgumentError) as err:
-        raise UserError(f"--storage {display_storage(location)}: cannot open ({_first_line(err)})") from None
+        raise UserError(f"--storage {display_storage(location)}: cannot open ({brief(err)})") from None
 
 
 def open_study(location: str, name: str, direction: str, heartbeat: int,
@@ -361,7 +354,7 @@ def open_study(location: str, name: str, direction: str, heartbeat: int,
             return storage, study
         except SQLAlchemyError as err:
             if attempt == attempts:
-                raise UserError(f"--storage {display_storage(location)}: cannot open ({_first_line(err)})") from None
+                raise UserError(f"--storage {display_storage(location)}: cannot open ({brief(err)})") from None
             time.sleep(random.uniform(0.1, 0.5) * attempt)
     raise AssertionError("unreachable")
 

@@ -19,12 +19,12 @@ from tqdm import tqdm
 
 from pathlib import Path
 
-from src.artifacts import ModelFileError, load_model, model_path, save_model, sidecar_path
+from src.artifacts import ModelFileError, load_model, model_path, save_model
 from src.config import ExperimentConfig, TrainParams
-from src.data import Split, Splits, iterate_batches
+from src.data import Split, Splits, iterate_batches, load_splits
 from src.errors import UserError
 from src.io import atomic_write_json
-from src.models import build_model
+from src.models import build_model, check_model_fits_data
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,13 @@ def select_device(name: str | None = None) -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise UserError(f"--device {name}: not a device name (cpu, cuda, cuda:N)") from None
+
+
+def load_experiment_data(cfg: ExperimentConfig, device: torch.device) -> Splits:
+    """The config's dataset on ``device``, after checking that the config's model can take it."""
+    splits = load_splits(cfg.data)
+    check_model_fits_data(cfg.model, splits.input_shape, splits.num_classes, str(cfg.source))
+    return splits.to(device)
 
 
 def evaluate(model: nn.Module, split: Split, batch_size: int, device: torch.device) -> Metrics:
