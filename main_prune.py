@@ -1,12 +1,13 @@
-"""Prune the trained models of CONFIG: python3 main_prune.py CONFIG [--seed S | --seed-index I]."""
+"""Prune the trained models of CONFIG: python3 main_prune.py CONFIG [--seed S | --seed-index I] [--fresh]."""
 
 from pathlib import Path
 
+from src import results
 from src.artifacts import ModelFileError, load_model, model_path, output_dir
 from src.cli import add_seed_options, base_parser, run, selected_seeds
 from src.config import load_config
 from src.export import export_seed
-from src.pruning.strategy import prune_seed, summary_rows
+from src.pruning.strategy import discard_other_runs, prune_seed, summary_table
 from src.report import write_report
 from src.tracking import resolve_mode, wandb_run
 from src.train import load_experiment_data, select_device
@@ -19,13 +20,19 @@ def main(argv=None) -> int:
     parser.add_argument("--output-dir", default="output", help="results root (default: output/)")
     parser.add_argument("--export", action="store_true",
                         help="also save each pruned model as a smaller dense model in output/<experiment>/exported/")
+    parser.add_argument("--fresh", action="store_true",
+                        help="replace this experiment's results that another run made (another config or trained "
+                             "model) instead of stopping; results of this same run are kept and continued")
     args = parser.parse_args(argv)
     cfg = load_config(args.config)
     prune = cfg.require_prune()
     seeds = selected_seeds(cfg, args.seed, args.seed_index)
+    out_dir = output_dir(cfg, Path(args.output_dir))
+    models = {seed: model_path(cfg, seed, Path(args.models_dir)) for seed in seeds}
+    identities = {seed: results.run_identity(cfg, path) for seed, path in models.items() if path.exists()}
+    discard_other_runs(out_dir, cfg, identities, replace=args.fresh)
     device = select_device(args.device)
     splits = load_experiment_data(cfg, device)
-    out_dir = output_dir(cfg, Path(args.output_dir))
     p = prune.params
     budget = f"rate {p.rate}" if p.rate is not None else f"stop_cka {p.stop_cka}"
     print(f"{cfg.name}: {prune.strategy} {p.type} pruning of layers {list(prune.modules)}, "
@@ -33,9 +40,8 @@ def main(argv=None) -> int:
     if p.type == "cka" and p.engine == "fast" and p.kernel == "rbf":
         print("note: the fast engine computes linear CKA only; kernel rbf runs the reference engine")
     mode = resolve_mode(cfg, args.wandb)
-    results = []
-    for seed in seeds:
-        path = model_path(cfg, seed, Path(args.models_dir))
+    done = []
+    for seed, path in models.items():
         if not path.exists():
             print(f"seed {seed}: no trained model at {path}; run main_train.py {cfg.source} first. Skipping.")
             continue
@@ -45,14 +51,14 @@ def main(argv=None) -> int:
             print(f"seed {seed}: {err}; retrain it with main_train.py. Skipping.")
             continue
         with wandb_run(cfg, mode, job_type="prune", name=f"{cfg.name}-seed{seed}", config=cfg.raw) as log:
-            results.append(prune_seed(model, cfg, seed, splits, device, path, out_dir, on_epoch=log))
+            done.append(prune_seed(model, cfg, seed, splits, device, path, out_dir, on_epoch=log))
         if args.export:
             export_seed(model, cfg, splits.test, out_dir / "exported" / f"seed{seed}.pt")
-    if not results:
+    if not done:
         print("nothing was pruned")
         return 1
-    print("\n".join(summary_rows(results)))
-    print(f"results are in {out_dir}/")
+    print(summary_table(done))
+    print(f"results are in {out_dir}/ (run {done[0].run.config_digest})")
     report = write_report([out_dir], out_dir / "report")
     print(f"report: {report.markdown}\nfigure: {report.accuracy_figure}")
     return 0

@@ -67,6 +67,12 @@ class DataConfig:
     val_split: float = 1 / 12
     split_seed: int = 0
 
+    def identity(self) -> dict[str, Any]:
+        """What determines the data itself: not where its files live, nor settings the dataset ignores."""
+        if self.dataset == "mnist-5k":  # a fixed split ships with the file
+            return {"dataset": self.dataset}
+        return {"dataset": self.dataset, "val_split": self.val_split, "split_seed": self.split_seed}
+
 
 @dataclass(frozen=True)
 class TrainParams:
@@ -157,7 +163,7 @@ class ExperimentConfig:
 
     def training_identity(self) -> dict[str, Any]:
         """Everything that determines trained weights, apart from the seed."""
-        return {"model": asdict(self.model), "data": asdict(self.data), "params": asdict(self.params)}
+        return {"model": asdict(self.model), "data": self.data.identity(), "params": asdict(self.params)}
 
 
 class _Section:

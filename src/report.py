@@ -24,18 +24,19 @@ import argparse
 import csv
 import io
 import math
-import re
 import textwrap
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from tabulate import tabulate
+
+from src import results
 from src.cli import run
 from src.config import load_config
 from src.errors import UserError
-from src.io import atomic_write_bytes, atomic_write_text, read_json
-
-SEED_FILE = re.compile(r"-?\d+\.json")
+from src.io import atomic_write_bytes, atomic_write_text
+from src.results import LayerInfo, SeedResult
 DEFAULT_OUTPUT_ROOT = Path("output")
 DEFAULT_CONFIG_ROOT = Path("config")
 # Okabe-Ito: distinguishable with the common colour-vision deficiencies and in greyscale print.
@@ -49,73 +50,8 @@ NOTE_WIDTH = 100  # characters per line of the notes under a printed table
 
 
 @dataclass(frozen=True)
-class LayerInfo:
-    index: int
-    name: str
-    width: int
-
-
-@dataclass(frozen=True)
-class LayerStep:
-    """One pruned layer in one iteration of one seed; neuron indices are the layer's original ones."""
-
-    index: int
-    alive_before: int
-    alive_after: int
-    removed: tuple[int, ...]
-    cka: tuple[float, ...]  # CKA(layer output at the start of the pass, after) for each removal
-
-
-@dataclass(frozen=True)
-class IterationResult:
-    iteration: int
-    layers: dict[int, LayerStep]
-    test_after_prune: float
-    test_after_retrain: float | None  # None when retraining is off
-
-
-@dataclass(frozen=True)
-class SeedResult:
-    path: Path
-    experiment: str
-    seed: int
-    criterion: str
-    model_file: str | None
-    layers: tuple[LayerInfo, ...]
-    baseline_test: float
-    iterations: tuple[IterationResult, ...]
-    planned: int | None
-    complete: bool
-
-    def iteration(self, number: int) -> IterationResult | None:
-        return next((it for it in self.iterations if it.iteration == number), None)
-
-    def test_acc(self, number: int, retrained: bool) -> float | None:
-        """Test accuracy after iteration ``number`` (0: the unpruned model)."""
-        if number == 0:
-            return self.baseline_test
-        it = self.iteration(number)
-        if it is None:
-            return None
-        return it.test_after_retrain if retrained else it.test_after_prune
-
-    def alive(self, number: int) -> dict[int, int]:
-        """Neurons alive per layer after iteration ``number``; a layer an iteration left out keeps its count."""
-        alive = {layer.index: layer.width for layer in self.layers}
-        for it in self.iterations:
-            if it.iteration > number:
-                break
-            alive.update({index: step.alive_after for index, step in it.layers.items()})
-        return alive
-
-    def removed_up_to(self, number: int, layer: int) -> set[int]:
-        return {n for it in self.iterations if it.iteration <= number and layer in it.layers
-                for n in it.layers[layer].removed}
-
-
-@dataclass(frozen=True)
 class Experiment:
-    """The results of one folder. ``label`` names it in tables and legends (unique in a report)."""
+    """The results of one folder, all of one run. ``label`` names it in tables and legends (unique in a report)."""
 
     directory: Path
     name: str
@@ -131,115 +67,36 @@ class Experiment:
     def iteration_numbers(self) -> list[int]:
         return sorted({it.iteration for seed in self.seeds for it in seed.iterations})
 
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _get(obj: Any, key: str, where: str, check: Callable[[Any], bool], what: str) -> Any:
-    """``obj[key]`` after checking it; errors name the key path, e.g. ``iterations[1].after_prune``."""
-    path = f"{where}.{key}" if where else key
-    if not isinstance(obj, dict):
-        raise UserError(f"{where or 'the file'} must be an object, got {type(obj).__name__}")
-    if key not in obj:
-        raise UserError(f"{path} is missing")
-    value = obj[key]
-    if not check(value):
-        raise UserError(f"{path} must be {what}, got {value!r:.60}")
-    return value
-
-
-def _int_list(value: Any) -> bool:
-    return isinstance(value, list) and all(_is_int(v) for v in value)
-
-
-def _number_list(value: Any) -> bool:
-    return isinstance(value, list) and all(_is_number(v) for v in value)
-
-
-def _parse_layer_info(raw: Any, where: str) -> LayerInfo:
-    index = _get(raw, "index", where, _is_int, "an integer")
-    width = _get(raw, "width", where, lambda v: _is_int(v) and v > 0, "a positive integer")
-    name = raw.get("name") if isinstance(raw.get("name"), str) else f"layer {index}"
-    return LayerInfo(index, name, width)
-
-
-def _parse_step(raw: Any, where: str, widths: dict[int, int]) -> LayerStep:
-    index = _get(raw, "index", where, lambda v: _is_int(v) and v in widths, f"one of the file's layers {sorted(widths)}")
-    count = lambda v: _is_int(v) and 0 <= v <= widths[index]  # noqa: E731
-    return LayerStep(
-        index=index,
-        alive_before=_get(raw, "alive_before", where, count, f"an integer in 0..{widths[index]}"),
-        alive_after=_get(raw, "alive_after", where, count, f"an integer in 0..{widths[index]}"),
-        removed=tuple(_get(raw, "removed", where, _int_list, "a list of neuron indices")),
-        cka=tuple(float(v) for v in _get(raw, "cka", where, _number_list, "a list of numbers")),
-    )
-
-
-def _parse_iteration(raw: Any, where: str, widths: dict[int, int]) -> IterationResult:
-    steps = _get(raw, "layers", where, lambda v: isinstance(v, list), "a list")
-    parsed = [_parse_step(step, f"{where}.layers[{j}]", widths) for j, step in enumerate(steps)]
-    after_prune = _get(raw, "after_prune", where, lambda v: isinstance(v, dict), "an object")
-    after_retrain = _get(raw, "after_retrain", where, lambda v: v is None or isinstance(v, dict), "an object or null")
-    return IterationResult(
-        iteration=_get(raw, "iteration", where, lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-        layers={step.index: step for step in parsed},
-        test_after_prune=float(_get(after_prune, "test_acc", f"{where}.after_prune", _is_number, "a number")),
-        test_after_retrain=None if after_retrain is None else float(
-            _get(after_retrain, "test_acc", f"{where}.after_retrain", _is_number, "a number")),
-    )
-
-
-def parse_seed_result(raw: Any, path: Path) -> SeedResult:
-    """One ``<seed>.json`` (see main_prune.py) as a SeedResult; UserError names the bad key."""
-    layer_list = _get(raw, "layers", "", lambda v: isinstance(v, list) and v, "a non-empty list")
-    layers = tuple(_parse_layer_info(item, f"layers[{j}]") for j, item in enumerate(layer_list))
-    widths = {layer.index: layer.width for layer in layers}
-    iterations = _get(raw, "iterations", "", lambda v: isinstance(v, list), "a list")
-    baseline = _get(raw, "baseline", "", lambda v: isinstance(v, dict), "an object")
-    planned = raw.get("planned_iterations")
-    model_file = raw.get("model_file")
-    return SeedResult(
-        path=path,
-        experiment=_get(raw, "experiment", "", lambda v: isinstance(v, str), "a string"),
-        seed=_get(raw, "seed", "", _is_int, "an integer"),
-        criterion=_get(raw, "criterion", "", lambda v: isinstance(v, str) and v, "a non-empty string"),
-        model_file=model_file if isinstance(model_file, str) else None,
-        layers=layers,
-        baseline_test=float(_get(baseline, "test_acc", "baseline", _is_number, "a number")),
-        iterations=tuple(sorted((_parse_iteration(it, f"iterations[{i}]", widths) for i, it in enumerate(iterations)),
-                                key=lambda it: it.iteration)),
-        planned=planned if _is_int(planned) else None,
-        complete=raw.get("complete") is True,
-    )
+    @property
+    def run(self) -> str:
+        return self.seeds[0].run.config_digest if self.seeds else ""
 
 
 def load_experiment(directory: Path) -> Experiment:
-    """Every readable ``<seed>.json`` in ``directory``; unreadable ones become notes."""
+    """Every readable ``<seed>.json`` in ``directory`` of one run; the others become notes.
+
+    When the folder holds results of several runs (another config), the run of the most
+    recently written result is reported and the others are named in the notes, never mixed.
+    """
     if not directory.is_dir():
         raise UserError(f"{directory}: no such directory (expected an output/<experiment>/ folder written by main_prune.py)")
-    files = sorted((p for p in directory.iterdir() if SEED_FILE.fullmatch(p.name) and p.is_file()),
-                   key=lambda p: int(p.stem))
-    seeds: list[SeedResult] = []
+    loaded: list[tuple[float, SeedResult]] = []
     notes: list[str] = []
-    for path in files:
+    for path in results.seed_files(directory):
         try:
-            seeds.append(parse_seed_result(read_json(path), path))
-        except (OSError, ValueError) as err:
-            notes.append(f"skipped {path}: not readable as JSON ({err})")
+            loaded.append((path.stat().st_mtime, results.load(path)))
         except UserError as err:
-            notes.append(f"skipped {path}: {err}")
-    if not seeds:
+            notes.append(f"skipped {err}")
+    if not loaded:
         return Experiment(directory, directory.name, "", directory.name, (), tuple(notes))
+    run = max(loaded, key=lambda pair: pair[0])[1].run.config_digest
+    seeds = tuple(result for _, result in loaded if result.run.config_digest == run)
+    other = [result.seed for _, result in loaded if result.run.config_digest != run]
+    if other:
+        notes.append(f"seed(s) {_seed_list(other)} are results of another run (another config) and are left out; "
+                     f"rerun main_prune.py with --fresh to replace them")
     first = seeds[0]
-    odd = [s.seed for s in seeds if s.criterion != first.criterion]
-    if odd:
-        notes.append(f"seeds {_seed_list(odd)} have a criterion other than {first.criterion!r}")
-    return Experiment(directory, first.experiment, first.criterion, first.criterion, tuple(seeds), tuple(notes))
+    return Experiment(directory, first.experiment, first.criterion, first.criterion, seeds, tuple(notes))
 
 
 def with_unique_labels(experiments: Sequence[Experiment]) -> list[Experiment]:
@@ -279,8 +136,8 @@ def seed_status(exp: Experiment, expected: Iterable[int]) -> list[str]:
     lines = [f"{len(done)} seed(s) complete" + (f": {_seed_list(done)}" if done else "")]
     for s in exp.seeds:
         if not s.complete:
-            of = f" of {s.planned}" if s.planned is not None else ""
-            lines.append(f"seed {s.seed}: {len(s.iterations)}{of} iterations done (running or stopped)")
+            lines.append(f"seed {s.seed}: {len(s.iterations)} of {s.planned_iterations} iterations done "
+                         "(running or stopped)")
     missing = sorted(set(expected) - {s.seed for s in exp.seeds})
     if missing:
         lines.append(f"no results yet for seed(s) {_seed_list(missing)}")
@@ -337,7 +194,7 @@ def _row(exp: Experiment, number: int, seeds: list[SeedResult]) -> IterationRow:
     widths = {s.seed: {layer.index: layer.width for layer in s.layers} for s in seeds}
     layers = sorted({index for a in alive.values() for index in a})
     iterations = [it for s in seeds if (it := s.iteration(number)) is not None]
-    steps = [step for it in iterations for step in it.layers.values()]
+    steps = [step for it in iterations for step in it.layers]
     accepted = [v for step in steps for v in step.cka]
     retrained = [v for s in seeds if (v := s.test_acc(number, retrained=True)) is not None]
     return IterationRow(
@@ -431,14 +288,14 @@ def removal_overlaps(first: Experiment, second: Experiment) -> tuple[list[Overla
         b = second_seeds.get(a.seed)
         if b is None:
             continue
-        if a.model_file is None or a.model_file != b.model_file:
+        if a.model_sha256 != b.model_sha256:
             skipped.append(a.seed)
         else:
             pairs.append((a, b))
     notes = []
     if skipped:
         notes.append(f"{first.label} vs {second.label}: seed(s) {_seed_list(skipped)} did not prune the same "
-                     "trained model (model_file differs), so their removals are not compared")
+                     "trained model (the model files' sha256 differ), so their removals are not compared")
     widths = {a.seed: {layer.index: layer.width for layer in a.layers} for a, _ in pairs}
     rows = []
     for number in first.iteration_numbers():
@@ -446,9 +303,9 @@ def removal_overlaps(first: Experiment, second: Experiment) -> tuple[list[Overla
             per_seed = []
             for a, b in pairs:
                 it_a, it_b = a.iteration(number), b.iteration(number)
-                if it_a is None or it_b is None or layer not in it_a.layers or layer not in it_b.layers:
+                step_a, step_b = it_a and it_a.step(layer), it_b and it_b.step(layer)
+                if step_a is None or step_b is None:
                     continue
-                step_a, step_b = it_a.layers[layer], it_b.layers[layer]
                 common = overlap_fraction(step_a.removed, step_b.removed)
                 if common is None or step_a.alive_before == 0:
                     continue
@@ -595,23 +452,18 @@ def overlap_table(report: Report) -> Table | None:
 
 def render_text(table: Table) -> str:
     """Aligned plain text: the first column left-aligned, the others right-aligned."""
-    widths = [max(len(cells[c]) for cells in (table.headers, *table.rows)) for c in range(len(table.headers))]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(cell.ljust(w) if c == 0 else cell.rjust(w) for c, (cell, w) in enumerate(zip(cells, widths))).rstrip()
-
-    body = [line(table.headers), "  ".join("-" * w for w in widths), *(line(cells) for cells in table.rows)]
+    body = tabulate(table.rows, headers=table.headers, tablefmt="simple", disable_numparse=True,
+                    colalign=("left",) + ("right",) * (len(table.headers) - 1))
     notes = [textwrap.fill(note, NOTE_WIDTH) for note in table.notes]
-    return "\n".join([table.title, "=" * len(table.title), *body, *notes]) + "\n"
+    return "\n".join([table.title, "=" * len(table.title), body, *notes]) + "\n"
 
 
 def render_markdown(table: Table) -> str:
-    def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
-
-    align = "| " + " | ".join(":--" if c == 0 else "--:" for c in range(len(table.headers))) + " |"
+    escaped = [[cell.replace("|", "\\|") for cell in row] for row in table.rows]
+    body = tabulate(escaped, headers=table.headers, tablefmt="pipe", disable_numparse=True,
+                    colalign=("left",) + ("right",) * (len(table.headers) - 1))
     notes = "".join(f"\n{note}\n" for note in table.notes)
-    return f"## {table.title}\n\n" + "\n".join([line(table.headers), align, *map(line, table.rows)]) + "\n" + notes
+    return f"## {table.title}\n\n{body}\n{notes}"
 
 
 def tables(report: Report) -> list[Table]:
@@ -621,7 +473,7 @@ def tables(report: Report) -> list[Table]:
 def input_lines(report: Report) -> list[str]:
     lines = []
     for exp in report.experiments:
-        lines.append(f"{exp.label}: {exp.directory} (experiment {exp.name}, criterion {exp.criterion})")
+        lines.append(f"{exp.label}: {exp.directory} (experiment {exp.name}, criterion {exp.criterion}, run {exp.run})")
         lines += [f"  {note}" for note in exp.notes]
     return lines + list(report.notes)
 

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 
 import numpy as np
@@ -163,10 +162,11 @@ def test_masks_survive_retraining(trained_mlp, mnist5k):
     records = prune_pass(model, cfg, mnist5k, seed=0, iteration=1, device=CPU)
     fit(model, mnist5k, cfg.params, seed=1, device=CPU)
     for record in records:
-        layer = prunable_layers(model)[record["index"]].block.layer
-        assert torch.all(layer.weight[record["removed"]] == 0)
-        assert int(alive_neurons(layer).sum()) == record["alive_after"]
-        assert layer.weight_orig.grad is None or torch.all(layer.weight_orig.grad[record["removed"]] == 0)
+        layer = prunable_layers(model)[record.index].block.layer
+        removed = list(record.removed)
+        assert torch.all(layer.weight[removed] == 0)
+        assert int(alive_neurons(layer).sum()) == record.alive_after
+        assert layer.weight_orig.grad is None or torch.all(layer.weight_orig.grad[removed] == 0)
 
 
 def _strip_timings(obj):
@@ -238,10 +238,10 @@ def test_bad_prune_configs_exit_2_before_work(tmp_path, prune, expected):
         raw["prune"] = prune
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(raw))
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(ROOT / "main_prune.py"), str(path)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, str(ROOT / "main_prune.py"), str(path), "--models-dir", str(tmp_path / "none")],
+                          capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2 and expected in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
-    assert time.perf_counter() - start < 20
+    assert proc.stdout == ""  # stopped before loading data or models
 
 
 def test_trained_model_file_is_shared_by_criteria(write_config, tmp_path):

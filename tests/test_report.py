@@ -1,13 +1,17 @@
 import csv
 import json
 import math
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from src import results
 from src.errors import UserError
+from src.results import IterationRecord, LayerInfo, LayerStep, RetrainSummary, RunIdentity, SeedResult
 from src.report import (build_report, default_out_dir, main, overlap_fraction, write_report)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,31 +23,26 @@ def metrics(test_acc: float) -> dict:
 
 
 def iteration(number: int, removed: list[list[int]], alive_before: list[int], cka: list[list[float]],
-              pruned: float, retrained: float | None) -> dict:
-    """One iterations[] entry; layer j loses removed[j] out of alive_before[j]."""
-    layers = [{"index": j, "alive_before": alive_before[j], "alive_after": alive_before[j] - len(removed[j]),
-               "removed": removed[j], "scores": cka[j], "cka": cka[j], "seconds": 0.01, "engine": "fast"}
-              for j in range(len(WIDTHS))]
-    return {"iteration": number, "layers": layers, "after_prune": metrics(pruned),
-            "after_retrain": None if retrained is None else metrics(retrained),
-            "retrain": {"epochs": 2, "best_epoch": 1, "diverged": False, "seconds": 0.5},
-            "seconds_scoring": 0.1, "seconds_retraining": 0.5}
+              pruned: float, retrained: float | None) -> IterationRecord:
+    """One iteration; layer j loses removed[j] out of alive_before[j]."""
+    layers = tuple(LayerStep(index=j, alive_before=alive_before[j], alive_after=alive_before[j] - len(removed[j]),
+                             removed=tuple(removed[j]), scores=tuple(cka[j]), cka=tuple(cka[j]), seconds=0.01,
+                             engine="fast") for j in range(len(WIDTHS)))
+    return IterationRecord(iteration=number, layers=layers, after_prune=metrics(pruned),
+                           after_retrain=None if retrained is None else metrics(retrained),
+                           retrain=RetrainSummary(epochs=2, best_epoch=1, diverged=False, seconds=0.5))
 
 
-def write_result(folder: Path, experiment: str, criterion: str, seed: int, baseline: float, iterations: list[dict],
-                 planned: int = 2, model_file: str | None = None) -> None:
-    result = {
-        "experiment": experiment, "seed": seed, "criterion": criterion, "strategy": "iterative",
-        "prune": {"strategy": "iterative", "params": {"type": criterion, "iterations": planned, "rate": 0.2}},
-        "model_file": model_file or f"models/mlp_seed{seed}.pt",
-        "layers": [{"index": j, "name": f"hidden.{j}.layer", "kind": "linear", "width": w} for j, w in enumerate(WIDTHS)],
-        "baseline": metrics(baseline),
-        "iterations": iterations,
-        "planned_iterations": planned,
-        "complete": len(iterations) == planned,
-    }
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{seed}.json").write_text(json.dumps(result))
+def write_result(folder: Path, experiment: str, criterion: str, seed: int, baseline: float,
+                 iterations: list[IterationRecord], planned: int = 2, model_file: str | None = None,
+                 rate: float = 0.2) -> None:
+    """A result as main_prune.py writes it; results of one folder share a run unless ``rate`` differs."""
+    model_file = model_file or f"models/mlp_seed{seed}.pt"
+    run = RunIdentity.of({"model_sha256": model_file, "prune": {"type": criterion, "rate": rate}})
+    results.save(SeedResult(
+        run=run, experiment=experiment, seed=seed, criterion=criterion, strategy="iterative", model_file=model_file,
+        layers=tuple(LayerInfo(j, f"hidden.{j}.layer", "linear", w) for j, w in enumerate(WIDTHS)),
+        baseline=metrics(baseline), planned_iterations=planned, iterations=tuple(iterations)), folder)
 
 
 @pytest.fixture
@@ -140,7 +139,7 @@ def test_partial_and_missing_seeds_are_reported_not_fatal(runs, tmp_path):
     assert "1 seed(s) complete: 0" in notes
     assert "seed 1: 1 of 2 iterations done" in notes
     assert "no results yet for seed(s) 2" in notes
-    assert f"skipped {cka / '3.json'}: not readable as JSON" in notes
+    assert f"skipped {cka / '3.json'}: not a result file this version can read" in notes
     assert "notes.json" not in notes
     l1_notes = "\n".join(report.experiments[1].notes)
     assert "seed 2: 0 of 2 iterations done" in l1_notes
@@ -154,7 +153,7 @@ def test_malformed_file_names_the_key(runs):
     (cka / "0.json").write_text(json.dumps(raw))
     report = build_report([cka], config_root=None)
     assert [s.seed for s in report.experiments[0].seeds] == [1]
-    assert any("iterations[1].after_prune.test_acc is missing" in note for note in report.experiments[0].notes)
+    assert any("iterations[2].after_prune.test_acc" in note for note in report.experiments[0].notes)
 
 
 def test_planned_seeds_come_from_the_config(runs, tmp_path):
@@ -185,7 +184,7 @@ def test_write_report_files(runs, tmp_path):
     for figure in paths.figures:
         assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 10_000
     markdown = paths.markdown.read_text()
-    assert "| cka | 1 |" in markdown and "![accuracy](accuracy.png)" in markdown
+    assert re.search(r"\| cka +\| +1 \|", markdown) and "![accuracy](accuracy.png)" in markdown
     with open(out / "iterations.csv") as handle:
         rows = list(csv.DictReader(handle))
     row = next(r for r in rows if (r["criterion"], r["iteration"]) == ("cka", "1"))
@@ -235,3 +234,40 @@ def test_cli_prints_tables_and_exits_2_on_bad_input(runs, tmp_path, capsys):
 def test_importing_does_not_load_matplotlib():
     code = "import sys, src.report; sys.exit('matplotlib' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+
+
+def test_results_of_another_run_are_left_out_not_mixed(runs):
+    cka, _ = runs
+    write_result(cka, "demo/cka", "cka", 5, 0.5, [], rate=0.5)  # the config was edited since seeds 0 and 1
+    os.utime(cka / "5.json", (1, 1))  # ... and it is older than them
+    report = build_report([cka], config_root=None)
+    assert [s.seed for s in report.experiments[0].seeds] == [0, 1]
+    assert any("seed(s) 5 are results of another run" in note for note in report.experiments[0].notes)
+
+
+def test_report_on_results_the_pruner_wrote(write_config, tmp_path):
+    import main_prune
+    import main_train
+
+    dirs = []
+    for criterion in ("cka", "l1"):
+        config = write_config(criterion, prune={"params": {"type": criterion, "iterations": 2, "rate": 0.3}},
+                              seeds=[0, 1])
+        common = [str(config), "--models-dir", str(tmp_path / "models")]
+        assert main_train.main(common) == 0 and main_prune.main(common + ["--output-dir", str(tmp_path / "out")]) == 0
+        dirs.append(tmp_path / "out" / criterion)
+    report = build_report(dirs, config_root=None)
+    written = {(d.name, seed): results.load(d / f"{seed}.json") for d in dirs for seed in (0, 1)}
+    cka = rows_of(report, "cka")
+    assert sorted(cka) == [0, 1, 2] and cka[2].seeds == (0, 1)
+    assert cka[2].after_retrain.mean == pytest.approx(
+        sum(written["cka", s].iterations[1].after_retrain["test_acc"] for s in (0, 1)) / 2)
+    assert cka[2].remaining[0].mean == written["cka", 0].alive()[0] == 48 - 14 - 10
+    # Both criteria pruned the same trained models, so every seed counts in the overlap.
+    assert report.overlaps and all(o.common.n == 2 for o in report.overlaps)
+    first = next(o for o in report.overlaps if (o.iteration, o.layer) == (1, 0))
+    expected = [overlap_fraction(written["cka", s].iterations[0].layers[0].removed,
+                                 written["l1", s].iterations[0].layers[0].removed) for s in (0, 1)]
+    assert first.common.mean == pytest.approx(sum(expected) / 2)
+    gap = next(g for g in report.gaps if g.iteration == 1)
+    assert gap.after_prune.n == 2

@@ -4,43 +4,48 @@ An iteration is: score and prune every layer of ``prune.modules`` (one pass; the
 original activations are recorded once, at the start of the pass) -> evaluate -> retrain
 (Adam at ``params.lr`` with early stopping) -> evaluate.
 
-After every iteration a checkpoint (masked weights + the results so far) is written, then
-the results JSON, both atomically. Every random choice of an iteration derives from
-(seed, iteration), so a run resumed from a checkpoint gives the same results as one that
-never stopped.
+After every iteration a checkpoint (masked weights + the result so far) is written, then
+the result JSON (:mod:`src.results`), both atomically; a JSON left behind its checkpoint (a
+run killed between the two writes) is repaired from the checkpoint on the next run. Every
+random choice of an iteration derives from (seed, iteration), so a run resumed from a
+checkpoint gives the same result as one that never stopped.
+
+A rerun continues only the same run (:func:`src.results.run_identity`): a result of another
+run under the same experiment name is never appended to (:class:`IdentityMismatch`).
+Raising ``iterations`` extends a finished run from its last checkpoint.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
+from tabulate import tabulate
 
+from src import results
 from src.config import ExperimentConfig
 from src.data import Splits
-from src.io import atomic_torch_save, atomic_write_json
+from src.errors import UserError, brief
+from src.io import atomic_torch_save
 from src.models import Net, prunable_layers
 from src.pruning.criteria import select
 from src.pruning.masks import add_masks, alive_neurons, load_masked_state, remove_neurons
 from src.pruning.scoring import record_layers
+from src.results import IterationRecord, LayerInfo, LayerStep, RetrainSummary, RunIdentity, SeedResult
 from src.train import evaluate_all, fit
 
 EpochCallback = Callable[[dict[str, float]], None]
 
 
 def checkpoint_path(out_dir: Path, seed: int) -> Path:
-    return out_dir / "checkpoints" / f"seed{seed}.pt"
-
-
-def result_path(out_dir: Path, seed: int) -> Path:
-    return out_dir / f"{seed}.json"
+    return Path(out_dir) / "checkpoints" / f"seed{seed}.pt"
 
 
 def prune_pass(model: Net, cfg: ExperimentConfig, splits: Splits, seed: int, iteration: int,
-               device: torch.device) -> list[dict[str, Any]]:
+               device: torch.device) -> list[LayerStep]:
     """Prune every configured layer once; return one record per layer."""
     prune = cfg.require_prune()
     layers = [prunable_layers(model)[i] for i in prune.modules]
@@ -53,108 +58,192 @@ def prune_pass(model: Net, cfg: ExperimentConfig, splits: Splits, seed: int, ite
         choice = select(recordings[layer.index], prune.params, alive, (seed, iteration, layer.index))
         if choice.removed:
             remove_neurons(layer.block.layer, choice.removed)
-        records.append({
-            "index": layer.index,
-            "alive_before": int(alive.sum()),
-            "alive_after": int(alive.sum()) - len(choice.removed),
-            "removed": choice.removed,
-            "scores": choice.scores,
-            "cka": choice.cka,
-            "seconds": time.perf_counter() - start,
-            "engine": choice.engine,
-        })
+        records.append(LayerStep(
+            index=layer.index,
+            alive_before=int(alive.sum()),
+            alive_after=int(alive.sum()) - len(choice.removed),
+            removed=tuple(choice.removed),
+            scores=tuple(choice.scores),
+            cka=tuple(choice.cka),
+            seconds=time.perf_counter() - start,
+            engine=choice.engine,
+        ))
     return records
 
 
-def _new_result(cfg: ExperimentConfig, seed: int, model: Net, model_file: Path, baseline: dict) -> dict:
-    prune = cfg.require_prune()
-    return {
-        "experiment": cfg.name,
-        "seed": seed,
-        "criterion": prune.params.type,
-        "strategy": prune.strategy,
-        "prune": asdict(prune),
-        "model_file": str(model_file),
-        "layers": [{"index": l.index, "name": l.name, "kind": l.kind, "width": l.width}
-                   for l in prunable_layers(model) if l.index in prune.modules],
-        "baseline": baseline,
-        "iterations": [],
-        "planned_iterations": prune.params.iterations,
-        "complete": False,
-    }
+class IdentityMismatch(UserError):
+    """A result on disk was made by another run than the one asked for."""
 
 
-def load_checkpoint(path: Path, model: Net, prune_modules: tuple[int, ...]) -> dict | None:
-    """Restore masked weights from ``path`` into ``model``; return the saved results, or None."""
+def check_same_run(previous: SeedResult, identity: RunIdentity, where: Path) -> None:
+    """Raise :class:`IdentityMismatch`, naming what changed, unless ``previous`` is of run ``identity``."""
+    if previous.run.digest == identity.digest:
+        return
+    changes = results.identity_changes(previous.run.description, identity.description)
+    raise IdentityMismatch(
+        f"{where} is the result of another run ({'; '.join(changes)}); rerun with --fresh to replace it, "
+        "or give the config another name to keep both")
+
+
+def _read_checkpoint(path: Path) -> dict | None:
+    """``{"state_dict", "result"}`` of a checkpoint, None if there is none; ValueError if unusable."""
     if not path.exists():
         return None
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
-        load_masked_state(model, saved["state_dict"], prune_modules)
-        return saved["result"]
-    except Exception as err:  # a checkpoint we cannot read is not trusted: start over
-        print(f"{path}: unusable checkpoint ({type(err).__name__}); starting this seed over")
+        return {"state_dict": saved["state_dict"], "result": SeedResult.from_dict(saved["result"])}
+    except Exception as err:  # torch raises many types for a bad file; all mean "unusable"
+        raise ValueError(f"{path}: unusable checkpoint ({brief(err)})") from None
+
+
+def _read_result(path: Path) -> SeedResult | None:
+    """The result JSON at ``path``, None if there is none; ValueError if unreadable."""
+    if not path.exists():
         return None
+    try:
+        return results.load(path)
+    except UserError as err:
+        raise ValueError(str(err)) from None
+
+
+def _stored(out_dir: Path, seed: int, report: Callable[[str], None]) -> tuple[dict | None, SeedResult | None]:
+    """The seed's checkpoint and result JSON; an unusable file counts as absent, after ``report``-ing it."""
+    stored = []
+    for read, path in ((_read_checkpoint, checkpoint_path(out_dir, seed)),
+                       (_read_result, results.result_path(out_dir, seed))):
+        try:
+            stored.append(read(path))
+        except ValueError as err:
+            report(str(err))
+            stored.append(None)
+    return stored[0], stored[1]
+
+
+def _stored_seeds(out_dir: Path) -> list[int]:
+    files = [*results.seed_files(out_dir), *Path(out_dir, "checkpoints").glob("seed*.pt")]
+    return sorted({int(p.stem.removeprefix("seed")) for p in files if p.stem.removeprefix("seed").isdigit()})
+
+
+def discard_other_runs(out_dir: Path, cfg: ExperimentConfig, identities: dict[int, RunIdentity],
+                       replace: bool) -> None:
+    """Check, before any work, that ``out_dir`` holds only results of the run asked for.
+
+    ``identities``: the run of each seed about to be pruned. A stored result of another config
+    (any seed) or of another trained model (these seeds) raises :class:`IdentityMismatch`; with
+    ``replace``, the results of these seeds that another run made are deleted instead (their
+    checkpoint, result and exported model), and other seeds' are left to their own jobs.
+    """
+    current = results.RunIdentity.of(results.config_description(cfg)).digest
+    for seed in _stored_seeds(out_dir):
+        saved, written = _stored(out_dir, seed, report=lambda message: None)
+        for previous, where in ((saved and saved["result"], checkpoint_path(out_dir, seed)),
+                                (written, results.result_path(out_dir, seed))):
+            if previous is None:
+                continue
+            expected = identities.get(seed)
+            same = previous.run.digest == expected.digest if expected else previous.run.config_digest == current
+            if same:
+                continue
+            if not replace:
+                check_same_run(previous, expected or _config_only(cfg, previous), where)
+            if expected:
+                for path in (checkpoint_path(out_dir, seed), results.result_path(out_dir, seed),
+                             Path(out_dir, "exported", f"seed{seed}.pt")):
+                    path.unlink(missing_ok=True)
+                print(f"seed {seed}: removed the result of another run ({where})")
+                break
+
+
+def _config_only(cfg: ExperimentConfig, previous: SeedResult) -> RunIdentity:
+    """This config's identity with ``previous``'s model: for naming what changed in the config alone."""
+    return results.RunIdentity.of({**results.config_description(cfg),
+                                   "model_sha256": previous.run.description.get("model_sha256")})
+
+
+def _resume(model: Net, cfg: ExperimentConfig, seed: int, identity: RunIdentity, out_dir: Path) -> SeedResult | None:
+    """The result to continue (masked weights restored into ``model``), or None to start afresh.
+
+    The checkpoint is the truth: a result JSON that is missing, unreadable or behind it is
+    rewritten from it. A result JSON without its checkpoint cannot be continued.
+    """
+    json_path = results.result_path(out_dir, seed)
+    saved, written = _stored(out_dir, seed, report=lambda message: print(f"seed {seed}: {message}"))
+    for previous, where in ((saved and saved["result"], checkpoint_path(out_dir, seed)), (written, json_path)):
+        if previous is not None:
+            check_same_run(previous, identity, where)
+    if saved is None:
+        if written is not None:
+            print(f"seed {seed}: {json_path} has no checkpoint to continue from; pruning this seed again")
+        return None
+    result = saved["result"]
+    if not results.same(written, result):
+        results.save(result, out_dir)
+        print(f"seed {seed}: {json_path} repaired from its checkpoint ({len(result.iterations)} iterations)")
+    load_masked_state(model, saved["state_dict"], cfg.require_prune().modules)
+    return result
+
+
+def _new_result(cfg: ExperimentConfig, seed: int, model: Net, model_file: Path, identity: RunIdentity,
+                baseline: dict[str, float]) -> SeedResult:
+    prune = cfg.require_prune()
+    return SeedResult(
+        run=identity, experiment=cfg.name, seed=seed, criterion=prune.params.type, strategy=prune.strategy,
+        model_file=str(model_file),
+        layers=tuple(LayerInfo(l.index, l.name, l.kind, l.width) for l in prunable_layers(model)
+                     if l.index in prune.modules),
+        baseline=baseline, planned_iterations=prune.params.iterations)
 
 
 def prune_seed(model: Net, cfg: ExperimentConfig, seed: int, splits: Splits, device: torch.device,
-               model_file: Path, out_dir: Path, on_epoch: EpochCallback | None = None) -> dict:
-    """Run the configured strategy on ``model`` (trained, unmasked), resuming if possible."""
+               model_file: Path, out_dir: Path, on_epoch: EpochCallback | None = None) -> SeedResult:
+    """Run the configured strategy on ``model`` (trained, unmasked), continuing the same run if possible."""
     prune = cfg.require_prune()
-    ckpt = checkpoint_path(out_dir, seed)
-    result = load_checkpoint(ckpt, model, prune.modules)
+    planned = prune.params.iterations
+    identity = results.run_identity(cfg, model_file)
+    result = _resume(model, cfg, seed, identity, out_dir)
     model.to(device)
     batch = cfg.params.batch_size
     if result is None:
         add_masks(model, prune.modules)
-        result = _new_result(cfg, seed, model, model_file, evaluate_all(model, splits, batch, device))
-    elif result["complete"]:
-        print(f"seed {seed}: already pruned ({len(result['iterations'])} iterations), skipping")
-    elif result["iterations"]:
-        print(f"seed {seed}: resuming after iteration {len(result['iterations'])} of {prune.params.iterations}")
-    for iteration in range(len(result["iterations"]) + 1, prune.params.iterations + 1):
-        label = f"seed {seed} iteration {iteration}/{prune.params.iterations}"
+        result = _new_result(cfg, seed, model, model_file, identity, evaluate_all(model, splits, batch, device))
+    done = len(result.iterations)
+    if done >= planned:
+        print(f"seed {seed}: already pruned ({done} iterations), skipping")
+        return result
+    if done:
+        verb = "extending" if result.complete else "resuming"
+        print(f"seed {seed}: {verb} after iteration {done} of {planned}")
+    result = replace(result, planned_iterations=planned)
+    for iteration in range(done + 1, planned + 1):
+        label = f"seed {seed} iteration {iteration}/{planned}"
         start = time.perf_counter()
         layers = prune_pass(model, cfg, splits, seed, iteration, device)
         scoring = time.perf_counter() - start
         after_prune = evaluate_all(model, splits, batch, device)
-        alive = ", ".join(f"L{r['index']} {r['alive_after']}" for r in layers)
+        alive = ", ".join(f"L{step.index} {step.alive_after}" for step in layers)
         print(f"{label}: pruned to {alive} in {scoring:.2f}s; test acc {after_prune['test_acc']:.4f}")
-        record = {"iteration": iteration, "layers": layers, "after_prune": after_prune,
-                  "after_retrain": None, "retrain": None, "seconds_scoring": scoring, "seconds_retraining": 0.0}
+        record = IterationRecord(iteration=iteration, layers=tuple(layers), after_prune=after_prune,
+                                 seconds_scoring=scoring)
         if prune.params.retrain:
             fitted = fit(model, splits, cfg.params, seed=seed * 1000 + iteration, device=device,
                          on_epoch=on_epoch, label=label)
-            record["after_retrain"] = evaluate_all(model, splits, batch, device)
-            record["retrain"] = {k: v for k, v in fitted.to_dict().items() if k != "history"}
-            record["seconds_retraining"] = fitted.seconds
-            print(f"{label}: retrained {fitted.epochs} epochs; test acc {record['after_retrain']['test_acc']:.4f}")
-        result["iterations"].append(record)
-        result["complete"] = iteration == prune.params.iterations
-        atomic_torch_save(ckpt, {"state_dict": model.state_dict(), "result": result})
-        atomic_write_json(result_path(out_dir, seed), result)
-    if not result_path(out_dir, seed).exists():
-        atomic_write_json(result_path(out_dir, seed), result)
+            record = replace(record, after_retrain=evaluate_all(model, splits, batch, device),
+                             retrain=RetrainSummary(fitted.epochs, fitted.best_epoch, fitted.diverged, fitted.seconds),
+                             seconds_retraining=fitted.seconds)
+            print(f"{label}: retrained {fitted.epochs} epochs; test acc {record.after_retrain['test_acc']:.4f}")
+        result = result.with_iteration(record)
+        atomic_torch_save(checkpoint_path(out_dir, seed), {"state_dict": model.state_dict(), "result": result.to_dict()})
+        results.save(result, out_dir)
     return result
 
 
-def final_alive(result: dict) -> dict[int, int]:
-    """Neurons left per pruned layer after the last completed iteration."""
-    alive = {layer["index"]: layer["width"] for layer in result["layers"]}
-    for record in result["iterations"]:
-        for layer in record["layers"]:
-            alive[layer["index"]] = layer["alive_after"]
-    return alive
-
-
-def summary_rows(results: list[dict]) -> list[str]:
-    """A small fixed-width table: seed, neurons left per layer, test accuracy at each stage."""
-    rows = [f"{'seed':>6}  {'alive per layer':<22}{'baseline':>9}{'pruned':>9}{'retrained':>10}"]
-    for result in results:
-        last = result["iterations"][-1] if result["iterations"] else None
-        alive = "/".join(str(n) for n in final_alive(result).values())
-        pruned = last["after_prune"]["test_acc"] if last else float("nan")
-        retrained = (last["after_retrain"] or {}).get("test_acc", float("nan")) if last else float("nan")
-        rows.append(f"{result['seed']:>6}  {alive:<22}{result['baseline']['test_acc']:>9.4f}"
-                    f"{pruned:>9.4f}{retrained:>10.4f}")
-    return rows
+def summary_table(seed_results: list[SeedResult]) -> str:
+    """Seed, neurons left per layer, test accuracy before pruning, after the last pass and its retraining."""
+    rows = []
+    for result in seed_results:
+        last = result.iterations[-1] if result.iterations else None
+        rows.append((result.seed, "/".join(str(n) for n in result.alive().values()), result.baseline["test_acc"],
+                     last.after_prune["test_acc"] if last else None,
+                     last.after_retrain["test_acc"] if last and last.after_retrain else None))
+    return tabulate(rows, headers=("seed", "alive per layer", "baseline", "pruned", "retrained"),
+                    floatfmt=".4f", missingval="-")

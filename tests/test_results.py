@@ -1,0 +1,87 @@
+"""The result record: round trip, schema check, run identity."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from src import results
+from src.config import load_config
+from src.errors import UserError
+from src.results import (IterationRecord, LayerInfo, LayerStep, RetrainSummary, RunIdentity, SeedResult,
+                         identity_changes, run_identity)
+
+
+def metrics(test_acc: float) -> dict:
+    return {"train_loss": 0.1, "train_acc": 0.99, "val_loss": 0.2, "val_acc": 0.97, "test_loss": 0.2, "test_acc": test_acc}
+
+
+def a_result(**changes) -> SeedResult:
+    step = LayerStep(index=0, alive_before=10, alive_after=8, removed=(3, 1), scores=(0.99, 0.97), cka=(0.99, 0.97),
+                     seconds=0.01, engine="fast")
+    record = IterationRecord(iteration=1, layers=(step, LayerStep(1, 6, 6, (), (), (), 0.0, "fast", "no variation")),
+                             after_prune=metrics(0.8), after_retrain=metrics(math.nan),
+                             retrain=RetrainSummary(epochs=2, best_epoch=1, diverged=False, seconds=0.5))
+    fields = dict(run=RunIdentity.of({"model_sha256": "ab", "prune": {"rate": (0.2,)}}), experiment="demo/cka", seed=3,
+                  criterion="cka", strategy="iterative", model_file="models/m.pt",
+                  layers=(LayerInfo(0, "hidden.0.layer", "linear", 10), LayerInfo(1, "hidden.1.layer", "linear", 6)),
+                  baseline=metrics(0.9), planned_iterations=2, iterations=(record,))
+    return SeedResult(**{**fields, **changes})
+
+
+def test_a_result_survives_the_file_unchanged(tmp_path):
+    result = a_result()
+    path = results.save(result, tmp_path)
+    assert path == tmp_path / "3.json"
+    back = results.load(path)
+    assert results.same(back, result)  # NaN compares equal here, unlike ==
+    assert back.iterations[0].layers[1].skipped == "no variation" and back.iterations[0].retrain.epochs == 2
+    assert back.run == result.run and isinstance(back.iterations[0].layers[0].removed, tuple)
+    assert json.loads(path.read_text())["complete"] is False
+
+
+def test_completeness_and_alive_counts_follow_the_iterations():
+    result = a_result()
+    assert not result.complete and result.alive() == {0: 8, 1: 6} and result.alive(0) == {0: 10, 1: 6}
+    assert a_result(planned_iterations=1).complete
+    assert result.removed_up_to(1, 0) == {1, 3} and result.test_acc(0, retrained=False) == 0.9
+    assert result.test_acc(1, retrained=False) == 0.8 and result.test_acc(2, retrained=True) is None
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda raw: raw.pop("schema"), "result schema 1, this version reads schema 2"),
+    (lambda raw: raw.update(schema=3), "result schema 3"),
+    (lambda raw: raw["iterations"][0].pop("after_prune"), "not a result record"),
+    (lambda raw: raw.update(colour="red"), "not a result record"),
+])
+def test_a_file_of_another_schema_is_refused_in_one_line(tmp_path, edit, message):
+    raw = a_result().to_dict()
+    edit(raw)
+    path = tmp_path / "3.json"
+    path.write_text(json.dumps(raw))
+    with pytest.raises(UserError) as err:
+        results.load(path)
+    assert str(path) in str(err.value) and message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_identity_changes_name_each_changed_key():
+    old = {"prune": {"params": {"type": "cka", "rate": 0.25}, "modules": [0, 1]}, "model_sha256": "a"}
+    new = {"prune": {"params": {"type": "l1", "rate": 0.25}, "modules": [0]}, "model_sha256": "a"}
+    assert identity_changes(old, new) == ['prune.modules: [0, 1] -> [0]', 'prune.params.type: "cka" -> "l1"']
+
+
+def test_run_identity_covers_model_training_and_prune_but_not_iterations_or_data_location(write_config, tmp_path):
+    model = tmp_path / "m.pt"
+    torch.save({"w": torch.ones(2)}, model)
+    base = run_identity(load_config(write_config("a")), model)
+    prune = {"strategy": "iterative", "params": {"type": "cka", "iterations": 7, "rate": 0.25}, "modules": [0, 1]}
+    assert run_identity(load_config(write_config("b", prune=prune)), model) == base
+    moved = {"dataset": "mnist-5k", "root": "/scratch/data", "val_split": 0.5}  # mnist-5k has a fixed split
+    assert run_identity(load_config(write_config("c", data=moved)), model) == base
+    for changed in (write_config("d", prune={**prune, "params": {**prune["params"], "rate": 0.5}}),
+                    write_config("e", params={"lr": 0.01, "batch_size": 128, "epochs": 3, "patience": 2})):
+        assert run_identity(load_config(changed), model).digest != base.digest
+    torch.save({"w": torch.zeros(2)}, model)
+    other_model = run_identity(load_config(write_config("a")), model)
+    assert other_model.digest != base.digest and other_model.config_digest == base.config_digest

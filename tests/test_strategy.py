@@ -1,0 +1,202 @@
+"""Prune runs end to end on the bundled data: identity, extension, repair, strategies."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import main_prune
+import main_train
+import src.train
+from lib.cka import cka, gram_rbf
+from src import results
+from src.artifacts import load_model, model_path
+from src.config import load_config
+from src.data import load_splits, to_unit_float
+from src.pruning.scoring import scoring_indices
+from src.pruning.strategy import IdentityMismatch, checkpoint_path
+from tests.conftest import ROOT, tiny_raw
+
+
+def edit(config, **sections):
+    """Rewrite ``config`` (a tiny_raw file) with ``sections`` replaced, as a user editing it would."""
+    raw = json.loads(config.read_text())
+    raw.update(sections)
+    config.write_text(json.dumps(raw))
+
+
+def prune_section(criterion="cka", iterations=2, rate=0.25, **params):
+    return {"strategy": "iterative", "params": {"type": criterion, "iterations": iterations, "rate": rate, **params},
+            "modules": [0, 1]}
+
+
+@pytest.fixture
+def run(tmp_path):
+    """Run main_train/main_prune in this process on dirs under tmp_path; return the exit code."""
+    def call(script, config, *extra, out="output"):
+        args = [str(config), "--models-dir", str(tmp_path / "models"), *extra]
+        if script is main_prune:
+            args += ["--output-dir", str(tmp_path / out)]
+        return script.main(args)
+    return call
+
+
+def stored(tmp_path, out="output", seed=0):
+    return results.load(tmp_path / out / "tiny" / f"{seed}.json")
+
+
+def without_timings(result):
+    def strip(obj):
+        if isinstance(obj, dict):
+            return {k: strip(v) for k, v in obj.items() if "seconds" not in k}
+        if isinstance(obj, list):
+            return [strip(v) for v in obj]
+        return obj
+    return strip(json.loads(json.dumps(result.to_dict())))
+
+
+def test_editing_the_config_and_rerunning_never_mixes_runs(write_config, run, tmp_path):
+    config = write_config("tiny", prune=prune_section("cka", iterations=2, rate=0.25))
+    assert run(main_train, config) == 0 and run(main_prune, config) == 0
+    first = (tmp_path / "output/tiny/0.json").read_bytes()
+
+    edit(config, prune=prune_section("l1", iterations=3, rate=0.5))
+    with pytest.raises(IdentityMismatch) as err:
+        run(main_prune, config)
+    assert 'prune.params.type: "cka" -> "l1"' in str(err.value) and "prune.params.rate: 0.25 -> 0.5" in str(err.value)
+    assert "iterations" not in str(err.value) and "--fresh" in str(err.value)
+    assert (tmp_path / "output/tiny/0.json").read_bytes() == first  # nothing appended, nothing rewritten
+
+    assert run(main_prune, config, "--fresh") == 0
+    l1 = stored(tmp_path)
+    assert l1.criterion == "l1" and l1.planned_iterations == 3 and len(l1.iterations) == 3 and l1.complete
+    assert l1.iterations[0].layers[0].alive_before == 48 and l1.iterations[0].layers[0].alive_after == 24
+    assert l1.run.description["prune"]["params"]["type"] == "l1"
+
+    # Other training parameters: another trained model, which the result must not be appended to either.
+    edit(config, params={**tiny_raw()["params"], "lr": 0.001})
+    assert run(main_train, config) == 0
+    with pytest.raises(IdentityMismatch, match=r"training\.params\.lr: 0\.002 -> 0\.001"):
+        run(main_prune, config)
+    assert run(main_prune, config, "--fresh") == 0
+    retrained = stored(tmp_path)
+    assert retrained.model_file == str(model_path(load_config(config), 0, tmp_path / "models"))
+    assert retrained.model_file != l1.model_file and retrained.model_sha256 != l1.model_sha256
+
+
+def test_a_changed_model_file_is_a_different_run(write_config, run, tmp_path):
+    config = write_config("tiny")
+    run(main_train, config)
+    run(main_prune, config)
+    path = model_path(load_config(config), 0, tmp_path / "models")
+    state = torch.load(path, weights_only=True)
+    state["hidden.0.layer.bias"] += 1.0  # as if trained again elsewhere
+    torch.save(state, path)
+    with pytest.raises(IdentityMismatch, match="model_sha256"):
+        run(main_prune, config)
+
+
+def test_a_mismatch_is_one_line_with_exit_status_2(write_config, run, tmp_path):
+    config = write_config("tiny")
+    run(main_train, config)
+    run(main_prune, config)
+    edit(config, prune=prune_section("random"))
+    proc = subprocess.run([sys.executable, str(ROOT / "main_prune.py"), str(config), "--models-dir",
+                           str(tmp_path / "models"), "--output-dir", str(tmp_path / "output")],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert 'prune.params.type: "cka" -> "random"' in proc.stderr and proc.stdout == ""
+
+
+def test_raising_iterations_extends_a_finished_run(write_config, run, tmp_path, capsys):
+    config = write_config("tiny", prune=prune_section(iterations=2))
+    run(main_train, config)
+    run(main_prune, config)
+    two = stored(tmp_path)
+    edit(config, prune=prune_section(iterations=3))
+    capsys.readouterr()
+    assert run(main_prune, config) == 0
+    assert "extending after iteration 2 of 3" in capsys.readouterr().out
+    three = stored(tmp_path)
+    assert three.planned_iterations == 3 and three.complete and len(three.iterations) == 3
+    assert three.iterations[:2] == two.iterations and three.run == two.run
+    assert run(main_prune, config, out="whole") == 0  # three iterations without stopping
+    assert without_timings(stored(tmp_path, "whole")) == without_timings(three)
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated", "behind"])
+def test_a_result_file_behind_its_checkpoint_is_repaired(write_config, run, tmp_path, capsys, damage):
+    config = write_config("tiny", prune=prune_section(iterations=2))
+    run(main_train, config)
+    run(main_prune, config)
+    path, finished = tmp_path / "output/tiny/0.json", stored(tmp_path)
+    if damage == "missing":
+        path.unlink()
+    elif damage == "truncated":
+        path.write_text(path.read_text()[:100])
+    else:  # killed between the checkpoint and the result write of iteration 2
+        raw = json.loads(path.read_text())
+        raw["iterations"] = raw["iterations"][:1]
+        path.write_text(json.dumps(raw))
+    capsys.readouterr()
+    assert run(main_prune, config) == 0
+    out = capsys.readouterr().out
+    assert "repaired from its checkpoint (2 iterations)" in out and "already pruned (2 iterations)" in out
+    assert results.same(stored(tmp_path), finished)
+
+
+def test_moving_the_data_does_not_retrain(write_config, run, tmp_path, monkeypatch):
+    trainings = []
+    fit = src.train.fit
+    monkeypatch.setattr(src.train, "fit", lambda *a, **k: trainings.append(1) or fit(*a, **k))
+    config = write_config("tiny")
+    assert run(main_train, config) == 0 and len(trainings) == 1
+    (tmp_path / "scratch").mkdir()
+    edit(config, data={"dataset": "mnist-5k", "root": str(tmp_path / "scratch"), "val_split": 0.3})
+    assert run(main_train, config) == 0 and len(trainings) == 1
+
+
+def test_one_shot_without_retraining(write_config, run, tmp_path):
+    config = write_config("tiny", prune={"strategy": "one_shot", "params": {"type": "l2", "rate": 0.5, "retrain": False}})
+    run(main_train, config)
+    assert run(main_prune, config) == 0
+    result = stored(tmp_path)
+    (only,) = result.iterations
+    assert only.after_retrain is None and only.retrain is None and only.seconds_retraining == 0
+    assert [step.alive_after for step in only.layers] == [24, 16] and result.strategy == "one_shot"
+    state = torch.load(checkpoint_path(tmp_path / "output/tiny", 0), weights_only=True)["state_dict"]
+    trained = torch.load(result.model_file, weights_only=True)
+    for step in only.layers:  # without retraining, surviving weights are the trained ones
+        kept = [i for i in range(48 if step.index == 0 else 32) if i not in step.removed]
+        name = f"hidden.{step.index}.layer"
+        assert torch.equal(state[f"{name}.weight_orig"][kept], trained[f"{name}.weight"][kept])
+        l2 = trained[f"{name}.weight"].norm(dim=1)
+        assert sorted(step.removed) == sorted(torch.argsort(l2)[:len(step.removed)].tolist())
+
+
+def test_rbf_kernel_at_model_level_records_the_literal_cka(write_config, run, tmp_path):
+    config = write_config("tiny", prune=prune_section(iterations=1, rate=0.25, kernel="rbf", samples=64))
+    run(main_train, config)
+    assert run(main_prune, config) == 0
+    result = stored(tmp_path)
+    step = result.iterations[0].layers[1]
+    assert step.engine == "reference" and len(step.removed) == 8
+    # Recompute the recorded CKA path independently: the pass's scoring samples, through the trained
+    # model (every layer's activations are recorded once, before the pass removes anything), with
+    # the removed rows of layer 1 zeroed by hand.
+    cfg = load_config(config)
+    model = load_model(model_path(cfg, 0, tmp_path / "models"), cfg).eval()
+    val = load_splits(cfg.data).val
+    index = scoring_indices(val, 64, cfg.params.batch_size, torch.Generator().manual_seed(0 * 100_003 + 1))
+    with torch.no_grad():
+        inputs = model.hidden[0](to_unit_float(val.images[index]).flatten(1))
+        layer = model.hidden[1].layer
+        original = layer(inputs).double().numpy()
+        for t in range(len(step.removed)):
+            weight = layer.weight.clone()
+            weight[list(step.removed[:t + 1])] = 0
+            pruned = torch.nn.functional.linear(inputs, weight, layer.bias).double().numpy()
+            np.testing.assert_allclose(step.cka[t], cka(gram_rbf(original), gram_rbf(pruned)), rtol=1e-6)
