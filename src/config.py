@@ -95,6 +95,10 @@ class PruneParams:
     samples: int | str | None = None
     hook: str = "module"
     retrain: bool = True
+    # Retrain the dense network of the surviving neurons instead of the masked one (src.pruning.shrink).
+    shrink: bool = False
+    # Also evaluate on the training set after each pass and retraining (the report does not need it).
+    evaluate_train: bool = False
 
 
 @dataclass(frozen=True)
@@ -285,7 +289,11 @@ def _read_prune(s: _Section, model: ModelConfig) -> PruneConfig:
         samples=p.get("samples", d.samples, lambda v: v is None or v == "all" or _positive_int(v), 'must be a positive integer, "all" or null'),
         hook=p.choice("hook", d.hook, HOOKS),
         retrain=p.get("retrain", d.retrain, lambda v: isinstance(v, bool), "must be true or false"),
+        shrink=p.get("shrink", d.shrink, lambda v: isinstance(v, bool), "must be true or false"),
+        evaluate_train=p.get("evaluate_train", d.evaluate_train, lambda v: isinstance(v, bool), "must be true or false"),
     )
+    if params.shrink and model.type == "cnn" and model.padding == "same":
+        p.fail(p.key("shrink"), 'needs model.padding "valid": with zero padding the smaller network is not exact')
     if (params.rate is None) == (params.stop_cka is None):
         p.fail(p.path, "needs exactly one of rate and stop_cka")
     if strategy == "one_shot" and params.iterations != 1:

@@ -147,10 +147,11 @@ def fit(model: nn.Module, splits: Splits, params: TrainParams, *, seed: int,
                      seconds=time.perf_counter() - start, history=history)
 
 
-def evaluate_all(model: nn.Module, splits: Splits, batch_size: int, device: torch.device) -> dict[str, float]:
-    """``{train,val,test}_{loss,acc}`` in one flat dict."""
+def evaluate_all(model: nn.Module, splits: Splits, batch_size: int, device: torch.device,
+                 names: tuple[str, ...] = ("train", "val", "test")) -> dict[str, float]:
+    """``{name}_{loss,acc}`` for each split of ``names``, in one flat dict."""
     out = {}
-    for name in ("train", "val", "test"):
+    for name in names:
         metrics = evaluate(model, getattr(splits, name), batch_size, device)
         out[f"{name}_loss"], out[f"{name}_acc"] = metrics.loss, metrics.acc
     return out

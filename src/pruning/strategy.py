@@ -35,7 +35,8 @@ from src.pruning.criteria import select
 from src.pruning.masks import add_masks, alive_neurons, load_masked_state, remove_neurons
 from src.pruning.scoring import record_layers
 from src.results import IterationRecord, LayerInfo, LayerStep, RetrainSummary, RunIdentity, SeedResult
-from src.train import evaluate_all, fit
+from src.pruning.shrink import carry_back, shrunk
+from src.train import FitResult, evaluate_all, fit
 
 EpochCallback = Callable[[dict[str, float]], None]
 
@@ -202,10 +203,14 @@ def prune_seed(model: Net, cfg: ExperimentConfig, seed: int, splits: Splits, dev
     identity = results.run_identity(cfg, model_file)
     result = _resume(model, cfg, seed, identity, out_dir)
     model.to(device)
-    batch = cfg.params.batch_size
+    splits_evaluated = ("train", "val", "test") if prune.params.evaluate_train else ("val", "test")
+
+    def evaluate() -> dict[str, float]:
+        return evaluate_all(model, splits, cfg.params.batch_size, device, splits_evaluated)
+
     if result is None:
         add_masks(model, prune.modules)
-        result = _new_result(cfg, seed, model, model_file, identity, evaluate_all(model, splits, batch, device))
+        result = _new_result(cfg, seed, model, model_file, identity, evaluate())
     done = len(result.iterations)
     if done >= planned:
         print(f"seed {seed}: already pruned ({done} iterations), skipping")
@@ -219,15 +224,15 @@ def prune_seed(model: Net, cfg: ExperimentConfig, seed: int, splits: Splits, dev
         start = time.perf_counter()
         layers = prune_pass(model, cfg, splits, seed, iteration, device)
         scoring = time.perf_counter() - start
-        after_prune = evaluate_all(model, splits, batch, device)
+        after_prune = evaluate()
         alive = ", ".join(f"L{step.index} {step.alive_after}" for step in layers)
         print(f"{label}: pruned to {alive} in {scoring:.2f}s; test acc {after_prune['test_acc']:.4f}")
         record = IterationRecord(iteration=iteration, layers=tuple(layers), after_prune=after_prune,
                                  seconds_scoring=scoring)
         if prune.params.retrain:
-            fitted = fit(model, splits, cfg.params, seed=seed * 1000 + iteration, device=device,
-                         on_epoch=on_epoch, label=label)
-            record = replace(record, after_retrain=evaluate_all(model, splits, batch, device),
+            fitted = retrain(model, cfg, splits, seed=seed * 1000 + iteration, device=device, on_epoch=on_epoch,
+                             label=label)
+            record = replace(record, after_retrain=evaluate(),
                              retrain=RetrainSummary(fitted.epochs, fitted.best_epoch, fitted.diverged, fitted.seconds),
                              seconds_retraining=fitted.seconds)
             print(f"{label}: retrained {fitted.epochs} epochs; test acc {record.after_retrain['test_acc']:.4f}")
@@ -235,6 +240,17 @@ def prune_seed(model: Net, cfg: ExperimentConfig, seed: int, splits: Splits, dev
         atomic_torch_save(checkpoint_path(out_dir, seed), {"state_dict": model.state_dict(), "result": result.to_dict()})
         results.save(result, out_dir)
     return result
+
+
+def retrain(model: Net, cfg: ExperimentConfig, splits: Splits, *, seed: int, device: torch.device,
+            on_epoch: EpochCallback | None, label: str) -> FitResult:
+    """Retrain the masked ``model`` in place, or its dense surviving network with ``shrink``."""
+    if not cfg.require_prune().params.shrink:
+        return fit(model, splits, cfg.params, seed=seed, device=device, on_epoch=on_epoch, label=label)
+    small = shrunk(model, cfg.model)
+    fitted = fit(small, splits, cfg.params, seed=seed, device=device, on_epoch=on_epoch, label=label)
+    carry_back(model, small)
+    return fitted
 
 
 def summary_table(seed_results: list[SeedResult]) -> str:

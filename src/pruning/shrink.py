@@ -1,0 +1,81 @@
+"""Retraining on the physically smaller network (``prune.params.shrink``).
+
+After a pass, the masked model is exported to the dense network of the surviving widths
+(:func:`src.export.export_model`: each removed neuron's constant output, ``relu(bias)`` or its
+BatchNorm'd value, is folded into the next layer's bias, exactly), that network is retrained,
+and its weights are carried back into the masked model (:func:`carry_back`), so the next pass,
+the checkpoints and the results see the same kind of model as with masked retraining.
+
+How this differs from retraining the masked network: with masks, a removed neuron still has
+a trainable bias and trainable outgoing weights, so its constant output keeps acting as an
+extra, trainable bias of the next layer (``W_next[:, removed] @ relu(b_removed)``). After
+folding, that constant is part of the next layer's bias, which trains as usual; the removed
+neurons' own parameters are gone. The function class is the same (a constant added to the
+next pre-activation); only its parametrisation, and so the optimiser's path, differ. Carrying
+back sets the removed neurons' outgoing weights to zero (their constant is already in the
+bias), so the masked model computes exactly what the retrained small one does.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from src.config import ModelConfig
+from src.export import export_model
+from src.models import Net, prunable_layers
+from src.pruning.masks import alive_neurons, refresh_weight
+
+
+def shrunk(masked: Net, model_cfg: ModelConfig) -> Net:
+    """The dense network of ``masked``'s surviving neurons, in train mode on ``masked``'s device."""
+    small, _, _ = export_model(masked, model_cfg)
+    return small.to(masked.output.weight.device).train()
+
+
+def carry_back(masked: Net, small: Net) -> None:
+    """Write ``small``'s parameters into the surviving rows and inputs of ``masked``, in place.
+
+    Inputs that come from removed neurons get zero weights. ``small`` must be
+    ``shrunk(masked)`` after training (same surviving neurons, same architecture otherwise).
+    """
+    big_layers = [layer.block for layer in prunable_layers(masked)]
+    small_layers = [layer.block for layer in prunable_layers(small)]
+    keeps = [alive_neurons(block.layer) for block in big_layers]
+    modules = [*(block.layer for block in big_layers), masked.output]
+    targets = [*(block.layer for block in small_layers), small.output]
+    with torch.no_grad():
+        for i, (module, target) in enumerate(zip(modules, targets)):
+            rows = keeps[i] if i < len(keeps) else torch.ones_like(module.bias, dtype=torch.bool)
+            weight = module.weight_orig if hasattr(module, "weight_orig") else module.weight
+            if i > 0:
+                _zero_inputs_of_removed(module, weight, keeps[i - 1])
+                cols = _input_columns(module, weight, keeps[i - 1])
+                weight[rows.nonzero()[:, 0, None], cols] = target.weight.to(weight.dtype)
+            else:
+                weight[rows] = target.weight.to(weight.dtype)
+            module.bias[rows] = target.bias.to(module.bias.dtype)
+            if hasattr(module, "weight_mask"):
+                refresh_weight(module)
+        for big, little, keep in zip(big_layers, small_layers, keeps):
+            if isinstance(big.norm, nn.BatchNorm2d):
+                for name, value in little.norm.state_dict().items():
+                    target = big.norm.state_dict()[name]
+                    if value.dim() == 0:
+                        target.copy_(value)
+                    else:
+                        target[keep] = value.to(target.dtype)
+
+
+def _input_columns(module: nn.Module, weight: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Indices of ``weight``'s input columns (Linear) or channels (Conv2d) fed by kept neurons."""
+    if isinstance(module, nn.Conv2d):
+        return keep.nonzero()[:, 0]
+    positions = weight.shape[1] // keep.numel()  # a Linear after the last conv block: C*H*W columns
+    return keep.repeat_interleave(positions).nonzero()[:, 0]
+
+
+def _zero_inputs_of_removed(module: nn.Module, weight: torch.Tensor, keep: torch.Tensor) -> None:
+    columns = torch.ones(weight.shape[1], dtype=torch.bool, device=weight.device)
+    columns[_input_columns(module, weight, keep)] = False
+    weight[:, columns] = 0
