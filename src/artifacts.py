@@ -15,18 +15,23 @@ from src.io import atomic_torch_save, atomic_write_json
 from src.models import Net, build_model
 
 
-def model_stem(cfg: ExperimentConfig, seed: int) -> str:
-    """A file name derived from everything that determines the weights.
+def model_family(cfg: ExperimentConfig) -> str:
+    """A name derived from everything that determines the weights, apart from the seed.
 
     Two configs that train the same model on the same data with the same parameters (the
-    cka and l1 configs of one experiment) share the trained models.
+    cka and l1 configs of one experiment) share it, and so their trained models.
     """
     identity = json.dumps(cfg.training_identity(), sort_keys=True)
     digest = hashlib.sha256(identity.encode()).hexdigest()[:10]
     m = cfg.model
     widths = m.hidden_sizes if m.type == "mlp" else (*m.conv_channels, *m.fc_sizes)
     arch = "-".join(str(w) for w in widths)
-    return f"{m.type}-{arch}_{cfg.data.dataset}_{digest}_seed{seed}"
+    return f"{m.type}-{arch}_{cfg.data.dataset}_{digest}"
+
+
+def model_stem(cfg: ExperimentConfig, seed: int) -> str:
+    """The file name of one seed's trained model."""
+    return f"{model_family(cfg)}_seed{seed}"
 
 
 def model_path(cfg: ExperimentConfig, seed: int, models_dir: Path) -> Path:

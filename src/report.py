@@ -415,6 +415,28 @@ def iteration_table(report: Report) -> Table:
          "output at the start of the iteration and after a removal, over the iteration's removals.", _layer_key(report)))
 
 
+def paper_table(report: Report) -> Table:
+    """Test accuracy after retraining per iteration, one column per criterion: the paper's table."""
+    labels = [exp.label for exp in report.experiments]
+    by_key = {(row.label, row.iteration): row for row in report.rows}
+    numbers = sorted({row.iteration for row in report.rows})
+    rows = []
+    for number in numbers:
+        fractions = [row.fraction.mean for label in labels if (row := by_key.get((label, number)))]
+        cells = []
+        for label in labels:
+            row = by_key.get((label, number))
+            stat = None if row is None else (row.after_prune if number == 0 else row.after_retrain)
+            cells.append("-" if stat is None else f"{_pct(stat.mean)} [{_pct(stat.min)}-{_pct(stat.max)}] n={stat.n}")
+        rows.append((str(number), _share(sum(fractions) / len(fractions)), *cells))
+    return Table(
+        "Test accuracy after retraining, per iteration",
+        ("iter", "remaining", *(f"{label} % [min-max]" for label in labels)),
+        tuple(rows),
+        ("Mean over seeds [min-max], n seeds; iteration 0 is the trained model. remaining: neurons left in the "
+         "pruned layers (mean over criteria).",))
+
+
 def gap_table(report: Report) -> Table | None:
     if not report.gaps:
         return None
@@ -467,7 +489,8 @@ def render_markdown(table: Table) -> str:
 
 
 def tables(report: Report) -> list[Table]:
-    return [t for t in (iteration_table(report), gap_table(report), overlap_table(report)) if t is not None]
+    return [t for t in (paper_table(report), iteration_table(report), gap_table(report), overlap_table(report))
+            if t is not None]
 
 
 def input_lines(report: Report) -> list[str]:

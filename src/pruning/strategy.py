@@ -196,8 +196,12 @@ def _new_result(cfg: ExperimentConfig, seed: int, model: Net, model_file: Path, 
 
 
 def prune_seed(model: Net, cfg: ExperimentConfig, seed: int, splits: Splits, device: torch.device,
-               model_file: Path, out_dir: Path, on_epoch: EpochCallback | None = None) -> SeedResult:
-    """Run the configured strategy on ``model`` (trained, unmasked), continuing the same run if possible."""
+               model_file: Path, out_dir: Path, on_epoch: EpochCallback | None = None,
+               on_iteration: Callable[[SeedResult], None] | None = None) -> SeedResult:
+    """Run the configured strategy on ``model`` (trained, unmasked), continuing the same run if possible.
+
+    ``on_iteration`` is called with the result after each iteration is saved.
+    """
     prune = cfg.require_prune()
     planned = prune.params.iterations
     identity = results.run_identity(cfg, model_file)
@@ -239,6 +243,8 @@ def prune_seed(model: Net, cfg: ExperimentConfig, seed: int, splits: Splits, dev
         result = result.with_iteration(record)
         atomic_torch_save(checkpoint_path(out_dir, seed), {"state_dict": model.state_dict(), "result": result.to_dict()})
         results.save(result, out_dir)
+        if on_iteration is not None:
+            on_iteration(result)
     return result
 
 

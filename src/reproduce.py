@@ -1,0 +1,171 @@
+"""The whole study in one command: python3 -m src.reproduce CONFIG_DIR [--fresh] [--device D].
+
+Every ``*.json`` in CONFIG_DIR is one criterion of the study (``config/demo``: cka and l1).
+The command trains every seed of every config (configs with the same training settings share
+their models), prunes each config's seeds, and writes a comparison report for each group of
+configs that share their trained models (``report/``, or ``report-<model>/`` per group),
+skipping work already done: a finished model is not retrained, a finished prune run not
+redone, an interrupted one resumes (run identity, :mod:`src.results`). It prints one progress
+bar over the whole plan (trainings + prune iterations, with an ETA) on a terminal, one line
+per step in a batch log, and at the end the paper's table (test accuracy per iteration, mean
+and min-max over seeds, per criterion) and the figure's path. What the steps print goes to
+``<output>/<CONFIG_DIR name>/reproduce.log``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from tqdm import tqdm
+
+from src import results
+from src.artifacts import load_model, model_family, model_path, output_dir
+from src.cli import run
+from src.config import ExperimentConfig, load_config
+from src.errors import UserError
+from src.pruning.strategy import discard_other_runs, prune_seed
+from src.report import build_report, paper_table, render_text, write_outputs
+from src.train import load_experiment_data, select_device, train_seed
+
+
+@dataclass(frozen=True)
+class Plan:
+    configs: tuple[ExperimentConfig, ...]
+    trainings: tuple[tuple[ExperimentConfig, int], ...]  # one per model file still to train
+    iterations: int  # prune iterations still to run, over all configs and seeds
+
+    @property
+    def steps(self) -> int:
+        return len(self.trainings) + self.iterations
+
+
+def load_study(directory: Path) -> list[ExperimentConfig]:
+    """The configs of a study folder, each with a prune section; UserError names a bad one."""
+    if not directory.is_dir():
+        raise UserError(f"{directory}: not a directory of experiment configs")
+    configs = [load_config(path) for path in sorted(directory.glob("*.json"))]
+    if not configs:
+        raise UserError(f"{directory}: no *.json experiment configs")
+    for cfg in configs:
+        cfg.require_prune()
+    return configs
+
+
+def make_plan(configs: Sequence[ExperimentConfig], models_dir: Path, output_root: Path) -> Plan:
+    trainings: dict[Path, tuple[ExperimentConfig, int]] = {}
+    iterations = 0
+    for cfg in configs:
+        for seed in cfg.seeds:
+            path = model_path(cfg, seed, models_dir)
+            if not path.exists():
+                trainings.setdefault(path, (cfg, seed))
+            done = _iterations_done(output_dir(cfg, output_root), seed)
+            iterations += max(cfg.require_prune().params.iterations - done, 0)
+    return Plan(tuple(configs), tuple(trainings.values()), iterations)
+
+
+def _iterations_done(out_dir: Path, seed: int) -> int:
+    try:
+        return len(results.load(results.result_path(out_dir, seed)).iterations)
+    except UserError:  # none yet, or unreadable: prune_seed repairs or redoes it
+        return 0
+
+
+def _check_identities(configs: Sequence[ExperimentConfig], models_dir: Path, output_root: Path, fresh: bool) -> None:
+    """Before any work: every folder holds only results of the run its config asks for (or --fresh)."""
+    for cfg in configs:
+        identities = {seed: results.run_identity(cfg, path) for seed in cfg.seeds
+                      if (path := model_path(cfg, seed, models_dir)).exists()}
+        discard_other_runs(output_dir(cfg, output_root), cfg, identities, replace=fresh)
+
+
+def reproduce(directory: Path, models_dir: Path, output_root: Path, device_name: str | None, fresh: bool) -> None:
+    """Run the study and print its reports: one per trained-model family (configs sharing their models)."""
+    configs = load_study(directory)
+    _check_identities(configs, models_dir, output_root, fresh)
+    plan = make_plan(configs, models_dir, output_root)
+    device = select_device(device_name)
+    study_dir = output_root / directory.name
+    log_path = study_dir / "reproduce.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    print(f"{directory}: {len(configs)} configs ({', '.join(cfg.name for cfg in configs)}), "
+          f"{len(plan.trainings)} models to train, {plan.iterations} prune iterations to run, on {device}; "
+          f"details in {log_path}")
+    interactive = sys.stderr.isatty()
+    bar = tqdm(total=plan.steps, unit="step", disable=not interactive, dynamic_ncols=True)
+    started = time.perf_counter()
+    step = 0
+
+    def advance(what: str) -> None:
+        nonlocal step
+        step += 1
+        bar.update(1)
+        if not interactive:
+            print(f"[{step}/{plan.steps}] {what} ({time.perf_counter() - started:.0f}s)", flush=True)
+
+    splits_by_data: dict[str, object] = {}
+    with open(log_path, "a") as log, bar:
+        def splits_of(cfg: ExperimentConfig):
+            key = repr(cfg.data.identity())
+            if key not in splits_by_data:
+                splits_by_data[key] = load_experiment_data(cfg, device)
+            return splits_by_data[key]
+
+        for cfg, seed in plan.trainings:
+            bar.set_description(f"train {cfg.name} seed {seed}")
+            with contextlib.redirect_stdout(log):
+                train_seed(cfg, seed, splits_of(cfg), device, models_dir)
+            advance(f"trained {cfg.name} seed {seed}")
+        for cfg in configs:
+            out_dir = output_dir(cfg, output_root)
+            for seed in cfg.seeds:
+                path = model_path(cfg, seed, models_dir)
+                if not path.exists():  # diverged: recorded by train_seed, nothing to prune
+                    print(f"{cfg.name} seed {seed}: no trained model (diverged?); see {log_path}")
+                    continue
+                bar.set_description(f"prune {cfg.name} seed {seed}")
+
+                def on_iteration(result: results.SeedResult, cfg=cfg, seed=seed) -> None:
+                    last = result.iterations[-1]
+                    acc = (last.after_retrain or last.after_prune)["test_acc"]
+                    advance(f"{cfg.name} seed {seed} iteration {last.iteration}/{result.planned_iterations}: "
+                            f"test acc {acc:.4f}")
+
+                with contextlib.redirect_stdout(log):
+                    prune_seed(load_model(path, cfg, device), cfg, seed, splits_of(cfg), device, path, out_dir,
+                               on_iteration=on_iteration)
+    families: dict[str, list[ExperimentConfig]] = {}
+    for cfg in configs:
+        families.setdefault(model_family(cfg), []).append(cfg)
+    for family, members in families.items():
+        report = build_report([output_dir(cfg, output_root) for cfg in members])
+        report_dir = study_dir / ("report" if len(families) == 1 else f"report-{family}")
+        paths = write_outputs(report, report_dir)
+        print(f"\n{family}: {', '.join(cfg.name for cfg in members)}")
+        print(render_text(paper_table(report)))
+        print(f"report: {paths.markdown}\nfigure: {paths.accuracy_figure}")
+    print(f"wall time {time.perf_counter() - started:.0f}s")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m src.reproduce",
+                                     description="Train, prune and compare every config of a study folder.")
+    parser.add_argument("config_dir", type=Path, help="folder of experiment configs, one per criterion, e.g. config/demo")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    parser.add_argument("--models-dir", type=Path, default=Path("models"), help="trained models (default: models/)")
+    parser.add_argument("--output-dir", type=Path, default=Path("output"), help="results root (default: output/)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="replace results that another run made (see main_prune.py --fresh) instead of stopping")
+    args = parser.parse_args(argv)
+    reproduce(args.config_dir, args.models_dir, args.output_dir, args.device, args.fresh)
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)
