@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from src.artifacts import ModelFileError, load_model, model_path, output_dir
-from src.cli import add_seed_options, base_parser, run, selected_seeds
+from src.cli import add_seed_options, apply_threads, base_parser, require_writable_dir, run, selected_seeds
 from src.config import load_config
 from src.export import export_seed
 from src.pruning.strategy import prune_seed, summary_rows
@@ -23,6 +23,8 @@ def main(argv=None) -> int:
     cfg = load_config(args.config)
     prune = cfg.require_prune()
     seeds = selected_seeds(cfg, args.seed, args.seed_index)
+    require_writable_dir(args.output_dir, "--output-dir")
+    apply_threads(args.threads)
     device = select_device(args.device)
     splits = load_experiment_data(cfg, device)
     out_dir = output_dir(cfg, Path(args.output_dir))
