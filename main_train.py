@@ -16,10 +16,10 @@ def main(argv=None) -> int:
     cfg = load_config(args.config)
     seeds = selected_seeds(cfg, args.seed, args.seed_index)
     require_writable_dir(args.models_dir, "--models-dir")
-    apply_threads(args.threads)
+    threads = apply_threads(args.threads)
     device = select_device(args.device)
     splits = load_experiment_data(cfg, device)
-    print(f"{cfg.name}: {len(seeds)} seed(s) on {device}; data {cfg.data.dataset} "
+    print(f"{cfg.name}: {len(seeds)} seed(s) on {device} ({threads} CPU thread{'s' if threads > 1 else ''}); data {cfg.data.dataset} "
           f"({len(splits.train)}/{len(splits.val)}/{len(splits.test)} train/val/test)")
     mode = resolve_mode(cfg, args.wandb)
     failed = []
