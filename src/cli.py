@@ -15,12 +15,14 @@ from src.errors import UserError
 
 
 def default_threads() -> int:
-    """``SLURM_CPUS_PER_TASK`` under Slurm when set, else the CPUs this process may run on."""
-    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
-    if slurm:
-        if not slurm.isdigit() or int(slurm) < 1:
-            raise UserError(f"SLURM_CPUS_PER_TASK={slurm!r} is not a positive integer")
-        return int(slurm)
+    """``OMP_NUM_THREADS`` when set (the standard request, which torch honours too), else
+    ``SLURM_CPUS_PER_TASK`` under Slurm, else the CPUs this process may run on."""
+    for name in ("OMP_NUM_THREADS", "SLURM_CPUS_PER_TASK"):
+        value = os.environ.get(name, "")
+        if value:
+            if not value.isdigit() or int(value) < 1:
+                raise UserError(f"{name}={value!r} is not a positive integer")
+            return int(value)
     return len(os.sched_getaffinity(0))
 
 
@@ -38,8 +40,8 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--wandb", choices=("disabled", "offline", "online"),
                         help="W&B run logging mode (default: the config's wandb.mode, else disabled)")
     parser.add_argument("--threads", type=_thread_count, metavar="N",
-                        help="CPU threads for PyTorch's operations (default: $SLURM_CPUS_PER_TASK under "
-                             "Slurm, else the CPUs this process may use)")
+                        help="CPU threads for PyTorch's operations (default: $OMP_NUM_THREADS if set, else "
+                             "$SLURM_CPUS_PER_TASK under Slurm, else the CPUs this process may use)")
     return parser
 
 

@@ -2,7 +2,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -92,12 +91,15 @@ def test_interrupt_message_repeats_what_was_in_flight(capsys, monkeypatch):
 
 
 def test_threads_default_to_the_cpus_this_process_may_use(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
     assert default_threads() == len(os.sched_getaffinity(0))
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
     assert default_threads() == 3
-    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "many")
-    with pytest.raises(UserError, match="SLURM_CPUS_PER_TASK='many' is not a positive integer"):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # an explicit request wins
+    assert default_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "many")
+    with pytest.raises(UserError, match="OMP_NUM_THREADS='many' is not a positive integer"):
         default_threads()
 
 
@@ -105,6 +107,7 @@ def test_threads_option_sets_torchs_thread_count(monkeypatch):
     before = torch.get_num_threads()
     try:
         assert apply_threads(1) == 1 and torch.get_num_threads() == 1
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
         monkeypatch.setenv("SLURM_CPUS_PER_TASK", "2")
         assert apply_threads(None) == 2 and torch.get_num_threads() == 2
     finally:
@@ -115,7 +118,7 @@ def test_threads_reach_the_training_process(write_config, tmp_path):
     # main_train prints torch's thread count in its first line, as the run used it.
     proc = subprocess.run([sys.executable, str(ROOT / "main_train.py"), str(write_config()), "--threads", "1",
                            "--models-dir", str(tmp_path / "m")], capture_output=True, text=True, cwd=tmp_path,
-                          env={**os.environ, "SLURM_CPUS_PER_TASK": "2"})
+                          env={**os.environ, "OMP_NUM_THREADS": "2", "SLURM_CPUS_PER_TASK": "2"})
     assert proc.returncode == 0, proc.stderr
     assert "1 CPU thread" in proc.stdout.splitlines()[0]
     assert json.loads(next((tmp_path / "m").glob("*.json")).read_text())["seed"] == 0
