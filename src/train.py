@@ -271,7 +271,8 @@ def fit(model: nn.Module, splits: Splits, params: TrainParams, *, seed: int,
                 })
                 saved_epoch = epoch
     except KeyboardInterrupt as err:
-        err.add_note(_interrupted_note(label, epoch, saved_epoch, checkpoint))
+        # Just after a checkpoint, ``epoch`` is still the epoch it holds; the next one is in flight.
+        err.add_note(_interrupted_note(label, max(epoch, saved_epoch + 1), saved_epoch, checkpoint))
         raise
     if early.best_state is not None:
         model.load_state_dict(early.best_state)
