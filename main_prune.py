@@ -4,7 +4,7 @@ from pathlib import Path
 
 from src import results
 from src.artifacts import ModelFileError, load_model, model_path, output_dir
-from src.cli import add_seed_options, base_parser, run, selected_seeds
+from src.cli import add_seed_options, apply_threads, base_parser, require_writable_dir, run, selected_seeds
 from src.config import load_config
 from src.export import export_seed
 from src.pruning.strategy import discard_other_runs, prune_seed, summary_table
@@ -27,6 +27,8 @@ def main(argv=None) -> int:
     cfg = load_config(args.config)
     prune = cfg.require_prune()
     seeds = selected_seeds(cfg, args.seed, args.seed_index)
+    require_writable_dir(args.output_dir, "--output-dir")
+    apply_threads(args.threads)
     out_dir = output_dir(cfg, Path(args.output_dir))
     models = {seed: model_path(cfg, seed, Path(args.models_dir)) for seed in seeds}
     identities = {seed: results.run_identity(cfg, path) for seed, path in models.items() if path.exists()}

@@ -4,7 +4,7 @@ import argparse
 import warnings
 from pathlib import Path
 
-from src.cli import base_parser, run
+from src.cli import apply_threads, base_parser, run
 from src.config import load_config
 from src.errors import UserError
 from src.tracking import require_wandb_credentials, resolve_mode
@@ -64,6 +64,7 @@ def main(argv=None) -> int:
     from src.search import DataTrainer, SearchOptions, WorkerOptions, run_search
     from src.tracking import check_wandb_reachable
 
+    apply_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Optuna marks the database heartbeat experimental; it is what recovers lost trials.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

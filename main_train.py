@@ -1,6 +1,6 @@
 """Train one model per seed: python3 main_train.py CONFIG [--seed S | --seed-index I]."""
 
-from src.cli import add_seed_options, base_parser, run, selected_seeds
+from src.cli import add_seed_options, apply_threads, base_parser, require_writable_dir, run, selected_seeds
 from src.config import load_config
 from src.tracking import resolve_mode, wandb_run
 from src.train import load_experiment_data, select_device, train_seed
@@ -15,9 +15,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     cfg = load_config(args.config)
     seeds = selected_seeds(cfg, args.seed, args.seed_index)
+    require_writable_dir(args.models_dir, "--models-dir")
+    threads = apply_threads(args.threads)
     device = select_device(args.device)
     splits = load_experiment_data(cfg, device)
-    print(f"{cfg.name}: {len(seeds)} seed(s) on {device}; data {cfg.data.dataset} "
+    print(f"{cfg.name}: {len(seeds)} seed(s) on {device} ({threads} CPU thread{'s' if threads > 1 else ''}); data {cfg.data.dataset} "
           f"({len(splits.train)}/{len(splits.val)}/{len(splits.test)} train/val/test)")
     mode = resolve_mode(cfg, args.wandb)
     failed = []

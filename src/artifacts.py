@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +58,17 @@ def load_model(path: Path, cfg: ExperimentConfig, device: torch.device | str = "
     model = build_model(cfg.model)
     try:
         state = torch.load(path, map_location=device, weights_only=True)
-        model.load_state_dict(state)
+    except pickle.UnpicklingError as err:
+        # torch's message advises loading with weights_only=False, which would run the
+        # file's code; it is not repeated.
+        raise ModelFileError(f"{path}: cannot load: not a valid model file (it holds Python objects "
+                             f"other than weights, which are not loaded)") from err
     except Exception as err:  # torch raises many types for a bad file; all mean "unusable"
         raise ModelFileError(f"{path}: cannot load ({brief(err)})") from err
+    try:
+        model.load_state_dict(state)
+    except Exception as err:  # wrong keys or shapes, or not a dict of tensors at all
+        raise ModelFileError(f"{path}: cannot load: not a model of this config ({brief(err)})") from err
     return model.to(device)
 
 

@@ -26,6 +26,11 @@ HOOKS = ("module", "nonlinearity")
 WANDB_MODES = ("disabled", "offline", "online")
 SEARCH_METHODS = ("grid", "random")
 SEARCH_METRICS = ("val_loss", "val_acc")
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("constant", "step", "cosine")
+# Seeds go to numpy and torch.manual_seed, which take unsigned 32-bit and 64-bit values; the
+# common range is the one rule for the config's seeds and --seed.
+SEED_MAX = 2**32 - 1
 # Search parameters and where they live in the config.
 SEARCHABLE = {
     "lr": ("params", "lr"),
@@ -76,10 +81,34 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainParams:
+    """A training recipe. The defaults are plain Adam at a constant rate with early stopping."""
+
     lr: float = 1e-3
     batch_size: int = 512
     epochs: int = 50
-    patience: int = 3
+    patience: int | None = 3            # None: no early stopping, the last epoch's weights are kept
+    optimizer: str = "adam"
+    momentum: float = 0.9               # sgd only
+    nesterov: bool = False              # sgd only
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    milestones: tuple[int, ...] = ()    # step: epochs after which the rate is multiplied by gamma
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+    augment: bool = False
+
+    def identity(self) -> dict[str, Any]:
+        """The recipe as a dict, leaving out options at their defaults that came after the first four.
+
+        Model file names hash this, so models trained before the recipe options existed keep
+        their names.
+        """
+        default = TrainParams()
+        return {k: v for k, v in asdict(self).items()
+                if k in _FIRST_TRAIN_KEYS or v != getattr(default, k)}
+
+
+_FIRST_TRAIN_KEYS = ("lr", "batch_size", "epochs", "patience")
 
 
 @dataclass(frozen=True)
@@ -167,7 +196,7 @@ class ExperimentConfig:
 
     def training_identity(self) -> dict[str, Any]:
         """Everything that determines trained weights, apart from the seed."""
-        return {"model": asdict(self.model), "data": self.data.identity(), "params": asdict(self.params)}
+        return {"model": asdict(self.model), "data": self.data.identity(), "params": self.params.identity()}
 
 
 class _Section:
@@ -214,6 +243,11 @@ def _is_number(v: Any) -> bool:
     return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
 
 
+def is_seed(v: Any) -> bool:
+    """An integer in ``[0, SEED_MAX]``."""
+    return _is_int(v) and 0 <= v <= SEED_MAX
+
+
 def _positive_int(v: Any) -> bool:
     return _is_int(v) and v >= 1
 
@@ -256,7 +290,7 @@ def _read_data(s: _Section) -> DataConfig:
         dataset=s.choice("dataset", d.dataset, DATASETS),
         root=s.get("root", d.root, lambda v: isinstance(v, str) and v != "", "must be a directory path"),
         val_split=s.get("val_split", d.val_split, _in_open_unit, "must be a number in (0, 1)"),
-        split_seed=s.get("split_seed", d.split_seed, _is_int, "must be an integer"),
+        split_seed=s.get("split_seed", d.split_seed, is_seed, f"must be an integer in [0, {SEED_MAX}]"),
     )
     s.done()
     return cfg
@@ -264,12 +298,35 @@ def _read_data(s: _Section) -> DataConfig:
 
 def _read_params(s: _Section) -> TrainParams:
     d = TrainParams()
+    epochs = s.get("epochs", d.epochs, _positive_int, "must be a positive integer")
+    optimizer = s.choice("optimizer", d.optimizer, OPTIMIZERS)
+    schedule = s.choice("schedule", d.schedule, SCHEDULES)
+    for name, needs, value in (("momentum", "sgd", optimizer), ("nesterov", "sgd", optimizer),
+                               ("milestones", "step", schedule), ("gamma", "step", schedule)):
+        if name in s.values and value != needs:
+            s.fail(s.key(name), f"applies to {'optimizer' if needs == 'sgd' else 'schedule'} {needs} only")
+    warmup = s.get("warmup_epochs", d.warmup_epochs, lambda v: _is_int(v) and 0 <= v < epochs,
+                   f"must be an integer in [0, params.epochs) = [0, {epochs})")
     cfg = TrainParams(
         lr=s.get("lr", d.lr, lambda v: _is_number(v) and v > 0, "must be a positive number"),
         batch_size=s.get("batch_size", d.batch_size, _positive_int, "must be a positive integer"),
-        epochs=s.get("epochs", d.epochs, _positive_int, "must be a positive integer"),
-        patience=s.get("patience", d.patience, _positive_int, "must be a positive integer"),
+        epochs=epochs,
+        patience=s.get("patience", d.patience, lambda v: v is None or _positive_int(v), "must be a positive integer or null"),
+        optimizer=optimizer,
+        momentum=s.get("momentum", d.momentum, lambda v: _is_number(v) and 0 <= v < 1, "must be a number in [0, 1)"),
+        nesterov=s.get("nesterov", d.nesterov, lambda v: isinstance(v, bool), "must be true or false"),
+        weight_decay=s.get("weight_decay", d.weight_decay, lambda v: _is_number(v) and v >= 0, "must be a number >= 0"),
+        schedule=schedule,
+        milestones=tuple(s.get("milestones", [], lambda v: _int_list(v) and v == sorted(set(v)) and all(warmup < m < epochs for m in v),
+                               f"must be increasing epochs between params.warmup_epochs and params.epochs, exclusive ({warmup} < m < {epochs})")),
+        gamma=s.get("gamma", d.gamma, lambda v: _is_number(v) and 0 < v <= 1, "must be a number in (0, 1]"),
+        warmup_epochs=warmup,
+        augment=s.get("augment", d.augment, lambda v: isinstance(v, bool), "must be true or false"),
     )
+    if cfg.schedule == "step" and not cfg.milestones:
+        s.fail(s.key("milestones"), "is required for schedule step (a list of epochs)")
+    if cfg.nesterov and cfg.momentum == 0:
+        s.fail(s.key("nesterov"), "needs params.momentum > 0")
     s.done()
     return cfg
 
@@ -365,7 +422,8 @@ def parse_config(raw: Any, source: Path) -> ExperimentConfig:
     prune = _read_prune(top.section("prune"), model) if "prune" in top.values else None
     search = _read_search(top.section("search"))
     wandb = _read_wandb(top.section("wandb"))
-    seeds = top.get("seeds", [0], lambda v: _int_list(v, 0) and len(v) > 0, "must be a non-empty list of integers >= 0")
+    seeds = top.get("seeds", [0], lambda v: isinstance(v, list) and len(v) > 0 and all(map(is_seed, v)),
+                    f"must be a non-empty list of integers in [0, {SEED_MAX}]")
     if len(set(seeds)) != len(seeds):
         top.fail("seeds", "must not repeat a seed", seeds)
     top.done()
@@ -379,11 +437,13 @@ def load_config(path: str | Path) -> ExperimentConfig:
     """Read and validate a JSON experiment config."""
     source = Path(path)
     try:
-        text = source.read_text()
+        text = source.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise UserError(f"{source}: config file not found") from None
     except OSError as err:
         raise UserError(f"{source}: cannot read config file ({err.strerror})") from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"{source}: not a UTF-8 text file (byte {err.start} is 0x{err.object[err.start]:02x}); save it as UTF-8 JSON") from None
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as err:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import codecs
 import gzip
 import pickle
+import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -379,12 +380,16 @@ def _load_mnist5k(root: Path) -> Splits:
             f"mnist-5k: {candidates[1]} is missing (it ships with the repository; "
             f"regenerate it with scripts/make_mnist5k.py)"
         )
+    rebuild = "rebuild it with python3 scripts/make_mnist5k.py"
     try:
         # Opened here, not by np.load, which leaves the file open when the zip is corrupt.
         with path.open("rb") as handle, np.load(handle, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
-    except Exception as err:  # noqa: BLE001 - zip, format and I/O errors alike
-        raise UserError(f"{path}: not a readable .npz file ({brief(err)})") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as err:
+        raise UserError(f"{path}: not a valid dataset file: not a readable .npz archive ({brief(err)}); {rebuild}") from None
+    except Exception:  # noqa: BLE001 - numpy's message for pickled content advises allow_pickle=True; not repeated
+        raise UserError(f"{path}: not a valid dataset file: it holds pickled Python objects or data "
+                        f"other than plain arrays, which are not loaded; {rebuild}") from None
     splits = {name: _npz_split(arrays, name, path) for name in SPLIT_NAMES}
     return Splits(**splits, num_classes=NUM_CLASSES)
 

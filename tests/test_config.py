@@ -71,14 +71,28 @@ def test_ex1_is_the_headline_experiment():
     ("params.lr", -1, "params.lr must be a positive number, got -1"),
     ("params.batch_size", 0, "params.batch_size must be a positive integer, got 0"),
     ("params.epochs", 1.5, "params.epochs must be a positive integer, got 1.5"),
-    ("params.patience", True, "params.patience must be a positive integer, got true"),
-    ("params.momentum", 0.9, "params.momentum is not a known key"),
+    ("params.patience", True, "params.patience must be a positive integer or null, got true"),
+    ("params.beta", 0.9, "params.beta is not a known key"),
+    ("params.patience", 0, "params.patience must be a positive integer or null, got 0"),
+    ("params.optimizer", "rmsprop", "params.optimizer must be one of adam, sgd"),
+    ("params.momentum", 0.9, "params.momentum applies to optimizer sgd only"),
+    ("params.nesterov", True, "params.nesterov applies to optimizer sgd only"),
+    ("params.weight_decay", -0.1, "params.weight_decay must be a number >= 0"),
+    ("params.schedule", "linear", "params.schedule must be one of constant, step, cosine"),
+    ("params.schedule", "step", "params.milestones is required for schedule step"),
+    ("params.milestones", [1], "params.milestones applies to schedule step only"),
+    ("params.gamma", 0.5, "params.gamma applies to schedule step only"),
+    ("params.warmup_epochs", 2, "params.warmup_epochs must be an integer in [0, params.epochs) = [0, 2)"),
+    ("params.augment", "yes", "params.augment must be true or false"),
+    ("seeds", [0, 2**64], "seeds must be a non-empty list of integers in [0, 4294967295], got [0, 18446744073709551616]"),
+    ("seeds", [-1], "seeds must be a non-empty list of integers in [0, 4294967295]"),
+    ("data.split_seed", 2**32, "data.split_seed must be an integer in [0, 4294967295]"),
     ("model.type", "rnn", "model.type must be one of mlp, cnn"),
     ("model.hidden_sizes", [16, 0], "model.hidden_sizes must be a list of positive integers"),
     ("model.dropout_rate", 1.0, "model.dropout_rate must be a number in [0, 1)"),
     ("data.dataset", "imagenet", "data.dataset must be one of mnist, fashion-mnist, cifar10, mnist-5k"),
     ("data.val_split", 0, "data.val_split must be a number in (0, 1)"),
-    ("seeds", [], "seeds must be a non-empty list of integers >= 0"),
+    ("seeds", [], "seeds must be a non-empty list of integers in [0, 4294967295]"),
     ("seeds", [1, 1], "seeds must not repeat a seed"),
     ("extra", 1, "extra is not a known key"),
     ("prune.params.rate", 1.0, "prune.params.rate must be a number in (0, 1)"),
@@ -153,6 +167,50 @@ def test_overrides_are_validated_and_leave_the_original_alone():
     assert set(SEARCHABLE) >= {"lr", "batch_size", "dropout_rate"}
     with pytest.raises(UserError, match="params.batch_size"):
         with_overrides(cfg, {"batch_size": 0})
+
+
+def sgd_step(**extra):
+    base = edited("params", {"lr": 0.1, "batch_size": 32, "epochs": 10, "patience": None, "optimizer": "sgd",
+                             "momentum": 0.8, "nesterov": True, "weight_decay": 5e-4, "schedule": "step",
+                             "milestones": [4, 7], "gamma": 0.2, "warmup_epochs": 2, "augment": True})
+    base["params"].update(extra)
+    return base
+
+
+def test_a_full_recipe_is_read():
+    p = parse_config(sgd_step(), Path("x.json")).params
+    assert (p.optimizer, p.momentum, p.nesterov, p.weight_decay) == ("sgd", 0.8, True, 5e-4)
+    assert (p.schedule, p.milestones, p.gamma, p.warmup_epochs) == ("step", (4, 7), 0.2, 2)
+    assert p.augment is True and p.patience is None
+    assert parse_config(edited("params.weight_decay", 0.01), Path("x.json")).params.weight_decay == 0.01  # adam too
+
+
+@pytest.mark.parametrize("extra, expected", [
+    ({"milestones": [7, 4]}, "params.milestones must be increasing epochs between params.warmup_epochs and params.epochs"),
+    ({"milestones": [2, 7]}, "(2 < m < 10)"),
+    ({"milestones": [4, 10]}, "(2 < m < 10)"),
+    ({"momentum": 0, "nesterov": True}, "params.nesterov needs params.momentum > 0"),
+    ({"gamma": 0}, "params.gamma must be a number in (0, 1]"),
+])
+def test_bad_recipes_are_one_line(extra, expected):
+    assert expected in error_of(sgd_step(**extra))
+
+
+def test_model_names_of_default_recipes_do_not_change():
+    # Model files hash training_identity(); options added later must not rename older models.
+    cfg = parse_config(BASE, Path("a.json"))
+    assert cfg.training_identity()["params"] == {"lr": 0.001, "batch_size": 32, "epochs": 2, "patience": 1}
+    sgd = parse_config(edited("params.optimizer", "sgd"), Path("a.json"))
+    assert sgd.training_identity()["params"]["optimizer"] == "sgd"
+    assert "momentum" not in sgd.training_identity()["params"]
+
+
+def test_a_config_that_is_not_utf8_is_one_line(tmp_path):
+    path = tmp_path / "latin1.json"
+    path.write_bytes('{"_note": "caf\u00e9", "seeds": [0]}'.encode("latin-1"))
+    with pytest.raises(UserError) as info:
+        load_config(path)
+    assert str(info.value).startswith(f"{path}: not a UTF-8 text file (byte 14 is 0xe9)")
 
 
 def test_training_identity_ignores_the_prune_section():

@@ -331,7 +331,25 @@ def test_corrupt_mnist5k_is_a_one_line_user_error(tmp_path: Path) -> None:
     path.write_bytes((REPO / "data" / "mnist-5k.npz").read_bytes()[:5000])
     with pytest.raises(UserError) as err:
         load_splits(DataConfig(dataset="mnist-5k", root=str(tmp_path)))
-    assert str(err.value).startswith(f"{path}: not a readable .npz file") and "\n" not in str(err.value)
+    assert str(err.value).startswith(f"{path}: not a valid dataset file: not a readable .npz archive")
+    assert "\n" not in str(err.value) and "scripts/make_mnist5k.py" in str(err.value)
+
+
+@pytest.mark.parametrize("content", ["pickle", "object array", "garbage"])
+def test_pickled_or_garbage_mnist5k_never_relays_numpy_advice(tmp_path: Path, content: str) -> None:
+    # numpy's own message for these files advises allow_pickle=True, which would run the file's code.
+    path = tmp_path / "mnist-5k.npz"
+    if content == "pickle":
+        path.write_bytes(pickle.dumps({"train_images": [1, 2, 3]}))
+    elif content == "object array":
+        np.savez(path, train_images=np.array([{"a": 1}], dtype=object))
+    else:
+        path.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(UserError) as err:
+        load_splits(DataConfig(dataset="mnist-5k", root=str(tmp_path)))
+    message = str(err.value)
+    assert message.startswith(f"{path}: not a valid dataset file") and "scripts/make_mnist5k.py" in message
+    assert "allow_pickle" not in message and "\n" not in message
 
 
 # ---------------------------------------------------------------- batches

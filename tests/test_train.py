@@ -1,12 +1,19 @@
+import copy
 import json
+import math
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import pytest
 import torch
 
-from src.artifacts import model_path
+from src import train
+from src.artifacts import ModelFileError, load_model, model_path
 from src.config import TrainParams, load_config
 from src.models import build_model
 from src.train import evaluate, fit, train_seed
@@ -96,3 +103,190 @@ def test_online_logging_without_credentials_is_a_user_error(write_config, tmp_pa
                            "--models-dir", str(tmp_path / "m")], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert proc.returncode == 2 and "online W&B logging needs W&B credentials" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "m").exists()
+
+
+# ---------------------------------------------------------------- recipes
+
+def plain_loop(model, splits, make_optimizer, batch_size, epochs, seed):
+    """Training written out by hand: seeded global RNG (dropout), seeded shuffle, no extras."""
+    torch.manual_seed(seed)
+    order = torch.Generator().manual_seed(seed)
+    optimizer = make_optimizer(model.parameters())
+    images, labels = splits.train.images.to(torch.float32) / 255, splits.train.labels
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(labels), generator=order)
+        for start in range(0, len(labels), batch_size):
+            index = perm[start:start + batch_size]
+            loss = torch.nn.functional.cross_entropy(model(images[index]), labels[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+
+@pytest.mark.parametrize("params, make_optimizer", [
+    ({"lr": 0.002, "batch_size": 128, "epochs": 2},
+     lambda p: torch.optim.Adam(p, lr=0.002)),
+    ({"lr": 0.05, "batch_size": 128, "epochs": 2, "optimizer": "sgd", "momentum": 0.8, "nesterov": True,
+      "weight_decay": 0.001},
+     lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.8, nesterov=True, weight_decay=0.001)),
+], ids=["default-adam", "sgd-nesterov"])
+def test_recipe_trains_exactly_like_a_loop_written_by_hand(mnist5k, write_config, params, make_optimizer):
+    cfg = load_config(write_config(params=params))
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    by_hand = copy.deepcopy(model)
+    result = fit(model, mnist5k, cfg.params, seed=0, device=torch.device("cpu"))
+    assert result.best_epoch == 2  # the last epoch's weights are kept, as the hand loop keeps them
+    plain_loop(by_hand, mnist5k, make_optimizer, params["batch_size"], 2, seed=0)
+    mine, theirs = model.state_dict(), by_hand.state_dict()
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+
+
+def lrs_of(mnist5k, write_config, **params):
+    cfg = load_config(write_config(params={"batch_size": 1000, "patience": None, **params}))
+    torch.manual_seed(0)
+    result = fit(build_model(cfg.model), mnist5k, cfg.params, seed=0, device=torch.device("cpu"))
+    return [row["lr"] for row in result.history]
+
+
+def test_step_schedule_with_warmup_sets_each_epochs_rate(mnist5k, write_config):
+    lrs = lrs_of(mnist5k, write_config, lr=0.1, epochs=6, optimizer="sgd", schedule="step",
+                 milestones=[3, 5], gamma=0.5, warmup_epochs=2)
+    assert lrs == pytest.approx([0.1 / 3, 0.2 / 3, 0.1, 0.05, 0.05, 0.025], rel=1e-12)
+
+
+def test_cosine_schedule_with_warmup_sets_each_epochs_rate(mnist5k, write_config):
+    lrs = lrs_of(mnist5k, write_config, lr=0.01, epochs=5, schedule="cosine", warmup_epochs=1)
+    cosine = [0.01 * (1 + math.cos(math.pi * t / 4)) / 2 for t in range(4)]
+    assert lrs == pytest.approx([0.005, *cosine], rel=1e-12)
+
+
+def test_constant_schedule_with_warmup_ramps_then_holds(mnist5k, write_config):
+    assert lrs_of(mnist5k, write_config, lr=0.004, epochs=4, warmup_epochs=3) == pytest.approx([0.001, 0.002, 0.003, 0.004])
+
+
+def test_without_early_stopping_the_last_epoch_is_kept(mnist5k, write_config):
+    cfg = load_config(write_config(params={"lr": 0.05, "batch_size": 64, "epochs": 6, "patience": None}))
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    result = fit(model, mnist5k, cfg.params, seed=0, device=torch.device("cpu"))
+    losses = [row["val_loss"] for row in result.history]
+    assert result.epochs == 6 and result.best_epoch == 6
+    assert min(losses) < losses[-1]  # a better epoch existed, and was not restored
+    assert evaluate(model, mnist5k.val, 64, torch.device("cpu")).loss == pytest.approx(losses[-1], abs=1e-6)
+
+
+# ---------------------------------------------------------------- resuming
+
+def interrupt_in(epoch):
+    """An epoch callback that interrupts (as Ctrl-C or SIGTERM would) at the end of ``epoch``."""
+    def callback(row):
+        if row["epoch"] == epoch:
+            raise KeyboardInterrupt
+    return callback
+
+
+def test_interrupted_fit_resumes_bit_identically(mnist5k, write_config, tmp_path):
+    # Dropout, shuffling, augmentation, momentum, the schedule and early stopping all carry state.
+    cfg = load_config(write_config(params={"lr": 0.05, "batch_size": 256, "epochs": 5, "patience": 3,
+                                           "optimizer": "sgd", "nesterov": True, "schedule": "cosine",
+                                           "warmup_epochs": 1, "augment": True}))
+    device = torch.device("cpu")
+
+    def fresh(seed=0):
+        torch.manual_seed(seed)
+        return build_model(cfg.model)
+
+    clean = fresh()
+    whole = fit(clean, mnist5k, cfg.params, seed=0, device=device)
+    assert whole.epochs == 5
+
+    checkpoint = tmp_path / "m.ckpt"
+    with pytest.raises(KeyboardInterrupt) as info:
+        fit(fresh(), mnist5k, cfg.params, seed=0, device=device, checkpoint=checkpoint, on_epoch=interrupt_in(3),
+            label="seed 0")
+    assert info.value.__notes__ == [f"seed 0 epoch 3: epochs up to 2 are checkpointed in {checkpoint}; epoch 3 will be redone"]
+    resumed_model = fresh(seed=7)  # other initial weights: everything must come from the checkpoint
+    resumed = fit(resumed_model, mnist5k, cfg.params, seed=0, device=device, checkpoint=checkpoint)
+    a, b = clean.state_dict(), resumed_model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    strip = [{k: v for k, v in row.items() if k != "seconds"} for row in whole.history]
+    assert [{k: v for k, v in row.items() if k != "seconds"} for row in resumed.history] == strip
+    assert (resumed.epochs, resumed.best_epoch) == (whole.epochs, whole.best_epoch)
+
+    plain = load_config(write_config(params={**cfg.raw["params"], "augment": False}))
+    unaugmented = fresh()
+    fit(unaugmented, mnist5k, plain.params, seed=0, device=device)
+    assert not torch.equal(unaugmented.state_dict()["output.weight"], a["output.weight"])
+
+
+def test_checkpoint_of_other_params_is_not_resumed(mnist5k, write_config, tmp_path, capsys):
+    cfg = load_config(write_config(params={"lr": 0.002, "batch_size": 512, "epochs": 3, "patience": 2}))
+    checkpoint = tmp_path / "m.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        fit(build_model(cfg.model), mnist5k, cfg.params, seed=0, device=torch.device("cpu"), checkpoint=checkpoint,
+            on_epoch=interrupt_in(2))
+    other = load_config(write_config(params={"lr": 0.004, "batch_size": 512, "epochs": 3, "patience": 2}))
+    result = fit(build_model(other.model), mnist5k, other.params, seed=0, device=torch.device("cpu"), checkpoint=checkpoint)
+    assert "checkpoint of another training" in capsys.readouterr().out and result.epochs == 3
+
+
+def test_sigterm_then_rerun_gives_the_weights_of_an_uninterrupted_run(write_config, tmp_path):
+    config = write_config(params={"lr": 0.002, "batch_size": 16, "epochs": 6, "patience": 6})
+
+    def command(models):
+        return [sys.executable, str(ROOT / "main_train.py"), str(config), "--models-dir", str(tmp_path / models),
+                "--threads", "1"]
+
+    clean = subprocess.run(command("clean"), capture_output=True, text=True, cwd=tmp_path)
+    assert clean.returncode == 0, clean.stderr
+    proc = subprocess.Popen(command("cut"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    while not list((tmp_path / "cut").glob("*.ckpt")) and proc.poll() is None:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr
+    match = re.search(r"interrupted during seed 0 epoch (\d+): epochs up to (\d+) are checkpointed in (\S+);", stderr)
+    assert match and int(match[2]) == int(match[1]) - 1 >= 1, stderr
+    assert Path(match[3]).exists() and not list((tmp_path / "cut").glob("*.pt"))
+    rerun = subprocess.run(command("cut"), capture_output=True, text=True, cwd=tmp_path)
+    assert rerun.returncode == 0 and f"resuming after epoch {match[2]}" in rerun.stdout, rerun.stderr
+    assert not list((tmp_path / "cut").glob("*.ckpt"))
+    (a_path,) = (tmp_path / "clean").glob("*.pt")
+    a, b = (torch.load(p, weights_only=True) for p in (a_path, tmp_path / "cut" / a_path.name))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    history = [json.loads(p.with_suffix(".json").read_text())["fit"]["history"] for p in (a_path, tmp_path / "cut" / a_path.name)]
+    assert [row["val_loss"] for row in history[0]] == [row["val_loss"] for row in history[1]]
+
+
+# ---------------------------------------------------------------- model files
+
+def test_missing_sidecar_is_rewritten_without_retraining(mnist5k, write_config, tmp_path, capsys, monkeypatch):
+    cfg = load_config(write_config())
+    path = train_seed(cfg, 0, mnist5k, torch.device("cpu"), tmp_path)
+    sidecar = path.with_suffix(".json")
+    before = json.loads(sidecar.read_text())
+    sidecar.unlink()
+    monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("retrained"))
+    train_seed(cfg, 0, mnist5k, torch.device("cpu"), tmp_path)
+    assert "sidecar was missing; re-evaluated it" in capsys.readouterr().out
+    after = json.loads(sidecar.read_text())
+    assert after["test_acc"] == before["test_acc"] and after["config"] == before["config"] and after["fit"] is None
+
+
+class Arbitrary:
+    """Any class: unpickling it needs code outside a plain tensor file."""
+
+
+def test_a_model_file_with_objects_is_refused_without_relaying_torchs_advice(mnist5k, write_config, tmp_path, capsys):
+    cfg = load_config(write_config())
+    path = model_path(cfg, 0, tmp_path)
+    torch.save({"output.weight": Arbitrary()}, path)
+    with pytest.raises(ModelFileError) as info:
+        load_model(path, cfg)
+    message = str(info.value)
+    assert message.startswith(f"{path}: cannot load: not a valid model file") and "weights_only" not in message
+    train_seed(cfg, 0, mnist5k, torch.device("cpu"), tmp_path)
+    assert "not a valid model file" in capsys.readouterr().out
+    load_model(path, cfg)  # retrained
