@@ -83,7 +83,7 @@ def test_ex1_is_the_headline_experiment():
     ("extra", 1, "extra is not a known key"),
     ("prune.params.rate", 1.0, "prune.params.rate must be a number in (0, 1)"),
     ("prune.params.rate", 0, "prune.params.rate must be a number in (0, 1)"),
-    ("prune.params.type", "taylor", "prune.params.type must be one of cka, l1, l2, random"),
+    ("prune.params.type", "snip", "prune.params.type must be one of cka, l1, l2, random"),
     ("prune.params.engine", "gpu", "prune.params.engine must be one of fast, reference"),
     ("prune.params.kernel", "poly", "prune.params.kernel must be one of linear, rbf"),
     ("prune.params.iterations", 0, "prune.params.iterations must be an integer >= 1"),
