@@ -120,8 +120,14 @@ def _engine(params: PruneParams) -> str:
 
 def select(rec: LayerRecording, params: PruneParams, alive: np.ndarray,
            random_seed: tuple[int, ...]) -> Selection:
-    """Choose the neurons of one layer to remove in this pass (allocation "uniform")."""
-    k = removal_count(params.rate, int(alive.sum()))
+    """Choose the neurons of one layer to remove in this pass (allocation "uniform").
+
+    With stop_cka the pass also ends before the last alive neuron (independent greedy's
+    individual scores can all stay above stop_cka).
+    """
+    alive_count = int(alive.sum())
+    k = removal_count(params.rate, alive_count)
+    k = max(alive_count - 1, 0) if k is None else k
     engine = _engine(params)
     if not _varies(rec):  # CKA is undefined (e.g. every alive ReLU dead on these samples)
         return Selection([], [], [], engine, skipped=NO_VARIATION)
@@ -132,7 +138,7 @@ def select(rec: LayerRecording, params: PruneParams, alive: np.ndarray,
     path = _path(rec, params)
     importance = importance_for(params.type, random_seed, rec)(rec.layer.block.layer).cpu().numpy()
     order = [int(i) for i in np.argsort(importance, kind="stable") if alive[i]]
-    order = order[:k] if k is not None else order
+    order = order[:k]
     damage = path(order)
     if params.stop_cka is not None:
         keep = next((t for t, value in enumerate(damage) if value <= params.stop_cka), len(order))

@@ -252,7 +252,7 @@ def taylor_importance(model: Net, layers: list[PrunableLayer], split: Split, bat
             keys = list(totals)
             grads = torch.autograd.grad(loss, [captured[i] for i in keys])
             for i, grad in zip(keys, grads):
-                gate = (captured[i] * grad).transpose(0, 1).flatten(1).sum(dim=1)
+                gate = (captured[i].detach() * grad).transpose(0, 1).flatten(1).sum(dim=1)
                 totals[i] += gate.double().cpu() ** 2
             batches += 1
     finally:
