@@ -362,3 +362,16 @@ def test_prune_pass_reports_a_skipped_layer(trained_mlp, mnist5k):
     records = prune_pass(model, cfg, mnist5k, seed=0, iteration=1, device=CPU)
     assert records[0]["skipped"] is None and records[0]["removed"]
     assert records[1]["skipped"] == NO_VARIATION and records[1]["removed"] == []
+
+
+def test_next_layer_streamed_covariance_matches_in_memory_activations(trained_mlp, mnist5k):
+    _, model = trained_mlp
+    layers = prunable_layers(model)
+    picks = []
+    for samples in ("all", len(mnist5k.val)):
+        params = PruneParams(type="cka", rate=0.3, samples=samples, target="next")
+        recs = record_layers(model, layers, mnist5k.val, params, 128, torch.Generator().manual_seed(0), CPU)
+        assert (recs[1].covariance is not None) == (samples == "all")
+        picks.append(select(recs[1], params, np.ones(32, bool), (0,)))
+    assert picks[0].removed == picks[1].removed
+    np.testing.assert_allclose(picks[0].cka, picks[1].cka, rtol=1e-9)
