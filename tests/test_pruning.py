@@ -21,7 +21,7 @@ from lib.cka import feature_space_linear_cka
 from src.data import Split
 from src.pruning.criteria import NO_VARIATION, removal_count, select, select_global
 from src.pruning.masks import add_masks, alive_neurons, neurons_zeroed, remove_neurons
-from src.pruning.scoring import downstream, record_layers
+from src.pruning.scoring import record_layers
 from src.pruning.strategy import prune_pass
 from src.train import fit
 from tests.conftest import ROOT
@@ -273,23 +273,24 @@ def test_next_layer_score_is_cka_of_the_next_layers_input_times_its_weight(train
     _, model = trained_cnn
     model = copy.deepcopy(model)
     layers = prunable_layers(model)
+    split = Split(mnist5k.val.images[:64], mnist5k.val.labels[:64])
     params = PruneParams(type="cka", target="next", engine="reference", rate=0.3)
-    rec = record_layers(model, [layers[1]], mnist5k.val, params, 64, torch.Generator().manual_seed(2), CPU)[1]
+    rec = record_layers(model, [layers[1]], split, params, 64, torch.Generator().manual_seed(2), CPU)[1]
     choice = select(rec, params, np.ones(8, bool), (0,))
-    # Independently: the first fc layer's input with channel j's filter zeroed, through its weight.
-    fc = layers[2].block.layer
+    # Independently: the whole model run with channel j's filter zeroed; Z = the first fc
+    # layer's input (the last conv block's pooled, flattened output) times its weight.
     seen = []
-    handle = fc.register_forward_hook(lambda m, a, o: seen.append(a[0].double() @ m.weight.double().T))
+    handle = layers[2].block.layer.register_forward_hook(
+        lambda m, a, o: seen.append(a[0].double() @ m.weight.double().T))
+    x = split.images.float() / 255
     model.eval()
     with torch.no_grad():
-        x = rec.inputs
-        conv_out = layers[1].block(x)
-        downstream(model, 1)(conv_out)
+        model(x)
         original = seen.pop()
         singles = []
         for j in range(8):
             with neurons_zeroed(layers[1].block.layer, [j]):
-                downstream(model, 1)(layers[1].block(x))
+                model(x)
             singles.append(feature_space_linear_cka(original, seen.pop()))
     handle.remove()
     assert choice.removed[0] == int(np.argmax(singles))
