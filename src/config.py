@@ -307,7 +307,7 @@ def _read_prune(s: _Section, model: ModelConfig) -> PruneConfig:
     if params.target == "next":
         for index in modules:
             if not _feeds_linear(model, index):
-                p.fail(p.key("target"), f'"next" needs a Linear layer after each pruned layer; layer {index} feeds a convolution')
+                p.fail(p.key("target"), f'"next" needs a Linear layer fed by each pruned layer\'s output; layer {index} has none')
             if params.engine == "fast" and _is_conv(model, index):
                 p.fail(p.key("target"), f'"next" on conv layer {index} needs engine "reference" (the fast engine scores one column per neuron)')
     s.done()
@@ -338,7 +338,7 @@ def _is_conv(model: ModelConfig, index: int) -> bool:
 
 
 def _feeds_linear(model: ModelConfig, index: int) -> bool:
-    """Whether prunable layer ``index``'s (flattened) output is the input of a Linear layer."""
+    """Whether prunable layer ``index``'s (flattened) output is the whole input of a Linear layer."""
     if model.type == "mlp":
         return True
     return model.type == "cnn" and index >= len(model.conv_channels) - 1

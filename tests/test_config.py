@@ -203,7 +203,7 @@ CNN = edited("model", {"type": "cnn", "conv_channels": [6, 16], "fc_sizes": [32]
     ({"allocation": "global", "type": "l2"}, BASE, 'prune.params.allocation "global" compares CKA damage'),
     ({"allocation": "global", "rate": ..., "stop_cka": 0.9}, BASE, 'prune.params.allocation "global" spends the budget of rate'),
     ({"allocation": "global", "target": "logits", "engine": "reference"}, BASE, 'needs target "layer" or "next"'),
-    ({"target": "next", "engine": "reference", "modules": [0, 1, 2]}, CNN, 'prune.params.target "next" needs a Linear layer after each pruned layer; layer 0 feeds a convolution'),
+    ({"target": "next", "engine": "reference", "modules": [0, 1, 2]}, CNN, 'prune.params.target "next" needs a Linear layer fed by each pruned layer\'s output; layer 0 has none'),
     ({"target": "next"}, CNN, 'prune.params.target "next" on conv layer 1 needs engine "reference"'),
 ])
 def test_pruning_method_combinations_are_checked(params, base, expected):
