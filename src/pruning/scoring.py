@@ -180,7 +180,7 @@ def record_layers(model: Net, layers: list[PrunableLayer], split: Split, params:
         if need_inputs:
             rec.inputs = torch.cat(inputs[i])
         if need_stats:
-            zeros, sums, count = torch.stack(stats[i]).sum(dim=0).double().cpu().numpy()
+            zeros, sums, count = torch.stack(stats[i]).sum(dim=0).numpy()
             rec.activation = ActivationStats(zeros / count, sums / count)
         if params.target != "logits":
             rec.groups = channel_groups(rec.layer.width, width // rec.layer.width)
@@ -204,11 +204,11 @@ def _capture(i: int, streams: bool, outputs: dict[int, list[torch.Tensor]],
 
 
 def _neuron_stats(activated: torch.Tensor) -> torch.Tensor:
-    """(3, n): per neuron, the count of zero outputs, their sum, and the count of outputs."""
-    per_neuron = activated.detach().transpose(0, 1).flatten(1)  # (n, B) or (n, B*H*W)
-    count = torch.full((per_neuron.shape[0],), per_neuron.shape[1], dtype=per_neuron.dtype,
+    """(3, n) float64 on the CPU: per neuron, the count of zero outputs, their sum, the count of outputs."""
+    per_neuron = activated.detach().transpose(0, 1).flatten(1).double()  # (n, B) or (n, B*H*W)
+    count = torch.full((per_neuron.shape[0],), per_neuron.shape[1], dtype=torch.float64,
                        device=per_neuron.device)
-    return torch.stack([(per_neuron == 0).sum(dim=1).to(per_neuron.dtype), per_neuron.sum(dim=1), count])
+    return torch.stack([(per_neuron == 0).sum(dim=1).double(), per_neuron.sum(dim=1), count]).cpu()
 
 
 def downstream(model: Net, index: int) -> Callable[[torch.Tensor], torch.Tensor]:
