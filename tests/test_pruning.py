@@ -93,10 +93,11 @@ def test_engines_agree_on_a_trained_cnn(trained_cnn, mnist5k, hook, budget):
     _assert_same(_select_both(model, mnist5k.val, params, [0, 1, 2]))
 
 
+@pytest.mark.parametrize("greedy", ["conditional", "independent"])
 @pytest.mark.parametrize("debiased", [False, True])
-def test_engines_agree_on_a_trained_mlp_after_earlier_pruning(trained_mlp, mnist5k, debiased):
+def test_engines_agree_on_a_trained_mlp_after_earlier_pruning(trained_mlp, mnist5k, debiased, greedy):
     cfg, model = trained_mlp
-    params = PruneParams(type="cka", rate=0.2, debiased=debiased)
+    params = PruneParams(type="cka", rate=0.2, debiased=debiased, greedy=greedy)
     choices = _select_both(model, mnist5k.val, params, [0, 1], already_pruned=[(0, [3, 7, 11]), (1, [0])])
     _assert_same(choices)
     assert not {3, 7, 11} & set(choices["fast"][0].removed)
@@ -262,6 +263,8 @@ def test_next_layer_engines_agree_on_a_trained_mlp(trained_mlp, mnist5k, greedy,
     for index in (0, 1):
         fast, ref = choices["fast"][index], choices["reference"][index]
         np.testing.assert_allclose(fast.scores, ref.scores, rtol=1e-6, atol=0)
+        if greedy == "independent":  # cka: the cumulative removals, not the individual scores
+            assert fast.cka[0] == pytest.approx(fast.scores[0], rel=1e-9) and fast.cka[-1] < fast.scores[-1]
     # Never the last neuron, even where every individual score stays above stop_cka.
     assert len(choices["fast"][0].removed) <= 45 and len(choices["fast"][1].removed) <= 31
     # The next layer's CKA chooses differently from the layer's own on this model.

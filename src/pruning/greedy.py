@@ -287,6 +287,7 @@ def allocate(searches: Sequence[Search], budget: int) -> None:
 
     bests = [best(s) for s in searches]
     for _ in range(budget):
+        # A layer whose CKA is already 0 loses nothing more: its share kept counts as 1.
         kept = np.array([-np.inf if b is None else (b[1] / s.level if s.level > 0 else 1.0)
                          for s, b in zip(searches, bests)])
         layer = choose(kept, np.isfinite(kept))
