@@ -20,6 +20,11 @@ DATASETS = ("mnist", "fashion-mnist", "cifar10", "mnist-5k")
 MODEL_TYPES = ("mlp", "cnn")
 STRATEGIES = ("one_shot", "iterative")
 CRITERIA = ("cka", "l1", "l2", "random")
+# Baselines scored from the layer's post-ReLU outputs (taylor: and their gradients).
+ACTIVATION_CRITERIA = ("apoz", "mean_activation", "taylor")
+GREEDY_VARIANTS = ("conditional", "independent")
+TARGETS = ("layer", "next", "logits")
+ALLOCATIONS = ("uniform", "global")
 ENGINES = ("fast", "reference")
 KERNELS = ("linear", "rbf")
 HOOKS = ("module", "nonlinearity")
@@ -128,6 +133,9 @@ class PruneParams:
     shrink: bool = False
     # Also evaluate on the training set after each pass and retraining (the report does not need it).
     evaluate_train: bool = False
+    greedy: str = "conditional"
+    target: str = "layer"
+    allocation: str = "uniform"
 
 
 @dataclass(frozen=True)
@@ -336,7 +344,7 @@ def _read_prune(s: _Section, model: ModelConfig) -> PruneConfig:
     p = s.section("params")
     d = PruneParams()
     params = PruneParams(
-        type=p.choice("type", d.type, CRITERIA),
+        type=p.choice("type", d.type, CRITERIA + ACTIVATION_CRITERIA),
         iterations=p.get("iterations", d.iterations, _positive_int, "must be an integer >= 1"),
         rate=p.get("rate", None, _in_open_unit, "must be a number in (0, 1)"),
         stop_cka=p.get("stop_cka", None, lambda v: _is_number(v) and 0 <= v < 1, "must be a number in [0, 1)"),
@@ -348,6 +356,9 @@ def _read_prune(s: _Section, model: ModelConfig) -> PruneConfig:
         retrain=p.get("retrain", d.retrain, lambda v: isinstance(v, bool), "must be true or false"),
         shrink=p.get("shrink", d.shrink, lambda v: isinstance(v, bool), "must be true or false"),
         evaluate_train=p.get("evaluate_train", d.evaluate_train, lambda v: isinstance(v, bool), "must be true or false"),
+        greedy=p.choice("greedy", d.greedy, GREEDY_VARIANTS),
+        target=p.choice("target", d.target, TARGETS),
+        allocation=p.choice("allocation", d.allocation, ALLOCATIONS),
     )
     if params.shrink and model.type == "cnn" and model.padding == "same":
         p.fail(p.key("shrink"), 'needs model.padding "valid": with zero padding the smaller network is not exact')
@@ -355,6 +366,7 @@ def _read_prune(s: _Section, model: ModelConfig) -> PruneConfig:
         p.fail(p.path, "needs exactly one of rate and stop_cka")
     if strategy == "one_shot" and params.iterations != 1:
         p.fail(p.key("iterations"), "must be 1 for the one_shot strategy", params.iterations)
+    _check_method(p, params)
     p.done()
     default_modules = list(range(model.num_prunable))
     modules = s.get("modules", default_modules, lambda v: _int_list(v, 0) and len(v) > 0, "must be a non-empty list of layer indices")
@@ -363,8 +375,44 @@ def _read_prune(s: _Section, model: ModelConfig) -> PruneConfig:
             s.fail(s.key("modules"), f"has layer {index}, but the model has {model.num_prunable} prunable layers (0..{model.num_prunable - 1})")
     if len(set(modules)) != len(modules):
         s.fail(s.key("modules"), "must not repeat a layer", modules)
+    if params.target == "next":
+        for index in modules:
+            if not _feeds_linear(model, index):
+                p.fail(p.key("target"), f'"next" needs a Linear layer fed by each pruned layer\'s output; layer {index} has none')
+            if params.engine == "fast" and _is_conv(model, index):
+                p.fail(p.key("target"), f'"next" on conv layer {index} needs engine "reference" (the fast engine scores one column per neuron)')
     s.done()
     return PruneConfig(strategy=strategy, params=params, modules=tuple(sorted(modules)))
+
+
+def _check_method(p: _Section, params: PruneParams) -> None:
+    """Combinations of greedy, target, allocation and the rest that have no defined meaning."""
+    if params.target != "layer" and params.hook != "module":
+        p.fail(p.key("hook"), f'applies to target "layer" only; target "{params.target}" fixes the representation')
+    if params.target == "logits" and params.engine == "fast":
+        p.fail(p.key("target"), '"logits" needs engine "reference" (there is no exact fast form)')
+    if params.target == "next" and params.engine == "fast" and params.debiased:
+        p.fail(p.key("target"), '"next" with debiased CKA needs engine "reference"')
+    if params.allocation == "global":
+        if params.type != "cka":
+            p.fail(p.key("allocation"), f'"global" compares CKA damage across layers; it needs type "cka", got "{params.type}"')
+        if params.rate is None:
+            p.fail(p.key("allocation"), '"global" spends the budget of rate; it needs rate, not stop_cka')
+        if params.target == "logits":
+            p.fail(p.key("allocation"), '"global" needs target "layer" or "next"')
+    if params.greedy != "conditional" and params.type != "cka":
+        p.fail(p.key("greedy"), f'applies to type "cka" only, got type "{params.type}"')
+
+
+def _is_conv(model: ModelConfig, index: int) -> bool:
+    return model.type == "cnn" and index < len(model.conv_channels)
+
+
+def _feeds_linear(model: ModelConfig, index: int) -> bool:
+    """Whether prunable layer ``index``'s (flattened) output is the whole input of a Linear layer."""
+    if model.type == "mlp":
+        return True
+    return model.type == "cnn" and index >= len(model.conv_channels) - 1
 
 
 def _read_search(s: _Section) -> SearchConfig:

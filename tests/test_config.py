@@ -97,7 +97,7 @@ def test_ex1_is_the_headline_experiment():
     ("extra", 1, "extra is not a known key"),
     ("prune.params.rate", 1.0, "prune.params.rate must be a number in (0, 1)"),
     ("prune.params.rate", 0, "prune.params.rate must be a number in (0, 1)"),
-    ("prune.params.type", "taylor", "prune.params.type must be one of cka, l1, l2, random"),
+    ("prune.params.type", "snip", "prune.params.type must be one of cka, l1, l2, random"),
     ("prune.params.engine", "gpu", "prune.params.engine must be one of fast, reference"),
     ("prune.params.kernel", "poly", "prune.params.kernel must be one of linear, rbf"),
     ("prune.params.iterations", 0, "prune.params.iterations must be an integer >= 1"),
@@ -234,3 +234,51 @@ def test_cli_exits_2_with_one_line(tmp_path, content, expected):
         assert proc.returncode == 2
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and expected in lines[0], proc.stderr
+
+
+def test_pruning_method_options_default_to_the_paper():
+    params = parse_config(BASE, Path("x.json")).prune.params
+    assert (params.greedy, params.target, params.allocation) == ("conditional", "layer", "uniform")
+    raw = edited("prune.params", {"type": "cka", "rate": 0.2, "greedy": "independent", "target": "next",
+                                  "allocation": "global"})
+    params = parse_config(raw, Path("x.json")).prune.params
+    assert (params.greedy, params.target, params.allocation) == ("independent", "next", "global")
+    for criterion in ("apoz", "mean_activation", "taylor"):
+        assert parse_config(edited("prune.params.type", criterion), Path("x.json")).prune.params.type == criterion
+
+
+CNN = edited("model", {"type": "cnn", "conv_channels": [6, 16], "fc_sizes": [32]})
+
+
+@pytest.mark.parametrize("params, base, expected", [
+    ({"greedy": "lazy"}, BASE, "prune.params.greedy must be one of conditional, independent"),
+    ({"target": "input"}, BASE, "prune.params.target must be one of layer, next, logits"),
+    ({"allocation": "even"}, BASE, "prune.params.allocation must be one of uniform, global"),
+    ({"greedy": "independent", "type": "l1"}, BASE, 'prune.params.greedy applies to type "cka" only'),
+    ({"target": "logits"}, BASE, 'prune.params.target "logits" needs engine "reference"'),
+    ({"target": "next", "debiased": True}, BASE, 'prune.params.target "next" with debiased CKA needs engine "reference"'),
+    ({"target": "next", "hook": "nonlinearity"}, BASE, 'prune.params.hook applies to target "layer" only'),
+    ({"allocation": "global", "type": "l2"}, BASE, 'prune.params.allocation "global" compares CKA damage'),
+    ({"allocation": "global", "rate": ..., "stop_cka": 0.9}, BASE, 'prune.params.allocation "global" spends the budget of rate'),
+    ({"allocation": "global", "target": "logits", "engine": "reference"}, BASE, 'needs target "layer" or "next"'),
+    ({"target": "next", "engine": "reference", "modules": [0, 1, 2]}, CNN, 'prune.params.target "next" needs a Linear layer fed by each pruned layer\'s output; layer 0 has none'),
+    ({"target": "next"}, CNN, 'prune.params.target "next" on conv layer 1 needs engine "reference"'),
+])
+def test_pruning_method_combinations_are_checked(params, base, expected):
+    raw = json.loads(json.dumps(base))
+    params = dict(params)
+    raw["prune"]["modules"] = params.pop("modules", [0, 1] if base is BASE else [1, 2])
+    raw["prune"]["params"].update({k: v for k, v in params.items() if v is not ...})
+    for key in [k for k, v in params.items() if v is ...]:
+        del raw["prune"]["params"][key]
+    assert expected in error_of(raw)
+
+
+def test_next_target_is_valid_where_a_linear_layer_follows():
+    raw = json.loads(json.dumps(CNN))
+    raw["prune"]["params"].update({"target": "next", "engine": "reference"})
+    raw["prune"]["modules"] = [1, 2]
+    assert parse_config(raw, Path("x.json")).prune.params.target == "next"
+    raw["prune"]["params"]["engine"] = "fast"
+    raw["prune"]["modules"] = [2]
+    assert parse_config(raw, Path("x.json")).prune.modules == (2,)

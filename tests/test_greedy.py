@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from lib.cka import cka, gram_linear, gram_rbf
-from src.pruning.greedy import (CovarianceAccumulator, channel_groups, choose, choose_route,
-                                constant_columns, fast_greedy_from_interactions, greedy_cka,
-                                interactions_from_activations, interactions_from_covariance,
-                                reference_greedy)
+from src.pruning.greedy import (CovarianceAccumulator, Search, allocate, channel_groups, choose,
+                                choose_route, constant_columns, fast_greedy_from_interactions,
+                                fast_search, greedy_cka, interactions_from_activations,
+                                interactions_from_covariance, next_layer_cka_path, reference_greedy)
 
 Result = tuple[list[int], list[float]]
 
@@ -248,3 +248,160 @@ def test_rejects_bad_activations() -> None:
             greedy_cka(np.ones((6, 3)), 1, engine=engine)
     with pytest.raises(ValueError, match="symmetric"):
         fast_greedy_from_interactions(np.array([[1.0, 2.0], [0.0, 1.0]]), 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Independent greedy, next-layer target, global allocation
+
+
+def _literal_independent(x: np.ndarray, k: int, groups: list[np.ndarray], alive: np.ndarray,
+                         stop_cka: float | None = None, weight: np.ndarray | None = None) -> Result:
+    """The original code's loop: each step scores every alive neuron alone against the pass's
+    original activations (earlier removals of the pass not applied) and removes the best."""
+    rep = (lambda a: a) if weight is None else (lambda a: a @ weight.T)
+    removed: list[int] = []
+    scores: list[float] = []
+    for _ in range(k):
+        step = {}
+        for i in range(len(groups)):
+            if alive[i] and i not in removed:
+                copy = x.copy()
+                copy[:, groups[i]] = 0.5  # only i made constant
+                step[i] = cka(gram_linear(rep(x)), gram_linear(rep(copy)))
+        best = max(step.values())
+        j = min(i for i, value in step.items() if value >= best - 1e-10 * abs(best))
+        if stop_cka is not None and step[j] <= stop_cka:
+            break
+        removed.append(j)
+        scores.append(step[j])
+    return removed, scores
+
+
+def _literal_conditional_next(x: np.ndarray, weight: np.ndarray, k: int) -> Result:
+    """Conditional greedy scored at Z = A W^T, by recomputing Z for every candidate."""
+    removed: list[int] = []
+    scores: list[float] = []
+    for _ in range(k):
+        step = {}
+        for i in range(x.shape[1]):
+            if i not in removed:
+                copy = x.copy()
+                copy[:, removed + [i]] = 2.0
+                step[i] = cka(gram_linear(x @ weight.T), gram_linear(copy @ weight.T))
+        j = max(step, key=lambda i: (step[i], -i))
+        removed.append(j)
+        scores.append(step[j])
+    return removed, scores
+
+
+@pytest.mark.parametrize("engine", ["fast", "reference"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_independent_equals_the_literal_loop(engine: str, seed: int) -> None:
+    x = _activations(seed=20 + seed)
+    alive = np.ones(x.shape[1], dtype=bool)
+    alive[[4, 9]] = False
+    x[:, [4, 9]] = 0.3  # pruned in an earlier pass
+    columns = channel_groups(x.shape[1], 1)
+    expected = _literal_independent(x, 9, columns, alive)
+    got = greedy_cka(x, 9, engine=engine, greedy="independent", alive=alive)
+    _assert_same(expected, got)
+    # Not the conditional pass on this data (else the test could not tell them apart).
+    assert got[0] != greedy_cka(x, 9, engine=engine, alive=alive)[0]
+
+
+@pytest.mark.parametrize("engine", ["fast", "reference"])
+def test_independent_with_stop_cka_and_conv_groups(engine: str) -> None:
+    x = _activations(n=30, d=24, seed=23)
+    groups = channel_groups(6, 4)
+    alive = np.ones(6, dtype=bool)
+    full = _literal_independent(x, 5, groups, alive)
+    threshold = (full[1][2] + full[1][3]) / 2
+    expected = _literal_independent(x, 5, groups, alive, stop_cka=threshold)
+    assert len(expected[0]) == 3
+    _assert_same(expected, greedy_cka(x, None, groups=groups, engine=engine, greedy="independent",
+                                      stop_cka=threshold))
+
+
+def test_independent_ties_go_to_the_lowest_index() -> None:
+    x = _activations(seed=24)
+    x[:, 12] = x[:, 3]  # identical columns: identical individual scores
+    for engine in ("fast", "reference"):
+        removed, _ = greedy_cka(x, 20, engine=engine, greedy="independent")
+        assert removed.index(3) < removed.index(12)
+
+
+@pytest.mark.parametrize("greedy", ["conditional", "independent"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_next_layer_fast_equals_reference(greedy: str, seed: int) -> None:
+    x = _activations(n=40, d=18, seed=30 + seed)
+    weight = np.random.default_rng(seed).standard_normal((7, 18))
+    alive = np.ones(18, dtype=bool)
+    alive[[0, 5]] = False
+    x[:, [0, 5]] = 1.0
+    reference = greedy_cka(x, 10, engine="reference", greedy=greedy, alive=alive, next_weight=weight)
+    fast = greedy_cka(x, 10, engine="fast", greedy=greedy, alive=alive, next_weight=weight)
+    _assert_same(reference, fast)
+    threshold = (fast[1][4] + fast[1][5]) / 2
+    _assert_same(greedy_cka(x, None, engine="reference", greedy=greedy, stop_cka=threshold, next_weight=weight),
+                 greedy_cka(x, None, engine="fast", greedy=greedy, stop_cka=threshold, next_weight=weight))
+
+
+def test_next_layer_scores_are_cka_at_the_next_layer() -> None:
+    x = _activations(n=32, d=12, seed=33)
+    weight = np.random.default_rng(3).standard_normal((5, 12))
+    expected = _literal_conditional_next(x, weight, 11)
+    got = greedy_cka(x, 11, next_weight=weight)
+    _assert_same(expected, got)
+    # The layer's own CKA ranks differently: the target matters on this data.
+    assert got[0] != greedy_cka(x, 11)[0]
+    centered = x - x.mean(axis=0)
+    np.testing.assert_allclose(next_layer_cka_path(centered.T @ centered, weight, got[0]), got[1], rtol=1e-9)
+
+
+def test_next_layer_fast_rejects_what_it_cannot_do() -> None:
+    x = _activations(n=12, d=8, seed=34)
+    weight = np.ones((3, 8))
+    with pytest.raises(ValueError, match="biased CKA and one column per group"):
+        greedy_cka(x, 2, next_weight=weight, debiased=True)
+    with pytest.raises(ValueError, match="biased CKA and one column per group"):
+        greedy_cka(x, 2, next_weight=weight, groups=channel_groups(4, 2))
+    with pytest.raises(ValueError, match=r"shape \(p, 8\)"):
+        greedy_cka(x, 2, next_weight=np.ones((3, 7)))
+    with pytest.raises(ValueError, match="greedy must be one of"):
+        greedy_cka(x, 2, greedy="lazy")
+
+
+def _searches(widths: list[int], seed: int, greedy: str = "conditional") -> list[Search]:
+    return [fast_search(interactions_from_activations(_activations(n=30, d=w, seed=seed + i)), greedy=greedy)
+            for i, w in enumerate(widths)]
+
+
+def test_global_allocation_follows_the_smallest_relative_drop() -> None:
+    widths, budget = [10, 6, 14], 17
+    searches = _searches(widths, 40)
+    allocate(searches, budget)
+    # The literal rule, with each layer's full conditional pass as its candidates' scores.
+    paths = [greedy_cka(_activations(n=30, d=w, seed=40 + i), w - 1) for i, w in enumerate(widths)]
+    taken = [0, 0, 0]
+    for _ in range(budget):
+        ratios = [paths[l][1][taken[l]] / (paths[l][1][taken[l] - 1] if taken[l] else 1.0)
+                  if taken[l] < widths[l] - 1 else -np.inf for l in range(3)]
+        taken[int(np.argmax(ratios))] += 1
+    assert [len(s.removed) for s in searches] == taken
+    for search, path in zip(searches, paths):
+        assert search.removed == path[0][:len(search.removed)]
+        np.testing.assert_allclose(search.scores, path[1][:len(search.removed)], rtol=1e-12)
+    assert len(set(taken)) > 1  # the budget is not split evenly
+
+
+@pytest.mark.parametrize("greedy", ["conditional", "independent"])
+def test_global_allocation_spends_exactly_the_budget_and_never_empties_a_layer(greedy: str) -> None:
+    widths = [2, 9, 5]
+    for budget in (0, 3, sum(w - 1 for w in widths)):
+        searches = _searches(widths, 50, greedy)
+        allocate(searches, budget)
+        assert sum(len(s.removed) for s in searches) == budget
+        assert all(int(s.candidates.sum()) >= 1 for s in searches)
+        assert all(len(set(s.removed)) == len(s.removed) for s in searches)
+    with pytest.raises(ValueError, match="exceeds"):
+        allocate(_searches(widths, 50, greedy), sum(w - 1 for w in widths) + 1)

@@ -16,8 +16,10 @@ from src.artifacts import model_path
 from src.config import PruneParams, load_config
 from src.export import load_exported
 from src.models import build_model, prunable_layers
-from src.pruning.criteria import removal_count, select
-from src.pruning.masks import add_masks, alive_neurons, remove_neurons
+from lib.cka import feature_space_linear_cka
+from src.data import Split
+from src.pruning.criteria import NO_VARIATION, removal_count, select, select_global
+from src.pruning.masks import add_masks, alive_neurons, neurons_zeroed, remove_neurons
 from src.pruning.scoring import record_layers
 from src.pruning.strategy import prune_pass
 from src.train import fit
@@ -90,10 +92,11 @@ def test_engines_agree_on_a_trained_cnn(trained_cnn, mnist5k, hook, budget):
     _assert_same(_select_both(model, mnist5k.val, params, [0, 1, 2]))
 
 
+@pytest.mark.parametrize("greedy", ["conditional", "independent"])
 @pytest.mark.parametrize("debiased", [False, True])
-def test_engines_agree_on_a_trained_mlp_after_earlier_pruning(trained_mlp, mnist5k, debiased):
+def test_engines_agree_on_a_trained_mlp_after_earlier_pruning(trained_mlp, mnist5k, debiased, greedy):
     cfg, model = trained_mlp
-    params = PruneParams(type="cka", rate=0.2, debiased=debiased)
+    params = PruneParams(type="cka", rate=0.2, debiased=debiased, greedy=greedy)
     choices = _select_both(model, mnist5k.val, params, [0, 1], already_pruned=[(0, [3, 7, 11]), (1, [0])])
     _assert_same(choices)
     assert not {3, 7, 11} & set(choices["fast"][0].removed)
@@ -248,3 +251,131 @@ def test_trained_model_file_is_shared_by_criteria(write_config, tmp_path):
     cka = load_config(write_config("cka"))
     l1 = load_config(write_config("l1", prune={"params": {"type": "l1", "rate": 0.2}}))
     assert model_path(cka, 3, tmp_path) == model_path(l1, 3, tmp_path)
+
+
+@pytest.mark.parametrize("greedy", ["conditional", "independent"])
+@pytest.mark.parametrize("budget", [{"rate": 0.3}, {"stop_cka": 0.97}])
+def test_next_layer_engines_agree_on_a_trained_mlp(trained_mlp, mnist5k, greedy, budget):
+    _, model = trained_mlp
+    params = PruneParams(type="cka", target="next", greedy=greedy, **budget)
+    choices = _select_both(model, mnist5k.val, params, [0, 1], already_pruned=[(0, [2, 9])])
+    _assert_same(choices)
+    for index in (0, 1):
+        fast, ref = choices["fast"][index], choices["reference"][index]
+        np.testing.assert_allclose(fast.scores, ref.scores, rtol=1e-6, atol=0)
+        if greedy == "independent":  # cka: the cumulative removals, not the individual scores
+            assert fast.cka[0] == pytest.approx(fast.scores[0], rel=1e-9) and fast.cka[-1] < fast.scores[-1]
+    # Never the last neuron, even where every individual score stays above stop_cka.
+    assert len(choices["fast"][0].removed) <= 45 and len(choices["fast"][1].removed) <= 31
+    # The next layer's CKA chooses differently from the layer's own on this model.
+    own = _select_both(model, mnist5k.val, replace(params, target="layer"), [0])
+    assert own["fast"][0].removed != choices["fast"][0].removed
+
+
+def test_next_layer_score_is_cka_of_the_next_layers_input_times_its_weight(trained_cnn, mnist5k):
+    _, model = trained_cnn
+    model = copy.deepcopy(model)
+    layers = prunable_layers(model)
+    split = Split(mnist5k.val.images[:64], mnist5k.val.labels[:64])
+    params = PruneParams(type="cka", target="next", engine="reference", rate=0.3)
+    rec = record_layers(model, [layers[1]], split, params, 64, torch.Generator().manual_seed(2), CPU)[1]
+    choice = select(rec, params, np.ones(8, bool), (0,))
+    # Independently: the whole model run with channel j's filter zeroed; Z = the first fc
+    # layer's input (the last conv block's pooled, flattened output) times its weight.
+    seen = []
+    handle = layers[2].block.layer.register_forward_hook(
+        lambda m, a, o: seen.append(a[0].double() @ m.weight.double().T))
+    x = split.images.float() / 255
+    model.eval()
+    with torch.no_grad():
+        model(x)
+        original = seen.pop()
+        singles = []
+        for j in range(8):
+            with neurons_zeroed(layers[1].block.layer, [j]):
+                model(x)
+            singles.append(feature_space_linear_cka(original, seen.pop()))
+    handle.remove()
+    assert choice.removed[0] == int(np.argmax(singles))
+    assert choice.scores[0] == pytest.approx(max(singles), rel=1e-9)
+
+
+def test_logits_target_scores_the_network_output(trained_mlp, mnist5k):
+    _, model = trained_mlp
+    model = copy.deepcopy(model)
+    layer = prunable_layers(model)[1]
+    split = Split(mnist5k.val.images[:64], mnist5k.val.labels[:64])
+    params = PruneParams(type="cka", target="logits", engine="reference", rate=0.1)
+    rec = record_layers(model, [layer], split, params, 64, torch.Generator().manual_seed(0), CPU)[1]
+    choice = select(rec, params, np.ones(32, bool), (0,))
+    assert len(choice.removed) == 3 and choice.cka == choice.scores
+    x = split.images.float() / 255
+    model.eval()
+    with torch.no_grad():
+        logits = model(x)
+        singles = []
+        for j in range(32):
+            with neurons_zeroed(layer.block.layer, [j]):
+                singles.append(feature_space_linear_cka(logits, model(x)))
+    assert choice.removed[0] == int(np.argmax(singles))
+    assert choice.scores[0] == pytest.approx(max(singles), rel=1e-6)
+
+
+@pytest.mark.parametrize("greedy", ["conditional", "independent"])
+@pytest.mark.parametrize("target", ["layer", "next"])
+def test_global_allocation_engines_agree_and_spend_the_uniform_budget(trained_mlp, mnist5k, greedy, target):
+    _, model = trained_mlp
+    model = copy.deepcopy(model)
+    layers = prunable_layers(model)
+    add_masks(model, [0, 1])
+    remove_neurons(layers[0].block.layer, [1, 4])
+    out = {}
+    for engine in ("fast", "reference"):
+        params = PruneParams(type="cka", rate=0.3, allocation="global", engine=engine, greedy=greedy, target=target)
+        recs = record_layers(model, layers, mnist5k.val, params, 96, torch.Generator().manual_seed(1), CPU)
+        alives = [alive_neurons(layer.block.layer).numpy() for layer in layers]
+        out[engine] = select_global([recs[0], recs[1]], params, alives)
+    for fast, ref in zip(out["fast"], out["reference"]):
+        assert fast.removed == ref.removed
+        np.testing.assert_allclose(fast.scores, ref.scores, rtol=1e-6, atol=0)
+        np.testing.assert_allclose(fast.cka, ref.cka, rtol=1e-6, atol=0)
+    removed = [len(choice.removed) for choice in out["fast"]]
+    assert sum(removed) == removal_count(0.3, 46) + removal_count(0.3, 32)
+    assert removed != [removal_count(0.3, 46), removal_count(0.3, 32)]  # not the uniform split
+
+
+def test_global_prune_pass_records_widths_and_never_empties(trained_mlp, mnist5k):
+    cfg, model = trained_mlp
+    model = copy.deepcopy(model)
+    params = replace(cfg.prune.params, rate=0.9, allocation="global")
+    cfg = replace(cfg, prune=replace(cfg.prune, params=params))
+    records = prune_pass(model, cfg, mnist5k, seed=0, iteration=1, device=CPU)
+    assert sum(r.alive_before - r.alive_after for r in records) == removal_count(0.9, 48) + removal_count(0.9, 32)
+    for record in records:
+        layer = prunable_layers(model)[record.index].block.layer
+        assert int(alive_neurons(layer).sum()) == record.alive_after >= 1
+        assert record.skipped is None
+
+
+def test_prune_pass_reports_a_skipped_layer(trained_mlp, mnist5k):
+    cfg, model = trained_mlp
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        prunable_layers(model)[1].block.layer.bias.fill_(-1e3)  # every ReLU dead on every sample
+    cfg = replace(cfg, prune=replace(cfg.prune, params=replace(cfg.prune.params, hook="nonlinearity")))
+    records = prune_pass(model, cfg, mnist5k, seed=0, iteration=1, device=CPU)
+    assert records[0].skipped is None and records[0].removed
+    assert records[1].skipped == NO_VARIATION and records[1].removed == ()
+
+
+def test_next_layer_streamed_covariance_matches_in_memory_activations(trained_mlp, mnist5k):
+    _, model = trained_mlp
+    layers = prunable_layers(model)
+    picks = []
+    for samples in ("all", len(mnist5k.val)):
+        params = PruneParams(type="cka", rate=0.3, samples=samples, target="next")
+        recs = record_layers(model, layers, mnist5k.val, params, 128, torch.Generator().manual_seed(0), CPU)
+        assert (recs[1].covariance is not None) == (samples == "all")
+        picks.append(select(recs[1], params, np.ones(32, bool), (0,)))
+    assert picks[0].removed == picks[1].removed
+    np.testing.assert_allclose(picks[0].cka, picks[1].cka, rtol=1e-9)

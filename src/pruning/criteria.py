@@ -1,26 +1,45 @@
 """Which neurons of a layer a pass removes, for each criterion.
 
-Magnitude and random baselines are static importances (lower = removed first), behind one
-small interface: ``importance(layer) -> (width,) scores``. CKA is a conditional greedy search
-(``src.pruning.greedy``). Every criterion also records the CKA between the layer's original
-and pruned outputs after each removal, so damage curves compare across criteria.
+The baselines are static importances (lower = removed first), behind one small interface:
+``importance(layer) -> (width,) scores``. Magnitude (``l1``, ``l2``: the norm of a neuron's
+incoming weights) and ``random`` read the layer; the activation baselines carry what was
+recorded on the scoring samples:
+
+- ``apoz``: 1 - APoZ, APoZ the share of zero post-ReLU outputs (Hu et al. 2016): the neurons
+  that are most often zero go first.
+- ``mean_activation``: the mean post-ReLU output; the smallest go first.
+- ``taylor``: the first-order Taylor importance of the neuron's output on training batches
+  (Molchanov et al. 2019; `src.pruning.scoring.taylor_importance`); the smallest go first.
+
+CKA is a greedy search (``src.pruning.greedy``), conditional or independent, at the layer's
+own output or at a downstream target. Every criterion also records the CKA between the
+original and the pruned target representation after each removal, so damage curves compare
+across criteria. ``select`` prunes one layer at the configured rate; ``select_global`` spends
+one budget over several layers (allocation "global").
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Callable, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
-from lib.cka import cka, feature_space_linear_cka, gram_rbf
+from lib.cka import cka, feature_space_linear_cka, gram_rbf, to_float64
 from src.config import PruneParams
-from src.pruning.greedy import (cka_path, fast_greedy_from_interactions, interactions_from_activations,
-                                interactions_from_covariance, reference_greedy)
+from src.pruning.greedy import (Search, allocate, cka_path, fast_search, interactions_from_activations,
+                                interactions_from_covariance, next_layer_cka_path, next_layer_search,
+                                reference_search, run_search)
 from src.pruning.scoring import LayerRecording
+
+# The reason a layer is left alone when its representation cannot be scored.
+NO_VARIATION = "no variation on the scoring samples (CKA undefined); layer left alone"
+
+Path = Callable[[list[int]], list[float]]
 
 
 class Importance(Protocol):
@@ -47,66 +66,159 @@ class RandomImportance:
         return torch.from_numpy(rng.random(layer.weight.shape[0]))
 
 
-def importance_for(criterion: str, seed: tuple[int, ...]) -> Importance:
-    return {"l1": NormImportance(1), "l2": NormImportance(2)}.get(criterion) or RandomImportance(seed)
+@dataclass(frozen=True)
+class RecordedImportance:
+    """A per-neuron importance measured on data (activation statistics, Taylor): (width,)."""
+
+    values: np.ndarray
+
+    def __call__(self, layer: nn.Module) -> torch.Tensor:
+        if self.values.shape != (layer.weight.shape[0],):
+            raise ValueError(f"recorded importance has shape {self.values.shape}, the layer "
+                             f"{layer.weight.shape[0]} neurons")
+        return torch.from_numpy(self.values)
+
+
+def importance_for(criterion: str, seed: tuple[int, ...], rec: LayerRecording | None = None) -> Importance:
+    """The importance of a baseline criterion; ``rec`` carries what the activation baselines read."""
+    if criterion in ("l1", "l2"):
+        return NormImportance(int(criterion[1]))
+    if criterion == "random":
+        return RandomImportance(seed)
+    if criterion in ("apoz", "mean_activation") and rec is not None and rec.activation is not None:
+        stats = rec.activation
+        return RecordedImportance(1.0 - stats.zero_fraction if criterion == "apoz" else stats.mean)
+    if criterion == "taylor" and rec is not None and rec.taylor is not None:
+        return RecordedImportance(rec.taylor)
+    raise ValueError(f"no importance for criterion {criterion!r} (or its recording is missing)")
 
 
 @dataclass
 class Selection:
     removed: list[int]             # neuron indices in removal order
     scores: list[float | None]     # the criterion's value at each removal
-    cka: list[float]               # CKA(original, pruned) after each removal
+    cka: list[float]               # CKA(original, pruned) after each removal (cumulative)
     engine: str
+    skipped: str | None = None     # why the layer was left alone, if it was
 
 
 def removal_count(rate: float | None, alive: int) -> int | None:
-    """k = round(rate * alive), rounding halves up, leaving at least one neuron alive.
+    """k = round(rate * alive), rounding halves up exactly, leaving at least one neuron alive.
 
-    None when the pass stops on CKA instead.
+    The product is taken on the decimal the rate was written as (Fraction(str(rate))), so
+    0.7 * 45 = 31.5 rounds to 32 (in binary floating point it is 31.499...). None when the
+    pass stops on CKA instead.
     """
-    return None if rate is None else min(int(math.floor(rate * alive + 0.5)), alive - 1)
+    if rate is None:
+        return None
+    return min(math.floor(Fraction(str(rate)) * alive + Fraction(1, 2)), alive - 1)
+
+
+def _engine(params: PruneParams) -> str:
+    return "fast" if params.engine == "fast" and params.kernel == "linear" else "reference"
 
 
 def select(rec: LayerRecording, params: PruneParams, alive: np.ndarray,
            random_seed: tuple[int, ...]) -> Selection:
-    """Choose the neurons of one layer to remove in this pass."""
-    k = removal_count(params.rate, int(alive.sum()))
-    fast = params.engine == "fast" and params.kernel == "linear"
+    """Choose the neurons of one layer to remove in this pass (allocation "uniform").
+
+    With stop_cka the pass also ends before the last alive neuron (independent greedy's
+    individual scores can all stay above stop_cka).
+    """
+    alive_count = int(alive.sum())
+    k = removal_count(params.rate, alive_count)
+    k = max(alive_count - 1, 0) if k is None else k
+    engine = _engine(params)
     if not _varies(rec):  # CKA is undefined (e.g. every alive ReLU dead on these samples)
-        return Selection([], [], [], "fast" if fast else "reference")
-    if fast:
-        interactions = (interactions_from_covariance(rec.covariance, rec.groups) if rec.covariance is not None
-                        else interactions_from_activations(rec.outputs, rec.groups, debiased=params.debiased))
-        path = lambda order: cka_path(interactions, order)  # noqa: E731
-    else:
-        path = _reference_path(rec, params)
+        return Selection([], [], [], engine, skipped=NO_VARIATION)
     if params.type == "cka":
-        if fast:
-            removed, scores = fast_greedy_from_interactions(interactions, k, alive=alive, stop_cka=params.stop_cka)
-        else:
-            removed, scores = reference_greedy(rec.outputs, rec.recompute, len(rec.groups), k, alive=alive,
-                                               kernel=params.kernel, debiased=params.debiased,
-                                               stop_cka=params.stop_cka)
-        return Selection(removed, list(scores), list(scores), "fast" if fast else "reference")
-    importance = importance_for(params.type, random_seed)(rec.layer.block.layer).cpu().numpy()
+        search, path = _cka_search(rec, params, alive)
+        run_search(search, k, params.stop_cka)
+        return _cka_selection(search, path, engine)
+    path = _path(rec, params)
+    importance = importance_for(params.type, random_seed, rec)(rec.layer.block.layer).cpu().numpy()
     order = [int(i) for i in np.argsort(importance, kind="stable") if alive[i]]
-    order = order[:k] if k is not None else order
+    order = order[:k]
     damage = path(order)
     if params.stop_cka is not None:
         keep = next((t for t, value in enumerate(damage) if value <= params.stop_cka), len(order))
         order, damage = order[:keep], damage[:keep]
     scores = [None if params.type == "random" else float(importance[i]) for i in order]
-    return Selection(order, scores, list(damage), "fast" if fast else "reference")
+    return Selection(order, scores, list(damage), engine)
+
+
+def select_global(recs: list[LayerRecording], params: PruneParams, alives: list[np.ndarray]) -> list[Selection]:
+    """Choose the neurons to remove in several layers with one budget (allocation "global").
+
+    budget = sum over the layers that can be scored of round(rate * alive), the uniform
+    rate's total; spent by `src.pruning.greedy.allocate` (smallest relative drop of a layer's
+    own CKA first, never emptying a layer). One Selection per layer, in the order of ``recs``.
+    """
+    engine = _engine(params)
+    scored = [_varies(rec) for rec in recs]
+    budget = sum(removal_count(params.rate, int(alive.sum())) for alive, ok in zip(alives, scored) if ok)
+    tools = [_cka_search(rec, params, alive) if ok else None for rec, alive, ok in zip(recs, alives, scored)]
+    allocate([tool[0] for tool in tools if tool is not None], budget)
+    return [Selection([], [], [], engine, skipped=NO_VARIATION) if tool is None
+            else _cka_selection(*tool, engine) for tool in tools]
+
+
+def _cka_selection(search: Search, path: Path, engine: str) -> Selection:
+    """Scores as searched; cka of the cumulative removals (for independent greedy, not its scores)."""
+    damage = search.scores if search.conditional else path(search.removed)
+    return Selection(list(search.removed), list(search.scores), list(damage), engine)
+
+
+def _fast_matrix(rec: LayerRecording, params: PruneParams) -> np.ndarray:
+    """The fast engine's input: the interaction matrix M ("layer") or the covariance C ("next")."""
+    if rec.target == "next":
+        if rec.covariance is not None:
+            return rec.covariance
+        x = to_float64(rec.outputs)
+        x -= x.mean(axis=0)
+        return x.T @ x
+    if rec.covariance is not None:
+        return interactions_from_covariance(rec.covariance, rec.groups)
+    return interactions_from_activations(rec.outputs, rec.groups, debiased=params.debiased)
+
+
+def _cka_search(rec: LayerRecording, params: PruneParams, alive: np.ndarray) -> tuple[Search, Path]:
+    """The greedy search of the configured engine and target, and its damage path."""
+    if _engine(params) == "reference":
+        search = reference_search(rec.original(), rec.recompute, rec.layer.width, alive=alive,
+                                  kernel=params.kernel, debiased=params.debiased, greedy=params.greedy)
+        return search, _reference_path(rec, params)
+    matrix = _fast_matrix(rec, params)
+    if rec.target == "next":
+        weight = to_float64(rec.next_weight)
+        return (next_layer_search(matrix, weight, alive, params.greedy),
+                lambda order: next_layer_cka_path(matrix, weight, order))
+    return fast_search(matrix, alive, params.greedy), lambda order: cka_path(matrix, order)
+
+
+def _path(rec: LayerRecording, params: PruneParams) -> Path:
+    """CKA after each prefix of an order, by the configured engine."""
+    if _engine(params) == "reference":
+        return _reference_path(rec, params)
+    matrix = _fast_matrix(rec, params)
+    if rec.target == "next":
+        weight = to_float64(rec.next_weight)
+        return lambda order: next_layer_cka_path(matrix, weight, order)
+    return lambda order: cka_path(matrix, order)
 
 
 def _varies(rec: LayerRecording) -> bool:
-    """Whether the layer's recorded output varies across the scoring samples."""
+    """Whether the preserved representation varies across the scoring samples."""
     if rec.covariance is not None:
+        if rec.target == "next":  # trace of Z's covariance W C W^T
+            weight = to_float64(rec.next_weight)
+            return bool(np.sum((weight @ rec.covariance) * weight) > 0)
         return bool(np.trace(rec.covariance) > 0)
-    return bool((rec.outputs != rec.outputs[:1]).any())
+    y = rec.original()
+    return bool((y != y[:1]).any())
 
 
-def _reference_path(rec: LayerRecording, params: PruneParams) -> Callable[[list[int]], list[float]]:
+def _reference_path(rec: LayerRecording, params: PruneParams) -> Path:
     """CKA after each prefix of ``order``, by really zeroing weights and re-running the layer."""
     def similarity(a: torch.Tensor, b: torch.Tensor) -> float:
         if params.kernel == "linear":
@@ -114,5 +226,6 @@ def _reference_path(rec: LayerRecording, params: PruneParams) -> Callable[[list[
         return float(cka(gram_rbf(a), gram_rbf(b), debiased=params.debiased))
 
     def path(order: list[int]) -> list[float]:
-        return [similarity(rec.outputs, rec.recompute(order[: t + 1])) for t in range(len(order))]
+        original = rec.original()
+        return [similarity(original, rec.recompute(order[: t + 1])) for t in range(len(order))]
     return path

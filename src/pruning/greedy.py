@@ -1,16 +1,24 @@
 """Greedy CKA pruning of one layer from its activations.
 
-Conditional greedy: with S the groups removed so far in this call, each step scores every
-alive candidate i by
+Conditional greedy (the default): with S the groups removed so far in this call, each step
+scores every alive candidate i by
 
     score_i = CKA(A, A with the columns of S and i made constant)
 
 and removes the best (ties, i.e. scores within a relative 1e-10 of the best: lowest index).
 It stops after k removals, or before removing a group whose score is <= stop_cka.
 
+Independent greedy (greedy="independent"): every alive candidate is scored once, alone,
+
+    score_i = CKA(A, A with only the columns of i made constant),
+
+and the groups are removed in decreasing order of that score (ties as above). With stop_cka
+the pass stops before the first group, in that order, whose own score is <= stop_cka; the
+scores are the individual ones, not the CKA of the cumulative removals (`cka_path` gives that).
+
 A group is one output column (a Linear neuron) or several (a Conv2d channel's H*W columns of
 the flattened (N, C*H*W) output). Zeroing a group's incoming weights makes its columns constant
-(the bias), and a constant column drops out of centered CKA.
+(the bias; relu(bias) after a ReLU), and a constant column drops out of centered CKA.
 
 Two engines give the same removal order and scores:
 
@@ -27,6 +35,44 @@ Two engines give the same removal order and scores:
       CKA(A, A_R) = sum_{h in R} m[h] / sqrt(T * sum_{g,h in R} M[g, h]).
 
   The greedy pass then costs O(n) per step (`fast_greedy_from_interactions`).
+
+Next-layer target (`fast_next_greedy`, biased linear CKA, one column per neuron). The
+representation kept is the next Linear layer's pre-activation Z = A W^T, A (N, n) the pruned
+layer's post-activation output (the next layer's input) and W (p, n) the next layer's weight.
+Assumption, as above: a removed neuron's column of A is constant (relu(bias)), so with X the
+centered A and P_R the diagonal 0/1 selector of the kept set R, the centered pruned Z is
+Z_R = X P_R W^T (the next layer's bias is a constant and drops out too). With C = X^T X and
+G = W^T W (n x n) and S = P_R C P_R (C with removed rows and columns zeroed):
+
+    <K_Z, K_{Z_R}>   = ||Z^T Z_R||_F^2 = ||W C P_R W^T||_F^2 = tr(C P_R G P_R C G)
+                     = sum_{a,b in R} Q[a, b],       Q = (C G C) o G
+    ||K_{Z_R}||_F^2  = ||Z_R^T Z_R||_F^2 = ||W S W^T||_F^2 = tr(S G S G) = sum (GS) o (GS)^T
+    ||K_Z||_F^2      = T = 1^T Q 1
+    CKA(Z, Z_R)      = sum_{a,b in R} Q[a, b] / sqrt(T tr(S G S G)).
+
+The numerator is a quadratic form over R: with q = Q 1_R, removing i gives
+num_i = num - 2 q[i] + Q[i, i], and q -= Q[:, j] after removing j. Removing i from S zeroes
+its row and column: S_i = S - e_i t_i^T - t_i e_i^T with t_i = S e_i - S[i, i] e_i / 2, so
+
+    tr(S_i G S_i G) = tr(S G S G) - 4 e_i^T G S G t_i
+                      + 2 [ (e_i^T G t_i)^2 + G[i, i] t_i^T G t_i ],
+
+    e_i^T G S G t_i = (GSGS)[i, i] - S[i, i] (GSG)[i, i] / 2
+    e_i^T G t_i     = (GS)[i, i] - S[i, i] G[i, i] / 2
+    t_i^T G t_i     = (SGS)[i, i] - S[i, i] (GS)[i, i] + S[i, i]^2 G[i, i] / 4,
+
+where every diagonal is a row sum of an elementwise product of n x n matrices already held:
+diag(GSGS) = rowsum(GS o (GS)^T), diag(GSG) = rowsum(GS o G), diag(SGS) = rowsum(S o (GS)^T).
+After removing j: GS -= G[:, j] S[j, :] (row j of S gone), then column j of GS and row and
+column j of S are zeroed. Every step is O(n^2) (Q costs O(n^3) once).
+
+Global allocation (`allocate`): several layers' searches share one budget; each step removes,
+over all layers, the best candidate of the layer whose own CKA falls by the smallest relative
+amount (score / current CKA of that layer closest to 1; ties: the first layer). That is the
+greedy step for maximising sum_l log CKA_l, i.e. the product of the layers' CKAs: CKA is
+scale-free in [0, 1] whatever the layer's width or depth, a relative drop weighs a layer at
+0.5 losing 0.05 like one at 1.0 losing 0.1, and a layer's CKA approaching 0 costs without bound.
+No layer is emptied: a layer with one neuron left is no longer a candidate.
 """
 
 from __future__ import annotations
@@ -57,6 +103,7 @@ _NO_VARIATION = ("activations have no variation across samples (or a debiased se
 
 Groups = Sequence[Any] | None
 Recompute = Callable[[list[int]], Any]
+GREEDY = ("conditional", "independent")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,24 +203,96 @@ def choose(scores: np.ndarray, candidates: np.ndarray) -> int:
     return int(np.flatnonzero(tied)[0])
 
 
-def _greedy(candidates: np.ndarray, k: int | None, stop_cka: float | None,
-            step_scores: Callable[[list[int], np.ndarray], np.ndarray],
-            on_remove: Callable[[int], None]) -> tuple[list[int], list[float]]:
-    """Run the greedy loop; `step_scores(removed, candidates)` -> (n,) scores of this step."""
-    candidates = candidates.copy()
-    limit = int(candidates.sum()) if k is None else k
-    removed: list[int] = []
-    scores: list[float] = []
-    while len(removed) < limit and candidates.any():
-        step = step_scores(removed, candidates)
-        j = choose(step, candidates)
-        if stop_cka is not None and step[j] <= stop_cka:
+@dataclass
+class Search:
+    """One layer's greedy search, stepped by `run_search` (one layer) or `allocate` (several).
+
+    candidates: bool (n,), True where a group may still be removed.
+    step_scores(removed, candidates) -> (n,) score of removing each candidate next.
+    on_remove(j): updates the engine's state after group j is removed.
+    conditional: False for independent greedy, whose scores do not change between steps.
+    """
+
+    candidates: np.ndarray
+    step_scores: Callable[[list[int], np.ndarray], np.ndarray]
+    on_remove: Callable[[int], None]
+    conditional: bool = True
+    removed: list[int] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+
+    def best(self) -> tuple[int, float]:
+        """(group, score) of the best candidate now; there must be a candidate."""
+        step = self.step_scores(self.removed, self.candidates)
+        j = choose(step, self.candidates)
+        return j, float(step[j])
+
+    def take(self, j: int, score: float) -> None:
+        self.on_remove(j)
+        self.candidates[j] = False
+        self.removed.append(j)
+        self.scores.append(score)
+
+    @property
+    def level(self) -> float:
+        """What the next score is compared with: the current kept set's CKA (1 before any
+        removal), or 1 for independent greedy, whose scores are against the original."""
+        return self.scores[-1] if self.conditional and self.scores else 1.0
+
+
+def _make_search(candidates: np.ndarray, step_scores: Callable[[list[int], np.ndarray], np.ndarray],
+                 on_remove: Callable[[int], None], greedy: str) -> Search:
+    """A Search for `greedy` ('conditional' or 'independent') over an engine's step_scores."""
+    _check_choice("greedy", greedy, GREEDY)
+    if greedy == "conditional":
+        return Search(candidates.copy(), step_scores, on_remove)
+    first: list[np.ndarray] = []
+
+    def once(removed: list[int], cand: np.ndarray) -> np.ndarray:
+        if not first:  # every candidate alone against the original: no earlier removal applied
+            first.append(step_scores([], cand))
+        return first[0]
+    return Search(candidates.copy(), once, lambda j: None, conditional=False)
+
+
+def run_search(search: Search, k: int | None, stop_cka: float | None) -> tuple[list[int], list[float]]:
+    """Remove up to k groups (None: all candidates), stopping before a score <= stop_cka.
+
+    Returns (removed group indices in removal order, score at each removal).
+    """
+    limit = int(search.candidates.sum()) if k is None else k
+    while len(search.removed) < limit and search.candidates.any():
+        j, score = search.best()
+        if stop_cka is not None and score <= stop_cka:
             break
-        on_remove(j)
-        candidates[j] = False
-        removed.append(j)
-        scores.append(float(step[j]))
-    return removed, scores
+        search.take(j, score)
+    return list(search.removed), list(search.scores)
+
+
+def allocate(searches: Sequence[Search], budget: int) -> None:
+    """Spend exactly `budget` removals over several layers' searches (global allocation).
+
+    Each step takes, from the layer whose best candidate keeps the largest share of the
+    layer's current CKA (score / level; ties: the first layer), that candidate (module
+    docstring). A layer with one candidate left is never emptied. The searches record their
+    own removals and scores.
+    """
+    if isinstance(budget, bool) or not isinstance(budget, numbers.Integral) or budget < 0:
+        raise ValueError(f"budget must be an int >= 0, got {budget!r}")
+    capacity = sum(max(int(s.candidates.sum()) - 1, 0) for s in searches)
+    if budget > capacity:
+        raise ValueError(f"budget {budget} exceeds the {capacity} groups that can go without emptying a layer")
+
+    def best(search: Search) -> tuple[int, float] | None:
+        return search.best() if search.candidates.sum() > 1 else None
+
+    bests = [best(s) for s in searches]
+    for _ in range(budget):
+        # A layer whose CKA is already 0 loses nothing more: its share kept counts as 1.
+        kept = np.array([-np.inf if b is None else (b[1] / s.level if s.level > 0 else 1.0)
+                         for s, b in zip(searches, bests)])
+        layer = choose(kept, np.isfinite(kept))
+        searches[layer].take(*bests[layer])
+        bests[layer] = best(searches[layer])
 
 
 def _ratio(num: np.ndarray | float, den2: np.ndarray | float, total: float) -> np.ndarray:
@@ -187,24 +306,21 @@ def _ratio(num: np.ndarray | float, den2: np.ndarray | float, total: float) -> n
 # Reference engine
 
 
-def reference_greedy(original: Any, recompute: Recompute, n_groups: int, k: int | None, *,
-                     alive: Any = None, kernel: str = "linear", debiased: bool = False,
-                     stop_cka: float | None = None) -> tuple[list[int], list[float]]:
-    """The literal greedy loop: one CKA evaluation of a recomputed representation per candidate.
+def reference_search(original: Any, recompute: Recompute, n_groups: int, *, alive: Any = None,
+                     kernel: str = "linear", debiased: bool = False, greedy: str = "conditional") -> Search:
+    """The literal loop as a Search: one CKA evaluation of a recomputed representation per candidate.
 
-    original: (N, D) layer output before this pass.
-    recompute(removed) -> (N, D') layer output with the weights of the `removed` groups zeroed
-        (a model-level caller re-runs the module; `greedy_cka` sets the columns constant).
+    original: (N, D) representation before this pass.
+    recompute(removed) -> (N, D') that representation with the weights of the `removed` groups
+        zeroed (a model-level caller re-runs the module; `greedy_cka` sets the columns constant).
     Score = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)) from lib.cka's Grams and centering (kernel
     linear or rbf, biased or unbiased HSIC); 0 when the recomputed output has no variation left.
-    Returns (removed group indices in removal order, score at each removal).
     """
     _check_choice("kernel", kernel, ("linear", "rbf"))
     x = _check_activations(original, 4 if debiased else 2)
     if isinstance(n_groups, bool) or not isinstance(n_groups, numbers.Integral) or n_groups < 1:
         raise ValueError(f"n_groups must be a positive int, got {n_groups!r}")
     candidates = _candidate_mask(alive, n_groups)
-    _check_budget(k, stop_cka, int(candidates.sum()))
     gram = gram_linear if kernel == "linear" else gram_rbf
     # CKA = <Kc, Lc>_F / sqrt(<Kc, Kc>_F <Lc, Lc>_F) as in lib.cka.cka, with the original's
     # centered Gram Kc computed once instead of once per candidate.
@@ -228,7 +344,21 @@ def reference_greedy(original: Any, recompute: Recompute, n_groups: int, k: int 
             out[i] = score(removed + [int(i)])
         return out
 
-    return _greedy(candidates, k, stop_cka, step_scores, lambda j: None)
+    return _make_search(candidates, step_scores, lambda j: None, greedy)
+
+
+def reference_greedy(original: Any, recompute: Recompute, n_groups: int, k: int | None, *,
+                     alive: Any = None, kernel: str = "linear", debiased: bool = False,
+                     stop_cka: float | None = None,
+                     greedy: str = "conditional") -> tuple[list[int], list[float]]:
+    """Run `reference_search` for k removals or until stop_cka.
+
+    Returns (removed group indices in removal order, score at each removal).
+    """
+    search = reference_search(original, recompute, n_groups, alive=alive, kernel=kernel,
+                              debiased=debiased, greedy=greedy)
+    _check_budget(k, stop_cka, int(search.candidates.sum()))
+    return run_search(search, k, stop_cka)
 
 
 def constant_columns(x: np.ndarray, groups: list[np.ndarray]) -> Recompute:
@@ -462,14 +592,12 @@ class _FastState:
         self.r -= self.interactions[j]  # row j = column j (M is symmetric)
 
 
-def fast_greedy_from_interactions(interactions: Any, k: int | None, alive: Any = None,
-                                  stop_cka: float | None = None) -> tuple[list[int], list[float]]:
-    """Exact greedy pass from the interaction matrix M (n, n), O(n) per step.
+def fast_search(interactions: Any, alive: Any = None, greedy: str = "conditional") -> Search:
+    """The closed-form engine as a Search from the interaction matrix M (n, n), O(n) per step.
 
     State for the kept set R: num = sum_{h in R} m[h], den2 = sum_{g,h in R} M[g, h],
     r = M[:, R] 1 (m = M 1, T = 1^T M 1). Removing i gives
         num_i = num - m[i],  den2_i = den2 - 2 r[i] + M[i, i],  score_i = num_i / sqrt(T den2_i).
-    Returns (removed group indices in removal order, score at each removal).
     """
     m_mat = to_float64(interactions)
     if m_mat.ndim != 2 or m_mat.shape[0] != m_mat.shape[1] or m_mat.shape[0] == 0:
@@ -481,12 +609,134 @@ def fast_greedy_from_interactions(interactions: Any, k: int | None, alive: Any =
     if not np.allclose(m, m_mat.sum(axis=1), rtol=1e-8, atol=1e-9 * np.abs(m).max()):
         raise ValueError("interactions must be symmetric")
     candidates = _candidate_mask(alive, m_mat.shape[0])
-    _check_budget(k, stop_cka, int(candidates.sum()))
     total = float(m.sum())
     if not total > 0:
         raise ValueError(_NO_VARIATION)
     state = _FastState(m_mat, m, total)
-    return _greedy(candidates, k, stop_cka, state.scores, state.remove)
+    return _make_search(candidates, state.scores, state.remove, greedy)
+
+
+def fast_greedy_from_interactions(interactions: Any, k: int | None, alive: Any = None,
+                                  stop_cka: float | None = None,
+                                  greedy: str = "conditional") -> tuple[list[int], list[float]]:
+    """Exact greedy pass from the interaction matrix M (n, n) (`fast_search`).
+
+    Returns (removed group indices in removal order, score at each removal).
+    """
+    search = fast_search(interactions, alive, greedy)
+    _check_budget(k, stop_cka, int(search.candidates.sum()))
+    return run_search(search, k, stop_cka)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast engine: next-layer target
+
+
+def _check_weight(weight: Any, n_columns: int) -> np.ndarray:
+    w = to_float64(weight)
+    if w.ndim != 2 or w.shape[1] != n_columns or w.shape[0] == 0:
+        raise ValueError(f"next-layer weight must have shape (p, {n_columns}), got {w.shape}")
+    if not np.all(np.isfinite(w)):
+        raise ValueError("next-layer weight contains NaN or inf")
+    return w
+
+
+def _check_next(cov: Any, weight: Any) -> tuple[np.ndarray, np.ndarray]:
+    c = to_float64(cov)
+    if c.ndim != 2 or c.shape[0] != c.shape[1] or c.shape[0] == 0:
+        raise ValueError(f"cov must be a square (n, n) matrix, got shape {c.shape}")
+    if not np.all(np.isfinite(c)):
+        raise ValueError("cov contains NaN or inf")
+    return c, _check_weight(weight, c.shape[0])
+
+
+@dataclass
+class _NextLayerState:
+    """The next-layer target's state for the kept set R (module docstring).
+
+    q_mat: Q = (C G C) o G; q = Q 1_R; num = 1_R^T Q 1_R; s = S = P_R C P_R; gs = G S;
+    den2 = tr(S G S G); total = T = 1^T Q 1. All (n, n) or (n,), float64.
+    """
+
+    cov: np.ndarray
+    gram: np.ndarray
+    q_mat: np.ndarray = field(init=False)
+    q: np.ndarray = field(init=False)
+    total: float = field(init=False)
+    num: float = field(init=False)
+    s: np.ndarray = field(init=False)
+    gs: np.ndarray = field(init=False)
+    den2: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.q_mat = (self.cov @ self.gram @ self.cov) * self.gram
+        self.q = self.q_mat.sum(axis=0)
+        self.total = self.num = float(self.q.sum())
+        self.s = self.cov.copy()
+        self.gs = self.gram @ self.s
+        self.den2 = float(np.sum(self.gs * self.gs.T))
+
+    def scores(self, removed: list[int], candidates: np.ndarray) -> np.ndarray:
+        """(n,) score of removing each group next (meaningful for candidates only)."""
+        d, g_ii, gs_ii = np.diag(self.s), np.diag(self.gram), np.diag(self.gs)
+        gsgs = np.einsum("ik,ki->i", self.gs, self.gs)
+        gsg = np.einsum("ik,ki->i", self.gs, self.gram)
+        sgs = np.einsum("ik,ki->i", self.s, self.gs)
+        e_gsg_t = gsgs - d * gsg / 2
+        e_g_t = gs_ii - d * g_ii / 2
+        t_g_t = sgs - d * gs_ii + d * d * g_ii / 4
+        den2 = self.den2 - 4.0 * e_gsg_t + 2.0 * (e_g_t * e_g_t + g_ii * t_g_t)
+        num = self.num - 2.0 * self.q + np.diag(self.q_mat)
+        return _ratio(num, den2, self.total)
+
+    def remove(self, j: int) -> None:
+        self.num += self.q_mat[j, j] - 2.0 * self.q[j]
+        self.q -= self.q_mat[j]
+        self.gs -= np.outer(self.gram[:, j], self.s[j])
+        self.gs[:, j] = 0.0
+        self.s[j, :] = 0.0
+        self.s[:, j] = 0.0
+        self.den2 = float(np.sum(self.gs * self.gs.T))
+
+    def cka(self) -> float:
+        return float(_ratio(self.num, self.den2, self.total))
+
+
+def next_layer_search(cov: Any, weight: Any, alive: Any = None, greedy: str = "conditional") -> Search:
+    """The next-layer target's closed form as a Search, O(n^2) per step (module docstring).
+
+    cov: (n, n) centered covariance C = X^T X of the pruned layer's post-activation output
+        (one column per neuron; e.g. CovarianceAccumulator.centered()).
+    weight: (p, n) the next Linear layer's weight W.
+    """
+    c, w = _check_next(cov, weight)
+    candidates = _candidate_mask(alive, c.shape[0])
+    state = _NextLayerState(c, w.T @ w)
+    if not state.total > 0:
+        raise ValueError(_NO_VARIATION)
+    return _make_search(candidates, state.scores, state.remove, greedy)
+
+
+def fast_next_greedy(cov: Any, weight: Any, k: int | None, alive: Any = None, stop_cka: float | None = None,
+                     greedy: str = "conditional") -> tuple[list[int], list[float]]:
+    """Greedy pass scored at the next layer's pre-activation (`next_layer_search`).
+
+    Returns (removed neuron indices in removal order, score at each removal).
+    """
+    search = next_layer_search(cov, weight, alive, greedy)
+    _check_budget(k, stop_cka, int(search.candidates.sum()))
+    return run_search(search, k, stop_cka)
+
+
+def next_layer_cka_path(cov: Any, weight: Any, order: Sequence[int]) -> list[float]:
+    """CKA(Z, Z with order[:t+1] removed) for each t, Z = A W^T: the damage curve at the next layer."""
+    c, w = _check_next(cov, weight)
+    state = _NextLayerState(c, w.T @ w)
+    out = []
+    for j in order:
+        state.remove(int(j))
+        out.append(state.cka())
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -500,7 +750,8 @@ def channel_groups(n_channels: int, positions: int) -> list[np.ndarray]:
 
 def greedy_cka(activations: Any, k: int | None, groups: Groups = None, engine: str = "fast",
                kernel: str = "linear", stop_cka: float | None = None, *, debiased: bool = False,
-               alive: Any = None) -> tuple[list[int], list[float]]:
+               alive: Any = None, greedy: str = "conditional",
+               next_weight: Any = None) -> tuple[list[int], list[float]]:
     """Greedily remove the groups of one layer whose removal keeps CKA to the original highest.
 
     activations: (N, D) array or tensor of the layer's outputs on the scoring samples.
@@ -514,25 +765,41 @@ def greedy_cka(activations: Any, k: int | None, groups: Groups = None, engine: s
     debiased: unbiased HSIC (Song et al. 2012) instead of the biased estimator.
     alive: bool mask (n,) or group indices of the candidates; the others were pruned earlier
         (constant columns) and are never chosen.
+    greedy: 'conditional' or 'independent' (module docstring).
+    next_weight: None, or (p, D) the next Linear layer's weight W: CKA is then measured at
+        Z = activations W^T (activations being that layer's input). The fast engine needs
+        biased CKA and one column per group.
     Returns (removed group indices in removal order, CKA score at each removal).
     """
     _check_choice("engine", engine, ("fast", "reference"))
     _check_choice("kernel", kernel, ("linear", "rbf"))
+    _check_choice("greedy", greedy, GREEDY)
     if not isinstance(debiased, bool):
         raise ValueError(f"debiased must be a bool, got {debiased!r}")
     x = _check_activations(activations, 4 if debiased else 2)
     group_list = _normalize_groups(groups, x.shape[1])
     candidates = _candidate_mask(alive, len(group_list))
     _check_budget(k, stop_cka, int(candidates.sum()))
+    weight = None if next_weight is None else _check_weight(next_weight, x.shape[1])
     if engine == "fast" and kernel == "rbf":
         warnings.warn("greedy_cka: the fast engine does not support kernel='rbf' (RBF CKA is not a "
                       "sum over groups); running the reference engine", UserWarning, stacklevel=2)
         engine = "reference"
+    if engine == "fast" and weight is not None:
+        if debiased or groups is not None:
+            raise ValueError("the next-layer fast engine needs biased CKA and one column per group")
+        centered = x - x.mean(axis=0)
+        return fast_next_greedy(centered.T @ centered, weight, k, alive=candidates, stop_cka=stop_cka,
+                                greedy=greedy)
     if engine == "fast":
         interactions = interactions_from_activations(x, group_list, debiased=debiased)
-        return fast_greedy_from_interactions(interactions, k, alive=candidates, stop_cka=stop_cka)
-    return reference_greedy(x, constant_columns(x, group_list), len(group_list), k,
-                            alive=candidates, kernel=kernel, debiased=debiased, stop_cka=stop_cka)
+        return fast_greedy_from_interactions(interactions, k, alive=candidates, stop_cka=stop_cka, greedy=greedy)
+    columns = constant_columns(x, group_list)
+    if weight is None:
+        return reference_greedy(x, columns, len(group_list), k, alive=candidates, kernel=kernel,
+                                debiased=debiased, stop_cka=stop_cka, greedy=greedy)
+    return reference_greedy(x @ weight.T, lambda removed: columns(removed) @ weight.T, len(group_list), k,
+                            alive=candidates, kernel=kernel, debiased=debiased, stop_cka=stop_cka, greedy=greedy)
 
 
 def cka_path(interactions: Any, order: Sequence[int]) -> list[float]:

@@ -31,11 +31,11 @@ from src.data import Splits
 from src.errors import UserError, brief
 from src.io import atomic_torch_save
 from src.models import Net, prunable_layers
-from src.pruning.criteria import select
+from src.pruning.criteria import select, select_global
 from src.pruning.masks import add_masks, alive_neurons, load_masked_state, remove_neurons
 from src.pruning.scoring import record_layers
-from src.results import IterationRecord, LayerInfo, LayerStep, RetrainSummary, RunIdentity, SeedResult
 from src.pruning.shrink import carry_back, shrunk
+from src.results import IterationRecord, LayerInfo, LayerStep, RetrainSummary, RunIdentity, SeedResult
 from src.train import FitResult, evaluate_all, fit
 
 EpochCallback = Callable[[dict[str, float]], None]
@@ -47,16 +47,31 @@ def checkpoint_path(out_dir: Path, seed: int) -> Path:
 
 def prune_pass(model: Net, cfg: ExperimentConfig, splits: Splits, seed: int, iteration: int,
                device: torch.device) -> list[LayerStep]:
-    """Prune every configured layer once; return one record per layer."""
+    """Prune every configured layer once; return one record per layer.
+
+    Every layer's neurons are chosen against the representations recorded at the start of
+    the pass. With allocation "global" all layers are chosen together (one budget), and each
+    record's ``seconds`` is that joint selection's time.
+    """
     prune = cfg.require_prune()
+    params = prune.params
     layers = [prunable_layers(model)[i] for i in prune.modules]
     generator = torch.Generator().manual_seed(seed * 100_003 + iteration)
-    recordings = record_layers(model, layers, splits.val, prune.params, cfg.params.batch_size, generator, device)
-    records = []
-    for layer in layers:
+    recordings = record_layers(model, layers, splits.val, params, cfg.params.batch_size, generator, device,
+                               train=splits.train)
+    alives = [alive_neurons(layer.block.layer).cpu().numpy() for layer in layers]
+    if params.allocation == "global":
         start = time.perf_counter()
-        alive = alive_neurons(layer.block.layer).cpu().numpy()
-        choice = select(recordings[layer.index], prune.params, alive, (seed, iteration, layer.index))
+        choices = select_global([recordings[layer.index] for layer in layers], params, alives)
+        seconds = [time.perf_counter() - start] * len(layers)
+    else:
+        choices, seconds = [], []
+        for layer, alive in zip(layers, alives):
+            start = time.perf_counter()
+            choices.append(select(recordings[layer.index], params, alive, (seed, iteration, layer.index)))
+            seconds.append(time.perf_counter() - start)
+    records = []
+    for layer, alive, choice, elapsed in zip(layers, alives, choices, seconds):
         if choice.removed:
             remove_neurons(layer.block.layer, choice.removed)
         records.append(LayerStep(
@@ -66,8 +81,9 @@ def prune_pass(model: Net, cfg: ExperimentConfig, splits: Splits, seed: int, ite
             removed=tuple(choice.removed),
             scores=tuple(choice.scores),
             cka=tuple(choice.cka),
-            seconds=time.perf_counter() - start,
+            seconds=elapsed,
             engine=choice.engine,
+            skipped=choice.skipped,
         ))
     return records
 
