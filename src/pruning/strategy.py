@@ -2,7 +2,8 @@
 
 An iteration is: score and prune every layer of ``prune.modules`` (one pass; the layers'
 original activations are recorded once, at the start of the pass) -> evaluate -> retrain
-(Adam at ``params.lr`` with early stopping) -> evaluate.
+(the ``params`` recipe, on the masked network or, with ``shrink``, on the smaller dense one)
+-> evaluate.
 
 After every iteration a checkpoint (masked weights + the result so far) is written, then
 the result JSON (:mod:`src.results`), both atomically; a JSON left behind its checkpoint (a
@@ -240,28 +241,42 @@ def prune_seed(model: Net, cfg: ExperimentConfig, seed: int, splits: Splits, dev
         print(f"seed {seed}: {verb} after iteration {done} of {planned}")
     result = replace(result, planned_iterations=planned)
     for iteration in range(done + 1, planned + 1):
-        label = f"seed {seed} iteration {iteration}/{planned}"
-        start = time.perf_counter()
-        layers = prune_pass(model, cfg, splits, seed, iteration, device)
-        scoring = time.perf_counter() - start
-        after_prune = evaluate()
-        alive = ", ".join(f"L{step.index} {step.alive_after}" for step in layers)
-        print(f"{label}: pruned to {alive} in {scoring:.2f}s; test acc {after_prune['test_acc']:.4f}")
-        record = IterationRecord(iteration=iteration, layers=tuple(layers), after_prune=after_prune,
-                                 seconds_scoring=scoring)
-        if prune.params.retrain:
-            fitted = retrain(model, cfg, splits, seed=seed * 1000 + iteration, device=device, on_epoch=on_epoch,
-                             label=label)
-            record = replace(record, after_retrain=evaluate(),
-                             retrain=RetrainSummary(fitted.epochs, fitted.best_epoch, fitted.diverged, fitted.seconds),
-                             seconds_retraining=fitted.seconds)
-            print(f"{label}: retrained {fitted.epochs} epochs; test acc {record.after_retrain['test_acc']:.4f}")
+        try:
+            record = run_iteration(model, cfg, splits, seed, iteration, device, evaluate, on_epoch)
+        except KeyboardInterrupt as interrupt:
+            interrupt.add_note(f"seed {seed} prune iteration {iteration}, which will be redone "
+                               f"({iteration - 1} iterations of this seed are saved)")
+            raise
         result = result.with_iteration(record)
         atomic_torch_save(checkpoint_path(out_dir, seed), {"state_dict": model.state_dict(), "result": result.to_dict()})
         results.save(result, out_dir)
         if on_iteration is not None:
             on_iteration(result)
     return result
+
+
+def run_iteration(model: Net, cfg: ExperimentConfig, splits: Splits, seed: int, iteration: int,
+                  device: torch.device, evaluate: Callable[[], dict[str, float]],
+                  on_epoch: EpochCallback | None) -> IterationRecord:
+    """One pass over the layers, evaluated, then retrained (if configured) and evaluated again."""
+    prune = cfg.require_prune()
+    label = f"seed {seed} iteration {iteration}/{prune.params.iterations}"
+    start = time.perf_counter()
+    layers = prune_pass(model, cfg, splits, seed, iteration, device)
+    scoring = time.perf_counter() - start
+    after_prune = evaluate()
+    alive = ", ".join(f"L{step.index} {step.alive_after}" for step in layers)
+    print(f"{label}: pruned to {alive} in {scoring:.2f}s; test acc {after_prune['test_acc']:.4f}")
+    record = IterationRecord(iteration=iteration, layers=tuple(layers), after_prune=after_prune,
+                             seconds_scoring=scoring)
+    if not prune.params.retrain:
+        return record
+    fitted = retrain(model, cfg, splits, seed=seed * 1000 + iteration, device=device, on_epoch=on_epoch, label=label)
+    record = replace(record, after_retrain=evaluate(),
+                     retrain=RetrainSummary(fitted.epochs, fitted.best_epoch, fitted.diverged, fitted.seconds),
+                     seconds_retraining=fitted.seconds)
+    print(f"{label}: retrained {fitted.epochs} epochs; test acc {record.after_retrain['test_acc']:.4f}")
+    return record
 
 
 def retrain(model: Net, cfg: ExperimentConfig, splits: Splits, *, seed: int, device: torch.device,
