@@ -18,8 +18,16 @@ from src.errors import UserError
 
 DATASETS = ("mnist", "fashion-mnist", "cifar10", "mnist-5k")
 MODEL_TYPES = ("mlp", "cnn")
+# Architectures pruned physically through Torch-Pruning (src.models' zoo).
+ZOO_TYPES = ("resnet", "vgg", "lenet5")
+ZOO_DEFAULTS = {"resnet": (20, 16), "vgg": (16, 64), "lenet5": (None, None)}  # (depth, width)
+VGG_DEPTHS = (11, 13, 16, 19)
+# Image shape (C, H, W) of each dataset: the zoo models' default input_shape.
+DATASET_SHAPES = {"mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "cifar10": (3, 32, 32), "mnist-5k": (1, 28, 28)}
 STRATEGIES = ("one_shot", "iterative")
 CRITERIA = ("cka", "l1", "l2", "random")
+# Torch-Pruning's own importances, for the zoo models (src.pruning.tp_importance).
+TP_CRITERIA = ("tp_l1", "tp_bn", "tp_taylor", "tp_random")
 ENGINES = ("fast", "reference")
 KERNELS = ("linear", "rbf")
 HOOKS = ("module", "nonlinearity")
@@ -38,7 +46,11 @@ SEARCHABLE = {
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """``mlp``: Linear-ReLU-Dropout per hidden layer. ``cnn``: conv blocks then an MLP head."""
+    """``mlp``: Linear-ReLU-Dropout per hidden layer. ``cnn``: conv blocks then an MLP head.
+
+    ``resnet``, ``vgg``, ``lenet5`` (``ZOO_TYPES``): src.models' zoo, sized by ``depth`` and
+    ``width`` (None for lenet5), taking ``input_shape`` and ``output_size``.
+    """
 
     type: str = "mlp"
     input_size: int = 784
@@ -52,11 +64,20 @@ class ModelConfig:
     pool_every: int = 1
     fc_sizes: tuple[int, ...] = ()
     batch_norm: bool = False
+    depth: int | None = None
+    width: int | None = None
+
+    @property
+    def uses_torch_pruning(self) -> bool:
+        """Pruned physically through Torch-Pruning groups, not by masks on numbered layers."""
+        return self.type in ZOO_TYPES
 
     @property
     def num_prunable(self) -> int:
         if self.type == "mlp":
             return len(self.hidden_sizes)
+        if self.uses_torch_pruning:
+            return 0
         return len(self.conv_channels) + len(self.fc_sizes)
 
 
@@ -89,6 +110,8 @@ class PruneParams:
     samples: int | str | None = None
     hook: str = "module"
     retrain: bool = True
+    # Torch-Pruning models: rank channels of all groups together instead of per group.
+    global_pruning: bool = False
 
 
 @dataclass(frozen=True)
@@ -216,9 +239,40 @@ def _in_open_unit(v: Any) -> bool:
     return _is_number(v) and 0 < v < 1
 
 
-def _read_model(s: _Section) -> ModelConfig:
+_ZOO_KEYS = ("depth", "width", "input_shape", "output_size")
+
+
+def _read_zoo_model(s: _Section, model_type: str, dataset: str) -> ModelConfig:
+    for name in s.values:
+        if name not in _ZOO_KEYS:
+            s.fail(s.key(name), f"does not apply to a {model_type} model (it takes " + ", ".join(_ZOO_KEYS) + ")")
+    depth, width = ZOO_DEFAULTS[model_type]
+    if model_type == "lenet5":
+        for name in ("depth", "width"):
+            if name in s.values:
+                s.fail(s.key(name), "does not apply to a lenet5 model")
+    elif model_type == "resnet":
+        depth = s.get("depth", depth, lambda v: _is_int(v) and v >= 8 and (v - 2) % 6 == 0,
+                      "must be 6n + 2 for n >= 1 (20, 32, 56, 110)")
+    else:
+        depth = s.get("depth", depth, lambda v: v in VGG_DEPTHS, "must be one of " + ", ".join(map(str, VGG_DEPTHS)))
+    if model_type != "lenet5":
+        width = s.get("width", width, _positive_int, "must be a positive integer")
+    cfg = ModelConfig(
+        type=model_type, depth=depth, width=width,
+        input_shape=tuple(s.get("input_shape", list(DATASET_SHAPES[dataset]), lambda v: _int_list(v) and len(v) == 3,
+                                "must be [channels, height, width]")),
+        output_size=s.get("output_size", ModelConfig.output_size, lambda v: _is_int(v) and v >= 2, "must be an integer >= 2"),
+    )
+    s.done()
+    return cfg
+
+
+def _read_model(s: _Section, dataset: str) -> ModelConfig:
     d = ModelConfig()
-    model_type = s.choice("type", d.type, MODEL_TYPES)
+    model_type = s.choice("type", d.type, MODEL_TYPES + ZOO_TYPES)
+    if model_type in ZOO_TYPES:
+        return _read_zoo_model(s, model_type, dataset)
     positive_list = "must be a list of positive integers"
     cfg = ModelConfig(
         type=model_type,
@@ -236,6 +290,9 @@ def _read_model(s: _Section) -> ModelConfig:
     )
     if model_type == "cnn" and not cfg.conv_channels:
         s.fail(s.key("conv_channels"), "must list at least one channel count for a cnn")
+    for name in ("depth", "width"):
+        if name in s.values:
+            s.fail(s.key(name), "applies to the resnet and vgg models only")
     s.done()
     return cfg
 
@@ -269,7 +326,7 @@ def _read_prune(s: _Section, model: ModelConfig) -> PruneConfig:
     p = s.section("params")
     d = PruneParams()
     params = PruneParams(
-        type=p.choice("type", d.type, CRITERIA),
+        type=p.choice("type", d.type, CRITERIA + TP_CRITERIA),
         iterations=p.get("iterations", d.iterations, _positive_int, "must be an integer >= 1"),
         rate=p.get("rate", None, _in_open_unit, "must be a number in (0, 1)"),
         stop_cka=p.get("stop_cka", None, lambda v: _is_number(v) and 0 <= v < 1, "must be a number in [0, 1)"),
@@ -279,7 +336,9 @@ def _read_prune(s: _Section, model: ModelConfig) -> PruneConfig:
         samples=p.get("samples", d.samples, lambda v: v is None or v == "all" or _positive_int(v), 'must be a positive integer, "all" or null'),
         hook=p.choice("hook", d.hook, HOOKS),
         retrain=p.get("retrain", d.retrain, lambda v: isinstance(v, bool), "must be true or false"),
+        global_pruning=p.get("global_pruning", d.global_pruning, lambda v: isinstance(v, bool), "must be true or false"),
     )
+    _check_prune_fits_model(s, p, params, model)
     if (params.rate is None) == (params.stop_cka is None):
         p.fail(p.path, "needs exactly one of rate and stop_cka")
     if strategy == "one_shot" and params.iterations != 1:
@@ -294,6 +353,24 @@ def _read_prune(s: _Section, model: ModelConfig) -> PruneConfig:
         s.fail(s.key("modules"), "must not repeat a layer", modules)
     s.done()
     return PruneConfig(strategy=strategy, params=params, modules=tuple(sorted(modules)))
+
+
+def _check_prune_fits_model(s: _Section, p: _Section, params: PruneParams, model: ModelConfig) -> None:
+    """Torch-Pruning models take cka or a tp_ criterion, by rate, on every group."""
+    if not model.uses_torch_pruning:
+        if params.type in TP_CRITERIA:
+            p.fail(p.key("type"), f"{params.type} needs a Torch-Pruning model (model.type " + ", ".join(ZOO_TYPES) + ")")
+        if params.global_pruning:
+            p.fail(p.key("global_pruning"), "applies to Torch-Pruning models (model.type " + ", ".join(ZOO_TYPES) + ") only")
+        return
+    if params.type not in ("cka",) + TP_CRITERIA:
+        p.fail(p.key("type"), f"must be cka or one of {', '.join(TP_CRITERIA)} for a {model.type} model", params.type)
+    if params.stop_cka is not None:
+        p.fail(p.key("stop_cka"), f"does not apply to a {model.type} model (Torch-Pruning prunes by rate)")
+    if params.hook != "module":
+        p.fail(p.key("hook"), f"must be module for a {model.type} model", params.hook)
+    if "modules" in s.values:
+        s.fail(s.key("modules"), f"does not apply to a {model.type} model (every group but the classifier is pruned)")
 
 
 def _read_search(s: _Section) -> SearchConfig:
@@ -345,8 +422,8 @@ def _read_wandb(s: _Section) -> WandbConfig:
 def parse_config(raw: Any, source: Path) -> ExperimentConfig:
     """Validate a parsed JSON document; raise :class:`UserError` on the first problem."""
     top = _Section(source, "", raw)
-    model = _read_model(top.section("model"))
     data = _read_data(top.section("data"))
+    model = _read_model(top.section("model"), data.dataset)
     params = _read_params(top.section("params"))
     prune = _read_prune(top.section("prune"), model) if "prune" in top.values else None
     search = _read_search(top.section("search"))
