@@ -19,9 +19,11 @@ lowest.
   output layer is evaluated on its recorded input. Centered linear CKA ignores constant
   columns, so removing a set S of channels from the group = zeroing the columns of S in the
   concatenation: the column groups the fast engine already takes. The interaction matrix
-  M[g, h] = <K_g, K_h> with K_g summed over the output layers is the engine's own
-  (``interactions_from_activations`` on the concatenation), and the greedy pass over it is
-  ``fast_greedy_from_interactions``, step for step the literal loop (``reference_greedy``).
+  M[g, h] = <K_g, K_h>, K_g = sum over output layers of X_g X_g^T (X column-centered), is
+  the engine's (``interactions_from_activations`` on the concatenation; for conv groups
+  accumulated layer by layer with batched per-channel Grams instead of concatenating), and
+  the greedy pass over it is ``fast_greedy_from_interactions``, step for step the literal
+  loop (``reference_greedy``).
 - Removal order -> importance: the greedy runs over all n channels of the group; the channel
   removed at step t (0-based) gets importance v_t, strictly increasing in t. Any pruner that
   removes the k lowest (local pruning) therefore removes exactly the greedy's first k, and a
@@ -49,8 +51,10 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from lib.cka import center_gram
 from src.errors import UserError
-from src.pruning.greedy import fast_greedy_from_interactions, interactions_from_activations, reference_greedy
+from src.pruning.greedy import (DEFAULT_MEMORY_BYTES, choose_route, fast_greedy_from_interactions,
+                                interactions_from_activations, reference_greedy)
 
 # Torch-Pruning's pruning functions by role (public names of torch_pruning.pruner.function).
 OUTPUT_FNS = (tp.prune_conv_out_channels, tp.prune_depthwise_conv_out_channels, tp.prune_linear_out_channels)
@@ -204,6 +208,34 @@ class CKAImportance(tp.importance.Importance):
             blocks.append(self._columns(y, layer.channels))
         return torch.cat(blocks, dim=1)
 
+    def interactions(self, group: tp.Group) -> np.ndarray:
+        """The fast engine's interaction matrix M (n, n) of the group's representation.
+
+        Gram route (``choose_route``), when the n per-channel Grams (n, N, N) fit in memory:
+        K_g = sum over output layers of X_g X_g^T from batched products of each layer's
+        column-centered channels (N, P); M = F F^T, F the (n, N^2) flattened Grams
+        (U-centered for debiased). Otherwise ``interactions_from_activations`` on the
+        concatenation.
+        """
+        layers = self.output_layers(group)
+        n = len(group[0].idxs)
+        samples = len(self._recorded(layers[0]))
+        width = sum(self._recorded(l)[0, l.channels].numel() for l in layers)
+        route = choose_route(samples, width, n, self.debiased)
+        if route == "covariance" or 8 * n * samples**2 > DEFAULT_MEMORY_BYTES:
+            x, columns = self.representation(group)
+            return interactions_from_activations(x.numpy(), columns, debiased=self.debiased, route=route)
+        grams = torch.zeros(n, samples, samples, dtype=torch.float64)
+        for layer in layers:
+            y = self._recorded(layer)[:, layer.channels].double()
+            y = y.reshape(samples, len(layer.channels), -1)
+            y = (y - y.mean(dim=0)).transpose(0, 1)  # (k, N, P), centered over samples
+            grams.index_add_(0, torch.tensor(layer.positions), torch.bmm(y, y.transpose(1, 2)))
+        flat = grams.reshape(n, -1).numpy()
+        if self.debiased:
+            flat = np.stack([center_gram(k.reshape(samples, samples), unbiased=True).ravel() for k in flat])
+        return flat @ flat.T
+
     @torch.no_grad()
     def __call__(self, group: tp.Group) -> torch.Tensor:
         root = group[0].dep.target.module
@@ -216,8 +248,7 @@ class CKAImportance(tp.importance.Importance):
             self.scores[root] = GroupScore(tuple(range(n)), None)
             return torch.arange(n, dtype=torch.float64)
         if self.fast:
-            interactions = interactions_from_activations(x.numpy(), columns, debiased=self.debiased)
-            order, cka = fast_greedy_from_interactions(interactions, n)
+            order, cka = fast_greedy_from_interactions(self.interactions(group), n)
         else:
             order, cka = reference_greedy(x.numpy(), lambda removed: self.recompute(group, removed), n, n,
                                           kernel=self.kernel, debiased=self.debiased)
