@@ -74,10 +74,14 @@ def classifier(model: nn.Module) -> nn.Linear:
 def build_pruner(model: nn.Module, importance: tp.importance.Importance, ratio: float,
                  example_inputs: torch.Tensor, iterative_steps: int = 1, global_pruning: bool = False,
                  ignored_layers: list[nn.Module] | None = None) -> tp.pruner.BasePruner:
-    """Torch-Pruning's pruner for ``model``; a model it cannot trace is a one-line UserError."""
+    """Torch-Pruning's pruner for ``model``; a model it cannot trace is a one-line UserError.
+
+    Tracing follows autograd from the output back: a Conv2d/Linear layer it does not reach
+    (e.g. behind a detach or a NumPy round trip) would silently stay unpruned, so it is an error.
+    """
     try:
         with torch.enable_grad():  # the dependency graph is traced through autograd
-            return tp.pruner.BasePruner(
+            pruner = tp.pruner.BasePruner(
                 model, example_inputs, importance=importance, pruning_ratio=ratio,
                 iterative_steps=iterative_steps, global_pruning=global_pruning,
                 ignored_layers=[classifier(model)] if ignored_layers is None else ignored_layers)
@@ -85,6 +89,11 @@ def build_pruner(model: nn.Module, importance: tp.importance.Importance, ratio: 
         raise
     except Exception as err:  # the tracer fails in many ways; all mean "this model cannot be traced"
         raise UserError(f"model: Torch-Pruning cannot trace {type(model).__name__} ({brief(err)})") from err
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)) and module not in pruner.DG.module2node:
+            raise UserError(f"model: Torch-Pruning cannot trace {type(model).__name__}: layer {name} is not "
+                            "reached from the output through autograd")
+    return pruner
 
 
 def _out_channels(module: nn.Module) -> int:

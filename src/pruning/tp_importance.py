@@ -56,10 +56,10 @@ from src.errors import UserError
 from src.pruning.greedy import (DEFAULT_MEMORY_BYTES, choose_route, fast_greedy_from_interactions,
                                 interactions_from_activations, reference_greedy)
 
-# Torch-Pruning's pruning functions by role (public names of torch_pruning.pruner.function).
+# Torch-Pruning's pruning functions of Conv2d/Linear layers by role. (A normalisation layer's
+# in- and out-channel functions are one and the same, so norms are told apart by type.)
 OUTPUT_FNS = (tp.prune_conv_out_channels, tp.prune_depthwise_conv_out_channels, tp.prune_linear_out_channels)
-FOLLOWER_FNS = (tp.prune_batchnorm_out_channels,)
-CONSUMER_FNS = tuple(getattr(tp, name) for name in tp.pruner.function.__all__ if name.endswith("_in_channels"))
+CONSUMER_FNS = (tp.prune_conv_in_channels, tp.prune_depthwise_conv_in_channels, tp.prune_linear_in_channels)
 
 
 @dataclass(frozen=True)
@@ -156,8 +156,10 @@ class CKAImportance(tp.importance.Importance):
                     raise UserError(f"model: the Torch-Pruning group of {self._name(root)} maps channels of "
                                     f"{self._name(module)} to no root channel; the CKA importance cannot score it")
                 layers.append(_OutputLayer(module, idxs, [position[r] for r in item.root_idxs]))
-            elif fn in FOLLOWER_FNS or fn in CONSUMER_FNS or not _parameterised(module):
-                continue
+            elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)) or not _parameterised(module):
+                continue  # a BatchNorm of a constant column is constant; parameterless ops follow
+            elif fn in CONSUMER_FNS and isinstance(module, (nn.Conv2d, nn.Linear)):
+                continue  # the next layers' inputs
             else:
                 raise UserError(f"model: the Torch-Pruning group of {self._name(root)} contains {self._name(module)} "
                                 f"({type(module).__name__}); the CKA importance handles groups of Conv2d, Linear "
