@@ -176,3 +176,36 @@ def test_cli_exits_2_with_one_line(tmp_path, content, expected):
         assert proc.returncode == 2
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and expected in lines[0], proc.stderr
+
+
+ZOO = {
+    "model": {"type": "resnet", "depth": 20},
+    "data": {"dataset": "fashion-mnist"},
+    "prune": {"strategy": "one_shot", "params": {"type": "tp_l1", "rate": 0.5}},
+}
+
+
+def test_zoo_models_default_to_the_datasets_shape_and_prune_every_group():
+    cfg = parse_config(ZOO, Path("x.json"))
+    assert (cfg.model.type, cfg.model.depth, cfg.model.width, cfg.model.input_shape) == ("resnet", 20, 16, (1, 28, 28))
+    assert cfg.model.uses_torch_pruning and cfg.prune.modules == () and not cfg.prune.params.global_pruning
+    vgg = parse_config(edited("data.dataset", "cifar10", edited("model", {"type": "vgg"}, ZOO)), Path("x.json")).model
+    assert (vgg.depth, vgg.width, vgg.input_shape) == (16, 64, (3, 32, 32))
+    assert parse_config(edited("prune.params.global_pruning", True, ZOO), Path("x.json")).prune.params.global_pruning
+
+
+@pytest.mark.parametrize("path, value, expected, base", [
+    ("model.depth", 21, "model.depth must be 6n + 2 for n >= 1 (20, 32, 56, 110), got 21", ZOO),
+    ("model.hidden_sizes", [8], "model.hidden_sizes does not apply to a resnet model", ZOO),
+    ("model", {"type": "vgg", "depth": 12}, "model.depth must be one of 11, 13, 16, 19, got 12", ZOO),
+    ("model", {"type": "lenet5", "width": 2}, "model.width does not apply to a lenet5 model", ZOO),
+    ("model.depth", 20, "model.depth applies to the resnet and vgg models only", BASE),
+    ("prune.params.type", "l1", "prune.params.type must be cka or one of tp_l1, tp_bn, tp_taylor, tp_random for a resnet model", ZOO),
+    ("prune.params.type", "tp_bn", "prune.params.type tp_bn needs a Torch-Pruning model (model.type resnet, vgg, lenet5)", BASE),
+    ("prune.params.global_pruning", True, "prune.params.global_pruning applies to Torch-Pruning models", BASE),
+    ("prune.modules", [0], "prune.modules does not apply to a resnet model", ZOO),
+    ("prune.params", {"type": "cka", "stop_cka": 0.9}, "prune.params.stop_cka does not apply to a resnet model", ZOO),
+    ("prune.params.hook", "nonlinearity", 'prune.params.hook must be module for a resnet model, got "nonlinearity"', ZOO),
+])
+def test_zoo_config_errors_are_one_line(path, value, expected, base):
+    assert expected in error_of(edited(path, value, base))
