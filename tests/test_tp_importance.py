@@ -181,12 +181,17 @@ def test_debiased_interactions_match_the_engine_on_the_concatenation():
             np.testing.assert_allclose(importance.interactions(group), expected, rtol=1e-9, atol=1e-9 * np.abs(expected).max())
 
 
-def test_a_stale_recording_is_refused():
+def test_a_missing_or_stale_recording_is_refused():
     model = trained_like_resnet8()
     x = torch.rand(16, 1, 12, 12)
     importance = CKAImportance()
     with pytest.raises(ValueError, match="call record"):
         importance(all_groups(model, x[:1])[0])
+    importance.record(model, x)
+    physical_pass(model, "tp_l1", 0.5, x[:1], x)  # every layer's input or output shrinks
+    for group in all_groups(model, x[:1]):
+        with pytest.raises(ValueError, match="call record"):
+            importance(group)
 
 
 class GroupNormNet(nn.Module):

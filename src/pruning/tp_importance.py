@@ -108,6 +108,7 @@ class CKAImportance(tp.importance.Importance):
         self.outputs: dict[nn.Module, torch.Tensor] = {}
         self.inputs: dict[nn.Module, torch.Tensor] = {}
         self.names: dict[nn.Module, str] = {}
+        self.shapes: dict[nn.Module, tuple[int, ...]] = {}  # weight shapes when recorded
         self.scores: dict[nn.Module, GroupScore] = {}
 
     @torch.no_grad()
@@ -134,6 +135,7 @@ class CKAImportance(tp.importance.Importance):
             for handle in handles:
                 handle.remove()
             model.train(was_training)
+        self.shapes = {m: tuple(m.weight.shape) for m in layers}
         self.outputs = {m: torch.cat(v) for m, v in outputs.items() if v}
         self.inputs = {m: torch.cat(v) for m, v in inputs_seen.items() if v}
 
@@ -171,8 +173,8 @@ class CKAImportance(tp.importance.Importance):
 
     def _recorded(self, layer: _OutputLayer) -> torch.Tensor:
         y = self.outputs.get(layer.module)
-        width = layer.module.out_channels if isinstance(layer.module, nn.Conv2d) else layer.module.out_features
-        if y is None or y.shape[1] != width or (not self.fast and layer.module not in self.inputs):
+        stale = self.shapes.get(layer.module) != tuple(layer.module.weight.shape)  # pruned since recording
+        if y is None or stale or (not self.fast and layer.module not in self.inputs):
             raise ValueError(f"CKAImportance: no current recording of {self._name(layer.module)}; "
                              "call record(model, inputs) before each pruner step")
         return y
