@@ -243,9 +243,12 @@ _ZOO_KEYS = ("depth", "width", "input_shape", "output_size")
 
 
 def _read_zoo_model(s: _Section, model_type: str, dataset: str) -> ModelConfig:
-    for name in s.values:
+    defaults = json.loads(json.dumps(asdict(ModelConfig())))  # as a saved config (asdict) writes them
+    for name in list(s.values):
         if name not in _ZOO_KEYS:
-            s.fail(s.key(name), f"does not apply to a {model_type} model (it takes " + ", ".join(_ZOO_KEYS) + ")")
+            if name not in defaults or s.values[name] != defaults[name]:
+                s.fail(s.key(name), f"does not apply to a {model_type} model (it takes " + ", ".join(_ZOO_KEYS) + ")")
+            del s.values[name]
     depth, width = ZOO_DEFAULTS[model_type]
     if model_type == "lenet5":
         for name in ("depth", "width"):
@@ -291,7 +294,7 @@ def _read_model(s: _Section, dataset: str) -> ModelConfig:
     if model_type == "cnn" and not cfg.conv_channels:
         s.fail(s.key("conv_channels"), "must list at least one channel count for a cnn")
     for name in ("depth", "width"):
-        if name in s.values:
+        if s.values.pop(name, None) is not None:
             s.fail(s.key(name), "applies to the resnet and vgg models only")
     s.done()
     return cfg

@@ -1,4 +1,5 @@
 import json
+from dataclasses import asdict
 import subprocess
 import sys
 from pathlib import Path
@@ -192,6 +193,11 @@ def test_zoo_models_default_to_the_datasets_shape_and_prune_every_group():
     vgg = parse_config(edited("data.dataset", "cifar10", edited("model", {"type": "vgg"}, ZOO)), Path("x.json")).model
     assert (vgg.depth, vgg.width, vgg.input_shape) == (16, 64, (3, 32, 32))
     assert parse_config(edited("prune.params.global_pruning", True, ZOO), Path("x.json")).prune.params.global_pruning
+    # A model section written back from the dataclass (as export does) reads back the same.
+    for model in (cfg.model, parse_config(BASE, Path("x.json")).model):
+        raw = {"model": json.loads(json.dumps(asdict(model))), "data": ZOO["data"]}
+        again = parse_config(raw, Path("x.json")).model
+        assert again == model
 
 
 @pytest.mark.parametrize("path, value, expected, base", [
