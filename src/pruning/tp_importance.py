@@ -212,6 +212,11 @@ class CKAImportance(tp.importance.Importance):
             blocks.append(self._columns(y, layer.channels))
         return torch.cat(blocks, dim=1)
 
+    def _selected(self, layer: _OutputLayer) -> torch.Tensor:
+        """The layer's recorded output restricted to its channels in the group (no copy if all)."""
+        y = self._recorded(layer)
+        return y if layer.channels == list(range(y.shape[1])) else y[:, layer.channels]
+
     def interactions(self, group: tp.Group) -> np.ndarray:
         """The fast engine's interaction matrix M (n, n) of the group's representation.
 
@@ -224,36 +229,47 @@ class CKAImportance(tp.importance.Importance):
         layers = self.output_layers(group)
         n = len(group[0].idxs)
         samples = len(self._recorded(layers[0]))
-        width = sum(self._recorded(l)[0, l.channels].numel() for l in layers)
+        width = sum(len(l.channels) * self._recorded(l)[0, 0].numel() for l in layers)
         route = choose_route(samples, width, n, self.debiased)
         if route == "covariance" or 8 * n * samples**2 > DEFAULT_MEMORY_BYTES:
             x, columns = self.representation(group)
             return interactions_from_activations(x.numpy(), columns, debiased=self.debiased, route=route)
         grams = torch.zeros(n, samples, samples, dtype=torch.float64)
         for layer in layers:
-            y = self._recorded(layer)[:, layer.channels].double()
-            y = y.reshape(samples, len(layer.channels), -1)
-            y = (y - y.mean(dim=0)).transpose(0, 1)  # (k, N, P), centered over samples
-            grams.index_add_(0, torch.tensor(layer.positions), torch.bmm(y, y.transpose(1, 2)))
-        flat = grams.reshape(n, -1).numpy()
+            y = self._selected(layer)
+            k = len(layer.channels)
+            z = torch.empty(k, samples, y[0].numel() // k, dtype=torch.float64)
+            z.copy_(y.reshape(samples, k, -1).transpose(0, 1))  # (k, N, P)
+            z -= z.mean(dim=1, keepdim=True)  # centered over samples
+            if layer.positions == list(range(n)):
+                grams.baddbmm_(z, z.transpose(1, 2))
+            else:
+                grams[torch.tensor(layer.positions)] += torch.bmm(z, z.transpose(1, 2))
+        flat = grams.reshape(n, -1)
         if self.debiased:
-            flat = np.stack([center_gram(k.reshape(samples, samples), unbiased=True).ravel() for k in flat])
-        return flat @ flat.T
+            flat = torch.from_numpy(np.stack([center_gram(k.reshape(samples, samples), unbiased=True).ravel()
+                                              for k in flat.numpy()]))
+        return torch.mm(flat, flat.T).numpy()
+
+    def _varies(self, layers: list[_OutputLayer]) -> bool:
+        """Whether the group's outputs vary across the scoring samples."""
+        return any(bool((y != y[:1]).any()) for y in map(self._selected, layers))
 
     @torch.no_grad()
     def __call__(self, group: tp.Group) -> torch.Tensor:
         root = group[0].dep.target.module
-        x, columns = self.representation(group)
-        n = len(columns)
-        if any(c.size == 0 for c in columns):
+        layers = self.output_layers(group)
+        n = len(group[0].idxs)
+        if len({pos for layer in layers for pos in layer.positions}) != n:
             raise UserError(f"model: a channel of the Torch-Pruning group of {self._name(root)} appears in no "
                             "Conv2d/Linear output; the CKA importance cannot score it")
-        if not bool((x != x[:1]).any()):  # no variation: CKA undefined; rank by index
+        if not self._varies(layers):  # CKA undefined: rank by index
             self.scores[root] = GroupScore(tuple(range(n)), None)
             return torch.arange(n, dtype=torch.float64)
         if self.fast:
             order, cka = fast_greedy_from_interactions(self.interactions(group), n)
         else:
+            x, _ = self.representation(group)
             order, cka = reference_greedy(x.numpy(), lambda removed: self.recompute(group, removed), n, n,
                                           kernel=self.kernel, debiased=self.debiased)
         self.scores[root] = GroupScore(tuple(order), tuple(cka))
