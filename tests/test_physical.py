@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from src.export import count_macs
-from src.models import CifarResNet, lenet5
+from src.models import VGG, CifarResNet, lenet5
 from src.pruning.physical import physical_pass, rebuild
 from tests.test_tp_importance import RESNET8_GROUPS, trained_like_resnet8
 
@@ -60,6 +60,27 @@ def test_physical_lenet5_with_biases_computes_what_the_masked_lenet5_computes():
     coupled = {name: [name] for name in ("features.0", "features.3", "classifier.0", "classifier.2")}
     with torch.no_grad():
         torch.testing.assert_close(pruned(x), masked_copy(model, result, coupled)(x), rtol=1e-5, atol=1e-5)
+
+
+def test_physical_vgg_computes_what_the_masked_vgg_computes():
+    torch.manual_seed(0)
+    model = VGG(11, 8, (1, 12, 12), 10)
+    with torch.no_grad():
+        model.train()(X)
+    model.eval()
+    pruned = copy.deepcopy(model)
+    result = physical_pass(pruned, "cka", 0.5, X[:1], X, global_pruning=True)
+    widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert sum(len(r.removed) for r in result.groups) == sum(widths) - int(sum(widths) * 0.5)
+    masked = copy.deepcopy(model)
+    modules = dict(masked.named_modules())
+    with torch.no_grad():
+        for record in result.groups:  # features.i is a conv, features.(i+1) its BatchNorm
+            conv, norm = modules[record.root], modules[f"features.{int(record.root.split('.')[1]) + 1}"]
+            conv.weight[list(record.removed)] = 0.0
+            norm.weight[list(record.removed)] = 0.0
+            norm.bias[list(record.removed)] = 0.0
+        torch.testing.assert_close(pruned(X), masked(X), rtol=1e-5, atol=1e-5)
 
 
 def resnet8_counts(s1, b1, s2, b2, s3, b3, classes=10, size=12):
