@@ -177,6 +177,9 @@ class CKAImportance(tp.importance.Importance):
         if y is None or stale or (not self.fast and layer.module not in self.inputs):
             raise ValueError(f"CKAImportance: no current recording of {self._name(layer.module)}; "
                              "call record(model, inputs) before each pruner step")
+        if isinstance(layer.module, nn.Linear) and y.dim() != 2:
+            raise UserError(f"model: the Linear layer {self._name(layer.module)} gives outputs of shape "
+                            f"{list(y.shape)}; the CKA importance scores (N, features) outputs only")
         return y
 
     @staticmethod
@@ -196,7 +199,7 @@ class CKAImportance(tp.importance.Importance):
                 columns[pos].append(np.arange(offset + t * per_channel, offset + (t + 1) * per_channel))
             blocks.append(block)
             offset += block.shape[1]
-        return torch.cat(blocks, dim=1), [np.concatenate(c) if c else np.array([], dtype=np.int64) for c in columns]
+        return torch.cat(blocks, dim=1), [np.concatenate(c) for c in columns]
 
     def recompute(self, group: tp.Group, removed: list[int]) -> torch.Tensor:
         """X with the ``removed`` channel positions' weights really zeroed in every output layer."""
