@@ -233,3 +233,35 @@ def test_an_untraceable_model_is_one_line(model, expected):
         physical_pass(model, "cka", 0.5, x[:1], x)
     message = str(info.value)
     assert "\n" not in message and message.startswith("model: Torch-Pruning " + expected)
+
+
+class GroupedConvNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.grouped = nn.Conv2d(4, 4, 3, groups=2)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(self.grouped(self.conv(x)).mean((2, 3)))
+
+
+class SequenceNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.hidden = nn.Linear(6, 8)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc(self.hidden(x.flatten(1, 2)).mean(1))  # (N, 6 rows, 6) -> (N, 6, 8)
+
+
+@pytest.mark.parametrize("model, expected", [
+    (GroupedConvNet(), "contains the grouped convolution grouped"),
+    (SequenceNet(), "the Linear layer hidden gives outputs of shape [8, 6, 8]"),
+])
+def test_layers_the_importance_cannot_score_are_one_line(model, expected):
+    x = torch.rand(8, 1, 6, 6)
+    with pytest.raises(UserError) as info:
+        physical_pass(model, "cka", 0.5, x[:1], x)
+    assert "\n" not in str(info.value) and expected in str(info.value)
