@@ -67,6 +67,11 @@ class ModelConfig:
     depth: int | None = None
     width: int | None = None
 
+    def identity(self) -> dict[str, Any]:
+        """The model as a dict without depth and width where unused (mlp, cnn, lenet5), so model
+        files named by it before those keys existed keep their names."""
+        return {k: v for k, v in asdict(self).items() if k not in ("depth", "width") or v is not None}
+
     @property
     def uses_torch_pruning(self) -> bool:
         """Pruned physically through Torch-Pruning groups, not by masks on numbered layers."""
@@ -180,7 +185,7 @@ class ExperimentConfig:
 
     def training_identity(self) -> dict[str, Any]:
         """Everything that determines trained weights, apart from the seed."""
-        return {"model": asdict(self.model), "data": asdict(self.data), "params": asdict(self.params)}
+        return {"model": self.model.identity(), "data": asdict(self.data), "params": asdict(self.params)}
 
 
 class _Section:

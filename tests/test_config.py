@@ -193,6 +193,8 @@ def test_zoo_models_default_to_the_datasets_shape_and_prune_every_group():
     vgg = parse_config(edited("data.dataset", "cifar10", edited("model", {"type": "vgg"}, ZOO)), Path("x.json")).model
     assert (vgg.depth, vgg.width, vgg.input_shape) == (16, 64, (3, 32, 32))
     assert parse_config(edited("prune.params.global_pruning", True, ZOO), Path("x.json")).prune.params.global_pruning
+    assert {"depth", "width"} <= set(cfg.training_identity()["model"])
+    assert not {"depth", "width"} & set(parse_config(BASE, Path("x.json")).training_identity()["model"])
     # A model section written back from the dataclass (as export does) reads back the same.
     for model in (cfg.model, parse_config(BASE, Path("x.json")).model):
         raw = {"model": json.loads(json.dumps(asdict(model))), "data": ZOO["data"]}
