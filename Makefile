@@ -33,3 +33,4 @@ bench: $(INSTALLED)
 	$(PY) bench/train_speed.py
 	$(PY) bench/prune_speed.py
 	$(PY) bench/export_latency.py
+	$(PY) bench/tp_importance_speed.py
