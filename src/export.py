@@ -41,6 +41,7 @@ from src.errors import UserError, brief
 from src.io import atomic_torch_save, atomic_write_json, read_json
 from src.models import Block, Net, PrunableLayer, build_model, prunable_layers
 from src.pruning.masks import make_permanent
+from src.pruning.physical import rebuild
 from src.train import evaluate
 
 # Samples of uniform [0, 1) inputs (the range of the image data) for the built-in output check.
@@ -245,6 +246,8 @@ def load_exported(path: str | Path) -> tuple[Net, ModelConfig]:
     cfg = parse_config({"model": record["model"]}, sidecar).model
     with torch.random.fork_rng(devices=[]):
         model = build_model(cfg)
+    if "history" in record:  # pruned physically: replay the pruning on the built model
+        rebuild(model, torch.zeros(1, *cfg.input_shape), record["history"])
     try:
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     except Exception as err:  # torch raises many types for a bad file; all mean "unusable"
@@ -381,6 +384,22 @@ def _max_abs_diff(masked: Net, exported: Net, input_shape: tuple[int, ...]) -> f
     x = torch.rand(CHECK_SAMPLES, *input_shape, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         return float((_eval_copy(masked)(x) - _eval_copy(exported)(x)).abs().max())
+
+
+def export_physical(model: nn.Module, cfg: ExperimentConfig, history: list, path: Path) -> None:
+    """Save a model Torch-Pruning already made smaller, with the pruning history that rebuilds its
+    architecture from the config (:func:`load_exported`); print its size before and after."""
+    model = model.cpu().eval()
+    with torch.random.fork_rng(devices=[]):
+        original = build_model(cfg.model)
+    shape = tuple(cfg.model.input_shape)
+    sizes = {"params_before": count_parameters(original), "params_after": count_parameters(model),
+             "macs_before": count_macs(original, shape), "macs_after": count_macs(model, shape)}
+    atomic_torch_save(path, model.state_dict())
+    atomic_write_json(sidecar_path(path), {"model": asdict(cfg.model), "history": history, "export": sizes})
+    print(f"parameters: {_change(sizes['params_before'], sizes['params_after'])}")
+    print(f"MACs per sample (Linear + Conv2d): {_change(sizes['macs_before'], sizes['macs_after'])}")
+    print(f"exported model: {path}")
 
 
 def export_seed(model: Net, cfg: ExperimentConfig, test: Split, path: Path) -> None:

@@ -16,6 +16,7 @@ from src import results
 from src.artifacts import load_model, model_path
 from src.config import load_config
 from src.data import load_splits, to_unit_float
+from src.export import load_exported
 from src.pruning.scoring import scoring_indices
 from src.pruning.strategy import IdentityMismatch, checkpoint_path
 from tests.conftest import ROOT, tiny_raw
@@ -200,3 +201,31 @@ def test_rbf_kernel_at_model_level_records_the_literal_cka(write_config, run, tm
             weight[list(step.removed[:t + 1])] = 0
             pruned = torch.nn.functional.linear(inputs, weight, layer.bias).double().numpy()
             np.testing.assert_allclose(step.cka[t], cka(gram_rbf(original), gram_rbf(pruned)), rtol=1e-6)
+
+
+def test_a_resnet_is_pruned_physically_resumes_and_exports_smaller(write_config, run, tmp_path):
+    tiny_resnet = {"model": {"type": "resnet", "depth": 8, "width": 4},
+                   "params": {"lr": 0.01, "batch_size": 128, "epochs": 1, "patience": 1}}
+
+    def prune(iterations, out, *extra):
+        config = write_config("tiny", **tiny_resnet, prune={"params": {"type": "cka", "iterations": iterations,
+                                                                       "rate": 0.25, "samples": 64}})
+        assert run(main_train, config) == 0 and run(main_prune, config, *extra, out=out) == 0
+        return stored(tmp_path, out)
+
+    prune(1, "cut")
+    resumed = prune(2, "cut", "--export")  # rebuilds the pruned architecture from the checkpoint
+    whole = prune(2, "whole")
+    assert without_timings(resumed) == without_timings(whole)
+    first = {step.index: step for step in whole.iterations[0].layers}
+    assert first and all(step.engine == "fast" and len(step.cka) == len(step.removed) for step in first.values())
+    # Indices stay the trained model's: a channel is removed at most once, and counts add up.
+    for layer in whole.layers:
+        removed = [c for it in whole.iterations for step in it.layers if step.index == layer.index for c in step.removed]
+        assert len(set(removed)) == len(removed) and whole.alive()[layer.index] == layer.width - len(removed)
+    exported, model_cfg = load_exported(tmp_path / "cut/tiny/exported/seed0.pt")
+    cfg = load_config(tmp_path / "tiny.json")
+    trained = load_model(model_path(cfg, 0, tmp_path / "models"), cfg)
+    assert sum(p.numel() for p in exported.parameters()) < sum(p.numel() for p in trained.parameters())
+    state = torch.load(checkpoint_path(tmp_path / "cut/tiny", 0), weights_only=True)["state_dict"]
+    assert all(torch.equal(exported.state_dict()[k], v) for k, v in state.items())

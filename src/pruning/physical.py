@@ -96,6 +96,19 @@ def build_pruner(model: nn.Module, importance: tp.importance.Importance, ratio: 
     return pruner
 
 
+def group_roots(model: nn.Module, example_inputs: torch.Tensor) -> list[tuple[str, str, int]]:
+    """``(name, kind, channels)`` of each group's root layer a pass may prune, in the model's order.
+
+    kind: ``"conv"`` or ``"linear"``. The classifier's outputs are never pruned.
+    """
+    with torch.enable_grad():
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+    roots = {group[0].dep.target.module for group in graph.get_all_groups(
+        ignored_layers=[classifier(model)], root_module_types=[nn.Conv2d, nn.Linear])}
+    return [(name, "conv" if isinstance(module, nn.Conv2d) else "linear", _out_channels(module))
+            for name, module in model.named_modules() if module in roots]
+
+
 def _out_channels(module: nn.Module) -> int:
     return module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
 
