@@ -6,7 +6,9 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 TEST_INSTALLED := $(VENV)/.installed-test
 
-.PHONY: demo test bench
+.PHONY: demo test bench reproduce
+
+CONFIGS ?= config/demo
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +27,10 @@ demo: $(INSTALLED)
 	$(PY) main_prune.py config/demo/cka.json
 	$(PY) main_prune.py config/demo/l1.json
 	$(PY) -m src.report output/demo/cka output/demo/l1
+
+# make reproduce CONFIGS=config/ex1-fmnist: train, prune and compare every config of a folder.
+reproduce: $(INSTALLED)
+	$(PY) -m src.reproduce $(CONFIGS)
 
 test: $(TEST_INSTALLED)
 	$(PY) -m pytest -q tests

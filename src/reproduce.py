@@ -98,6 +98,7 @@ def reproduce(directory: Path, models_dir: Path, output_root: Path, device_name:
           f"{len(plan.trainings)} models to train, {plan.iterations} prune iterations to run, on {device}; "
           f"details in {log_path}")
     interactive = sys.stderr.isatty()
+    console = sys.stdout  # the steps' own output is redirected to the log
     bar = tqdm(total=plan.steps, unit="step", disable=not interactive, dynamic_ncols=True)
     started = time.perf_counter()
     step = 0
@@ -107,7 +108,7 @@ def reproduce(directory: Path, models_dir: Path, output_root: Path, device_name:
         step += 1
         bar.update(1)
         if not interactive:
-            print(f"[{step}/{plan.steps}] {what} ({time.perf_counter() - started:.0f}s)", flush=True)
+            print(f"[{step}/{plan.steps}] {what} ({time.perf_counter() - started:.0f}s)", file=console, flush=True)
 
     splits_by_data: dict[str, object] = {}
     with open(log_path, "a") as log, bar:
@@ -127,7 +128,7 @@ def reproduce(directory: Path, models_dir: Path, output_root: Path, device_name:
             for seed in cfg.seeds:
                 path = model_path(cfg, seed, models_dir)
                 if not path.exists():  # diverged: recorded by train_seed, nothing to prune
-                    print(f"{cfg.name} seed {seed}: no trained model (diverged?); see {log_path}")
+                    print(f"{cfg.name} seed {seed}: no trained model (diverged?); see {log_path}", file=console)
                     continue
                 bar.set_description(f"prune {cfg.name} seed {seed}")
 
