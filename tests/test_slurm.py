@@ -2,9 +2,9 @@
 and an end-to-end run of the real scripts and entry points on a local single-node
 cluster (scripts/ci/start-local-slurm.sh).
 
-The cluster tests need root and apt-get (Debian/Ubuntu). With CI=true they install
-Slurm if needed; elsewhere they run only when the Slurm packages are installed
-(running scripts/ci/start-local-slurm.sh once installs them) and skip otherwise.
+The cluster tests run wherever root can start the local cluster: with Slurm installed, or
+with apt-get (Debian/Ubuntu) for scripts/ci/start-local-slurm.sh to install it. Elsewhere
+they skip, saying what is missing.
 Jobs run in a temporary copy of the repository, so models/ and output/ stay clean.
 """
 
@@ -327,19 +327,44 @@ def test_under_slurm_sigterm_is_not_sent_twice(stub_repo: Path, tmp_path: Path):
 # --------------------------------------------------------------------------- local cluster
 
 
+SLURM_TOOLS = ("slurmctld", "slurmd", "sbatch", "munged")
+
+
 def cluster_skip_reason() -> str | None:
-    """Why the cluster tests cannot run here, or None."""
-    if not sys.platform.startswith("linux") or os.geteuid() != 0:
-        return "needs root on Linux to run a local Slurm cluster"
-    if shutil.which("apt-get") is None:
-        return "needs apt-get (Debian/Ubuntu) to install Slurm"
+    """Why the cluster tests cannot run here, or None.
+
+    scripts/ci/start-local-slurm.sh needs root (it starts the daemons and writes
+    /etc/slurm/slurm.conf) and installs missing packages with apt-get.
+    """
+    if not sys.platform.startswith("linux"):
+        return "needs Linux to run a local Slurm cluster"
+    if os.geteuid() != 0:
+        return "needs root: scripts/ci/start-local-slurm.sh starts munged, slurmctld and slurmd as root"
     if SLURM_CONF.exists() and CONF_MARKER not in SLURM_CONF.read_text(errors="replace"):
         return f"{SLURM_CONF} belongs to a real Slurm installation; not touching it"
-    installed = all(shutil.which(tool) for tool in ("slurmctld", "slurmd", "sbatch", "munged"))
-    if not installed and os.environ.get("CI") != "true":
-        return ("Slurm is not installed; run scripts/ci/start-local-slurm.sh once (installs it) "
-                "or set CI=true to let this test install it")
+    missing = [tool for tool in SLURM_TOOLS if shutil.which(tool) is None]
+    if missing and shutil.which("apt-get") is None:
+        return f"Slurm is not installed ({', '.join(missing)} not on PATH) and there is no apt-get to install it"
     return None
+
+
+@pytest.mark.parametrize("root, on_path, conf, expected", [
+    (False, {"apt-get", *SLURM_TOOLS}, None, "needs root"),
+    (True, {"apt-get"}, "slurm.conf of a real cluster", "belongs to a real Slurm installation"),
+    (True, set(SLURM_TOOLS), None, None),
+    (True, {"apt-get"}, None, None),
+    (True, {"apt-get"}, CONF_MARKER, None),
+    (True, {"sbatch"}, None, "slurmctld, slurmd, munged not on PATH) and there is no apt-get"),
+])
+def test_cluster_tests_run_wherever_root_can_start_a_cluster(monkeypatch, tmp_path, root, on_path, conf, expected):
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(os, "geteuid", lambda: 0 if root else 1000)
+    monkeypatch.setattr(shutil, "which", lambda tool: f"/usr/bin/{tool}" if tool in on_path else None)
+    monkeypatch.setattr(sys.modules[__name__], "SLURM_CONF", tmp_path / "slurm.conf")
+    if conf is not None:
+        (tmp_path / "slurm.conf").write_text(conf + "\n")
+    reason = cluster_skip_reason()
+    assert reason is None if expected is None else expected in reason
 
 
 def recorded_daemons_alive() -> bool:
