@@ -381,18 +381,15 @@ def recorded_daemons_alive() -> bool:
 
 
 @contextmanager
-def exclusive_cluster(timeout: float = 900) -> Iterator[None]:
+def exclusive_cluster() -> Iterator[None]:
     """Hold a lock so that concurrent test runs on this machine take turns with the one
-    cluster (a run that restarts it would reset the job ids another run is waiting for)."""
+    cluster (a run that restarts it would reset the job ids another run is waiting for).
+
+    Waits for as long as another run holds it, without a clock: that run's own job timeouts
+    bound its hold, and the lock goes when its process ends, however it ends.
+    """
     with open(f"{LOCAL_SLURM_DIR}.lock", "a") as handle:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                assert time.monotonic() < deadline, f"another test run held {handle.name} for {timeout:.0f} s"
-                time.sleep(1)
+        fcntl.flock(handle, fcntl.LOCK_EX)
         yield
 
 
