@@ -50,9 +50,10 @@ def venv_env(base: dict[str, str]) -> dict[str, str]:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """The environment without Slurm's job variables (pytest may itself run in a job)."""
+    """The environment without Slurm's job variables (pytest may itself run in a job) and
+    without the caller's settings that the wrappers honour."""
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("SLURM_", "SBATCH_")) and k not in ("REPO", "VENV")}
+           if not k.startswith(("SLURM_", "SBATCH_")) and k not in ("REPO", "VENV", "OMP_NUM_THREADS")}
     return venv_env({**env, **extra})
 
 
