@@ -44,7 +44,7 @@ DOCS_SOURCES := config data lib src main_search.py main_train.py main_prune.py r
 docs: $(INSTALLED)
 	rm -rf $(DOCS_RUN)
 	mkdir -p $(DOCS_RUN)
-	$(foreach name,$(DOCS_SOURCES),ln -s $(CURDIR)/$(name) $(DOCS_RUN)/$(name) &&) true
+	ln -s $(addprefix $(CURDIR)/,$(DOCS_SOURCES)) $(DOCS_RUN)/
 	$(MAKE) -C $(DOCS_RUN) demo VENV=$(abspath $(VENV))
 	cp $(DOCS_RUN)/output/report/demo-cka_vs_demo-l1/accuracy.png docs/demo-accuracy.png
 	cd $(DOCS_RUN) && $(abspath $(PY)) main_search.py config/demo/cka.json > $(CURDIR)/docs/demo-search.txt
