@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from tabulate import tabulate
 from torch import nn
 
 from src.artifacts import sidecar_path
@@ -257,15 +258,17 @@ def load_exported(path: str | Path) -> tuple[Net, ModelConfig]:
 
 def format_report(report: ExportReport) -> str:
     """A few lines for a terminal: widths per layer, parameters, MACs, latency, exactness."""
-    lines = [f"{'layer':<6}{'name':<18}{'kind':<8}{'width':>7}  ->{'kept':>6}  fold"]
-    for r in report.layers:
-        note = f"  ({r.note})" if r.note else ""
-        lines.append(f"{r.index:<6}{r.name:<18}{r.kind:<8}{r.width_before:>7}  ->{r.width_after:>6}  {r.fold}{note}")
-    lines.append(f"parameters: {_change(report.params_before, report.params_after)}")
-    lines.append(f"MACs per sample (Linear + Conv2d): {_change(report.macs_before, report.macs_after)}")
-    for t in report.latency:
-        lines.append(f"CPU latency, batch {t.batch_size} ({t.threads} threads, median of {t.repeats}): "
-                     f"{t.before_ms:.3f} ms -> {t.after_ms:.3f} ms (speedup {t.before_ms / t.after_ms:.2f}x)")
+    layers = [[r.index, r.name, r.kind, r.width_before, r.width_after, f"{r.fold} ({r.note})" if r.note else r.fold]
+              for r in report.layers]
+    lines = [tabulate(layers, headers=["layer", "name", "kind", "width", "kept", "fold"]),
+             f"parameters: {_change(report.params_before, report.params_after)}",
+             f"MACs per sample (Linear + Conv2d): {_change(report.macs_before, report.macs_after)}"]
+    if report.latency:
+        timings = [[t.batch_size, t.threads, t.repeats, t.before_ms, t.after_ms, t.before_ms / t.after_ms]
+                   for t in report.latency]
+        lines += ["CPU latency, median forward pass:",
+                  tabulate(timings, headers=["batch", "threads", "repeats", "before ms", "after ms", "speedup"],
+                           floatfmt=("", "", "", ".3f", ".3f", ".2f"))]
     verdict = "exact" if report.exact else "NOT exact (zero padding at borders)"
     lines.append(f"outputs: {verdict}; max |difference| on {CHECK_SAMPLES} random inputs {report.max_abs_diff:.2e}")
     lines.extend(f"warning: {w}" for w in report.warnings)
