@@ -38,3 +38,15 @@ def mnist5k():
     from src.config import DataConfig
     from src.data import load_splits
     return load_splits(DataConfig(dataset="mnist-5k"))
+
+
+def untimed(obj):
+    """``obj`` (JSON-like: dicts, lists) without its wall times (keys containing "seconds"), which no two
+    runs share; a result record is compared as the JSON its file holds."""
+    if hasattr(obj, "to_dict"):
+        obj = json.loads(json.dumps(obj.to_dict()))
+    if isinstance(obj, dict):
+        return {k: untimed(v) for k, v in obj.items() if "seconds" not in k}
+    if isinstance(obj, list):
+        return [untimed(v) for v in obj]
+    return obj

@@ -23,7 +23,7 @@ from src.pruning.masks import add_masks, alive_neurons, neurons_zeroed, remove_n
 from src.pruning.scoring import record_layers
 from src.pruning.strategy import prune_pass
 from src.train import fit
-from tests.conftest import ROOT
+from tests.conftest import ROOT, untimed
 
 CPU = torch.device("cpu")
 
@@ -172,14 +172,6 @@ def test_masks_survive_retraining(trained_mlp, mnist5k):
         assert layer.weight_orig.grad is None or torch.all(layer.weight_orig.grad[removed] == 0)
 
 
-def _strip_timings(obj):
-    if isinstance(obj, dict):
-        return {k: _strip_timings(v) for k, v in obj.items() if "seconds" not in k}
-    if isinstance(obj, list):
-        return [_strip_timings(v) for v in obj]
-    return obj
-
-
 def test_an_interrupted_run_resumes_to_the_same_results(write_config, tmp_path):
     config = write_config(prune={"strategy": "iterative", "params": {"type": "cka", "iterations": 3, "rate": 0.25}})
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -205,13 +197,13 @@ def test_an_interrupted_run_resumes_to_the_same_results(write_config, tmp_path):
     assert resumed.returncode == 0 and "resuming after iteration 1 of 3" in resumed.stdout
     a, b = (json.loads((tmp_path / d / "tiny/0.json").read_text()) for d in ("whole", "cut"))
     assert b["complete"] and len(b["iterations"]) == 3
-    assert _strip_timings(a) == _strip_timings({**b, "model_file": a["model_file"]})
+    assert untimed(a) == untimed({**b, "model_file": a["model_file"]})
     again = subprocess.run(cli("main_prune.py", tmp_path / "cut", "--export"), capture_output=True, text=True, cwd=tmp_path)
     assert again.returncode == 0 and "seed 0: already pruned (3 iterations), skipping" in again.stdout
     exported, small_cfg = load_exported(tmp_path / "cut/tiny/exported/seed0.pt")
     alive = [layer["alive_after"] for layer in b["iterations"][-1]["layers"]]
     assert list(small_cfg.hidden_sizes) == alive and "exported model:" in again.stdout
-    assert _strip_timings(json.loads((tmp_path / "cut/tiny/0.json").read_text())) == _strip_timings(b)
+    assert untimed(json.loads((tmp_path / "cut/tiny/0.json").read_text())) == untimed(b)
 
 
 def test_missing_model_is_skipped_with_a_message(write_config, tmp_path):

@@ -1,7 +1,6 @@
 """Retraining on the smaller network: exact hand-over in both directions, resumable."""
 
 import copy
-import json
 
 import pytest
 import torch
@@ -15,7 +14,7 @@ from src.models import build_model, prunable_layers
 from src.pruning.masks import add_masks, remove_neurons
 from src.pruning.shrink import carry_back, shrunk
 from src.train import fit
-from tests.conftest import tiny_raw
+from tests.conftest import tiny_raw, untimed
 
 CPU = torch.device("cpu")
 CNN = {"type": "cnn", "conv_channels": [6, 8], "kernel_size": 3, "fc_sizes": [12], "batch_norm": True}
@@ -86,16 +85,8 @@ def test_a_resumed_shrunk_run_equals_an_uninterrupted_one(write_config, tmp_path
         assert main_train.main(common) == 0 and main_prune.main(common + ["--output-dir", str(tmp_path / out)]) == 0
         return results.load(tmp_path / out / "tiny" / "0.json")
 
-    def comparable(result):
-        raw = json.loads(json.dumps(result.to_dict()))
-        for it in raw["iterations"]:
-            it.pop("seconds_scoring"), it.pop("seconds_retraining"), it["retrain"].pop("seconds")
-            for step in it["layers"]:
-                step.pop("seconds")
-        return raw
-
     prune(2, "cut")
     resumed = prune(3, "cut")  # continues from iteration 2's checkpoint
     whole = prune(3, "whole")
-    assert comparable(resumed) == comparable(whole)
+    assert untimed(resumed) == untimed(whole)
     assert [step.alive_after for step in whole.iterations[-1].layers] == [17, 10]  # 48 -> 34 -> 24 -> 17

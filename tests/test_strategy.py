@@ -19,7 +19,7 @@ from src.data import load_splits, to_unit_float
 from src.export import load_exported
 from src.pruning.scoring import scoring_indices
 from src.pruning.strategy import IdentityMismatch, checkpoint_path
-from tests.conftest import ROOT, tiny_raw
+from tests.conftest import ROOT, tiny_raw, untimed
 
 
 def edit(config, **sections):
@@ -47,16 +47,6 @@ def run(tmp_path):
 
 def stored(tmp_path, out="output", seed=0):
     return results.load(tmp_path / out / "tiny" / f"{seed}.json")
-
-
-def without_timings(result):
-    def strip(obj):
-        if isinstance(obj, dict):
-            return {k: strip(v) for k, v in obj.items() if "seconds" not in k}
-        if isinstance(obj, list):
-            return [strip(v) for v in obj]
-        return obj
-    return strip(json.loads(json.dumps(result.to_dict())))
 
 
 def test_editing_the_config_and_rerunning_never_mixes_runs(write_config, run, tmp_path):
@@ -125,7 +115,7 @@ def test_raising_iterations_extends_a_finished_run(write_config, run, tmp_path, 
     assert three.planned_iterations == 3 and three.complete and len(three.iterations) == 3
     assert three.iterations[:2] == two.iterations and three.run == two.run
     assert run(main_prune, config, out="whole") == 0  # three iterations without stopping
-    assert without_timings(stored(tmp_path, "whole")) == without_timings(three)
+    assert untimed(stored(tmp_path, "whole")) == untimed(three)
 
 
 @pytest.mark.parametrize("damage", ["missing", "truncated", "behind"])
@@ -216,7 +206,7 @@ def test_a_resnet_is_pruned_physically_resumes_and_exports_smaller(write_config,
     prune(1, "cut")
     resumed = prune(2, "cut", "--export")  # rebuilds the pruned architecture from the checkpoint
     whole = prune(2, "whole")
-    assert without_timings(resumed) == without_timings(whole)
+    assert untimed(resumed) == untimed(whole)
     first = {step.index: step for step in whole.iterations[0].layers}
     assert first and all(step.engine == "fast" and len(step.cka) == len(step.removed) for step in first.values())
     # Indices stay the trained model's: a channel is removed at most once, and counts add up.

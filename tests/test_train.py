@@ -17,7 +17,7 @@ from src.artifacts import ModelFileError, load_model, model_path
 from src.config import TrainParams, load_config
 from src.models import build_model
 from src.train import evaluate, fit, train_seed
-from tests.conftest import ROOT
+from tests.conftest import ROOT, untimed
 
 
 def test_training_lowers_the_loss(mnist5k, write_config):
@@ -289,8 +289,3 @@ def test_a_model_file_with_objects_is_refused_without_relaying_torchs_advice(mni
     train_seed(cfg, 0, mnist5k, torch.device("cpu"), tmp_path)
     assert "not a valid model file" in capsys.readouterr().out
     load_model(path, cfg)  # retrained
-
-
-def untimed(history: list[dict]) -> list[dict]:
-    """Epoch rows without their wall time, which no two runs share."""
-    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
