@@ -11,6 +11,11 @@ run killed between the two writes) is repaired from the checkpoint on the next r
 random choice of an iteration derives from (seed, iteration), so a run resumed from a
 checkpoint gives the same result as one that never stopped.
 
+Models of the zoo (ResNet, VGG, LeNet-5) go through Torch-Pruning instead: a pass removes
+every group's channels physically (:func:`physical_prune_pass`), results number channels as
+in the trained model, and the checkpoint keeps the pruning history, from which a resumed run
+rebuilds the pruned architecture.
+
 A rerun continues only the same run (:func:`src.results.run_identity`): a result of another
 run under the same experiment name is never appended to (:class:`IdentityMismatch`).
 Raising ``iterations`` extends a finished run from its last checkpoint.
