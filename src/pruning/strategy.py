@@ -2,7 +2,9 @@
 
 An iteration is: score and prune every layer of ``prune.modules`` (one pass; the layers'
 original activations are recorded once, at the start of the pass) -> evaluate -> retrain
-(Adam at ``params.lr`` with early stopping) -> evaluate.
+(the training recipe, with early stopping) -> evaluate. With ``retrain`` "rewind" the
+surviving weights are first reset to those after epoch ``rewind_epoch`` of the original
+training (Frankle et al. 2020), masks kept; "finetune" retrains the pruned weights as they are.
 
 After every iteration a checkpoint (masked weights + the result so far) is written, then
 the result JSON (:mod:`src.results`), both atomically; a JSON left behind its checkpoint (a
@@ -26,13 +28,14 @@ import torch
 from tabulate import tabulate
 
 from src import results
+from src.artifacts import load_rewind_state
 from src.config import ExperimentConfig
 from src.data import Splits
 from src.errors import UserError, brief
 from src.io import atomic_torch_save
 from src.models import Net, prunable_layers
 from src.pruning.criteria import select, select_global
-from src.pruning.masks import add_masks, alive_neurons, load_masked_state, remove_neurons
+from src.pruning.masks import add_masks, alive_neurons, load_masked_state, load_unmasked_state, remove_neurons
 from src.pruning.scoring import record_layers
 from src.pruning.shrink import carry_back, shrunk
 from src.results import IterationRecord, LayerInfo, LayerStep, RetrainSummary, RunIdentity, SeedResult
@@ -239,6 +242,8 @@ def prune_seed(model: Net, cfg: ExperimentConfig, seed: int, splits: Splits, dev
         verb = "extending" if result.complete else "resuming"
         print(f"seed {seed}: {verb} after iteration {done} of {planned}")
     result = replace(result, planned_iterations=planned)
+    rewind_to = (load_rewind_state(model_file, prune.params.rewind_epoch)
+                 if prune.params.retrain == "rewind" else None)
     for iteration in range(done + 1, planned + 1):
         label = f"seed {seed} iteration {iteration}/{planned}"
         start = time.perf_counter()
@@ -249,6 +254,8 @@ def prune_seed(model: Net, cfg: ExperimentConfig, seed: int, splits: Splits, dev
         print(f"{label}: pruned to {alive} in {scoring:.2f}s; test acc {after_prune['test_acc']:.4f}")
         record = IterationRecord(iteration=iteration, layers=tuple(layers), after_prune=after_prune,
                                  seconds_scoring=scoring)
+        if rewind_to is not None:
+            load_unmasked_state(model, rewind_to, prune.modules)
         if prune.params.retrain:
             fitted = retrain(model, cfg, splits, seed=seed * 1000 + iteration, device=device, on_epoch=on_epoch,
                              label=label)
