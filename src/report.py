@@ -339,8 +339,11 @@ def significance_sentences(gaps: Sequence[GapRow]) -> list[str]:
                 found = f"the {CONFIDENCE:.0%} CI of the mean gap includes 0 at every iteration: no significant difference"
             n = max(t.n for _, t in tested)
             if smallest_wilcoxon_p(n) >= 0.05:
-                wilcoxon = (f"with n = {n} paired seeds the Wilcoxon test cannot reach p < 0.05 (its smallest p is "
-                            f"{smallest_wilcoxon_p(n):.3g}), so its p is reported but n is too small for it")
+                # A bootstrap over so few seeds is little more than their range and covers far
+                # less than 95 %; the exact test says plainly that n is too small.
+                wilcoxon = (f"but with n = {n} paired seeds the bootstrap interval falls well short of "
+                            f"{CONFIDENCE:.0%} coverage and the Wilcoxon test cannot reach p < 0.05 (its smallest "
+                            f"p is {smallest_wilcoxon_p(n):.3g}): n is too small to call any difference significant")
             else:
                 low_p = [i for i, t in tested if t.p < 0.05]
                 wilcoxon = f"Wilcoxon p < 0.05 at {_iterations(low_p) if low_p else 'no iteration'}"
@@ -900,6 +903,38 @@ def plot_overlap(report: Report, path: Path, formats: Sequence[str] = ("png",)) 
         return _save_with_legend(fig, axes.values(), path, formats)
 
 
+def _heatmap_title(index: int, width: int, alive: int, last: bool) -> str:
+    kept = f"{alive} of {width}" if alive != width else f"{width}"
+    return f"output ({width})" if last else f"layer {index + 1} ({kept})"
+
+
+def plot_heatmaps(heatmaps: Sequence[Any], path: Path, formats: Sequence[str] = ("png",)) -> list[Path]:
+    """One panel per run (:class:`src.heatmap.Heatmap`): rows the trained network's layers, columns the pruned one's."""
+    from matplotlib import rc_context
+    from matplotlib.figure import Figure
+
+    size = len(heatmaps[0].widths)
+    with rc_context({**_style(), "axes.grid": False}):
+        fig = Figure(figsize=(0.6 + (1.2 + 0.55 * size) * len(heatmaps), 1.4 + 0.55 * size), layout="constrained")
+        axes = fig.subplots(1, len(heatmaps), squeeze=False)[0]
+        for ax, heat in zip(axes, heatmaps):
+            image = ax.imshow(heat.matrix, vmin=0, vmax=1, cmap="viridis")
+            last = len(heat.widths) - 1
+            ax.set_yticks(range(size), [_heatmap_title(i, w, w, i == last) for i, w in enumerate(heat.widths)])
+            ax.set_xticks(range(size), [_heatmap_title(i, w, a, i == last) for i, (w, a) in
+                                        enumerate(zip(heat.widths, heat.alive))], rotation=45, ha="right")
+            if size <= 8:  # small enough to read every value
+                for (i, j), value in np.ndenumerate(heat.matrix):
+                    ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8,
+                            color="black" if value > 0.6 else "white")
+            ax.set_title(f"{heat.label}, seed {heat.seed}: after iteration {heat.iteration}")
+            ax.set_xlabel("pruned network")
+        axes[0].set_ylabel("trained network")
+        fig.colorbar(image, ax=list(axes), label="linear CKA", shrink=0.9)
+        fig.suptitle("CKA between the layers of the trained and the pruned network")
+        return _save(fig, path, formats)
+
+
 # ---------------------------------------------------------------------------------------------
 # Writing and the command
 
@@ -949,6 +984,34 @@ def write_outputs(report: Report, out_dir: Path, formats: Sequence[str] = ("png"
     return ReportPaths(out_dir, markdown, accuracy[0], tuple(csvs), tuple(figures))
 
 
+def heatmap_figure(report: Report, seed: int, samples: int, config_root: Path, out_dir: Path,
+                   formats: Sequence[str]) -> list[Path]:
+    """``cka_heatmap_seed<S>``: every run's trained vs final pruned network of ``seed`` (:mod:`src.heatmap`).
+
+    The models are built from each experiment's ``<config_root>/<experiment>.json`` and fed the
+    first ``samples`` validation samples of its dataset.
+    """
+    from src.heatmap import seed_heatmap  # torch: only when a heatmap is asked for
+    from src.train import load_experiment_data, select_device
+
+    if samples < 2:
+        raise UserError(f"--heatmap-samples {samples}: CKA needs at least 2 samples")
+    device = select_device()
+    heatmaps = []
+    for exp in report.experiments:
+        path = config_root / f"{exp.name}.json"
+        if not path.is_file():
+            raise UserError(f"{path}: not found; --heatmap builds {exp.directory}'s models from its config "
+                            "(give the folder that holds it with --config-root)")
+        result = next((s for s in exp.seeds if s.seed == seed), None)
+        if result is None:
+            raise UserError(f"--heatmap {seed}: {exp.directory} has no result for seed {seed}")
+        cfg = load_config(path)
+        val = load_experiment_data(cfg, device).val
+        heatmaps.append(seed_heatmap(cfg, result, exp.directory, exp.label, val, samples, device))
+    return plot_heatmaps(heatmaps, out_dir / f"cka_heatmap_seed{seed}", formats)
+
+
 def write_report(result_dirs: Sequence[Path], out_dir: Path | None = None,
                  config_root: Path | None = DEFAULT_CONFIG_ROOT) -> ReportPaths:
     """Load ``result_dirs``, aggregate, and write the report (``out_dir`` None: see default_out_dir)."""
@@ -969,10 +1032,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="where to find <experiment>.json for the list of planned seeds (default: config/)")
     parser.add_argument("--format", default="png", metavar="FORMATS",
                         help="figure formats, comma-separated: png, pdf, svg (default: png)")
+    parser.add_argument("--heatmap", type=int, metavar="SEED",
+                        help="also draw the CKA between every layer of SEED's trained network and of its final "
+                             "pruned network, for each folder (needs the models and config/<experiment>.json)")
+    parser.add_argument("--heatmap-samples", type=int, default=1000, metavar="N",
+                        help="the heatmap's samples: the first N of the validation split (default: 1000)")
     args = parser.parse_args(argv)
     formats = parse_formats(args.format)
     report = build_report(args.result_dirs, args.config_root)
-    paths = write_outputs(report, args.out if args.out is not None else default_out_dir(report), formats)
+    out_dir = args.out if args.out is not None else default_out_dir(report)
+    extra = ([] if args.heatmap is None else
+             heatmap_figure(report, args.heatmap, args.heatmap_samples, args.config_root, out_dir, formats))
+    paths = write_outputs(report, out_dir, formats, extra)
     print(report_text(report))
     print(f"report: {paths.markdown}")
     print(f"figure: {paths.accuracy_figure}")

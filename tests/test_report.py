@@ -329,7 +329,10 @@ def test_with_few_seeds_the_report_says_the_test_cannot_reach_significance(tmp_p
     report = build_report(list(seeds_with_gaps(tmp_path, [0.02, 0.03, 0.01])), config_root=None)
     from src.report import gap_table
     notes = "\n".join(gap_table(report).notes)
-    assert "with n = 3 paired seeds the Wilcoxon test cannot reach p < 0.05 (its smallest p is 0.25)" in notes
+    assert ("cka - l1, after retraining: the 95% CI of the mean gap excludes 0 (cka is ahead at iteration 1) and "
+            "includes 0 at iteration 0; but with n = 3 paired seeds the bootstrap interval falls well short of 95% "
+            "coverage and the Wilcoxon test cannot reach p < 0.05 (its smallest p is 0.25): n is too small to call "
+            "any difference significant.") in notes
     assert next(g for g in report.gaps if g.iteration == 1).test_retrain.p == pytest.approx(0.25)
 
 
