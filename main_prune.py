@@ -6,8 +6,8 @@ from src import results
 from src.artifacts import ModelFileError, load_model, model_path, output_dir
 from src.cli import add_seed_options, apply_threads, base_parser, require_writable_dir, run, selected_seeds
 from src.config import load_config
-from src.export import export_seed
-from src.pruning.strategy import discard_other_runs, prune_seed, summary_table
+from src.export import export_physical, export_seed
+from src.pruning.strategy import discard_other_runs, prune_seed, pruning_history, summary_table
 from src.report import write_report
 from src.tracking import resolve_mode, wandb_run
 from src.train import load_experiment_data, select_device
@@ -37,8 +37,8 @@ def main(argv=None) -> int:
     splits = load_experiment_data(cfg, device)
     p = prune.params
     budget = f"rate {p.rate}" if p.rate is not None else f"stop_cka {p.stop_cka}"
-    print(f"{cfg.name}: {prune.strategy} {p.type} pruning of layers {list(prune.modules)}, "
-          f"{p.iterations} x {budget}, on {device}")
+    where = "every Torch-Pruning group" if cfg.model.uses_torch_pruning else f"layers {list(prune.modules)}"
+    print(f"{cfg.name}: {prune.strategy} {p.type} pruning of {where}, {p.iterations} x {budget}, on {device}")
     if p.type == "cka" and p.engine == "fast" and p.kernel == "rbf":
         print("note: the fast engine computes linear CKA only; kernel rbf runs the reference engine")
     mode = resolve_mode(cfg, args.wandb)
@@ -55,7 +55,11 @@ def main(argv=None) -> int:
         with wandb_run(cfg, mode, job_type="prune", name=f"{cfg.name}-seed{seed}", config=cfg.raw) as log:
             done.append(prune_seed(model, cfg, seed, splits, device, path, out_dir, on_epoch=log))
         if args.export:
-            export_seed(model, cfg, splits.test, out_dir / "exported" / f"seed{seed}.pt")
+            path = out_dir / "exported" / f"seed{seed}.pt"
+            if cfg.model.uses_torch_pruning:
+                export_physical(model, cfg, pruning_history(out_dir, seed), path)
+            else:
+                export_seed(model, cfg, splits.test, path)
     if not done:
         print("nothing was pruned")
         return 1

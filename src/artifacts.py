@@ -25,9 +25,14 @@ def model_family(cfg: ExperimentConfig) -> str:
     identity = json.dumps(cfg.training_identity(), sort_keys=True)
     digest = hashlib.sha256(identity.encode()).hexdigest()[:10]
     m = cfg.model
-    widths = m.hidden_sizes if m.type == "mlp" else (*m.conv_channels, *m.fc_sizes)
-    arch = "-".join(str(w) for w in widths)
-    return f"{m.type}-{arch}_{cfg.data.dataset}_{digest}"
+    if m.type == "mlp":
+        arch = "-".join(str(w) for w in m.hidden_sizes)
+    elif m.type == "cnn":
+        arch = "-".join(str(w) for w in (*m.conv_channels, *m.fc_sizes))
+    else:  # the zoo: depth x width (ResNet, VGG); LeNet-5 has neither
+        arch = "x".join(str(v) for v in (m.depth, m.width) if v is not None)
+    name = f"{m.type}-{arch}" if arch else m.type
+    return f"{name}_{cfg.data.dataset}_{digest}"
 
 
 def model_stem(cfg: ExperimentConfig, seed: int) -> str:

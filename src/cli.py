@@ -36,13 +36,18 @@ def _thread_count(text: str) -> int:
 def base_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("config", help="JSON experiment config, e.g. config/demo/cka.json")
-    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    add_device_options(parser)
     parser.add_argument("--wandb", choices=("disabled", "offline", "online"),
                         help="W&B run logging mode (default: the config's wandb.mode, else disabled)")
+    return parser
+
+
+def add_device_options(parser: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--threads``: where the work runs."""
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--threads", type=_thread_count, metavar="N",
                         help="CPU threads for PyTorch's operations (default: $OMP_NUM_THREADS if set, else "
                              "$SLURM_CPUS_PER_TASK under Slurm, else the CPUs this process may use)")
-    return parser
 
 
 def apply_threads(threads: int | None) -> int:

@@ -18,6 +18,12 @@ from src.errors import UserError
 
 DATASETS = ("mnist", "fashion-mnist", "cifar10", "mnist-5k")
 MODEL_TYPES = ("mlp", "cnn")
+# Architectures pruned physically through Torch-Pruning (src.models' zoo).
+ZOO_TYPES = ("resnet", "vgg", "lenet5")
+ZOO_DEFAULTS = {"resnet": (20, 16), "vgg": (16, 64), "lenet5": (None, None)}  # (depth, width)
+VGG_DEPTHS = (11, 13, 16, 19)
+# Image shape (C, H, W) of each dataset: the zoo models' default input_shape.
+DATASET_SHAPES = {"mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "cifar10": (3, 32, 32), "mnist-5k": (1, 28, 28)}
 STRATEGIES = ("one_shot", "iterative")
 CRITERIA = ("cka", "l1", "l2", "random")
 # Baselines scored from the layer's post-ReLU outputs (taylor: and their gradients).
@@ -25,6 +31,8 @@ ACTIVATION_CRITERIA = ("apoz", "mean_activation", "taylor")
 GREEDY_VARIANTS = ("conditional", "independent")
 TARGETS = ("layer", "next", "logits")
 ALLOCATIONS = ("uniform", "global")
+# Torch-Pruning's own importances, for the zoo models (src.pruning.tp_importance).
+TP_CRITERIA = ("tp_l1", "tp_bn", "tp_taylor", "tp_random")
 ENGINES = ("fast", "reference")
 KERNELS = ("linear", "rbf")
 HOOKS = ("module", "nonlinearity")
@@ -54,7 +62,11 @@ SEARCHABLE = {
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """``mlp``: Linear-ReLU-Dropout per hidden layer. ``cnn``: conv blocks then an MLP head."""
+    """``mlp``: Linear-ReLU-Dropout per hidden layer. ``cnn``: conv blocks then an MLP head.
+
+    ``resnet``, ``vgg``, ``lenet5`` (``ZOO_TYPES``): src.models' zoo, sized by ``depth`` and
+    ``width`` (None for lenet5), taking ``input_shape`` and ``output_size``.
+    """
 
     type: str = "mlp"
     input_size: int = 784
@@ -68,11 +80,25 @@ class ModelConfig:
     pool_every: int = 1
     fc_sizes: tuple[int, ...] = ()
     batch_norm: bool = False
+    depth: int | None = None
+    width: int | None = None
+
+    def identity(self) -> dict[str, Any]:
+        """The model as a dict without depth and width where unused (mlp, cnn, lenet5), so model
+        files named by it before those keys existed keep their names."""
+        return {k: v for k, v in asdict(self).items() if k not in ("depth", "width") or v is not None}
+
+    @property
+    def uses_torch_pruning(self) -> bool:
+        """Pruned physically through Torch-Pruning groups, not by masks on numbered layers."""
+        return self.type in ZOO_TYPES
 
     @property
     def num_prunable(self) -> int:
         if self.type == "mlp":
             return len(self.hidden_sizes)
+        if self.uses_torch_pruning:
+            return 0
         return len(self.conv_channels) + len(self.fc_sizes)
 
 
@@ -213,7 +239,7 @@ class ExperimentConfig:
 
     def training_identity(self) -> dict[str, Any]:
         """Everything that determines trained weights, apart from the seed."""
-        return {"model": asdict(self.model), "data": self.data.identity(), "params": self.params.identity()}
+        return {"model": self.model.identity(), "data": self.data.identity(), "params": self.params.identity()}
 
 
 class _Section:
@@ -277,9 +303,43 @@ def _in_open_unit(v: Any) -> bool:
     return _is_number(v) and 0 < v < 1
 
 
-def _read_model(s: _Section) -> ModelConfig:
+_ZOO_KEYS = ("depth", "width", "input_shape", "output_size")
+
+
+def _read_zoo_model(s: _Section, model_type: str, dataset: str) -> ModelConfig:
+    defaults = json.loads(json.dumps(asdict(ModelConfig())))  # as a saved config (asdict) writes them
+    for name in list(s.values):
+        if name not in _ZOO_KEYS:
+            if name not in defaults or s.values[name] != defaults[name]:
+                s.fail(s.key(name), f"does not apply to a {model_type} model (it takes " + ", ".join(_ZOO_KEYS) + ")")
+            del s.values[name]
+    depth, width = ZOO_DEFAULTS[model_type]
+    if model_type == "lenet5":
+        for name in ("depth", "width"):
+            if name in s.values:
+                s.fail(s.key(name), "does not apply to a lenet5 model")
+    elif model_type == "resnet":
+        depth = s.get("depth", depth, lambda v: _is_int(v) and v >= 8 and (v - 2) % 6 == 0,
+                      "must be 6n + 2 for n >= 1 (20, 32, 56, 110)")
+    else:
+        depth = s.get("depth", depth, lambda v: v in VGG_DEPTHS, "must be one of " + ", ".join(map(str, VGG_DEPTHS)))
+    if model_type != "lenet5":
+        width = s.get("width", width, _positive_int, "must be a positive integer")
+    cfg = ModelConfig(
+        type=model_type, depth=depth, width=width,
+        input_shape=tuple(s.get("input_shape", list(DATASET_SHAPES[dataset]), lambda v: _int_list(v) and len(v) == 3,
+                                "must be [channels, height, width]")),
+        output_size=s.get("output_size", ModelConfig.output_size, lambda v: _is_int(v) and v >= 2, "must be an integer >= 2"),
+    )
+    s.done()
+    return cfg
+
+
+def _read_model(s: _Section, dataset: str) -> ModelConfig:
     d = ModelConfig()
-    model_type = s.choice("type", d.type, MODEL_TYPES)
+    model_type = s.choice("type", d.type, MODEL_TYPES + ZOO_TYPES)
+    if model_type in ZOO_TYPES:
+        return _read_zoo_model(s, model_type, dataset)
     positive_list = "must be a list of positive integers"
     cfg = ModelConfig(
         type=model_type,
@@ -297,6 +357,9 @@ def _read_model(s: _Section) -> ModelConfig:
     )
     if model_type == "cnn" and not cfg.conv_channels:
         s.fail(s.key("conv_channels"), "must list at least one channel count for a cnn")
+    for name in ("depth", "width"):
+        if s.values.pop(name, None) is not None:
+            s.fail(s.key(name), "applies to the resnet and vgg models only")
     s.done()
     return cfg
 
@@ -370,7 +433,7 @@ def _read_prune(s: _Section, model: ModelConfig, training: TrainParams) -> Prune
     d = PruneParams()
     retrain, rewind_epoch = _read_retrain(p, training.epochs)
     params = PruneParams(
-        type=p.choice("type", d.type, CRITERIA + ACTIVATION_CRITERIA),
+        type=p.choice("type", d.type, CRITERIA + ACTIVATION_CRITERIA + TP_CRITERIA),
         iterations=p.get("iterations", d.iterations, _positive_int, "must be an integer >= 1"),
         rate=p.get("rate", None, _in_open_unit, "must be a number in (0, 1)"),
         stop_cka=p.get("stop_cka", None, lambda v: _is_number(v) and 0 <= v < 1, "must be a number in [0, 1)"),
@@ -389,6 +452,7 @@ def _read_prune(s: _Section, model: ModelConfig, training: TrainParams) -> Prune
     )
     if params.shrink and model.type == "cnn" and model.padding == "same":
         p.fail(p.key("shrink"), 'needs model.padding "valid": with zero padding the smaller network is not exact')
+    _check_prune_fits_model(s, p, params, model)
     if (params.rate is None) == (params.stop_cka is None):
         p.fail(p.path, "needs exactly one of rate and stop_cka")
     if strategy == "one_shot" and params.iterations != 1:
@@ -420,7 +484,7 @@ def _check_method(p: _Section, params: PruneParams) -> None:
         p.fail(p.key("target"), '"logits" needs engine "reference" (there is no exact fast form)')
     if params.target == "next" and params.engine == "fast" and params.debiased:
         p.fail(p.key("target"), '"next" with debiased CKA needs engine "reference"')
-    if params.allocation == "global":
+    if params.allocation == "global" and params.type not in TP_CRITERIA:
         if params.type != "cka":
             p.fail(p.key("allocation"), f'"global" compares CKA damage across layers; it needs type "cka", got "{params.type}"')
         if params.rate is None:
@@ -440,6 +504,27 @@ def _feeds_linear(model: ModelConfig, index: int) -> bool:
     if model.type == "mlp":
         return True
     return model.type == "cnn" and index >= len(model.conv_channels) - 1
+
+
+def _check_prune_fits_model(s: _Section, p: _Section, params: PruneParams, model: ModelConfig) -> None:
+    """Torch-Pruning models take cka or a tp_ criterion, by rate, on every group."""
+    if not model.uses_torch_pruning:
+        if params.type in TP_CRITERIA:
+            p.fail(p.key("type"), f"{params.type} needs a Torch-Pruning model (model.type " + ", ".join(ZOO_TYPES) + ")")
+        return
+    if params.type not in ("cka",) + TP_CRITERIA:
+        p.fail(p.key("type"), f"must be cka or one of {', '.join(TP_CRITERIA)} for a {model.type} model", params.type)
+    if params.stop_cka is not None:
+        p.fail(p.key("stop_cka"), f"does not apply to a {model.type} model (Torch-Pruning prunes by rate)")
+    if params.hook != "module":
+        p.fail(p.key("hook"), f"must be module for a {model.type} model", params.hook)
+    for key, value, default in (("target", params.target, "layer"), ("greedy", params.greedy, "conditional"),
+                                ("shrink", params.shrink, False)):
+        if value != default:
+            p.fail(p.key(key), f"does not apply to a {model.type} model (Torch-Pruning removes channels physically)",
+                   value)
+    if "modules" in s.values:
+        s.fail(s.key("modules"), f"does not apply to a {model.type} model (every group but the classifier is pruned)")
 
 
 def _read_search(s: _Section) -> SearchConfig:
@@ -491,8 +576,8 @@ def _read_wandb(s: _Section) -> WandbConfig:
 def parse_config(raw: Any, source: Path) -> ExperimentConfig:
     """Validate a parsed JSON document; raise :class:`UserError` on the first problem."""
     top = _Section(source, "", raw)
-    model = _read_model(top.section("model"))
     data = _read_data(top.section("data"))
+    model = _read_model(top.section("model"), data.dataset)
     params = _read_params(top.section("params"))
     prune = _read_prune(top.section("prune"), model, params) if "prune" in top.values else None
     search = _read_search(top.section("search"))

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from tabulate import tabulate
 from torch import nn
 
 from src.artifacts import sidecar_path
@@ -41,6 +42,7 @@ from src.errors import UserError, brief
 from src.io import atomic_torch_save, atomic_write_json, read_json
 from src.models import Block, Net, PrunableLayer, build_model, prunable_layers
 from src.pruning.masks import make_permanent
+from src.pruning.physical import rebuild
 from src.train import evaluate
 
 # Samples of uniform [0, 1) inputs (the range of the image data) for the built-in output check.
@@ -245,6 +247,8 @@ def load_exported(path: str | Path) -> tuple[Net, ModelConfig]:
     cfg = parse_config({"model": record["model"]}, sidecar).model
     with torch.random.fork_rng(devices=[]):
         model = build_model(cfg)
+    if "history" in record:  # pruned physically: replay the pruning on the built model
+        rebuild(model, torch.zeros(1, *cfg.input_shape), record["history"])
     try:
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     except Exception as err:  # torch raises many types for a bad file; all mean "unusable"
@@ -254,15 +258,17 @@ def load_exported(path: str | Path) -> tuple[Net, ModelConfig]:
 
 def format_report(report: ExportReport) -> str:
     """A few lines for a terminal: widths per layer, parameters, MACs, latency, exactness."""
-    lines = [f"{'layer':<6}{'name':<18}{'kind':<8}{'width':>7}  ->{'kept':>6}  fold"]
-    for r in report.layers:
-        note = f"  ({r.note})" if r.note else ""
-        lines.append(f"{r.index:<6}{r.name:<18}{r.kind:<8}{r.width_before:>7}  ->{r.width_after:>6}  {r.fold}{note}")
-    lines.append(f"parameters: {_change(report.params_before, report.params_after)}")
-    lines.append(f"MACs per sample (Linear + Conv2d): {_change(report.macs_before, report.macs_after)}")
-    for t in report.latency:
-        lines.append(f"CPU latency, batch {t.batch_size} ({t.threads} threads, median of {t.repeats}): "
-                     f"{t.before_ms:.3f} ms -> {t.after_ms:.3f} ms (speedup {t.before_ms / t.after_ms:.2f}x)")
+    layers = [[r.index, r.name, r.kind, r.width_before, r.width_after, f"{r.fold} ({r.note})" if r.note else r.fold]
+              for r in report.layers]
+    lines = [tabulate(layers, headers=["layer", "name", "kind", "width", "kept", "fold"]),
+             f"parameters: {_change(report.params_before, report.params_after)}",
+             f"MACs per sample (Linear + Conv2d): {_change(report.macs_before, report.macs_after)}"]
+    if report.latency:
+        timings = [[t.batch_size, t.threads, t.repeats, t.before_ms, t.after_ms, t.before_ms / t.after_ms]
+                   for t in report.latency]
+        lines += ["CPU latency, median forward pass:",
+                  tabulate(timings, headers=["batch", "threads", "repeats", "before ms", "after ms", "speedup"],
+                           floatfmt=("", "", "", ".3f", ".3f", ".2f"))]
     verdict = "exact" if report.exact else "NOT exact (zero padding at borders)"
     lines.append(f"outputs: {verdict}; max |difference| on {CHECK_SAMPLES} random inputs {report.max_abs_diff:.2e}")
     lines.extend(f"warning: {w}" for w in report.warnings)
@@ -381,6 +387,22 @@ def _max_abs_diff(masked: Net, exported: Net, input_shape: tuple[int, ...]) -> f
     x = torch.rand(CHECK_SAMPLES, *input_shape, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         return float((_eval_copy(masked)(x) - _eval_copy(exported)(x)).abs().max())
+
+
+def export_physical(model: nn.Module, cfg: ExperimentConfig, history: list, path: Path) -> None:
+    """Save a model Torch-Pruning already made smaller, with the pruning history that rebuilds its
+    architecture from the config (:func:`load_exported`); print its size before and after."""
+    model = model.cpu().eval()
+    with torch.random.fork_rng(devices=[]):
+        original = build_model(cfg.model)
+    shape = tuple(cfg.model.input_shape)
+    sizes = {"params_before": count_parameters(original), "params_after": count_parameters(model),
+             "macs_before": count_macs(original, shape), "macs_after": count_macs(model, shape)}
+    atomic_torch_save(path, model.state_dict())
+    atomic_write_json(sidecar_path(path), {"model": asdict(cfg.model), "history": history, "export": sizes})
+    print(f"parameters: {_change(sizes['params_before'], sizes['params_after'])}")
+    print(f"MACs per sample (Linear + Conv2d): {_change(sizes['macs_before'], sizes['macs_after'])}")
+    print(f"exported model: {path}")
 
 
 def export_seed(model: Net, cfg: ExperimentConfig, test: Split, path: Path) -> None:

@@ -97,6 +97,9 @@ def seed_heatmap(cfg: ExperimentConfig, result: SeedResult, result_dir: Path, la
     ``samples``: the first that many validation samples. UserError (one line naming the file)
     when the trained model is missing or is no longer the one the run pruned.
     """
+    if cfg.model.uses_torch_pruning:
+        raise UserError(f"{cfg.source}: --heatmap compares numbered layers of mlp and cnn models; a "
+                        f"{cfg.model.type} is pruned physically through Torch-Pruning groups and is not supported")
     model_file = Path(result.model_file)
     if not model_file.is_file():
         raise UserError(f"{model_file}: the trained model of {result_dir} seed {result.seed} is missing")

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from src import results
 from src.artifacts import load_model, model_family, model_path, output_dir
-from src.cli import run
+from src.cli import add_device_options, apply_threads, require_writable_dir, run
 from src.config import ExperimentConfig, load_config
 from src.errors import UserError
 from src.pruning.strategy import discard_other_runs, prune_seed
@@ -98,6 +98,7 @@ def reproduce(directory: Path, models_dir: Path, output_root: Path, device_name:
           f"{len(plan.trainings)} models to train, {plan.iterations} prune iterations to run, on {device}; "
           f"details in {log_path}")
     interactive = sys.stderr.isatty()
+    console = sys.stdout  # the steps' own output is redirected to the log
     bar = tqdm(total=plan.steps, unit="step", disable=not interactive, dynamic_ncols=True)
     started = time.perf_counter()
     step = 0
@@ -107,7 +108,7 @@ def reproduce(directory: Path, models_dir: Path, output_root: Path, device_name:
         step += 1
         bar.update(1)
         if not interactive:
-            print(f"[{step}/{plan.steps}] {what} ({time.perf_counter() - started:.0f}s)", flush=True)
+            print(f"[{step}/{plan.steps}] {what} ({time.perf_counter() - started:.0f}s)", file=console, flush=True)
 
     splits_by_data: dict[str, object] = {}
     with open(log_path, "a") as log, bar:
@@ -127,7 +128,7 @@ def reproduce(directory: Path, models_dir: Path, output_root: Path, device_name:
             for seed in cfg.seeds:
                 path = model_path(cfg, seed, models_dir)
                 if not path.exists():  # diverged: recorded by train_seed, nothing to prune
-                    print(f"{cfg.name} seed {seed}: no trained model (diverged?); see {log_path}")
+                    print(f"{cfg.name} seed {seed}: no trained model (diverged?); see {log_path}", file=console)
                     continue
                 bar.set_description(f"prune {cfg.name} seed {seed}")
 
@@ -157,12 +158,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m src.reproduce",
                                      description="Train, prune and compare every config of a study folder.")
     parser.add_argument("config_dir", type=Path, help="folder of experiment configs, one per criterion, e.g. config/demo")
-    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    add_device_options(parser)
     parser.add_argument("--models-dir", type=Path, default=Path("models"), help="trained models (default: models/)")
     parser.add_argument("--output-dir", type=Path, default=Path("output"), help="results root (default: output/)")
     parser.add_argument("--fresh", action="store_true",
                         help="replace results that another run made (see main_prune.py --fresh) instead of stopping")
     args = parser.parse_args(argv)
+    require_writable_dir(args.models_dir, "--models-dir")
+    require_writable_dir(args.output_dir, "--output-dir")
+    apply_threads(args.threads)
     reproduce(args.config_dir, args.models_dir, args.output_dir, args.device, args.fresh)
     return 0
 

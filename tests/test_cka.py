@@ -15,9 +15,11 @@ Independent implementations installed in the venv (used only here):
 
 from __future__ import annotations
 
+import ckatorch  # pinned in requirements-test.txt: a broken install fails these tests
 import numpy as np
 import pytest
 import torch
+import torch_cka
 
 from lib.cka import (center_gram, cka, feature_space_linear_cka, gram_linear, gram_rbf, hsic,
                      to_float64)
@@ -152,7 +154,6 @@ def test_rejects_bad_shapes() -> None:
 @pytest.mark.parametrize("kernel", ["linear", "rbf"])
 @pytest.mark.parametrize("debiased", [False, True])
 def test_matches_ckatorch(kernel: str, debiased: bool) -> None:
-    ckatorch = pytest.importorskip("ckatorch")
     # N odd so that N^2 is odd: torch.median returns the lower middle value of an even count
     # where np.median (ours, as Kornblith et al.) averages the two, which changes the RBF bandwidth.
     x, y = _features(21, 7, seed=12), np.maximum(_features(21, 11, seed=13) - 1.5, 0.0)
@@ -165,7 +166,6 @@ def test_matches_ckatorch(kernel: str, debiased: bool) -> None:
 
 
 def test_hsic_matches_ckatorch() -> None:
-    ckatorch = pytest.importorskip("ckatorch")
     k, g = gram_linear(_features(16, 5, seed=14)), gram_rbf(_features(16, 3, seed=15))
     tk, tg = torch.from_numpy(k), torch.from_numpy(g)
     assert hsic(k, g) == pytest.approx(float(ckatorch.hsic0(tk, tg)), rel=1e-12)
@@ -185,7 +185,6 @@ class _Columns(torch.nn.Module):
 
 
 def test_debiased_matches_torch_cka_single_batch() -> None:
-    torch_cka = pytest.importorskip("torch_cka")
     x, y = _features(24, 6, seed=16), _features(24, 4, seed=17) ** 2
     data = torch.utils.data.TensorDataset(torch.from_numpy(np.hstack([x, y])).float())
     loader = torch.utils.data.DataLoader(data, batch_size=len(data))

@@ -1,4 +1,5 @@
 import json
+from dataclasses import asdict
 import subprocess
 import sys
 from pathlib import Path
@@ -313,3 +314,44 @@ def test_next_target_is_valid_where_a_linear_layer_follows():
     raw["prune"]["params"]["engine"] = "fast"
     raw["prune"]["modules"] = [2]
     assert parse_config(raw, Path("x.json")).prune.modules == (2,)
+
+
+ZOO = {
+    "model": {"type": "resnet", "depth": 20},
+    "data": {"dataset": "fashion-mnist"},
+    "prune": {"strategy": "one_shot", "params": {"type": "tp_l1", "rate": 0.5}},
+}
+
+
+def test_zoo_models_default_to_the_datasets_shape_and_prune_every_group():
+    cfg = parse_config(ZOO, Path("x.json"))
+    assert (cfg.model.type, cfg.model.depth, cfg.model.width, cfg.model.input_shape) == ("resnet", 20, 16, (1, 28, 28))
+    assert cfg.model.uses_torch_pruning and cfg.prune.modules == () and cfg.prune.params.allocation == "uniform"
+    vgg = parse_config(edited("data.dataset", "cifar10", edited("model", {"type": "vgg"}, ZOO)), Path("x.json")).model
+    assert (vgg.depth, vgg.width, vgg.input_shape) == (16, 64, (3, 32, 32))
+    assert parse_config(edited("prune.params.allocation", "global", ZOO), Path("x.json")).prune.params.allocation == "global"
+    assert {"depth", "width"} <= set(cfg.training_identity()["model"])
+    assert not {"depth", "width"} & set(parse_config(BASE, Path("x.json")).training_identity()["model"])
+    # A model section written back from the dataclass (as export does) reads back the same.
+    for model in (cfg.model, parse_config(BASE, Path("x.json")).model):
+        raw = {"model": json.loads(json.dumps(asdict(model))), "data": ZOO["data"]}
+        again = parse_config(raw, Path("x.json")).model
+        assert again == model
+
+
+@pytest.mark.parametrize("path, value, expected, base", [
+    ("model.depth", 21, "model.depth must be 6n + 2 for n >= 1 (20, 32, 56, 110), got 21", ZOO),
+    ("model.hidden_sizes", [8], "model.hidden_sizes does not apply to a resnet model", ZOO),
+    ("model", {"type": "vgg", "depth": 12}, "model.depth must be one of 11, 13, 16, 19, got 12", ZOO),
+    ("model", {"type": "lenet5", "width": 2}, "model.width does not apply to a lenet5 model", ZOO),
+    ("model.depth", 20, "model.depth applies to the resnet and vgg models only", BASE),
+    ("prune.params.type", "l1", "prune.params.type must be cka or one of tp_l1, tp_bn, tp_taylor, tp_random for a resnet model", ZOO),
+    ("prune.params.type", "tp_bn", "prune.params.type tp_bn needs a Torch-Pruning model (model.type resnet, vgg, lenet5)", BASE),
+    ("prune.params.shrink", True, "prune.params.shrink does not apply to a resnet model", ZOO),
+    ("prune.params.target", "next", "prune.params.target does not apply to a resnet model", ZOO),
+    ("prune.modules", [0], "prune.modules does not apply to a resnet model", ZOO),
+    ("prune.params", {"type": "cka", "stop_cka": 0.9}, "prune.params.stop_cka does not apply to a resnet model", ZOO),
+    ("prune.params.hook", "nonlinearity", 'prune.params.hook must be module for a resnet model, got "nonlinearity"', ZOO),
+])
+def test_zoo_config_errors_are_one_line(path, value, expected, base):
+    assert expected in error_of(edited(path, value, base))

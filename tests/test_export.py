@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,9 +13,10 @@ from torch import nn
 from src.config import ModelConfig, parse_config
 from src.data import Split
 from src.errors import UserError
+from src import export
 from src.export import (
-    add_latency, count_macs, count_parameters, export_model, export_seed, format_report, load_exported,
-    measure_latency, save_exported,
+    Latency, add_latency, count_macs, count_parameters, export_model, export_seed, format_report, load_exported,
+    measure_latencies, save_exported,
 )
 from src.models import Net, build_model, prunable_layers
 from src.pruning.masks import make_permanent, remove_neurons
@@ -204,16 +207,66 @@ def test_load_exported_without_sidecar_is_a_user_error(tmp_path):
         load_exported(path)
 
 
-def test_latency_and_formatted_report():
+class Clocked(nn.Module):
+    """Identity whose forward pass advances a fake clock by the next of its durations.
+
+    ``advance`` is a function, which ``copy.deepcopy`` shares, so the copies that
+    measure_latencies times still advance the test's clock.
+    """
+
+    def __init__(self, advance) -> None:
+        super().__init__()
+        self.advance = advance
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.advance()
+        return x
+
+
+def test_latency_is_the_median_of_timed_passes_per_model_after_warmup(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(export, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    # 2 warm-up passes each (never timed), then 3 timed ones; the models are timed in turns.
+    durations = {"a": iter([100.0, 100.0, 5.0, 1.0, 6.0]), "b": iter([200.0, 200.0, 2.0, 8.0, 4.0])}
+
+    def advance(name):
+        return lambda: now.__setitem__(0, now[0] + next(durations[name]))
+
+    models = [Clocked(advance("a")), Clocked(advance("b"))]
+    assert measure_latencies(models, (3,), batch_size=2, repeats=3, warmup=2) == [5.0, 4.0]
+    assert next(durations["a"], None) is None and next(durations["b"], None) is None  # no extra passes
+
+
+def test_add_latency_times_the_dense_masked_model_against_the_exported_one(monkeypatch):
     masked = prune(random_model(CNN_SAME), {0: [0]})
     exported, _, report = export_model(masked, CNN_SAME)
-    assert measure_latency(exported, (2, 10, 10), batch_size=2, repeats=3, warmup=1) > 0
-    timed = add_latency(report, masked, exported, batch_sizes=(1, 4), repeats=3)
-    assert [t.batch_size for t in timed.latency] == [1, 4]
-    assert all(t.before_ms > 0 and t.after_ms > 0 for t in timed.latency)
+    calls = []
+
+    def fake(models, input_shape, batch_size, repeats):
+        calls.append((models, input_shape, batch_size, repeats))
+        return [0.004, 0.001]
+
+    monkeypatch.setattr(export, "measure_latencies", fake)
+    timed = add_latency(report, masked, exported, batch_sizes=(1, 4), repeats=7)
+    assert [(t.batch_size, t.repeats, t.before_ms, t.after_ms) for t in timed.latency] == [(1, 7, 4.0, 1.0), (4, 7, 4.0, 1.0)]
+    assert timed.latency[0].threads == torch.get_num_threads()
+    dense, small = calls[0][0]
+    assert small is exported and not any(hasattr(m, "weight_mask") for m in dense.modules())
+    x = inputs(CNN_SAME)
+    torch.testing.assert_close(outputs(dense, x), outputs(masked, x))
+    assert [c[1:] for c in calls] == [((2, 10, 10), 1, 7), ((2, 10, 10), 4, 7)]
+
+
+def test_formatted_report():
+    masked = prune(random_model(CNN_SAME), {0: [0]})
+    _, _, report = export_model(masked, CNN_SAME)
+    timed = dataclasses.replace(report, latency=(Latency(batch_size=4, repeats=3, threads=2, before_ms=3.0, after_ms=1.5),))
+    rows = [line.split() for line in format_report(timed).splitlines()]
+    first_layer = next(row for row in rows if row[0] == "0")
+    assert first_layer[2:] == ["conv", "6", "5", "interior"]
+    assert ["4", "2", "3", "3.000", "1.500", "2.00"] in rows
     text = format_report(timed)
-    assert "6  ->     5" in text and "NOT exact" in text and "batch 4" in text
-    assert f"{report.params_before:,} -> {report.params_after:,}" in text
+    assert "NOT exact" in text and f"{report.params_before:,} -> {report.params_after:,}" in text
 
 
 def test_export_seed_reports_both_accuracies_when_inexact(tmp_path, capsys):

@@ -2,9 +2,9 @@
 and an end-to-end run of the real scripts and entry points on a local single-node
 cluster (scripts/ci/start-local-slurm.sh).
 
-The cluster tests need root and apt-get (Debian/Ubuntu). With CI=true they install
-Slurm if needed; elsewhere they run only when the Slurm packages are installed
-(running scripts/ci/start-local-slurm.sh once installs them) and skip otherwise.
+The cluster tests run wherever root can start the local cluster: with Slurm installed, or
+with apt-get (Debian/Ubuntu) for scripts/ci/start-local-slurm.sh to install it. Elsewhere
+they skip, saying what is missing.
 Jobs run in a temporary copy of the repository, so models/ and output/ stay clean.
 """
 
@@ -50,9 +50,10 @@ def venv_env(base: dict[str, str]) -> dict[str, str]:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """The environment without Slurm's job variables (pytest may itself run in a job)."""
+    """The environment without Slurm's job variables (pytest may itself run in a job) and
+    without the caller's settings that the wrappers honour."""
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("SLURM_", "SBATCH_")) and k not in ("REPO", "VENV")}
+           if not k.startswith(("SLURM_", "SBATCH_")) and k not in ("REPO", "VENV", "OMP_NUM_THREADS")}
     return venv_env({**env, **extra})
 
 
@@ -327,19 +328,44 @@ def test_under_slurm_sigterm_is_not_sent_twice(stub_repo: Path, tmp_path: Path):
 # --------------------------------------------------------------------------- local cluster
 
 
+SLURM_TOOLS = ("slurmctld", "slurmd", "sbatch", "munged")
+
+
 def cluster_skip_reason() -> str | None:
-    """Why the cluster tests cannot run here, or None."""
-    if not sys.platform.startswith("linux") or os.geteuid() != 0:
-        return "needs root on Linux to run a local Slurm cluster"
-    if shutil.which("apt-get") is None:
-        return "needs apt-get (Debian/Ubuntu) to install Slurm"
+    """Why the cluster tests cannot run here, or None.
+
+    scripts/ci/start-local-slurm.sh needs root (it starts the daemons and writes
+    /etc/slurm/slurm.conf) and installs missing packages with apt-get.
+    """
+    if not sys.platform.startswith("linux"):
+        return "needs Linux to run a local Slurm cluster"
+    if os.geteuid() != 0:
+        return "needs root: scripts/ci/start-local-slurm.sh starts munged, slurmctld and slurmd as root"
     if SLURM_CONF.exists() and CONF_MARKER not in SLURM_CONF.read_text(errors="replace"):
         return f"{SLURM_CONF} belongs to a real Slurm installation; not touching it"
-    installed = all(shutil.which(tool) for tool in ("slurmctld", "slurmd", "sbatch", "munged"))
-    if not installed and os.environ.get("CI") != "true":
-        return ("Slurm is not installed; run scripts/ci/start-local-slurm.sh once (installs it) "
-                "or set CI=true to let this test install it")
+    missing = [tool for tool in SLURM_TOOLS if shutil.which(tool) is None]
+    if missing and shutil.which("apt-get") is None:
+        return f"Slurm is not installed ({', '.join(missing)} not on PATH) and there is no apt-get to install it"
     return None
+
+
+@pytest.mark.parametrize("root, on_path, conf, expected", [
+    (False, {"apt-get", *SLURM_TOOLS}, None, "needs root"),
+    (True, {"apt-get"}, "slurm.conf of a real cluster", "belongs to a real Slurm installation"),
+    (True, set(SLURM_TOOLS), None, None),
+    (True, {"apt-get"}, None, None),
+    (True, {"apt-get"}, CONF_MARKER, None),
+    (True, {"sbatch"}, None, "slurmctld, slurmd, munged not on PATH) and there is no apt-get"),
+])
+def test_cluster_tests_run_wherever_root_can_start_a_cluster(monkeypatch, tmp_path, root, on_path, conf, expected):
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(os, "geteuid", lambda: 0 if root else 1000)
+    monkeypatch.setattr(shutil, "which", lambda tool: f"/usr/bin/{tool}" if tool in on_path else None)
+    monkeypatch.setattr(sys.modules[__name__], "SLURM_CONF", tmp_path / "slurm.conf")
+    if conf is not None:
+        (tmp_path / "slurm.conf").write_text(conf + "\n")
+    reason = cluster_skip_reason()
+    assert reason is None if expected is None else expected in reason
 
 
 def recorded_daemons_alive() -> bool:
@@ -356,18 +382,15 @@ def recorded_daemons_alive() -> bool:
 
 
 @contextmanager
-def exclusive_cluster(timeout: float = 900) -> Iterator[None]:
+def exclusive_cluster() -> Iterator[None]:
     """Hold a lock so that concurrent test runs on this machine take turns with the one
-    cluster (a run that restarts it would reset the job ids another run is waiting for)."""
+    cluster (a run that restarts it would reset the job ids another run is waiting for).
+
+    Waits for as long as another run holds it, without a clock: that run's own job timeouts
+    bound its hold, and the lock goes when its process ends, however it ends.
+    """
     with open(f"{LOCAL_SLURM_DIR}.lock", "a") as handle:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                assert time.monotonic() < deadline, f"another test run held {handle.name} for {timeout:.0f} s"
-                time.sleep(1)
+        fcntl.flock(handle, fcntl.LOCK_EX)
         yield
 
 

@@ -18,6 +18,7 @@ from src.artifacts import load_model, model_path, rewind_path
 from src.config import load_config
 from src.errors import UserError
 from src.data import load_splits, to_unit_float
+from src.export import load_exported
 from src.pruning.scoring import scoring_indices
 from src.pruning.strategy import IdentityMismatch, checkpoint_path
 from tests.conftest import ROOT, tiny_raw
@@ -240,3 +241,57 @@ def test_rewinding_a_model_trained_without_early_weights_is_one_line(write_confi
         run(main_prune, config)
     assert str(info.value).startswith(f"{kept}: no early weights to rewind to") and "main_train.py" in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_a_resnet_is_pruned_physically_resumes_and_exports_smaller(write_config, run, tmp_path):
+    tiny_resnet = {"model": {"type": "resnet", "depth": 8, "width": 4},
+                   "params": {"lr": 0.01, "batch_size": 128, "epochs": 1, "patience": 1}}
+
+    def prune(iterations, out, *extra):
+        config = write_config("tiny", **tiny_resnet, prune={"params": {"type": "cka", "iterations": iterations,
+                                                                       "rate": 0.25, "samples": 64}})
+        assert run(main_train, config) == 0 and run(main_prune, config, *extra, out=out) == 0
+        return stored(tmp_path, out)
+
+    prune(1, "cut")
+    resumed = prune(2, "cut", "--export")  # rebuilds the pruned architecture from the checkpoint
+    whole = prune(2, "whole")
+    assert without_timings(resumed) == without_timings(whole)
+    first = {step.index: step for step in whole.iterations[0].layers}
+    assert first and all(step.engine == "fast" and len(step.cka) == len(step.removed) for step in first.values())
+    # Indices stay the trained model's: a channel is removed at most once, and counts add up.
+    for layer in whole.layers:
+        removed = [c for it in whole.iterations for step in it.layers if step.index == layer.index for c in step.removed]
+        assert len(set(removed)) == len(removed) and whole.alive()[layer.index] == layer.width - len(removed)
+    exported, model_cfg = load_exported(tmp_path / "cut/tiny/exported/seed0.pt")
+    cfg = load_config(tmp_path / "tiny.json")
+    trained = load_model(model_path(cfg, 0, tmp_path / "models"), cfg)
+    assert sum(p.numel() for p in exported.parameters()) < sum(p.numel() for p in trained.parameters())
+    state = torch.load(checkpoint_path(tmp_path / "cut/tiny", 0), weights_only=True)["state_dict"]
+    assert all(torch.equal(exported.state_dict()[k], v) for k, v in state.items())
+
+
+def test_rewinding_a_resnet_keeps_the_early_weights_of_the_surviving_channels(write_config, run, tmp_path,
+                                                                              monkeypatch):
+    config = write_config("tiny", model={"type": "resnet", "depth": 8, "width": 4},
+                          params={"lr": 0.01, "batch_size": 128, "epochs": 1, "patience": 1},
+                          prune={"params": {"type": "tp_l1", "iterations": 2, "rate": 0.25, "retrain": "rewind",
+                                            "rewind_epoch": 0}})
+    monkeypatch.setattr(src.pruning.strategy, "retrain",
+                        lambda model, *args, **kwargs: src.train.FitResult(0, 0, False, 0.0))
+    assert run(main_train, config) == 0 and run(main_prune, config) == 0
+    early = torch.load(rewind_path(model_path(load_config(config), 0, tmp_path / "models")), weights_only=True)[0]
+    state = torch.load(checkpoint_path(tmp_path / "output/tiny", 0), weights_only=True)["state_dict"]
+    result = stored(tmp_path)
+    keep = {layer.name: [c for c in range(layer.width) if c not in result.removed_up_to(2, layer.index)]
+            for layer in result.layers}
+    assert all(len(kept) < layer.width for kept, layer in zip(keep.values(), result.layers))
+    stem, block = keep["conv1"], keep["layer1.0.conv1"]  # the stage-1 residual stream, a block's inner channels
+    assert torch.equal(state["conv1.weight"], early["conv1.weight"][stem])
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        assert torch.equal(state[f"bn1.{name}"], early[f"bn1.{name}"][stem])
+        assert torch.equal(state[f"layer1.0.bn1.{name}"], early[f"layer1.0.bn1.{name}"][block])
+    assert torch.equal(state["layer1.0.conv1.weight"], early["layer1.0.conv1.weight"][block][:, stem])
+    assert torch.equal(state["layer1.0.conv2.weight"], early["layer1.0.conv2.weight"][stem][:, block])
+    assert torch.equal(state["fc.weight"], early["fc.weight"][:, keep["layer3.0.shortcut.0"]])
+    assert torch.equal(state["fc.bias"], early["fc.bias"])

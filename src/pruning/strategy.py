@@ -2,9 +2,10 @@
 
 An iteration is: score and prune every layer of ``prune.modules`` (one pass; the layers'
 original activations are recorded once, at the start of the pass) -> evaluate -> retrain
-(the training recipe, with early stopping) -> evaluate. With ``retrain`` "rewind" the
-surviving weights are first reset to those after epoch ``rewind_epoch`` of the original
-training (Frankle et al. 2020), masks kept; "finetune" retrains the pruned weights as they are.
+(the ``params`` recipe, on the masked network or, with ``shrink``, on the smaller dense one)
+-> evaluate. With ``retrain`` "rewind" the surviving weights are first reset to those after
+epoch ``rewind_epoch`` of the original training (Frankle et al. 2020), removed neurons kept
+removed; "finetune" retrains the pruned weights as they are.
 
 After every iteration a checkpoint (masked weights + the result so far) is written, then
 the result JSON (:mod:`src.results`), both atomically; a JSON left behind its checkpoint (a
@@ -26,17 +27,19 @@ from typing import Callable
 
 import torch
 from tabulate import tabulate
+from torch import nn
 
 from src import results
 from src.artifacts import load_rewind_state
 from src.config import ExperimentConfig
-from src.data import Splits
+from src.data import Splits, to_unit_float
 from src.errors import UserError, brief
 from src.io import atomic_torch_save
-from src.models import Net, prunable_layers
+from src.models import Net, build_model, prunable_layers
 from src.pruning.criteria import select, select_global
 from src.pruning.masks import add_masks, alive_neurons, load_masked_state, load_unmasked_state, remove_neurons
-from src.pruning.scoring import record_layers
+from src.pruning.physical import group_roots, physical_pass, rebuild
+from src.pruning.scoring import record_layers, scoring_indices
 from src.pruning.shrink import carry_back, shrunk
 from src.results import IterationRecord, LayerInfo, LayerStep, RetrainSummary, RunIdentity, SeedResult
 from src.train import FitResult, evaluate_all, fit
@@ -91,6 +94,47 @@ def prune_pass(model: Net, cfg: ExperimentConfig, splits: Splits, seed: int, ite
     return records
 
 
+def physical_prune_pass(model: nn.Module, cfg: ExperimentConfig, splits: Splits, seed: int, iteration: int,
+                        result: SeedResult) -> tuple[list[LayerStep], list]:
+    """Prune every Torch-Pruning group of ``model`` once, physically; one record per group that lost
+    channels (numbered as in the trained model), and the pass's pruning history."""
+    params = cfg.require_prune().params
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed * 100_003 + iteration)
+    index = scoring_indices(splits.val, params.samples, cfg.params.batch_size, generator).to(splits.val.images.device)
+    x, y = to_unit_float(splits.val.images[index]).to(device), splits.val.labels[index].to(device)
+    start = time.perf_counter()
+    passed = physical_pass(model, params.type, params.rate, x[:1], x, labels=y, engine=params.engine,
+                           kernel=params.kernel, debiased=params.debiased,
+                           global_pruning=params.allocation == "global", seed=seed * 100_003 + iteration,
+                           batch_size=cfg.params.batch_size)
+    seconds = (time.perf_counter() - start) / max(len(passed.groups), 1)
+    surviving = surviving_channels(result)
+    number = {layer.name: layer.index for layer in result.layers}
+    engine = params.engine if params.type == "cka" else "torch-pruning"
+    steps = []
+    for group in passed.groups:
+        original = surviving[group.root]
+        removed = tuple(original[c] for c in group.removed)
+        steps.append(LayerStep(
+            index=number[group.root], alive_before=group.channels_before,
+            alive_after=group.channels_before - len(removed), removed=removed,
+            scores=group.cka if group.cka is not None else (None,) * len(removed), cka=group.cka or (),
+            seconds=seconds, engine=engine))
+    return steps, passed.history
+
+
+def surviving_channels(result: SeedResult) -> dict[str, list[int]]:
+    """Per layer name, the trained model's indices of the channels still there, in their current order."""
+    alive = {layer.name: list(range(layer.width)) for layer in result.layers}
+    name = {layer.index: layer.name for layer in result.layers}
+    for it in result.iterations:
+        for step in it.layers:
+            gone = set(step.removed)
+            alive[name[step.index]] = [c for c in alive[name[step.index]] if c not in gone]
+    return alive
+
+
 class IdentityMismatch(UserError):
     """A result on disk was made by another run than the one asked for."""
 
@@ -111,7 +155,8 @@ def _read_checkpoint(path: Path) -> dict | None:
         return None
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
-        return {"state_dict": saved["state_dict"], "result": SeedResult.from_dict(saved["result"])}
+        return {"state_dict": saved["state_dict"], "result": SeedResult.from_dict(saved["result"]),
+                "history": saved.get("history", [])}
     except Exception as err:  # torch raises many types for a bad file; all mean "unusable"
         raise ValueError(f"{path}: unusable checkpoint ({brief(err)})") from None
 
@@ -180,8 +225,10 @@ def _config_only(cfg: ExperimentConfig, previous: SeedResult) -> RunIdentity:
                                    "model_sha256": previous.run.description.get("model_sha256")})
 
 
-def _resume(model: Net, cfg: ExperimentConfig, seed: int, identity: RunIdentity, out_dir: Path) -> SeedResult | None:
-    """The result to continue (masked weights restored into ``model``), or None to start afresh.
+def _resume(model: nn.Module, cfg: ExperimentConfig, seed: int, identity: RunIdentity,
+            out_dir: Path) -> tuple[SeedResult, list] | None:
+    """The result to continue and the physical pruning history so far (the pruned state restored
+    into ``model``), or None to start afresh.
 
     The checkpoint is the truth: a result JSON that is missing, unreadable or behind it is
     rewritten from it. A result JSON without its checkpoint cannot be continued.
@@ -199,22 +246,41 @@ def _resume(model: Net, cfg: ExperimentConfig, seed: int, identity: RunIdentity,
     if not results.same(written, result):
         results.save(result, out_dir)
         print(f"seed {seed}: {json_path} repaired from its checkpoint ({len(result.iterations)} iterations)")
-    load_masked_state(model, saved["state_dict"], cfg.require_prune().modules)
-    return result
+    if cfg.model.uses_torch_pruning:
+        rebuild(model, example_input(cfg, model), saved["history"])
+        model.load_state_dict(saved["state_dict"])
+    else:
+        load_masked_state(model, saved["state_dict"], cfg.require_prune().modules)
+    return result, saved["history"]
 
 
-def _new_result(cfg: ExperimentConfig, seed: int, model: Net, model_file: Path, identity: RunIdentity,
+def pruning_history(out_dir: Path, seed: int) -> list:
+    """The physical pruning history of a seed's last checkpoint ([] for masked models)."""
+    saved = _read_checkpoint(checkpoint_path(out_dir, seed))
+    return [] if saved is None else saved["history"]
+
+
+def example_input(cfg: ExperimentConfig, model: nn.Module) -> torch.Tensor:
+    """One all-zero input sample for tracing ``model``, on its device."""
+    device = next(model.parameters()).device
+    return torch.zeros(1, *cfg.model.input_shape, device=device)
+
+
+def _new_result(cfg: ExperimentConfig, seed: int, model: nn.Module, model_file: Path, identity: RunIdentity,
                 baseline: dict[str, float]) -> SeedResult:
     prune = cfg.require_prune()
+    if cfg.model.uses_torch_pruning:  # a layer = the root layer of a Torch-Pruning group
+        layers = tuple(LayerInfo(i, name, kind, width)
+                       for i, (name, kind, width) in enumerate(group_roots(model, example_input(cfg, model))))
+    else:
+        layers = tuple(LayerInfo(l.index, l.name, l.kind, l.width) for l in prunable_layers(model)
+                       if l.index in prune.modules)
     return SeedResult(
         run=identity, experiment=cfg.name, seed=seed, criterion=prune.params.type, strategy=prune.strategy,
-        model_file=str(model_file),
-        layers=tuple(LayerInfo(l.index, l.name, l.kind, l.width) for l in prunable_layers(model)
-                     if l.index in prune.modules),
-        baseline=baseline, planned_iterations=prune.params.iterations)
+        model_file=str(model_file), layers=layers, baseline=baseline, planned_iterations=prune.params.iterations)
 
 
-def prune_seed(model: Net, cfg: ExperimentConfig, seed: int, splits: Splits, device: torch.device,
+def prune_seed(model: nn.Module, cfg: ExperimentConfig, seed: int, splits: Splits, device: torch.device,
                model_file: Path, out_dir: Path, on_epoch: EpochCallback | None = None,
                on_iteration: Callable[[SeedResult], None] | None = None) -> SeedResult:
     """Run the configured strategy on ``model`` (trained, unmasked), continuing the same run if possible.
@@ -224,7 +290,8 @@ def prune_seed(model: Net, cfg: ExperimentConfig, seed: int, splits: Splits, dev
     prune = cfg.require_prune()
     planned = prune.params.iterations
     identity = results.run_identity(cfg, model_file)
-    result = _resume(model, cfg, seed, identity, out_dir)
+    resumed = _resume(model, cfg, seed, identity, out_dir)
+    result, history = resumed if resumed is not None else (None, [])
     model.to(device)
     splits_evaluated = ("train", "val", "test") if prune.params.evaluate_train else ("val", "test")
 
@@ -232,7 +299,8 @@ def prune_seed(model: Net, cfg: ExperimentConfig, seed: int, splits: Splits, dev
         return evaluate_all(model, splits, cfg.params.batch_size, device, splits_evaluated)
 
     if result is None:
-        add_masks(model, prune.modules)
+        if not cfg.model.uses_torch_pruning:
+            add_masks(model, prune.modules)
         result = _new_result(cfg, seed, model, model_file, identity, evaluate())
     done = len(result.iterations)
     if done >= planned:
@@ -245,33 +313,73 @@ def prune_seed(model: Net, cfg: ExperimentConfig, seed: int, splits: Splits, dev
     rewind_to = (load_rewind_state(model_file, prune.params.rewind_epoch)
                  if prune.params.retrain == "rewind" else None)
     for iteration in range(done + 1, planned + 1):
-        label = f"seed {seed} iteration {iteration}/{planned}"
-        start = time.perf_counter()
-        layers = prune_pass(model, cfg, splits, seed, iteration, device)
-        scoring = time.perf_counter() - start
-        after_prune = evaluate()
-        alive = ", ".join(f"L{step.index} {step.alive_after}" for step in layers)
-        print(f"{label}: pruned to {alive} in {scoring:.2f}s; test acc {after_prune['test_acc']:.4f}")
-        record = IterationRecord(iteration=iteration, layers=tuple(layers), after_prune=after_prune,
-                                 seconds_scoring=scoring)
-        if rewind_to is not None:
-            load_unmasked_state(model, rewind_to, prune.modules)
-        if prune.params.retrain:
-            fitted = retrain(model, cfg, splits, seed=seed * 1000 + iteration, device=device, on_epoch=on_epoch,
-                             label=label)
-            record = replace(record, after_retrain=evaluate(),
-                             retrain=RetrainSummary(fitted.epochs, fitted.best_epoch, fitted.diverged, fitted.seconds),
-                             seconds_retraining=fitted.seconds)
-            print(f"{label}: retrained {fitted.epochs} epochs; test acc {record.after_retrain['test_acc']:.4f}")
+        try:
+            record = run_iteration(model, cfg, splits, seed, iteration, device, evaluate, on_epoch, result, history,
+                                   rewind_to)
+        except KeyboardInterrupt as interrupt:
+            interrupt.add_note(f"seed {seed} prune iteration {iteration}, which will be redone "
+                               f"({iteration - 1} iterations of this seed are saved)")
+            raise
         result = result.with_iteration(record)
-        atomic_torch_save(checkpoint_path(out_dir, seed), {"state_dict": model.state_dict(), "result": result.to_dict()})
+        atomic_torch_save(checkpoint_path(out_dir, seed),
+                          {"state_dict": model.state_dict(), "result": result.to_dict(), "history": history})
         results.save(result, out_dir)
         if on_iteration is not None:
             on_iteration(result)
     return result
 
 
-def retrain(model: Net, cfg: ExperimentConfig, splits: Splits, *, seed: int, device: torch.device,
+def run_iteration(model: nn.Module, cfg: ExperimentConfig, splits: Splits, seed: int, iteration: int,
+                  device: torch.device, evaluate: Callable[[], dict[str, float]], on_epoch: EpochCallback | None,
+                  result: SeedResult, history: list, rewind_to: dict[str, torch.Tensor] | None = None) -> IterationRecord:
+    """One pass over the layers, evaluated, then retrained (if configured) and evaluated again.
+
+    A Torch-Pruning model is pruned physically; the pass's pruning history is appended to ``history``.
+    ``rewind_to``: the unpruned model's early weights to reset the survivors to before retraining.
+    """
+    prune = cfg.require_prune()
+    label = f"seed {seed} iteration {iteration}/{prune.params.iterations}"
+    start = time.perf_counter()
+    if cfg.model.uses_torch_pruning:
+        layers, done = physical_prune_pass(model, cfg, splits, seed, iteration, result)
+        history.extend(done)
+    else:
+        layers = prune_pass(model, cfg, splits, seed, iteration, device)
+    scoring = time.perf_counter() - start
+    after_prune = evaluate()
+    alive = ", ".join(f"L{step.index} {step.alive_after}" for step in sorted(layers, key=lambda step: step.index))
+    print(f"{label}: pruned to {alive} in {scoring:.2f}s; test acc {after_prune['test_acc']:.4f}")
+    record = IterationRecord(iteration=iteration, layers=tuple(layers), after_prune=after_prune,
+                             seconds_scoring=scoring)
+    if not prune.params.retrain:
+        return record
+    if rewind_to is not None:
+        rewind(model, cfg, rewind_to, history)
+    fitted = retrain(model, cfg, splits, seed=seed * 1000 + iteration, device=device, on_epoch=on_epoch, label=label)
+    record = replace(record, after_retrain=evaluate(),
+                     retrain=RetrainSummary(fitted.epochs, fitted.best_epoch, fitted.diverged, fitted.seconds),
+                     seconds_retraining=fitted.seconds)
+    print(f"{label}: retrained {fitted.epochs} epochs; test acc {record.after_retrain['test_acc']:.4f}")
+    return record
+
+
+def rewind(model: nn.Module, cfg: ExperimentConfig, state: dict[str, torch.Tensor], history: list) -> None:
+    """Reset the pruned ``model`` to ``state`` (the unpruned model's early weights), removed neurons kept removed.
+
+    Masked models keep their masks and take every parameter and buffer from ``state``. A
+    Torch-Pruning model is rebuilt: a fresh model holding ``state`` and pruned by the same
+    ``history`` keeps exactly the early weights of the surviving channels.
+    """
+    if not cfg.model.uses_torch_pruning:
+        load_unmasked_state(model, state, cfg.require_prune().modules)
+        return
+    early = build_model(cfg.model).to(next(model.parameters()).device)
+    early.load_state_dict(state)
+    rebuild(early, example_input(cfg, early), history)
+    model.load_state_dict(early.state_dict())
+
+
+def retrain(model: nn.Module, cfg: ExperimentConfig, splits: Splits, *, seed: int, device: torch.device,
             on_epoch: EpochCallback | None, label: str) -> FitResult:
     """Retrain the masked ``model`` in place, or its dense surviving network with ``shrink``."""
     if not cfg.require_prune().params.shrink:

@@ -1,0 +1,193 @@
+"""One physical pruning pass through Torch-Pruning, and rebuilding a pruned architecture.
+
+A pass builds Torch-Pruning's dependency graph of the model, then runs its pruner
+(``BasePruner``, the class behind ``MetaPruner``) with one importance for ``iterative_steps``
+steps to ``ratio``. Channels are removed for real: the model's layers shrink in place, so
+retraining and inference get cheaper. Torch-Pruning's step s (1-based) keeps
+floor(n0 * (1 - ratio * s / steps)) of a group's n0 initial channels (local pruning), or of
+all groups' channels together (global pruning); the classifier's outputs are never pruned.
+
+Each removed set is returned as a :class:`GroupRecord`. A pass's ``history`` (Torch-Pruning's
+pruning history: layer name, output or input, indices) is plain JSON; replaying the
+histories of all passes on a freshly built model (:func:`rebuild`) gives the pruned
+architecture, into which a checkpoint's ``state_dict`` loads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from src.errors import UserError, brief
+from src.pruning.tp_importance import CKAImportance, baseline_importance
+
+
+@dataclass(frozen=True)
+class GroupRecord:
+    """The channels one step removed from one group.
+
+    removed: channel indices of the root layer (numbered as before this step), in removal
+        order (lowest importance first; for cka, the greedy order).
+    cka: for the cka importance, CKA of the group's representation after each removal; else None.
+    """
+
+    step: int
+    root: str                 # name of the group's root layer
+    layers: tuple[str, ...]   # the Conv2d/Linear layers whose output channels were removed
+    channels_before: int
+    removed: tuple[int, ...]
+    cka: tuple[float, ...] | None
+
+
+@dataclass(frozen=True)
+class PassResult:
+    groups: tuple[GroupRecord, ...]
+    history: list[list[Any]]  # [layer name, output channels?, indices] per pruned group, in order
+
+
+class _Logged(tp.importance.Importance):
+    """Keeps the last importance vector of each group's root layer."""
+
+    def __init__(self, inner: tp.importance.Importance):
+        self.inner = inner
+        self.last: dict[nn.Module, torch.Tensor] = {}
+
+    def __call__(self, group: tp.Group) -> torch.Tensor:
+        imp = self.inner(group)
+        if imp is not None:
+            self.last[group[0].dep.target.module] = imp.detach().cpu()
+        return imp
+
+
+def classifier(model: nn.Module) -> nn.Linear:
+    """The model's output layer: its last ``nn.Linear`` in definition order."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise UserError(f"model: {type(model).__name__} has no Linear output layer to keep")
+    return linears[-1]
+
+
+def build_pruner(model: nn.Module, importance: tp.importance.Importance, ratio: float,
+                 example_inputs: torch.Tensor, iterative_steps: int = 1, global_pruning: bool = False,
+                 ignored_layers: list[nn.Module] | None = None) -> tp.pruner.BasePruner:
+    """Torch-Pruning's pruner for ``model``; a model it cannot trace is a one-line UserError.
+
+    Tracing follows autograd from the output back: a Conv2d/Linear layer it does not reach
+    (e.g. behind a detach or a NumPy round trip) would silently stay unpruned, so it is an error.
+    """
+    try:
+        with torch.enable_grad():  # the dependency graph is traced through autograd
+            pruner = tp.pruner.BasePruner(
+                model, example_inputs, importance=importance, pruning_ratio=ratio,
+                iterative_steps=iterative_steps, global_pruning=global_pruning,
+                ignored_layers=[classifier(model)] if ignored_layers is None else ignored_layers)
+    except UserError:
+        raise
+    except Exception as err:  # the tracer fails in many ways; all mean "this model cannot be traced"
+        raise UserError(f"model: Torch-Pruning cannot trace {type(model).__name__} ({brief(err)})") from err
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)) and module not in pruner.DG.module2node:
+            raise UserError(f"model: Torch-Pruning cannot trace {type(model).__name__}: layer {name} is not "
+                            "reached from the output through autograd")
+    return pruner
+
+
+def group_roots(model: nn.Module, example_inputs: torch.Tensor) -> list[tuple[str, str, int]]:
+    """``(name, kind, channels)`` of each group's root layer a pass may prune, in the model's order.
+
+    kind: ``"conv"`` or ``"linear"``. The classifier's outputs are never pruned.
+    """
+    with torch.enable_grad():
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+    roots = {group[0].dep.target.module for group in graph.get_all_groups(
+        ignored_layers=[classifier(model)], root_module_types=[nn.Conv2d, nn.Linear])}
+    return [(name, "conv" if isinstance(module, nn.Conv2d) else "linear", _out_channels(module))
+            for name, module in model.named_modules() if module in roots]
+
+
+def _out_channels(module: nn.Module) -> int:
+    return module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+
+
+def physical_pass(model: nn.Module, importance: str, ratio: float, example_inputs: torch.Tensor,
+                  scoring_inputs: torch.Tensor, *, labels: torch.Tensor | None = None, engine: str = "fast",
+                  kernel: str = "linear", debiased: bool = False, iterative_steps: int = 1,
+                  global_pruning: bool = False, ignored_layers: list[nn.Module] | None = None,
+                  seed: int = 0, batch_size: int = 1024) -> PassResult:
+    """Prune ``model`` in place by ``ratio`` of each group's channels (all groups' with
+    ``global_pruning``) in ``iterative_steps`` steps, scoring each step on ``scoring_inputs`` (N, ...).
+
+    importance: 'cka' (:class:`CKAImportance` with engine, kernel, debiased) or a TP_CRITERIA name.
+    labels (N,): the scoring samples' classes, needed by 'tp_taylor' (gradients of the
+    cross-entropy). ignored_layers: layers whose output channels stay (default: the classifier).
+    seed: the random state of 'tp_random'.
+    """
+    scorer = CKAImportance(engine, kernel, debiased) if importance == "cka" else baseline_importance(importance)
+    if importance == "tp_taylor" and labels is None:
+        raise ValueError("physical_pass: tp_taylor needs the scoring samples' labels")
+    logged = _Logged(scorer)
+    pruner = build_pruner(model, logged, ratio, example_inputs, iterative_steps, global_pruning, ignored_layers)
+    names = {module: name for name, module in model.named_modules()}
+    records = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for step in range(1, iterative_steps + 1):
+            if isinstance(scorer, CKAImportance):
+                scorer.record(model, scoring_inputs, batch_size)
+            elif importance == "tp_taylor":
+                _gradients(model, scoring_inputs, labels, batch_size)
+            for group in pruner.step(interactive=True):
+                records.append(_prune_group(group, step, names, logged, scorer))
+            if importance == "tp_taylor":
+                model.zero_grad(set_to_none=True)
+    history = [[name, bool(out), [int(i) for i in idxs]] for name, out, idxs in pruner.pruning_history()]
+    return PassResult(tuple(records), history)
+
+
+def _prune_group(group: tp.Group, step: int, names: dict[nn.Module, str], logged: _Logged,
+                 scorer: tp.importance.Importance) -> GroupRecord:
+    root = group[0].dep.target.module
+    pruned = [int(i) for i in group[0].idxs]
+    layers = tuple(names[item.dep.target.module] for item in group
+                   if item.dep.handler in (tp.prune_conv_out_channels, tp.prune_depthwise_conv_out_channels,
+                                           tp.prune_linear_out_channels))
+    before = _out_channels(root)
+    imp = logged.last[root]
+    removed = tuple(sorted(pruned, key=lambda c: (float(imp[c]), c)))
+    cka = None
+    if isinstance(scorer, CKAImportance) and scorer.scores[root].cka is not None:
+        cka = scorer.scores[root].cka[:len(removed)]
+    try:
+        group.prune()
+    except Exception as err:  # a layer type Torch-Pruning cannot shrink
+        raise UserError(f"model: Torch-Pruning cannot prune the group of {names[root]} ({brief(err)})") from err
+    return GroupRecord(step, names[root], layers, before, removed, cka)
+
+
+def _gradients(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int) -> None:
+    """Accumulate d(mean cross-entropy)/d(weights) over the scoring samples (eval mode)."""
+    was_training = model.training
+    model.eval()
+    model.zero_grad(set_to_none=True)
+    try:
+        with torch.enable_grad():
+            for start in range(0, len(inputs), batch_size):
+                x, y = inputs[start:start + batch_size], labels[start:start + batch_size]
+                loss = nn.functional.cross_entropy(model(x), y, reduction="sum") / len(inputs)
+                loss.backward()
+    finally:
+        model.train(was_training)
+
+
+def rebuild(model: nn.Module, example_inputs: torch.Tensor, history: list[list[Any]]) -> nn.Module:
+    """Shrink a freshly built ``model`` in place to the architecture left by ``history`` (the
+    concatenated histories of its passes); its weights are then meaningless until a state
+    dict is loaded."""
+    with torch.enable_grad():
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+    graph.load_pruning_history([[name, out, list(idxs)] for name, out, idxs in history])
+    return model

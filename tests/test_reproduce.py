@@ -1,0 +1,81 @@
+"""The whole study in one command: plan, skip finished work, resume after a kill, the paper's table."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from src import reproduce, results
+from src.errors import UserError
+from tests.conftest import ROOT, tiny_raw
+
+
+@pytest.fixture
+def study(tmp_path):
+    """A folder of two criteria (cka, l1) on the same tiny model, 2 seeds x 2 iterations."""
+    folder = tmp_path / "study"
+    folder.mkdir()
+    for criterion in ("cka", "l1"):
+        raw = tiny_raw(prune={"params": {"type": criterion, "iterations": 2, "rate": 0.3}}, seeds=[0, 1])
+        (folder / f"{criterion}.json").write_text(json.dumps(raw))
+    return folder
+
+
+def comparable(path):
+    raw = json.loads(json.dumps(results.load(path).to_dict()))
+    for it in raw["iterations"]:
+        it.pop("seconds_scoring"), it.pop("seconds_retraining"), it["retrain"].pop("seconds")
+        for step in it["layers"]:
+            step.pop("seconds")
+    return raw
+
+
+def test_a_study_runs_end_to_end_then_skips_everything(study, tmp_path, capsys):
+    args = [str(study), "--models-dir", str(tmp_path / "models"), "--output-dir", str(tmp_path / "out")]
+    assert reproduce.main(args) == 0
+    out = capsys.readouterr().out
+    assert "2 models to train, 8 prune iterations to run" in out  # two seeds shared by both criteria
+    assert "[10/10]" in out and "Test accuracy after retraining, per iteration" in out
+    table = out[out.index("Test accuracy after retraining"):]
+    assert "cka % [min-max]" in table and "l1 % [min-max]" in table and "n=2" in table
+    assert (tmp_path / "out/study/report/accuracy.png").exists()
+    assert (tmp_path / "out/study/reproduce.log").read_text().count("retrained") == 8
+    assert len(list((tmp_path / "models").glob("*.pt"))) == 2
+    assert reproduce.main(args) == 0
+    assert "0 models to train, 0 prune iterations to run" in capsys.readouterr().out
+
+
+def test_a_killed_study_resumes_to_the_same_results(study, tmp_path):
+    def command(out):
+        return [sys.executable, "-m", "src.reproduce", str(study), "--models-dir", str(tmp_path / "models"),
+                "--output-dir", str(tmp_path / out), "--threads", "1"]
+
+    whole = subprocess.run(command("whole"), cwd=ROOT, capture_output=True, text=True)
+    assert whole.returncode == 0, whole.stderr
+    proc = subprocess.Popen(command("cut"), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in proc.stdout:
+        if line.startswith("[1/8]"):  # the models exist: the first prune iteration is saved
+            proc.send_signal(signal.SIGTERM)
+            break
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted" in out
+    again = subprocess.run(command("cut"), cwd=ROOT, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    planned = again.stdout.splitlines()[0]
+    assert "0 models to train" in planned and "8 prune iterations" not in planned  # finished work is not redone
+    for criterion in ("cka", "l1"):
+        for seed in (0, 1):
+            cut, full = (tmp_path / out / criterion / f"{seed}.json" for out in ("cut", "whole"))
+            assert comparable(cut) == comparable(full), f"{criterion} seed {seed}"
+
+
+def test_a_folder_without_configs_is_one_line(tmp_path):
+    with pytest.raises(UserError, match="no \\*.json experiment configs"):
+        reproduce.load_study(tmp_path)
+    (tmp_path / "train-only.json").write_text(json.dumps({k: v for k, v in tiny_raw().items() if k != "prune"}))
+    with pytest.raises(UserError, match="prune section is required"):
+        reproduce.load_study(tmp_path)
