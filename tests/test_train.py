@@ -273,6 +273,9 @@ def test_sigterm_then_rerun_gives_the_weights_of_an_uninterrupted_run(write_conf
     (a_path,) = (tmp_path / "clean").glob("*.pt")
     a, b = (torch.load(p, weights_only=True) for p in (a_path, tmp_path / "cut" / a_path.name))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    early = [torch.load(rewind_path(p), weights_only=True) for p in (a_path, tmp_path / "cut" / a_path.name)]
+    assert sorted(early[0]) == sorted(early[1]) == list(range(6))  # the resumed training kept every early epoch
+    assert all(torch.equal(early[0][e][k], early[1][e][k]) for e in early[0] for k in early[0][e])
     history = [json.loads(p.with_suffix(".json").read_text())["fit"]["history"] for p in (a_path, tmp_path / "cut" / a_path.name)]
     assert [row["val_loss"] for row in history[0]] == [row["val_loss"] for row in history[1]]
 
