@@ -674,7 +674,7 @@ def _test_columns(prefix: str, test: PairedTest | None) -> dict[str, Any]:
 
 
 def gap_csv(report: Report) -> str:
-    """Gaps as fractions; ``*_low``/``*_high``: the 95 % bootstrap CI of the mean gap, ``*_p``: Wilcoxon."""
+    """Gaps as fractions; ``*_ci_low``/``*_ci_high``: the 95 % bootstrap CI of the mean gap; ``*_wilcoxon_p``."""
     return _csv([{"reference": g.reference, "other": g.other, "iteration": g.iteration,
                   "fraction_remaining_reference": g.fraction_reference, "fraction_remaining_other": g.fraction_other}
                  | _stat_columns("gap_pruned", g.after_prune) | _test_columns("gap_pruned", g.test_prune)
