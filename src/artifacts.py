@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from src.config import ExperimentConfig
-from src.errors import brief
+from src.errors import UserError, brief
 from src.io import atomic_torch_save, atomic_write_json
 from src.models import Net, build_model
 
@@ -48,6 +48,14 @@ def sidecar_path(path: Path) -> Path:
     return path.with_suffix(".json")
 
 
+def rewind_path(path: Path) -> Path:
+    """Where the training of the model ``path`` keeps its early weights (``{epoch: state_dict}``).
+
+    ``.pth``, not ``.pt``: ``models/*.pt`` stays the list of trained models.
+    """
+    return path.with_suffix(".rewind.pth")
+
+
 def save_model(path: Path, model: Net, record: dict[str, Any]) -> None:
     """Weights first, then the sidecar JSON: a sidecar always describes a complete model."""
     atomic_torch_save(path, model.state_dict())
@@ -75,6 +83,26 @@ def load_model(path: Path, cfg: ExperimentConfig, device: torch.device | str = "
     except Exception as err:  # wrong keys or shapes, or not a dict of tensors at all
         raise ModelFileError(f"{path}: cannot load: not a model of this config ({brief(err)})") from err
     return model.to(device)
+
+
+def load_rewind_state(path: Path, epoch: int) -> dict[str, torch.Tensor]:
+    """The weights after epoch ``epoch`` (0: the initialisation) of the training of the model ``path``.
+
+    UserError (one line naming the file) when the training kept no such weights: a model trained
+    before rewinding existed, or a training that stopped before that epoch.
+    """
+    file = rewind_path(path)
+    if not file.exists():
+        raise UserError(f"{file}: no early weights to rewind to (the model was trained before training kept "
+                        f"them); delete {path} and train it again with main_train.py")
+    try:
+        kept = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a bad file; all mean "unusable"
+        raise UserError(f"{file}: cannot load ({brief(err)}); delete {path} and train it again with main_train.py") from None
+    if epoch not in kept:
+        raise UserError(f"{file}: holds the weights after epochs {', '.join(map(str, sorted(kept)))}, not after "
+                        f"epoch {epoch}: prune.params.rewind_epoch must be one of them")
+    return kept[epoch]
 
 
 def output_dir(cfg: ExperimentConfig, output_root: Path) -> Path:

@@ -41,6 +41,12 @@ SEARCH_METHODS = ("grid", "random")
 SEARCH_METRICS = ("val_loss", "val_acc")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "step", "cosine")
+# prune.params.retrain: fine-tune the pruned weights, or rewind them first (Frankle et al. 2020).
+RETRAIN_MODES = ("finetune", "rewind")
+# Training keeps the weights of epochs 0 (the initialisation) to REWIND_EPOCHS next to the
+# model, whatever any prune config says, so that every rewind point is there when a prune
+# config asks for it; the early epochs are where Frankle et al. (2020) rewind to.
+REWIND_EPOCHS = 5
 # Seeds go to numpy and torch.manual_seed, which take unsigned 32-bit and 64-bit values; the
 # common range is the one rule for the config's seeds and --seed.
 SEED_MAX = 2**32 - 1
@@ -154,7 +160,10 @@ class PruneParams:
     # None: one random validation batch of params.batch_size; an int: that many samples; "all".
     samples: int | str | None = None
     hook: str = "module"
-    retrain: bool = True
+    # "finetune": retrain the pruned weights; "rewind": reset them to epoch rewind_epoch of the
+    # original training first; None: no retraining. Truthy exactly when there is retraining.
+    retrain: str | None = "finetune"
+    rewind_epoch: int | None = None
     # Retrain the dense network of the surviving neurons instead of the masked one (src.pruning.shrink).
     shrink: bool = False
     # Also evaluate on the training set after each pass and retraining (the report does not need it).
@@ -402,10 +411,27 @@ def _read_params(s: _Section) -> TrainParams:
     return cfg
 
 
-def _read_prune(s: _Section, model: ModelConfig) -> PruneConfig:
+def _read_retrain(p: _Section, training_epochs: int) -> tuple[str | None, int | None]:
+    """``retrain`` and ``rewind_epoch``; JSON true is "finetune" (the meaning it had as a bool), false is None."""
+    value = p.get("retrain", "finetune", lambda v: isinstance(v, bool) or v in RETRAIN_MODES,
+                  'must be "finetune", "rewind" or false (true means "finetune")')
+    mode = "finetune" if value is True else None if value is False else value
+    last = min(REWIND_EPOCHS, training_epochs)
+    epoch = p.get("rewind_epoch", None, lambda v: _is_int(v) and 0 <= v <= last,
+                  f"must be an integer in [0, {last}]: 0 is the initialisation, k the weights after epoch k; "
+                  f"training keeps epochs up to min({REWIND_EPOCHS}, params.epochs)")
+    if mode == "rewind" and epoch is None:
+        p.fail(p.key("rewind_epoch"), 'is required with retrain "rewind"')
+    if mode != "rewind" and epoch is not None:
+        p.fail(p.key("rewind_epoch"), f'applies to retrain "rewind" only, got retrain {json.dumps(value)}')
+    return mode, epoch
+
+
+def _read_prune(s: _Section, model: ModelConfig, training: TrainParams) -> PruneConfig:
     strategy = s.choice("strategy", "iterative", STRATEGIES)
     p = s.section("params")
     d = PruneParams()
+    retrain, rewind_epoch = _read_retrain(p, training.epochs)
     params = PruneParams(
         type=p.choice("type", d.type, CRITERIA + ACTIVATION_CRITERIA + TP_CRITERIA),
         iterations=p.get("iterations", d.iterations, _positive_int, "must be an integer >= 1"),
@@ -416,7 +442,8 @@ def _read_prune(s: _Section, model: ModelConfig) -> PruneConfig:
         debiased=p.get("debiased", d.debiased, lambda v: isinstance(v, bool), "must be true or false"),
         samples=p.get("samples", d.samples, lambda v: v is None or v == "all" or _positive_int(v), 'must be a positive integer, "all" or null'),
         hook=p.choice("hook", d.hook, HOOKS),
-        retrain=p.get("retrain", d.retrain, lambda v: isinstance(v, bool), "must be true or false"),
+        retrain=retrain,
+        rewind_epoch=rewind_epoch,
         shrink=p.get("shrink", d.shrink, lambda v: isinstance(v, bool), "must be true or false"),
         evaluate_train=p.get("evaluate_train", d.evaluate_train, lambda v: isinstance(v, bool), "must be true or false"),
         greedy=p.choice("greedy", d.greedy, GREEDY_VARIANTS),
@@ -552,7 +579,7 @@ def parse_config(raw: Any, source: Path) -> ExperimentConfig:
     data = _read_data(top.section("data"))
     model = _read_model(top.section("model"), data.dataset)
     params = _read_params(top.section("params"))
-    prune = _read_prune(top.section("prune"), model) if "prune" in top.values else None
+    prune = _read_prune(top.section("prune"), model, params) if "prune" in top.values else None
     search = _read_search(top.section("search"))
     wandb = _read_wandb(top.section("wandb"))
     seeds = top.get("seeds", [0], lambda v: isinstance(v, list) and len(v) > 0 and all(map(is_seed, v)),

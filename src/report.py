@@ -6,12 +6,16 @@ Each RESULT_DIR is an ``output/<experiment>/`` folder written by main_prune.py, 
 - neurons remaining per pruned layer, test accuracy after pruning and after retraining
   (mean, min, max over seeds), the smallest CKA accepted in the iteration;
 - with several folders, the accuracy gap between the first folder (the reference) and each
-  other one at every iteration, paired by seed, and the fraction of removed neurons the two
-  chose in common (only for seeds that pruned the same trained model).
+  other one at every iteration, paired by seed, with a bootstrap confidence interval of its
+  mean and a Wilcoxon signed-rank test, and the fraction of removed neurons the two chose in
+  common (only for seeds that pruned the same trained model).
 
 Outputs (under --out; default ``<dir>/report`` for one folder, ``output/report/<a>_vs_<b>``
-for several): ``report.md``, ``iterations.csv`` (+ ``gap.csv``, ``overlap.csv``) and the
-figures ``accuracy.png``, ``cka.png``, ``overlap.png``. The tables are also printed.
+for several): ``report.md``, ``iterations.csv``, ``layers.csv`` (long format: one row per
+seed, criterion, iteration and layer) (+ ``gap.csv``, ``overlap.csv``) and the figures
+``accuracy``, ``cka``, ``overlap`` in each ``--format`` (png, pdf, svg). ``--heatmap SEED``
+adds the layer-by-layer CKA between each run's trained and final pruned network
+(:mod:`src.heatmap`). The tables are also printed.
 
 Partial results are fine: a seed still running (fewer iterations, ``complete: false``), a seed
 with no file yet, or an unreadable file is listed in the report's notes, not fatal. Iteration 0
@@ -21,7 +25,9 @@ is the trained model before pruning.
 from __future__ import annotations
 
 import argparse
+import colorsys
 import csv
+import hashlib
 import io
 import math
 import textwrap
@@ -29,6 +35,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+import numpy as np
+from scipy import stats
 from tabulate import tabulate
 
 from src import results
@@ -37,11 +45,21 @@ from src.config import load_config
 from src.errors import UserError
 from src.io import atomic_write_bytes, atomic_write_text
 from src.results import LayerInfo, SeedResult
+
 DEFAULT_OUTPUT_ROOT = Path("output")
 DEFAULT_CONFIG_ROOT = Path("config")
-# Okabe-Ito: distinguishable with the common colour-vision deficiencies and in greyscale print.
-PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
+# One colour per criterion in every figure of every report, from the Okabe-Ito palette
+# (distinguishable with the common colour-vision deficiencies and in greyscale print).
+CRITERION_COLORS = {"cka": "#0072B2", "l1": "#D55E00", "l2": "#009E73", "random": "#000000",
+                    "apoz": "#CC79A7", "mean_activation": "#56B4E9", "taylor": "#E69F00"}
+FIGURE_FORMATS = ("png", "pdf", "svg")
 DPI = 150
+CONFIDENCE = 0.95
+BOOTSTRAP_RESAMPLES = 9999
+BOOTSTRAP_SEED = 0
+# A bootstrap bound that is 0 in exact arithmetic (the mean of a resample of differences that
+# cancel) comes out as +-1e-19 or so; closer to 0 than this counts as 0.
+ZERO_TOLERANCE = 1e-12
 NOTE_WIDTH = 100  # characters per line of the notes under a printed table
 
 
@@ -213,8 +231,55 @@ def _row(exp: Experiment, number: int, seeds: list[SeedResult]) -> IterationRow:
 
 
 @dataclass(frozen=True)
+class PairedTest:
+    """Inference on paired differences d_s = a_s - b_s, one per seed.
+
+    ``low``, ``high``: the 95 % bootstrap confidence interval of mean(d) (BCa, 9,999 resamples of
+    the seeds, seeded: the same interval on every run); resampling whole seeds keeps each pair
+    together, so this is the paired bootstrap of mean(a) - mean(b). ``p``: the two-sided Wilcoxon
+    signed-rank test of H0 "d is symmetric about 0". With n nonzero differences its smallest
+    possible p is 2 / 2^n, so with fewer than 6 seeds it cannot reach p < 0.05.
+    """
+
+    low: float
+    high: float
+    p: float
+    n: int
+
+    @property
+    def excludes_zero(self) -> bool:
+        return self.low > ZERO_TOLERANCE or self.high < -ZERO_TOLERANCE
+
+
+def smallest_wilcoxon_p(n: int) -> float:
+    """The smallest two-sided exact Wilcoxon p with n nonzero differences (all of one sign): 2 / 2^n."""
+    return min(1.0, 2.0 / 2**n)
+
+
+def paired_test(differences: Sequence[float]) -> PairedTest | None:
+    """:class:`PairedTest` of ``differences``; None with fewer than two or any NaN (no interval then)."""
+    d = np.asarray(differences, dtype=np.float64)
+    if len(d) < 2 or np.isnan(d).any():
+        return None
+    if np.all(d == d[0]):
+        # Every resample has the same mean; scipy's BCa interval is then undefined (NaN).
+        low = high = float(d[0])
+    else:
+        interval = stats.bootstrap((d,), np.mean, n_resamples=BOOTSTRAP_RESAMPLES, confidence_level=CONFIDENCE,
+                                   method="BCa", rng=np.random.default_rng(BOOTSTRAP_SEED)).confidence_interval
+        low, high = float(interval.low), float(interval.high)
+    # No nonzero difference: no evidence against H0. scipy also says 1, after a 0/0 warning.
+    p = float(stats.wilcoxon(d).pvalue) if np.any(d != 0) else 1.0
+    return PairedTest(low, high, p, len(d))
+
+
+@dataclass(frozen=True)
 class GapRow:
-    """Test accuracy of ``reference`` minus ``other`` after one iteration, paired by seed."""
+    """Test accuracy of ``reference`` minus ``other`` after one iteration, paired by seed.
+
+    ``after_prune``/``after_retrain``: mean, min and max of the per-seed gaps; ``test_*``: their
+    confidence interval and paired test (None with fewer than two paired seeds).
+    """
 
     reference: str
     other: str
@@ -223,6 +288,8 @@ class GapRow:
     fraction_other: float
     after_prune: Stat | None
     after_retrain: Stat | None
+    test_prune: PairedTest | None = None
+    test_retrain: PairedTest | None = None
 
 
 def accuracy_gaps(reference: Experiment, other: Experiment) -> list[GapRow]:
@@ -235,17 +302,57 @@ def accuracy_gaps(reference: Experiment, other: Experiment) -> list[GapRow]:
         if not done:
             continue
 
-        def gap(retrained: bool) -> Stat | None:
-            values = [(x, y) for a, b in done
-                      if (x := a.test_acc(number, retrained)) is not None and (y := b.test_acc(number, retrained)) is not None]
-            return Stat.of([x - y for x, y in values])
+        def gaps(retrained: bool) -> list[float]:
+            return [x - y for a, b in done
+                    if (x := a.test_acc(number, retrained)) is not None and (y := b.test_acc(number, retrained)) is not None]
 
         rows.append(GapRow(
             reference=reference.label, other=other.label, iteration=number,
             fraction_reference=_mean_fraction([a for a, _ in done], number),
             fraction_other=_mean_fraction([b for _, b in done], number),
-            after_prune=gap(False), after_retrain=gap(True)))
+            after_prune=Stat.of(gaps(False)), after_retrain=Stat.of(gaps(True)),
+            test_prune=paired_test(gaps(False)), test_retrain=paired_test(gaps(True))))
     return rows
+
+
+def significance_sentences(gaps: Sequence[GapRow]) -> list[str]:
+    """Per criterion pair and stage, in words: where the gap's confidence interval excludes 0, and the test's reach."""
+    sentences = []
+    for pair in dict.fromkeys((g.reference, g.other) for g in gaps):
+        rows = [g for g in gaps if (g.reference, g.other) == pair]
+        for stage, test_of in (("after retraining", lambda g: g.test_retrain), ("after pruning", lambda g: g.test_prune)):
+            tested = [(g.iteration, t) for g in rows if (t := test_of(g)) is not None]
+            if not tested:
+                continue
+            ahead = [i for i, t in tested if t.excludes_zero and t.low > 0]
+            behind = [i for i, t in tested if t.excludes_zero and t.high < 0]
+            unclear = [i for i, t in tested if not t.excludes_zero]
+            parts = []
+            if ahead:
+                parts.append(f"{pair[0]} is ahead at {_iterations(ahead)}")
+            if behind:
+                parts.append(f"{pair[0]} is behind at {_iterations(behind)}")
+            if parts:
+                found = f"the {CONFIDENCE:.0%} CI of the mean gap excludes 0 ({'; '.join(parts)})"
+                found += f" and includes 0 at {_iterations(unclear)}" if unclear else " at every iteration"
+            else:
+                found = f"the {CONFIDENCE:.0%} CI of the mean gap includes 0 at every iteration: no significant difference"
+            n = max(t.n for _, t in tested)
+            if smallest_wilcoxon_p(n) >= 0.05:
+                # A bootstrap over so few seeds is little more than their range and covers far
+                # less than 95 %; the exact test says plainly that n is too small.
+                wilcoxon = (f"but with n = {n} paired seeds the bootstrap interval falls well short of "
+                            f"{CONFIDENCE:.0%} coverage and the Wilcoxon test cannot reach p < 0.05 (its smallest "
+                            f"p is {smallest_wilcoxon_p(n):.3g}): n is too small to call any difference significant")
+            else:
+                low_p = [i for i, t in tested if t.p < 0.05]
+                wilcoxon = f"Wilcoxon p < 0.05 at {_iterations(low_p) if low_p else 'no iteration'}"
+            sentences.append(f"{pair[0]} - {pair[1]}, {stage}: {found}; {wilcoxon}.")
+    return sentences
+
+
+def _iterations(numbers: Sequence[int]) -> str:
+    return ("iteration " if len(numbers) == 1 else "iterations ") + ", ".join(str(i) for i in numbers)
 
 
 def _mean_fraction(seeds: list[SeedResult], number: int) -> float:
@@ -437,21 +544,35 @@ def paper_table(report: Report) -> Table:
          "pruned layers (mean over criteria).",))
 
 
+def _ci_cell(test: PairedTest | None) -> str:
+    """``[low, high]`` in percentage points, ``*`` when it excludes 0."""
+    if test is None:
+        return "-"
+    return f"[{_pct(test.low, signed=True)}, {_pct(test.high, signed=True)}]{'*' if test.excludes_zero else ''}"
+
+
+def _p_cell(test: PairedTest | None) -> str:
+    return "-" if test is None else f"{test.p:.3g}"
+
+
 def gap_table(report: Report) -> Table | None:
     if not report.gaps:
         return None
     rows = tuple((f"{g.reference} - {g.other}", str(g.iteration), _share(g.fraction_reference),
                   _share(g.fraction_other), str(g.after_prune.n),
-                  _stat_cell(g.after_prune, signed=True), _stat_cell(g.after_retrain, signed=True))
+                  _stat_cell(g.after_prune, signed=True), _ci_cell(g.test_prune), _p_cell(g.test_prune),
+                  _stat_cell(g.after_retrain, signed=True), _ci_cell(g.test_retrain), _p_cell(g.test_retrain))
                  for g in report.gaps)
     return Table(
         "Accuracy gap between criteria",
-        ("gap", "iter", "remaining (ref)", "remaining (other)", "seeds", "pruned gap pp [min, max]",
-         "retrained gap pp [min, max]"),
+        ("gap", "iter", "remaining (ref)", "remaining (other)", "seeds", "pruned gap pp [min, max]", "pruned 95% CI",
+         "pruned p", "retrained gap pp [min, max]", "retrained 95% CI", "retrained p"),
         rows,
         ("Test accuracy of the reference (the first folder) minus the other, in percentage points, "
          "per seed that completed the iteration in both, then mean [min, max] over those seeds. "
-         "Positive: the reference kept more accuracy at that iteration.",))
+         "Positive: the reference kept more accuracy at that iteration. 95% CI: bootstrap (BCa) confidence "
+         "interval of the mean gap over seeds, * where it excludes 0. p: two-sided Wilcoxon signed-rank test "
+         "of the paired gaps (below 6 seeds it cannot reach p < 0.05).", *significance_sentences(report.gaps)))
 
 
 def overlap_table(report: Report) -> Table | None:
@@ -510,7 +631,10 @@ def report_markdown(report: Report, figures: Sequence[Path]) -> str:
     title = " vs ".join(exp.label for exp in report.experiments)
     inputs = "\n".join(f"- {line.strip()}" if not line.startswith("  ") else f"  - {line.strip()}"
                        for line in input_lines(report))
-    images = "".join(f"![{path.stem}]({path.name})\n\n" for path in figures)
+    shown = {}  # one file per figure: an image markdown can show (png, svg) before a pdf
+    for path in sorted(figures, key=lambda f: f.suffix == ".pdf"):
+        shown.setdefault(path.stem, path)
+    images = "".join(f"{'' if path.suffix == '.pdf' else '!'}[{path.stem}]({path.name})\n\n" for path in shown.values())
     return "\n".join([f"# Pruning report: {title}\n", inputs + "\n", *(render_markdown(t) for t in tables(report)),
                       "## Figures\n", images.rstrip() + "\n"])
 
@@ -544,11 +668,60 @@ def iteration_csv(report: Report) -> str:
     return _csv(rows)
 
 
+def _test_columns(prefix: str, test: PairedTest | None) -> dict[str, Any]:
+    return {f"{prefix}_ci_low": None if test is None else test.low, f"{prefix}_ci_high": None if test is None else test.high,
+            f"{prefix}_wilcoxon_p": None if test is None else test.p}
+
+
 def gap_csv(report: Report) -> str:
+    """Gaps as fractions; ``*_ci_low``/``*_ci_high``: the 95 % bootstrap CI of the mean gap; ``*_wilcoxon_p``."""
     return _csv([{"reference": g.reference, "other": g.other, "iteration": g.iteration,
                   "fraction_remaining_reference": g.fraction_reference, "fraction_remaining_other": g.fraction_other}
-                 | _stat_columns("gap_pruned", g.after_prune) | _stat_columns("gap_retrained", g.after_retrain)
+                 | _stat_columns("gap_pruned", g.after_prune) | _test_columns("gap_pruned", g.test_prune)
+                 | _stat_columns("gap_retrained", g.after_retrain) | _test_columns("gap_retrained", g.test_retrain)
                  for g in report.gaps])
+
+
+def layer_records(report: Report) -> list[dict[str, Any]]:
+    """Long format: one record per seed, criterion, iteration (0: the trained model) and pruned layer.
+
+    ``fraction_remaining_layer`` = alive_after / width; ``fraction_remaining`` = alive neurons
+    over the width of all pruned layers after the iteration. ``min_cka``/``last_cka``: the
+    smallest and the last CKA(layer output at the start of the iteration, after a removal) of the
+    layer's removals in the iteration (empty when it removed nothing). Accuracies after the
+    iteration's pruning and its retraining (empty when retraining is off); at iteration 0 both
+    are the trained model's.
+    """
+    records = []
+    for exp in report.experiments:
+        for seed in exp.seeds:
+            total = sum(layer.width for layer in seed.layers)
+            for number in [0, *(it.iteration for it in seed.iterations)]:
+                it = seed.iteration(number)
+                alive = seed.alive(number)
+                after_prune = seed.baseline if it is None else it.after_prune
+                after_retrain = seed.baseline if it is None else it.after_retrain
+                for layer in seed.layers:
+                    step = None if it is None else it.step(layer.index)
+                    records.append({
+                        "seed": seed.seed, "criterion": exp.criterion, "label": exp.label, "experiment": exp.name,
+                        "run": seed.run.config_digest, "iteration": number, "layer": layer.index,
+                        "width": layer.width,
+                        "alive_before": alive[layer.index] if step is None else step.alive_before,
+                        "alive_after": alive[layer.index],
+                        "fraction_remaining_layer": alive[layer.index] / layer.width,
+                        "fraction_remaining": sum(alive.values()) / total,
+                        "min_cka": min(step.cka) if step is not None and step.cka else None,
+                        "last_cka": step.cka[-1] if step is not None and step.cka else None,
+                        **{f"{split}_acc_{stage}": None if metrics is None else metrics.get(f"{split}_acc")
+                           for stage, metrics in (("pruned", after_prune), ("retrained", after_retrain))
+                           for split in ("test", "val")},
+                    })
+    return records
+
+
+def layers_csv(report: Report) -> str:
+    return _csv(layer_records(report))
 
 
 def overlap_csv(report: Report) -> str:
@@ -569,8 +742,27 @@ def _style() -> dict[str, Any]:
             "axes.grid": True, "grid.alpha": 0.3, "lines.linewidth": 1.6, "lines.markersize": 4}
 
 
+def label_color(label: str) -> str:
+    """The colour of a run labelled ``label`` in every figure: fixed per criterion, else from the name's hash.
+
+    A name outside :data:`CRITERION_COLORS` (an experiment name, a new criterion) gets a hue from
+    its sha256, so its colour depends on the name alone, never on its position in a report.
+    """
+    if label in CRITERION_COLORS:
+        return CRITERION_COLORS[label]
+    hue = int.from_bytes(hashlib.sha256(label.encode()).digest()[:4], "big") / 2**32
+    red, green, blue = colorsys.hls_to_rgb(hue, 0.45, 0.7)
+    return f"#{round(255 * red):02x}{round(255 * green):02x}{round(255 * blue):02x}"
+
+
 def _colors(report: Report) -> dict[str, str]:
-    return {exp.label: PALETTE[i % len(PALETTE)] for i, exp in enumerate(report.experiments)}
+    return {exp.label: label_color(exp.label) for exp in report.experiments}
+
+
+def layer_title(info: LayerInfo) -> str:
+    """A layer as a reader of a paper knows it: ``layer 1 (512)`` (the table's L0), never the module's name."""
+    unit = " channels" if info.kind == "conv" else ""
+    return f"layer {info.index + 1} ({info.width}{unit})"
 
 
 def _band(ax: Any, x: Sequence[float], stats: Sequence[Stat], color: str, label: str, **line: Any) -> None:
@@ -579,19 +771,23 @@ def _band(ax: Any, x: Sequence[float], stats: Sequence[Stat], color: str, label:
     ax.plot(x, [s.mean for s in stats], color=color, label=label, **line)
 
 
-def _save_with_legend(fig: Any, axes: Iterable[Any], path: Path) -> Path:
+def _save_with_legend(fig: Any, axes: Iterable[Any], path: Path, formats: Sequence[str]) -> list[Path]:
     """One legend for all panels, below them, where it covers no data."""
     entries = {label: handle for ax in axes for handle, label in zip(*ax.get_legend_handles_labels())}
     fig.tight_layout()
     fig.legend(entries.values(), entries.keys(), loc="upper center", bbox_to_anchor=(0.5, 0.0),
                ncol=min(len(entries), 4), frameon=False, title="lines: mean over seeds; bands: min to max")
-    return _save(fig, path)
+    return _save(fig, path, formats)
 
 
-def _save(fig: Any, path: Path) -> Path:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
-    return atomic_write_bytes(path, buffer.getvalue())
+def _save(fig: Any, path: Path, formats: Sequence[str]) -> list[Path]:
+    """``path`` (without suffix) in each of ``formats``, each file written atomically."""
+    written = []
+    for fmt in formats:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=fmt, dpi=DPI, bbox_inches="tight")
+        written.append(atomic_write_bytes(path.with_suffix(f".{fmt}"), buffer.getvalue()))
+    return written
 
 
 def _percent_decimals(span: float) -> int:
@@ -606,16 +802,20 @@ def _integer_iterations(ax: Any) -> None:
     ax.set_xlabel("iteration")
 
 
-def plot_accuracy(report: Report, path: Path) -> Path:
-    """Test accuracy vs fraction of neurons remaining: after retraining (left), before (right)."""
+def plot_accuracy(report: Report, path: Path, formats: Sequence[str] = ("png",)) -> list[Path]:
+    """Test accuracy vs fraction of neurons remaining: after retraining (left), before (right).
+
+    The x axis is logarithmic, so the sparse end, where criteria differ, is not squeezed
+    together; both panels share it and the y range.
+    """
     from matplotlib import rc_context
     from matplotlib.figure import Figure
-    from matplotlib.ticker import PercentFormatter
+    from matplotlib.ticker import LogLocator, NullFormatter, PercentFormatter
 
     colors = _colors(report)
     with rc_context(_style()):
         fig = Figure(figsize=(8, 3.4))
-        axes = fig.subplots(1, 2, sharex=True)
+        axes = fig.subplots(1, 2, sharex=True, sharey=True)
         panels = (("after retraining", lambda r: r.after_retrain), ("after pruning, before retraining", lambda r: r.after_prune))
         for ax, (title, stat_of) in zip(axes, panels):
             for exp in report.experiments:
@@ -626,33 +826,37 @@ def plot_accuracy(report: Report, path: Path) -> Path:
             if not ax.lines:
                 ax.text(0.5, 0.5, "no retraining recorded", transform=ax.transAxes, ha="center", color="0.4")
             ax.set_title(title)
-            ax.set_xlabel("neurons remaining (pruned layers)")
-            ax.xaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
-            low, high = ax.get_ylim()
-            ax.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=_percent_decimals(high - low)))
+            ax.set_xlabel("neurons remaining (pruned layers, log scale)")
+        axes[0].set_xscale("log")
+        # 1-2-5 ticks in percent: a log axis's default ticks (powers of ten) are too few here.
+        axes[0].xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axes[0].xaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=None))
+        axes[0].xaxis.set_minor_formatter(NullFormatter())
+        low, high = axes[0].get_ylim()
+        axes[0].yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=_percent_decimals(high - low)))
         axes[0].set_ylabel("test accuracy")
         axes[0].invert_xaxis()  # shared: pruning proceeds left to right in both panels
         fig.suptitle("Test accuracy vs. neurons remaining")
-        return _save_with_legend(fig, axes, path)
+        return _save_with_legend(fig, axes, path, formats)
 
 
 def _layer_axes(fig: Any, report: Report, layers: Sequence[int]) -> dict[int, Any]:
     axes = fig.subplots(1, len(layers), sharey=True, squeeze=False)[0]
     info = report.layers
     for ax, i in zip(axes, layers):
-        ax.set_title(f"L{i}: {info[i].name} (width {info[i].width})")
+        ax.set_title(layer_title(info[i]))
         _integer_iterations(ax)
     return dict(zip(layers, axes))
 
 
-def plot_cka(report: Report, path: Path) -> Path | None:
+def plot_cka(report: Report, path: Path, formats: Sequence[str] = ("png",)) -> list[Path]:
     """Per pruned layer: CKA(before, after) of each iteration's removals; None when nothing recorded."""
     from matplotlib import rc_context
     from matplotlib.figure import Figure
 
     layers = sorted({i for row in report.rows for i in row.cka})
     if not layers:
-        return None
+        return []
     colors = _colors(report)
     with rc_context(_style()):
         fig = Figure(figsize=(3.6 * len(layers) + 0.6, 3.2))
@@ -666,17 +870,17 @@ def plot_cka(report: Report, path: Path) -> Path | None:
         first = axes[layers[0]]
         first.set_ylabel("CKA(before, after)")
         fig.suptitle("CKA between each layer's output before and after the iteration's removals")
-        return _save_with_legend(fig, axes.values(), path)
+        return _save_with_legend(fig, axes.values(), path, formats)
 
 
-def plot_overlap(report: Report, path: Path) -> Path | None:
+def plot_overlap(report: Report, path: Path, formats: Sequence[str] = ("png",)) -> list[Path]:
     """Per pruned layer: share of removed neurons the reference and each other criterion chose in common."""
     from matplotlib import rc_context
     from matplotlib.figure import Figure
     from matplotlib.ticker import PercentFormatter
 
     if not report.overlaps:
-        return None
+        return []
     layers = sorted({o.layer for o in report.overlaps})
     colors = _colors(report)
     with rc_context(_style()):
@@ -696,7 +900,39 @@ def plot_overlap(report: Report, path: Path) -> Path | None:
         first = axes[layers[0]]
         first.set_ylabel("removed in this iteration by both")
         fig.suptitle("Overlap of the neurons removed (same trained models)")
-        return _save_with_legend(fig, axes.values(), path)
+        return _save_with_legend(fig, axes.values(), path, formats)
+
+
+def _heatmap_title(index: int, width: int, alive: int, last: bool) -> str:
+    kept = f"{alive} of {width}" if alive != width else f"{width}"
+    return f"output ({width})" if last else f"layer {index + 1} ({kept})"
+
+
+def plot_heatmaps(heatmaps: Sequence[Any], path: Path, formats: Sequence[str] = ("png",)) -> list[Path]:
+    """One panel per run (:class:`src.heatmap.Heatmap`): rows the trained network's layers, columns the pruned one's."""
+    from matplotlib import rc_context
+    from matplotlib.figure import Figure
+
+    size = len(heatmaps[0].widths)
+    with rc_context({**_style(), "axes.grid": False}):
+        fig = Figure(figsize=(0.6 + (1.2 + 0.55 * size) * len(heatmaps), 1.4 + 0.55 * size), layout="constrained")
+        axes = fig.subplots(1, len(heatmaps), squeeze=False)[0]
+        for ax, heat in zip(axes, heatmaps):
+            image = ax.imshow(heat.matrix, vmin=0, vmax=1, cmap="viridis")
+            last = len(heat.widths) - 1
+            ax.set_yticks(range(size), [_heatmap_title(i, w, w, i == last) for i, w in enumerate(heat.widths)])
+            ax.set_xticks(range(size), [_heatmap_title(i, w, a, i == last) for i, (w, a) in
+                                        enumerate(zip(heat.widths, heat.alive))], rotation=45, ha="right")
+            if size <= 8:  # small enough to read every value
+                for (i, j), value in np.ndenumerate(heat.matrix):
+                    ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8,
+                            color="black" if value > 0.6 else "white")
+            ax.set_title(f"{heat.label}, seed {heat.seed}: after iteration {heat.iteration}")
+            ax.set_xlabel("pruned network")
+        axes[0].set_ylabel("trained network")
+        fig.colorbar(image, ax=list(axes), label="linear CKA", shrink=0.9)
+        fig.suptitle("CKA between the layers of the trained and the pruned network")
+        return _save(fig, path, formats)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -709,7 +945,7 @@ class ReportPaths:
     markdown: Path
     accuracy_figure: Path
     csv: tuple[Path, ...]
-    figures: tuple[Path, ...]  # accuracy_figure first, then cka / overlap when there is data
+    figures: tuple[Path, ...]  # every figure file: accuracy first, then cka / overlap when there is data, each in every format
 
 
 def default_out_dir(report: Report) -> Path:
@@ -719,18 +955,61 @@ def default_out_dir(report: Report) -> Path:
     return DEFAULT_OUTPUT_ROOT / "report" / "_vs_".join(exp.name.replace("/", "-") for exp in report.experiments)
 
 
-def write_outputs(report: Report, out_dir: Path) -> ReportPaths:
-    """Write report.md, the CSV tables and the figures into ``out_dir``, each file atomically."""
-    accuracy = plot_accuracy(report, out_dir / "accuracy.png")
-    figures = [accuracy] + [p for p in (plot_cka(report, out_dir / "cka.png"),
-                                         plot_overlap(report, out_dir / "overlap.png")) if p is not None]
-    csvs = [atomic_write_text(out_dir / "iterations.csv", iteration_csv(report))]
+def parse_formats(text: str) -> tuple[str, ...]:
+    """``png,pdf`` -> ("png", "pdf"); UserError naming the option for anything else."""
+    formats = tuple(dict.fromkeys(part.strip().lower() for part in text.split(",")))
+    unknown = [f for f in formats if f not in FIGURE_FORMATS]
+    if unknown or not formats:
+        raise UserError(f"--format: {', '.join(map(repr, unknown)) or repr(text)} is not a figure format; "
+                        f"give one or more of {', '.join(FIGURE_FORMATS)}, separated by commas")
+    return formats
+
+
+def write_outputs(report: Report, out_dir: Path, formats: Sequence[str] = ("png",),
+                  extra_figures: Sequence[Path] = ()) -> ReportPaths:
+    """Write report.md, the CSV tables and the figures (each in every format) into ``out_dir``, each file atomically.
+
+    ``extra_figures``: figures already written there (the CKA heatmap), listed in report.md too.
+    """
+    accuracy = plot_accuracy(report, out_dir / "accuracy", formats)
+    figures = [*accuracy, *plot_cka(report, out_dir / "cka", formats), *plot_overlap(report, out_dir / "overlap", formats),
+               *extra_figures]
+    csvs = [atomic_write_text(out_dir / "iterations.csv", iteration_csv(report)),
+            atomic_write_text(out_dir / "layers.csv", layers_csv(report))]
     if report.gaps:
         csvs.append(atomic_write_text(out_dir / "gap.csv", gap_csv(report)))
     if report.overlaps:
         csvs.append(atomic_write_text(out_dir / "overlap.csv", overlap_csv(report)))
     markdown = atomic_write_text(out_dir / "report.md", report_markdown(report, figures))
-    return ReportPaths(out_dir, markdown, accuracy, tuple(csvs), tuple(figures))
+    return ReportPaths(out_dir, markdown, accuracy[0], tuple(csvs), tuple(figures))
+
+
+def heatmap_figure(report: Report, seed: int, samples: int, config_root: Path, out_dir: Path,
+                   formats: Sequence[str]) -> list[Path]:
+    """``cka_heatmap_seed<S>``: every run's trained vs final pruned network of ``seed`` (:mod:`src.heatmap`).
+
+    The models are built from each experiment's ``<config_root>/<experiment>.json`` and fed the
+    first ``samples`` validation samples of its dataset.
+    """
+    from src.heatmap import seed_heatmap  # torch: only when a heatmap is asked for
+    from src.train import load_experiment_data, select_device
+
+    if samples < 2:
+        raise UserError(f"--heatmap-samples {samples}: CKA needs at least 2 samples")
+    device = select_device()
+    heatmaps = []
+    for exp in report.experiments:
+        path = config_root / f"{exp.name}.json"
+        if not path.is_file():
+            raise UserError(f"{path}: not found; --heatmap builds {exp.directory}'s models from its config "
+                            "(give the folder that holds it with --config-root)")
+        result = next((s for s in exp.seeds if s.seed == seed), None)
+        if result is None:
+            raise UserError(f"--heatmap {seed}: {exp.directory} has no result for seed {seed}")
+        cfg = load_config(path)
+        val = load_experiment_data(cfg, device).val
+        heatmaps.append(seed_heatmap(cfg, result, exp.directory, exp.label, val, samples, device))
+    return plot_heatmaps(heatmaps, out_dir / f"cka_heatmap_seed{seed}", formats)
 
 
 def write_report(result_dirs: Sequence[Path], out_dir: Path | None = None,
@@ -751,9 +1030,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "output/report/<a>_vs_<b> for several)")
     parser.add_argument("--config-root", type=Path, default=DEFAULT_CONFIG_ROOT,
                         help="where to find <experiment>.json for the list of planned seeds (default: config/)")
+    parser.add_argument("--format", default="png", metavar="FORMATS",
+                        help="figure formats, comma-separated: png, pdf, svg (default: png)")
+    parser.add_argument("--heatmap", type=int, metavar="SEED",
+                        help="also draw the CKA between every layer of SEED's trained network and of its final "
+                             "pruned network, for each folder (needs the models and config/<experiment>.json)")
+    parser.add_argument("--heatmap-samples", type=int, default=1000, metavar="N",
+                        help="the heatmap's samples: the first N of the validation split (default: 1000)")
     args = parser.parse_args(argv)
+    formats = parse_formats(args.format)
     report = build_report(args.result_dirs, args.config_root)
-    paths = write_outputs(report, args.out if args.out is not None else default_out_dir(report))
+    out_dir = args.out if args.out is not None else default_out_dir(report)
+    extra = ([] if args.heatmap is None else
+             heatmap_figure(report, args.heatmap, args.heatmap_samples, args.config_root, out_dir, formats))
+    paths = write_outputs(report, out_dir, formats, extra)
     print(report_text(report))
     print(f"report: {paths.markdown}")
     print(f"figure: {paths.accuracy_figure}")

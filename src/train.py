@@ -20,9 +20,9 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 from tqdm import tqdm
 
-from src.artifacts import ModelFileError, load_model, model_path, save_model, sidecar_path
+from src.artifacts import ModelFileError, load_model, model_path, rewind_path, save_model, sidecar_path
 from src.augment import augment_batch
-from src.config import ExperimentConfig, TrainParams
+from src.config import REWIND_EPOCHS, ExperimentConfig, TrainParams
 from src.data import Split, Splits, iterate_batches, load_splits
 from src.errors import UserError
 from src.io import atomic_torch_save, atomic_write_json
@@ -302,6 +302,40 @@ def _record(cfg: ExperimentConfig, seed: int, fit_result: FitResult | None) -> d
             "diverged": fit_result is not None and fit_result.diverged}
 
 
+def _early_weights(path: Path) -> dict[int, dict[str, torch.Tensor]]:
+    """The early weights a stopped training of the model ``path`` kept so far ({} if none or unreadable)."""
+    try:
+        kept = torch.load(rewind_path(path), map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - absent or unusable: the epochs are saved again as training runs them
+        return {}
+    return kept if isinstance(kept, dict) else {}
+
+
+def _keeping_early_weights(model: nn.Module, path: Path, resuming: bool,
+                           on_epoch: EpochCallback | None) -> EpochCallback:
+    """Save the initialisation now, and the weights after each epoch up to REWIND_EPOCHS as training runs it.
+
+    They are written to :func:`src.artifacts.rewind_path` (``{epoch: state_dict}`` on the CPU)
+    before the epoch's training checkpoint, so a training ``resuming`` from that checkpoint
+    finds every earlier epoch kept; a training from the start replaces whatever was there.
+    """
+    kept = _early_weights(path) if resuming else {}
+
+    def keep(epoch: int) -> None:
+        kept[epoch] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        atomic_torch_save(rewind_path(path), kept)
+
+    keep(0)
+
+    def on_epoch_with_weights(row: dict[str, float]) -> None:
+        if row["epoch"] <= REWIND_EPOCHS:
+            keep(int(row["epoch"]))
+        if on_epoch is not None:
+            on_epoch(row)
+
+    return on_epoch_with_weights
+
+
 def train_seed(cfg: ExperimentConfig, seed: int, splits: Splits, device: torch.device,
                models_dir: Path, on_epoch: EpochCallback | None = None) -> Path:
     """Train one seed's model unless a usable one exists; return its path.
@@ -311,6 +345,8 @@ def train_seed(cfg: ExperimentConfig, seed: int, splits: Splits, device: torch.d
     file that fails to load is reported and retrained, never silently used; a usable model
     whose sidecar is missing (stopped between the two writes) is re-evaluated and the sidecar
     written, without retraining. A diverged run is recorded (``"diverged": true``) without weights.
+    The initialisation and the weights after epochs 1..REWIND_EPOCHS are kept beside the model
+    (:func:`src.artifacts.rewind_path`) for rewinding.
     """
     path = model_path(cfg, seed, models_dir)
     checkpoint = checkpoint_path(path)
@@ -331,13 +367,14 @@ def train_seed(cfg: ExperimentConfig, seed: int, splits: Splits, device: torch.d
             return path
     torch.manual_seed(seed)
     model = build_model(cfg.model)
-    result = fit(model, splits, cfg.params, seed=seed, device=device, on_epoch=on_epoch,
-                 label=f"seed {seed}", checkpoint=checkpoint)
+    result = fit(model, splits, cfg.params, seed=seed, device=device,
+                 on_epoch=_keeping_early_weights(model, path, checkpoint.exists(), on_epoch), label=f"seed {seed}", checkpoint=checkpoint)
     record = _record(cfg, seed, result)
     if result.diverged:
         diverged_path = path.with_suffix(".diverged.json")
         atomic_write_json(diverged_path, record)
         checkpoint.unlink(missing_ok=True)
+        rewind_path(path).unlink(missing_ok=True)
         print(f"seed {seed}: diverged; recorded in {diverged_path}")
         return path
     record.update(evaluate_all(model, splits, cfg.params.batch_size, device))

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from src.artifacts import ModelFileError, load_model, model_path, model_stem, save_model, sidecar_path
+from src.artifacts import (ModelFileError, load_model, load_rewind_state, model_path, model_stem, rewind_path,
+                           save_model, sidecar_path)
+from src.errors import UserError
 from src.config import parse_config
 from src.models import build_model
 from tests.conftest import tiny_raw
@@ -79,3 +81,19 @@ def test_model_of_other_shapes_is_a_model_file_error(tmp_path):
     wider["model"] = {**wider["model"], "hidden_sizes": [64, 32]}
     with pytest.raises(ModelFileError, match="model.pt: cannot load"):
         load_model(path, config(wider))
+
+
+def test_early_weights_are_read_by_epoch_and_a_missing_epoch_is_one_line(tmp_path):
+    model = tmp_path / "m_seed0.pt"
+    assert rewind_path(model) == tmp_path / "m_seed0.rewind.pth"
+    with pytest.raises(UserError, match=r"m_seed0\.rewind\.pth: no early weights to rewind to .* train it again"):
+        load_rewind_state(model, 0)
+    torch.save({0: {"w": torch.zeros(2)}, 1: {"w": torch.ones(2)}}, rewind_path(model))
+    assert torch.equal(load_rewind_state(model, 1)["w"], torch.ones(2))
+    with pytest.raises(UserError) as info:
+        load_rewind_state(model, 3)  # a training that stopped early kept fewer epochs
+    assert str(info.value) == (f"{rewind_path(model)}: holds the weights after epochs 0, 1, not after epoch 3: "
+                               "prune.params.rewind_epoch must be one of them")
+    rewind_path(model).write_bytes(b"cut short")
+    with pytest.raises(UserError, match="cannot load"):
+        load_rewind_state(model, 0)

@@ -124,6 +124,37 @@ def test_rate_and_stop_cka_are_exclusive():
     assert parse_config(only_stop, Path("x.json")).prune.params.stop_cka == 0.95
 
 
+def test_retrain_modes_and_the_rewind_epoch():
+    def params(retrain, **extra):
+        raw = edited("prune.params", {**BASE["prune"]["params"], "retrain": retrain, **extra})
+        return parse_config(raw, Path("x.json")).prune.params
+
+    assert parse_config(BASE, Path("x.json")).prune.params.retrain == "finetune"
+    assert (params(True).retrain, params(False).retrain, params("finetune").retrain) == ("finetune", None, "finetune")
+    rewind = params("rewind", rewind_epoch=2)  # BASE trains 2 epochs: 0, 1, 2 are kept
+    assert (rewind.retrain, rewind.rewind_epoch) == ("rewind", 2)
+    assert params("rewind", rewind_epoch=0).rewind_epoch == 0
+
+
+@pytest.mark.parametrize("extra, expected", [
+    ({"retrain": "restart"}, 'prune.params.retrain must be "finetune", "rewind" or false (true means "finetune"), got "restart"'),
+    ({"retrain": "rewind"}, 'prune.params.rewind_epoch is required with retrain "rewind"'),
+    ({"retrain": "rewind", "rewind_epoch": -1}, "prune.params.rewind_epoch must be an integer in [0, 2]"),
+    ({"retrain": "rewind", "rewind_epoch": 3}, "prune.params.rewind_epoch must be an integer in [0, 2]"),
+    ({"retrain": "rewind", "rewind_epoch": True}, "prune.params.rewind_epoch must be an integer in [0, 2]"),
+    ({"rewind_epoch": 1}, 'prune.params.rewind_epoch applies to retrain "rewind" only, got retrain "finetune"'),
+    ({"retrain": False, "rewind_epoch": 1}, 'prune.params.rewind_epoch applies to retrain "rewind" only, got retrain false'),
+])
+def test_bad_retrain_settings_are_one_line(extra, expected):
+    assert expected in error_of(edited("prune.params", {**BASE["prune"]["params"], **extra}))
+
+
+def test_rewind_epoch_is_bounded_by_what_training_keeps():
+    long = edited("params.epochs", 50)
+    raw = edited("prune.params", {**BASE["prune"]["params"], "retrain": "rewind", "rewind_epoch": 6}, long)
+    assert "prune.params.rewind_epoch must be an integer in [0, 5]" in error_of(raw)
+
+
 def test_one_shot_means_one_iteration():
     raw = edited("prune.strategy", "one_shot")
     assert "iterations must be 1 for the one_shot strategy" in error_of(raw)

@@ -20,7 +20,7 @@ from src.models import build_model, prunable_layers
 from lib.cka import feature_space_linear_cka
 from src.data import Split
 from src.pruning.criteria import NO_VARIATION, removal_count, select, select_global
-from src.pruning.masks import add_masks, alive_neurons, neurons_zeroed, remove_neurons
+from src.pruning.masks import add_masks, alive_neurons, load_unmasked_state, neurons_zeroed, remove_neurons
 from src.pruning.scoring import record_layers, scoring_indices
 from src.pruning.strategy import prune_pass
 from src.train import fit
@@ -191,6 +191,29 @@ def test_masks_survive_retraining(trained_mlp, mnist5k):
         assert torch.all(layer.weight[removed] == 0)
         assert int(alive_neurons(layer).sum()) == record.alive_after
         assert layer.weight_orig.grad is None or torch.all(layer.weight_orig.grad[removed] == 0)
+
+
+def test_rewinding_restores_the_early_weights_and_keeps_the_masks(trained_cnn, mnist5k):
+    cfg, model = trained_cnn
+    model = copy.deepcopy(model)
+    torch.manual_seed(5)
+    early = build_model(cfg.model).state_dict()  # stands for the weights of an early epoch
+    records = prune_pass(model, cfg, mnist5k, seed=0, iteration=1, device=CPU)
+    masks = {k: v.clone() for k, v in model.state_dict().items() if k.endswith("weight_mask")}
+    load_unmasked_state(model, early, cfg.prune.modules)
+    state = model.state_dict()
+    assert {k: v for k, v in state.items() if k.endswith("weight_mask")}.keys() == masks.keys()
+    assert all(torch.equal(state[k], masks[k]) for k in masks)
+    for key, value in early.items():  # biases, BatchNorm statistics, the output layer: as saved
+        assert torch.equal(state[key] if key in state else state[f"{key}_orig"], value), key
+    for record in records:
+        layer = prunable_layers(model)[record.index].block.layer
+        alive = alive_neurons(layer)
+        assert int(alive.sum()) == record.alive_after and not alive[list(record.removed)].any()
+        name = prunable_layers(model)[record.index].name
+        assert torch.equal(layer.weight[alive], early[f"{name}.weight"][alive])  # surviving neurons: rewound
+        assert torch.all(layer.weight[~alive] == 0)  # removed neurons stay removed
+    assert not torch.equal(trained_cnn[1].state_dict()["conv.0.norm.running_mean"], early["conv.0.norm.running_mean"])
 
 
 def test_an_interrupted_run_resumes_to_the_same_results(write_config, tmp_path):

@@ -7,12 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from scipy import stats
 
 from src import results
 from src.errors import UserError
 from src.results import IterationRecord, LayerInfo, LayerStep, RetrainSummary, RunIdentity, SeedResult
-from src.report import (build_report, default_out_dir, main, overlap_fraction, write_report)
+from src.report import (CRITERION_COLORS, build_report, default_out_dir, label_color, layer_records, main,
+                        overlap_fraction, paired_test, smallest_wilcoxon_p, write_outputs, write_report)
 
 ROOT = Path(__file__).resolve().parents[1]
 WIDTHS = (10, 8)
@@ -189,7 +192,7 @@ def test_write_report_files(runs, tmp_path):
         rows = list(csv.DictReader(handle))
     row = next(r for r in rows if (r["criterion"], r["iteration"]) == ("cka", "1"))
     assert float(row["test_acc_pruned_mean"]) == pytest.approx(0.83) and row["test_acc_pruned_n"] == "2"
-    assert {p.name for p in paths.csv} == {"iterations.csv", "gap.csv", "overlap.csv"}
+    assert {p.name for p in paths.csv} == {"iterations.csv", "layers.csv", "gap.csv", "overlap.csv"}
 
 
 def test_single_run_without_retraining(tmp_path):
@@ -271,3 +274,110 @@ def test_report_on_results_the_pruner_wrote(write_config, tmp_path):
     assert first.common.mean == pytest.approx(sum(expected) / 2)
     gap = next(g for g in report.gaps if g.iteration == 1)
     assert gap.after_prune.n == 2
+
+
+# ---------------------------------------------------------------- statistics a paper can use
+
+
+def seeds_with_gaps(tmp_path: Path, gaps: list[float]) -> tuple[Path, Path]:
+    """cka and l1 runs of one iteration over len(gaps) seeds; cka - l1 after retraining is gaps[s] on seed s."""
+    cka, l1 = tmp_path / "cka", tmp_path / "l1"
+    for seed, gap in enumerate(gaps):
+        removed, before = [[1, 2], [0]], [10, 8]
+        write_result(cka, "cka", "cka", seed, 0.9, [iteration(1, removed, before, [[0.9, 0.8], [0.9]], 0.7, 0.8 + gap)], planned=1)
+        write_result(l1, "l1", "l1", seed, 0.9, [iteration(1, removed, before, [[0.9, 0.8], [0.9]], 0.7, 0.8)], planned=1)
+    return cka, l1
+
+
+def test_paired_test_is_scipys_bootstrap_of_the_mean_and_wilcoxon():
+    d = [0.02, 0.035, -0.005, 0.01, 0.04, 0.025, 0.03]
+    test = paired_test(d)
+    ci = stats.bootstrap((np.array(d),), np.mean, n_resamples=9999, confidence_level=0.95, method="BCa",
+                         rng=np.random.default_rng(0)).confidence_interval
+    assert (test.low, test.high, test.n) == (ci.low, ci.high, 7)
+    # Hand computation: ranks of |d| are 3, 6, 1, 2, 7, 4, 5; the negative one has rank 1, so W = 1, and of the
+    # 2^7 = 128 equally likely sign patterns, 2 have W <= 1 (W = 0, 1): one-sided 2/128, two-sided 4/128.
+    assert test.p == pytest.approx(4 / 128)
+    assert test.low > 0 and test.excludes_zero
+    assert paired_test(d) == test  # a fixed random state: the same interval every time
+    assert paired_test([0.01]) is None and paired_test([0.01, math.nan]) is None
+    same = paired_test([0.0, 0.0, 0.0])
+    assert (same.low, same.high, same.p) == (0.0, 0.0, 1.0) and not same.excludes_zero
+
+
+def test_smallest_wilcoxon_p_is_what_scipy_gives_for_one_sign():
+    for n in (3, 5, 6, 8):
+        assert smallest_wilcoxon_p(n) == pytest.approx(stats.wilcoxon(np.arange(1.0, n + 1)).pvalue)
+    assert smallest_wilcoxon_p(5) > 0.05 > smallest_wilcoxon_p(6)
+
+
+def test_gap_rows_carry_the_interval_and_say_where_it_is_significant(tmp_path):
+    gaps = [0.02, 0.035, -0.005, 0.01, 0.04, 0.025, 0.03]
+    report = build_report(list(seeds_with_gaps(tmp_path, gaps)), config_root=None)
+    rows = {g.iteration: g for g in report.gaps}
+    assert rows[1].test_retrain == paired_test([(0.8 + g) - 0.8 for g in gaps])  # as the accuracies give them
+    assert rows[1].test_prune.excludes_zero is False  # equal after pruning on every seed
+    assert rows[0].test_retrain.low == rows[0].test_retrain.high == 0
+    from src.report import gap_table
+    notes = "\n".join(gap_table(report).notes)
+    assert "cka - l1, after retraining: the 95% CI of the mean gap excludes 0 (cka is ahead at iteration 1) " \
+           "and includes 0 at iteration 0; Wilcoxon p < 0.05 at iteration 1." in notes
+    assert "cka - l1, after pruning: the 95% CI of the mean gap includes 0 at every iteration" in notes
+
+
+def test_with_few_seeds_the_report_says_the_test_cannot_reach_significance(tmp_path):
+    report = build_report(list(seeds_with_gaps(tmp_path, [0.02, 0.03, 0.01])), config_root=None)
+    from src.report import gap_table
+    notes = "\n".join(gap_table(report).notes)
+    assert ("cka - l1, after retraining: the 95% CI of the mean gap excludes 0 (cka is ahead at iteration 1) and "
+            "includes 0 at iteration 0; but with n = 3 paired seeds the bootstrap interval falls well short of 95% "
+            "coverage and the Wilcoxon test cannot reach p < 0.05 (its smallest p is 0.25): n is too small to call "
+            "any difference significant.") in notes
+    assert next(g for g in report.gaps if g.iteration == 1).test_retrain.p == pytest.approx(0.25)
+
+
+def test_colours_are_fixed_per_criterion_whatever_the_order(tmp_path, runs):
+    cka, l1 = runs
+    first = build_report([cka, l1], config_root=None)
+    second = build_report([l1, cka], config_root=None)
+    from src.report import _colors
+    assert _colors(first) == _colors(second) == {"cka": CRITERION_COLORS["cka"], "l1": CRITERION_COLORS["l1"]}
+    assert label_color("snip") == label_color("snip") != label_color("ex/a")  # unknown names: from the name alone
+    assert re.fullmatch(r"#[0-9a-f]{6}", label_color("snip"))
+
+
+def test_every_figure_in_every_format(runs, tmp_path):
+    report = build_report(list(runs), config_root=None)
+    paths = write_outputs(report, tmp_path / "out", formats=("png", "pdf", "svg"))
+    names = [p.name for p in paths.figures]
+    assert names == [f"{stem}.{fmt}" for stem in ("accuracy", "cka", "overlap") for fmt in ("png", "pdf", "svg")]
+    heads = {".png": b"\x89PNG", ".pdf": b"%PDF", ".svg": b"<?xml"}
+    assert all(p.read_bytes().startswith(heads[p.suffix]) for p in paths.figures)
+    svg = (tmp_path / "out" / "cka.svg").read_text()
+    assert "layer 1 (10)" in svg and "hidden.0.layer" not in svg  # no module names in titles or legends
+    assert "![accuracy](accuracy.png)" in paths.markdown.read_text()
+    assert main([str(d) for d in runs] + ["--out", str(tmp_path / "cli"), "--format", "svg"]) == 0
+    assert sorted(p.name for p in (tmp_path / "cli").glob("accuracy.*")) == ["accuracy.svg"]
+    with pytest.raises(UserError, match="--format: 'jpg' is not a figure format"):
+        main([str(runs[0]), "--format", "png,jpg"])
+
+
+def test_long_csv_has_one_row_per_seed_criterion_iteration_and_layer(runs, tmp_path):
+    import pandas as pd
+
+    report = build_report(list(runs), config_root=None)
+    write_outputs(report, tmp_path / "out")
+    frame = pd.read_csv(tmp_path / "out" / "layers.csv")
+    # cka: seed 0 has iterations 0-2, seed 1 0-1; l1: seeds 0 and 1 have 0-2, seed 2 only 0. Two layers each.
+    assert len(frame) == len(layer_records(report)) == 2 * (3 + 2 + 3 + 3 + 1)
+    assert not frame.duplicated(["criterion", "seed", "iteration", "layer"]).any()
+    mean = frame.groupby(["criterion", "iteration", "layer"])["alive_after"].mean()
+    assert mean["cka", 1, 0] == 8 and mean["cka", 2, 1] == 5
+    row = frame.query("criterion == 'cka' and seed == 0 and iteration == 2 and layer == 0").iloc[0]
+    assert (row.alive_before, row.alive_after, row.width) == (8, 6, 10)
+    assert row.fraction_remaining_layer == pytest.approx(0.6) and row.fraction_remaining == pytest.approx(11 / 18)
+    assert (row.min_cka, row.last_cka) == (0.93, 0.93) and row.test_acc_pruned == 0.70 and row.test_acc_retrained == 0.85
+    unpruned = frame.query("iteration == 0")
+    assert (unpruned.alive_after == unpruned.width).all() and unpruned.min_cka.isna().all()
+    by_seed = frame.groupby(["criterion", "iteration"])["test_acc_retrained"].mean()
+    assert by_seed["cka", 1] == pytest.approx(0.90)

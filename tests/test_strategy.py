@@ -10,11 +10,13 @@ import torch
 
 import main_prune
 import main_train
+import src.pruning.strategy
 import src.train
 from lib.cka import cka, gram_rbf
 from src import results
-from src.artifacts import load_model, model_path
+from src.artifacts import load_model, model_path, rewind_path
 from src.config import load_config
+from src.errors import UserError
 from src.data import load_splits, to_unit_float
 from src.export import load_exported
 from src.pruning.scoring import scoring_indices
@@ -193,6 +195,44 @@ def test_rbf_kernel_at_model_level_records_the_literal_cka(write_config, run, tm
             np.testing.assert_allclose(step.cka[t], cka(gram_rbf(original), gram_rbf(pruned)), rtol=1e-6)
 
 
+def test_rewinding_run_end_to_end(write_config, run, tmp_path, monkeypatch):
+    config = write_config("tiny", prune=prune_section("cka", retrain="rewind", rewind_epoch=1))
+    assert run(main_train, config) == 0 and run(main_prune, config) == 0
+    result = stored(tmp_path)
+    assert result.run.description["prune"]["params"]["retrain"] == "rewind"
+    assert result.run.description["prune"]["params"]["rewind_epoch"] == 1
+    assert len(result.iterations) == 2 and all(it.after_retrain is not None for it in result.iterations)
+    finetune = results.config_description(load_config(write_config("other", prune=prune_section("cka"))))
+    assert results.RunIdentity.of(finetune).digest != result.run.config_digest
+
+    # Without the retraining itself, the checkpoint holds exactly the epoch-1 weights, masked.
+    monkeypatch.setattr(src.pruning.strategy, "retrain",
+                        lambda model, *args, **kwargs: src.train.FitResult(0, 0, False, 0.0))
+    assert run(main_prune, config, out="untrained") == 0
+    early = torch.load(rewind_path(model_path(load_config(config), 0, tmp_path / "models")), weights_only=True)[1]
+    state = torch.load(checkpoint_path(tmp_path / "untrained/tiny", 0), weights_only=True)["state_dict"]
+    removed = stored(tmp_path, out="untrained").removed_up_to
+    for index, width in ((0, 48), (1, 32)):
+        name = f"hidden.{index}.layer"
+        mask = state[f"{name}.weight_mask"]
+        assert torch.equal(state[f"{name}.weight_orig"], early[f"{name}.weight"])
+        assert torch.equal(state[f"{name}.bias"], early[f"{name}.bias"])
+        gone = sorted(removed(2, index))
+        assert len(gone) > 0 and not mask[gone].any() and mask[[i for i in range(width) if i not in gone]].all()
+    assert torch.equal(state["output.weight"], early["output.weight"])
+
+
+def test_rewinding_a_model_trained_without_early_weights_is_one_line(write_config, run, tmp_path):
+    config = write_config("tiny", prune=prune_section("cka", iterations=1, retrain="rewind", rewind_epoch=0))
+    assert run(main_train, config) == 0
+    (kept,) = (tmp_path / "models").glob("*.rewind.pth")
+    kept.unlink()
+    with pytest.raises(UserError) as info:
+        run(main_prune, config)
+    assert str(info.value).startswith(f"{kept}: no early weights to rewind to") and "main_train.py" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
 def test_a_resnet_is_pruned_physically_resumes_and_exports_smaller(write_config, run, tmp_path):
     tiny_resnet = {"model": {"type": "resnet", "depth": 8, "width": 4},
                    "params": {"lr": 0.01, "batch_size": 128, "epochs": 1, "patience": 1}}
@@ -219,3 +259,29 @@ def test_a_resnet_is_pruned_physically_resumes_and_exports_smaller(write_config,
     assert sum(p.numel() for p in exported.parameters()) < sum(p.numel() for p in trained.parameters())
     state = torch.load(checkpoint_path(tmp_path / "cut/tiny", 0), weights_only=True)["state_dict"]
     assert all(torch.equal(exported.state_dict()[k], v) for k, v in state.items())
+
+
+def test_rewinding_a_resnet_keeps_the_early_weights_of_the_surviving_channels(write_config, run, tmp_path,
+                                                                              monkeypatch):
+    config = write_config("tiny", model={"type": "resnet", "depth": 8, "width": 4},
+                          params={"lr": 0.01, "batch_size": 128, "epochs": 1, "patience": 1},
+                          prune={"params": {"type": "tp_l1", "iterations": 2, "rate": 0.25, "retrain": "rewind",
+                                            "rewind_epoch": 0}})
+    monkeypatch.setattr(src.pruning.strategy, "retrain",
+                        lambda model, *args, **kwargs: src.train.FitResult(0, 0, False, 0.0))
+    assert run(main_train, config) == 0 and run(main_prune, config) == 0
+    early = torch.load(rewind_path(model_path(load_config(config), 0, tmp_path / "models")), weights_only=True)[0]
+    state = torch.load(checkpoint_path(tmp_path / "output/tiny", 0), weights_only=True)["state_dict"]
+    result = stored(tmp_path)
+    keep = {layer.name: [c for c in range(layer.width) if c not in result.removed_up_to(2, layer.index)]
+            for layer in result.layers}
+    assert all(len(kept) < layer.width for kept, layer in zip(keep.values(), result.layers))
+    stem, block = keep["conv1"], keep["layer1.0.conv1"]  # the stage-1 residual stream, a block's inner channels
+    assert torch.equal(state["conv1.weight"], early["conv1.weight"][stem])
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        assert torch.equal(state[f"bn1.{name}"], early[f"bn1.{name}"][stem])
+        assert torch.equal(state[f"layer1.0.bn1.{name}"], early[f"layer1.0.bn1.{name}"][block])
+    assert torch.equal(state["layer1.0.conv1.weight"], early["layer1.0.conv1.weight"][block][:, stem])
+    assert torch.equal(state["layer1.0.conv2.weight"], early["layer1.0.conv2.weight"][stem][:, block])
+    assert torch.equal(state["fc.weight"], early["fc.weight"][:, keep["layer3.0.shortcut.0"]])
+    assert torch.equal(state["fc.bias"], early["fc.bias"])

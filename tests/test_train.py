@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from src import train
-from src.artifacts import ModelFileError, load_model, model_path
+from src.artifacts import ModelFileError, load_model, model_path, rewind_path
 from src.config import TrainParams, load_config
 from src.models import build_model
 from src.train import evaluate, fit, train_seed
@@ -50,6 +50,23 @@ def test_same_seed_same_weights(mnist5k, write_config, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     other = train_seed(cfg, 1, mnist5k, torch.device("cpu"), tmp_path / "a")
     assert not torch.equal(torch.load(other, weights_only=True)["output.weight"], a["output.weight"])
+
+
+def test_training_keeps_the_initialisation_and_early_epochs_for_rewinding(mnist5k, write_config, tmp_path):
+    cfg = load_config(write_config(params={"lr": 0.002, "batch_size": 128, "epochs": 2, "patience": None}))
+    path = train_seed(cfg, 0, mnist5k, torch.device("cpu"), tmp_path)
+    kept = torch.load(rewind_path(path), weights_only=True)
+    assert sorted(kept) == [0, 1, 2] and not list(tmp_path.glob("*.ckpt"))
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    initial = model.state_dict()
+    assert all(torch.equal(kept[0][k], initial[k]) for k in initial)
+    fit(model, mnist5k, TrainParams(lr=0.002, batch_size=128, epochs=1, patience=None), seed=0, device=torch.device("cpu"))
+    after_one = model.state_dict()
+    assert all(torch.equal(kept[1][k], after_one[k]) for k in after_one)
+    trained = torch.load(path, weights_only=True)  # without early stopping the last epoch's weights
+    assert all(torch.equal(kept[2][k], trained[k]) for k in trained)
+    assert not torch.equal(kept[1]["output.weight"], kept[2]["output.weight"])
 
 
 def test_existing_model_is_skipped_and_a_corrupt_one_retrained(mnist5k, write_config, tmp_path, capsys):
@@ -255,6 +272,9 @@ def test_sigterm_then_rerun_gives_the_weights_of_an_uninterrupted_run(write_conf
     (a_path,) = (tmp_path / "clean").glob("*.pt")
     a, b = (torch.load(p, weights_only=True) for p in (a_path, tmp_path / "cut" / a_path.name))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    early = [torch.load(rewind_path(p), weights_only=True) for p in (a_path, tmp_path / "cut" / a_path.name)]
+    assert sorted(early[0]) == sorted(early[1]) == list(range(6))  # the resumed training kept every early epoch
+    assert all(torch.equal(early[0][e][k], early[1][e][k]) for e in early[0] for k in early[0][e])
     history = [json.loads(p.with_suffix(".json").read_text())["fit"]["history"] for p in (a_path, tmp_path / "cut" / a_path.name)]
     assert [row["val_loss"] for row in history[0]] == [row["val_loss"] for row in history[1]]
 

@@ -52,6 +52,23 @@ def load_masked_state(model: Net, state: dict, indices: Iterable[int]) -> None:
         refresh_weight(layers[index].block.layer)
 
 
+def load_unmasked_state(model: Net, state: dict, indices: Iterable[int]) -> None:
+    """Load a plain state dict (of the unpruned model) into ``model``, keeping its masks.
+
+    Each masked layer's ``weight_orig`` takes the plain ``weight``; every other parameter and
+    buffer (biases, BatchNorm statistics) is taken as it is. The masks are untouched, so a
+    removed neuron stays removed: its weights are loaded but multiplied by zero.
+    """
+    indices = list(indices)
+    add_masks(model, indices)
+    current = model.state_dict()
+    model.load_state_dict({key: value if key.endswith("weight_mask") else state[key.removesuffix("_orig")]
+                           for key, value in current.items()})
+    layers = prunable_layers(model)
+    for index in indices:
+        refresh_weight(layers[index].block.layer)
+
+
 def alive_neurons(layer: nn.Module) -> torch.Tensor:
     """Bool tensor (out_features or out_channels,): True where the neuron is not masked."""
     if not hasattr(layer, "weight_mask"):

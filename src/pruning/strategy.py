@@ -3,7 +3,9 @@
 An iteration is: score and prune every layer of ``prune.modules`` (one pass; the layers'
 original activations are recorded once, at the start of the pass) -> evaluate -> retrain
 (the ``params`` recipe, on the masked network or, with ``shrink``, on the smaller dense one)
--> evaluate.
+-> evaluate. With ``retrain`` "rewind" the surviving weights are first reset to those after
+epoch ``rewind_epoch`` of the original training (Frankle et al. 2020), removed neurons kept
+removed; "finetune" retrains the pruned weights as they are.
 
 After every iteration a checkpoint (masked weights + the result so far) is written, then
 the result JSON (:mod:`src.results`), both atomically; a JSON left behind its checkpoint (a
@@ -33,13 +35,14 @@ from tabulate import tabulate
 from torch import nn
 
 from src import results
+from src.artifacts import load_rewind_state
 from src.config import ExperimentConfig
 from src.data import Splits, to_unit_float
 from src.errors import UserError, brief
 from src.io import atomic_torch_save
-from src.models import Net, prunable_layers
+from src.models import Net, build_model, prunable_layers
 from src.pruning.criteria import select, select_global
-from src.pruning.masks import add_masks, alive_neurons, load_masked_state, remove_neurons
+from src.pruning.masks import add_masks, alive_neurons, load_masked_state, load_unmasked_state, remove_neurons
 from src.pruning.physical import group_roots, physical_pass, rebuild
 from src.pruning.scoring import record_layers, scoring_indices
 from src.pruning.shrink import carry_back, shrunk
@@ -312,9 +315,12 @@ def prune_seed(model: nn.Module, cfg: ExperimentConfig, seed: int, splits: Split
         verb = "extending" if result.complete else "resuming"
         print(f"seed {seed}: {verb} after iteration {done} of {planned}")
     result = replace(result, planned_iterations=planned)
+    rewind_to = (load_rewind_state(model_file, prune.params.rewind_epoch)
+                 if prune.params.retrain == "rewind" else None)
     for iteration in range(done + 1, planned + 1):
         try:
-            record = run_iteration(model, cfg, splits, seed, iteration, device, evaluate, on_epoch, result, history)
+            record = run_iteration(model, cfg, splits, seed, iteration, device, evaluate, on_epoch, result, history,
+                                   rewind_to)
         except KeyboardInterrupt as interrupt:
             interrupt.add_note(f"seed {seed} prune iteration {iteration}, which will be redone "
                                f"({iteration - 1} iterations of this seed are saved)")
@@ -330,10 +336,11 @@ def prune_seed(model: nn.Module, cfg: ExperimentConfig, seed: int, splits: Split
 
 def run_iteration(model: nn.Module, cfg: ExperimentConfig, splits: Splits, seed: int, iteration: int,
                   device: torch.device, evaluate: Callable[[], dict[str, float]], on_epoch: EpochCallback | None,
-                  result: SeedResult, history: list) -> IterationRecord:
+                  result: SeedResult, history: list, rewind_to: dict[str, torch.Tensor] | None = None) -> IterationRecord:
     """One pass over the layers, evaluated, then retrained (if configured) and evaluated again.
 
     A Torch-Pruning model is pruned physically; the pass's pruning history is appended to ``history``.
+    ``rewind_to``: the unpruned model's early weights to reset the survivors to before retraining.
     """
     prune = cfg.require_prune()
     label = f"seed {seed} iteration {iteration}/{prune.params.iterations}"
@@ -351,12 +358,30 @@ def run_iteration(model: nn.Module, cfg: ExperimentConfig, splits: Splits, seed:
                              seconds_scoring=scoring)
     if not prune.params.retrain:
         return record
+    if rewind_to is not None:
+        rewind(model, cfg, rewind_to, history)
     fitted = retrain(model, cfg, splits, seed=seed * 1000 + iteration, device=device, on_epoch=on_epoch, label=label)
     record = replace(record, after_retrain=evaluate(),
                      retrain=RetrainSummary(fitted.epochs, fitted.best_epoch, fitted.diverged, fitted.seconds),
                      seconds_retraining=fitted.seconds)
     print(f"{label}: retrained {fitted.epochs} epochs; test acc {record.after_retrain['test_acc']:.4f}")
     return record
+
+
+def rewind(model: nn.Module, cfg: ExperimentConfig, state: dict[str, torch.Tensor], history: list) -> None:
+    """Reset the pruned ``model`` to ``state`` (the unpruned model's early weights), removed neurons kept removed.
+
+    Masked models keep their masks and take every parameter and buffer from ``state``. A
+    Torch-Pruning model is rebuilt: a fresh model holding ``state`` and pruned by the same
+    ``history`` keeps exactly the early weights of the surviving channels.
+    """
+    if not cfg.model.uses_torch_pruning:
+        load_unmasked_state(model, state, cfg.require_prune().modules)
+        return
+    early = build_model(cfg.model).to(next(model.parameters()).device)
+    early.load_state_dict(state)
+    rebuild(early, example_input(cfg, early), history)
+    model.load_state_dict(early.state_dict())
 
 
 def retrain(model: nn.Module, cfg: ExperimentConfig, splits: Splits, *, seed: int, device: torch.device,
