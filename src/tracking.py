@@ -1,4 +1,4 @@
-"""Optional W&B run logging, shared by the three entry scripts, and W&B access checks.
+"""Optional W&B run logging for the three entry scripts, and W&B access checks.
 
 The mode goes into the environment before wandb is first imported, so wandb's service
 process starts in that mode. Passing ``mode="offline"`` only to ``wandb.init`` is not
@@ -6,25 +6,29 @@ enough: the service then starts with error reporting on and contacts its telemet
 exit, which hangs for about 10 s where that host does not answer. Offline runs also turn
 error reporting off (``WANDB_ERROR_REPORTING=false``: the service starts with
 ``--no-observability``), so an offline run never waits on the network. In "disabled" mode
-wandb is never imported.
+wandb is never imported. Runs log the resolved config (:func:`run_config`); what each kind of
+run logs is in :class:`TrainLog`, :class:`PruneLog` and :class:`SearchLog`.
 """
 
 from __future__ import annotations
 
 import netrc
 import os
+import subprocess
 import threading
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 from urllib.parse import urlsplit
 
-from src.config import ExperimentConfig
+from src.config import ExperimentConfig, with_overrides
 from src.errors import UserError
 
-LogFn = Callable[[dict[str, Any]], None]
+EpochFn = Callable[[dict[str, float]], None]
+ROOT = Path(__file__).resolve().parents[1]
 
 # The W&B API hosts wandb uses when WANDB_BASE_URL is not set (wandb.setup().settings.base_url;
 # it differs between wandb releases).
@@ -42,26 +46,121 @@ def resolve_mode(cfg: ExperimentConfig, override: str | None) -> str:
 def prepare_wandb_environment(mode: str) -> None:
     """Put ``mode`` into the environment wandb reads when it starts (see the module doc)."""
     os.environ["WANDB_MODE"] = mode
+    os.environ.setdefault("WANDB_SILENT", "true")  # no banners between our own lines
     if mode == "offline":
         os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
 
 
+def git_commit() -> str | None:
+    """The repository's commit, or None outside a git checkout."""
+    try:
+        found = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    except OSError:
+        return None
+    return found.stdout.strip() or None
+
+
+def run_config(cfg: ExperimentConfig, **extra: Any) -> dict[str, Any]:
+    """The resolved config (every default filled in, no comment keys) and ``extra`` (seed, device, ...)."""
+    sections = {"model": asdict(cfg.model), "data": asdict(cfg.data), "params": asdict(cfg.params),
+                "prune": None if cfg.prune is None else asdict(cfg.prune)}
+    return {"experiment": cfg.name, "config_file": str(cfg.source), **sections, "seeds": list(cfg.seeds),
+            "git_commit": git_commit(), **extra}
+
+
 @contextmanager
-def wandb_run(cfg: ExperimentConfig, mode: str, *, job_type: str, name: str,
-              config: dict[str, Any]) -> Iterator[LogFn | None]:
-    """Yield a ``log(dict)`` function for one W&B run, or ``None`` when logging is disabled."""
+def wandb_run(cfg: ExperimentConfig, mode: str, *, job_type: str, name: str, config: dict[str, Any],
+              run_id: str | None = None) -> Iterator[Any]:
+    """One W&B run (``wandb.Run``), or None when logging is disabled.
+
+    ``run_id``: continue that run (``resume="allow"``: a requeued job adds to its own run).
+    """
     if mode == "disabled":
         yield None
         return
     prepare_wandb_environment(mode)
     import wandb
 
-    run = wandb.init(project=cfg.wandb.project, entity=cfg.wandb.entity, job_type=job_type,
-                     name=name, group=cfg.name, config=config, reinit="finish_previous")
+    run = wandb.init(project=cfg.wandb.project, entity=cfg.wandb.entity, job_type=job_type, name=name,
+                     group=cfg.name, config=config, id=run_id, resume="allow" if run_id else None,
+                     reinit="finish_previous")
     try:
-        yield run.log
+        yield run
     finally:
         run.finish()
+
+
+class TrainLog:
+    """A train run: per-epoch ``train/*`` and ``val/*`` against ``epoch``; summary = best epoch + test."""
+
+    def __init__(self, run: Any):
+        self.run = run
+        run.define_metric("epoch")
+        for prefix in ("train", "val"):
+            run.define_metric(f"{prefix}/*", step_metric="epoch")
+
+    def epoch(self, row: Mapping[str, float]) -> None:
+        self.run.log({"epoch": row["epoch"], "train/loss": row["train_loss"], "train/acc": row["train_acc"],
+                      "val/loss": row["val_loss"], "val/acc": row["val_acc"], "train/seconds": row["seconds"]})
+
+    def finish(self, best_epoch: int, epochs: int, metrics: Mapping[str, float]) -> None:
+        """``metrics``: ``{split}_{loss,acc}`` of the kept (best-epoch) weights."""
+        self.run.summary.update({"best_epoch": best_epoch, "epochs": epochs,
+                                 **{name.replace("_", "/", 1): value for name, value in metrics.items()}})
+
+
+class PruneLog:
+    """A prune run: one ``prune/*`` point per iteration, drawn against the fraction of neurons left,
+    and the retraining epochs under ``retrain/*`` against one step over all iterations."""
+
+    def __init__(self, run: Any, first_iteration: int, max_epochs: int):
+        self.run = run
+        self.iteration = first_iteration
+        self.max_epochs = max_epochs
+        run.define_metric("prune/fraction_remaining")
+        run.define_metric("prune/*", step_metric="prune/fraction_remaining")
+        run.define_metric("retrain/step")
+        run.define_metric("retrain/*", step_metric="retrain/step")
+
+    def retrain_epoch(self, row: Mapping[str, float]) -> None:
+        # (iteration - 1) * max_epochs + epoch: increasing, and the same after a resume.
+        step = (self.iteration - 1) * self.max_epochs + int(row["epoch"])
+        self.run.log({"retrain/step": step, "retrain/iteration": self.iteration,
+                      **{f"retrain/{k}": v for k, v in row.items()}})
+
+    def iteration_done(self, iteration: int, fraction_remaining: float, alive: Mapping[str, int],
+                       accuracy: Mapping[str, float | None], min_cka: Mapping[str, float | None]) -> None:
+        """``alive``, ``min_cka``: per layer name; ``accuracy``: e.g. ``test_acc_pruned``, ``val_acc_retrained``."""
+        row = {"prune/iteration": iteration, "prune/fraction_remaining": fraction_remaining,
+               **{f"prune/alive/{layer}": n for layer, n in alive.items()},
+               **{f"prune/{name}": value for name, value in accuracy.items() if value is not None},
+               **{f"prune/min_cka/{layer}": value for layer, value in min_cka.items() if value is not None}}
+        self.run.log(row)
+        self.iteration = iteration + 1
+
+
+class SearchLog:
+    """A local search point's run: per-epoch metrics; summary = the point's result."""
+
+    def __init__(self, run: Any):
+        self.run = run
+        run.define_metric("epoch")
+        run.define_metric("*", step_metric="epoch")
+
+    def __call__(self, row: Mapping[str, float]) -> None:
+        self.run.log(dict(row))
+
+    def finish(self, result: Mapping[str, Any]) -> None:
+        self.run.summary.update(dict(result))
+
+
+@contextmanager
+def search_run(cfg: ExperimentConfig, mode: str, point: dict[str, Any]) -> Iterator[SearchLog]:
+    """A W&B run for one point of a local search (``SearchLog``; inert when ``mode`` is disabled)."""
+    name = f"{cfg.name}-" + "-".join(f"{k}={v}" for k, v in point.items())
+    config = {**run_config(with_overrides(cfg, point), seed=cfg.search.seed), "search_point": point}
+    with wandb_run(cfg, mode, job_type="search", name=name, config=config) as run:
+        yield SearchLog(run)
 
 
 def wandb_hosts() -> tuple[str, ...]:

@@ -97,9 +97,23 @@ def load_checkpoint(path: Path, model: Net, prune_modules: tuple[int, ...]) -> d
         return None
 
 
+def saved_progress(out_dir: Path, seed: int) -> tuple[int, bool, str | None]:
+    """(iterations done, complete, W&B run id) of a seed's checkpoint; (0, False, None) without one."""
+    try:
+        saved = torch.load(checkpoint_path(out_dir, seed), map_location="cpu", weights_only=True)
+        return len(saved["result"]["iterations"]), saved["result"]["complete"], saved.get("wandb_run_id")
+    except Exception:  # noqa: BLE001 - missing or unusable: prune_seed starts this seed over
+        return 0, False, None
+
+
 def prune_seed(model: Net, cfg: ExperimentConfig, seed: int, splits: Splits, device: torch.device,
-               model_file: Path, out_dir: Path, on_epoch: EpochCallback | None = None) -> dict:
-    """Run the configured strategy on ``model`` (trained, unmasked), resuming if possible."""
+               model_file: Path, out_dir: Path, on_epoch: EpochCallback | None = None,
+               on_iteration: Callable[[dict], None] | None = None, run_id: str | None = None) -> dict:
+    """Run the configured strategy on ``model`` (trained, unmasked), resuming if possible.
+
+    ``on_iteration(result)`` is called after each iteration is saved; ``run_id`` (a W&B run)
+    is kept in the checkpoint, so that a resumed run continues it.
+    """
     prune = cfg.require_prune()
     ckpt = checkpoint_path(out_dir, seed)
     result = load_checkpoint(ckpt, model, prune.modules)
@@ -131,8 +145,10 @@ def prune_seed(model: Net, cfg: ExperimentConfig, seed: int, splits: Splits, dev
             print(f"{label}: retrained {fitted.epochs} epochs; test acc {record['after_retrain']['test_acc']:.4f}")
         result["iterations"].append(record)
         result["complete"] = iteration == prune.params.iterations
-        atomic_torch_save(ckpt, {"state_dict": model.state_dict(), "result": result})
+        atomic_torch_save(ckpt, {"state_dict": model.state_dict(), "result": result, "wandb_run_id": run_id})
         atomic_write_json(result_path(out_dir, seed), result)
+        if on_iteration is not None:
+            on_iteration(result)
     if not result_path(out_dir, seed).exists():
         atomic_write_json(result_path(out_dir, seed), result)
     return result
