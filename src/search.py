@@ -1,24 +1,17 @@
 """Hyper-parameter search on Optuna's terms: one study per search, one trial per point.
 
-A *point* is a dict of searched values (``{"lr": 0.01}``, names from ``src.config.SEARCHABLE``);
-its model is the config with those values filled in, trained with ``search.seed``. Every epoch
-reports the metric (``trial.report``), so optuna-dashboard draws learning curves and
-``early_terminate`` (Optuna's ``HyperbandPruner``) can stop a point early.
+A *point* is a dict of searched values (``{"lr": 0.01}``); its model is the config with them
+filled in, trained with ``search.seed``. Each epoch is reported (``trial.report``): the dashboard
+draws learning curves and ``early_terminate`` (``HyperbandPruner``) can stop a point early.
 
-Local backend: an Optuna study in a journal file (default) or a database, shared by any number
-of processes. ``grid`` asks for the first point no trial covers (``PartialFixedSampler``);
-``random`` and ``bayes`` ask ``RandomSampler`` / ``TPESampler`` until ``run_cap`` trials cover
-points. A trial covers its point while it runs and once it is complete or stopped early. Asking
-happens under a file lock beside a journal or SQLite file, so no point is taken twice; with a
-database server, a copy of a grid point that finds another one covering it is dropped.
-
-Lost workers: a database has Optuna's heartbeat (``fail_stale_trials``). A journal has none, so
-a worker holds an ``flock`` on a file of its own, which the kernel drops when it dies (seen at
-once on the same host), and beats a user attribute (seen elsewhere after 3 silent intervals). A
-lost trial is failed: its grid point is uncovered again, a sampled point is queued again by
-``RetryFailedTrialCallback``.
-
-W&B backend: a sweep with the same configuration (``SearchConfig.as_sweep``).
+Local backend: a study in a journal file or a database, shared by any number of processes.
+``grid`` asks for the first point no trial covers (``PartialFixedSampler``); ``random`` and
+``bayes`` ask ``RandomSampler`` / ``TPESampler`` until ``run_cap`` trials cover points. A trial
+covers its point while running and once complete or stopped early. Asking happens under a file
+lock beside a journal or SQLite file; with a database server, a second copy of a grid point is
+dropped. A dead worker's trial is failed, by Optuna's heartbeat on a database and by our own on
+a journal (which has none); its point is then uncovered, or re-queued by
+``RetryFailedTrialCallback``. W&B backend: a sweep of the same configuration.
 """
 
 from __future__ import annotations
@@ -32,7 +25,6 @@ import os
 import socket
 import threading
 import time
-import uuid
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -213,14 +205,14 @@ def best_row(rows: list[Row], search: SearchConfig) -> Row | None:
 
 
 def format_table(rows: list[Row], search: SearchConfig) -> str:
-    """One line per point: values, val_loss, val_acc, epochs, seconds, status; ``*`` marks the best."""
+    """One line per point: values, val_loss, val_acc, epochs run, seconds, status; ``*`` marks the best."""
     best = best_row(rows, search)
     names = [p.name for p in search.parameters]
     table = [["*" if row is best else "", *(row.point.get(n, "-") for n in names),
               *(["-"] * 4 if row.result is None else [row.result.val_loss, row.result.val_acc,
                                                       row.result.epochs, row.result.seconds]),
               row.status] for row in rows]
-    text = tabulate(table, ["", *names, "val_loss", "val_acc", "epochs", "seconds", "status"],
+    text = tabulate(table, ["", *names, "val_loss", "val_acc", "epochs run", "seconds", "status"],
                     floatfmt=("", *["g"] * len(names), ".4f", ".4f", "", ".1f"), missingval="-")
     if best is None:
         return text + "\nbest: none yet"
@@ -308,62 +300,24 @@ def lock_file(location: str) -> Path | None:
     return None
 
 
-class WorkerLock:
-    """A file this process holds an ``flock`` on for as long as it lives (the kernel drops it at death)."""
-
-    def __init__(self, directory: Path):
-        directory.mkdir(parents=True, exist_ok=True)
-        self.directory = directory
-        self.name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.lock"
-        self.handle = open(directory / self.name, "w")
-        try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            raise UserError(f"{directory}: cannot lock ({err.strerror}); this file system has no file "
-                            f"locks: use --storage with a database URL") from None
-
-    def describe(self) -> dict[str, Any]:
-        return {"host": socket.gethostname(), "pid": os.getpid(), "lock": self.name}
-
-    def close(self) -> None:
-        (self.directory / self.name).unlink(missing_ok=True)
-        self.handle.close()
-
-
 class LostTrialFinder:
-    """Running trials of a journal whose worker is gone.
+    """Running trials of a journal whose ``heartbeat`` attribute has not changed for ``grace`` seconds.
 
-    On this host: the worker's lock file is no longer locked. Elsewhere: its ``heartbeat``
-    attribute has not changed for ``grace`` seconds of this process's clock (hosts' clocks are
-    never compared).
+    Time is this process's clock from when it first saw a beat, so hosts' clocks are never compared.
     """
 
-    def __init__(self, lock_dir: Path, grace: float, clock: Callable[[], float] = time.monotonic):
-        self.lock_dir = lock_dir
-        self.grace = grace
-        self.clock = clock
+    def __init__(self, grace: float, clock: Callable[[], float] = time.monotonic):
+        self.grace, self.clock = grace, clock
         self.seen: dict[int, tuple[Any, float]] = {}
 
     def lost(self, running: list[FrozenTrial]) -> list[tuple[FrozenTrial, str]]:
         now, found = self.clock(), []
         for trial in running:
-            worker = trial.user_attrs.get("worker") or {}
-            if worker.get("host") == socket.gethostname():
-                with open(self.lock_dir / worker["lock"], "a") as handle:
-                    try:
-                        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    except BlockingIOError:
-                        continue
-                (self.lock_dir / worker["lock"]).unlink(missing_ok=True)
-                found.append((trial, f"its worker (pid {worker['pid']}) has stopped"))
-                continue
-            beat = trial.user_attrs.get("heartbeat")
-            seen = self.seen.get(trial.number)
+            beat, seen = trial.user_attrs.get("heartbeat"), self.seen.get(trial.number)
             if seen is None or seen[0] != beat:
                 self.seen[trial.number] = (beat, now)
             elif now - seen[1] > self.grace:
-                found.append((trial, f"no heartbeat from {worker.get('host')}:{worker.get('pid')} "
-                                     f"for {now - seen[1]:.0f} s"))
+                found.append((trial, f"no heartbeat from {trial.user_attrs.get('worker')} for {now - seen[1]:.0f} s"))
         return found
 
 
@@ -426,24 +380,25 @@ class LocalSearch:
         self.retry = None if self.grid is not None else RetryFailedTrialCallback()
         lock = lock_file(location)
         self.lock = (lambda: exclusive(lock)) if lock is not None else nullcontext
-        self.worker = self.finder = None
-        if is_database_url(location):
-            beat = max(1, round(options.heartbeat))
-            try:
-                storage = get_storage(RDBStorage(location, heartbeat_interval=beat, grace_period=3 * beat,
-                                                 failed_trial_callback=self.retry))
-            except Exception as err:  # noqa: BLE001 - SQLAlchemy and drivers raise many types
-                raise UserError(f"--storage {display_storage(location)}: cannot open ({brief(err)})") from None
-        else:
-            Path(location).parent.mkdir(parents=True, exist_ok=True)
-            storage = JournalStorage(JournalFileBackend(location))
-            self.worker = WorkerLock(Path(f"{location}.workers"))
-            self.finder = LostTrialFinder(self.worker.directory, 3 * options.heartbeat)
+        self.finder = None if is_database_url(location) else LostTrialFinder(3 * options.heartbeat)
         with self.lock():  # processes creating one SQLite database at once would collide
+            storage = self.open_storage(location)
             self.study = optuna.create_study(storage=storage, study_name=study_name(cfg), direction=cfg.search.goal,
                                              pruner=make_pruner(cfg.search, cfg.params.epochs), load_if_exists=True)
         self.storage = storage
         self.study_id = storage.get_study_id_from_name(self.study.study_name)
+
+    def open_storage(self, location: str) -> optuna.storages.BaseStorage:
+        """A journal file, or a database with Optuna's heartbeat and retries."""
+        if self.finder is not None:
+            Path(location).parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(location))
+        beat = max(1, round(self.options.heartbeat))
+        try:
+            return get_storage(RDBStorage(location, heartbeat_interval=beat, grace_period=3 * beat,
+                                          failed_trial_callback=self.retry))
+        except Exception as err:  # noqa: BLE001 - SQLAlchemy and drivers raise many types
+            raise UserError(f"--storage {display_storage(location)}: cannot open ({brief(err)})") from None
 
     def trial_id(self, number: int) -> int:
         return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
@@ -505,8 +460,7 @@ class LocalSearch:
                 self.study.sampler = optuna.samplers.PartialFixedSampler(missing[0], make_sampler(self.search, seed))
             trial = self.study.ask()
             point = suggest(trial, self.search)
-            if self.worker is not None:
-                trial.set_user_attr("worker", self.worker.describe())
+            trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         if self.grid is not None and any(point_key(t.params) == point_key(point)
                                          for t in self.covering() if t.number != trial.number):
             trial.set_user_attr("duplicate", True)  # a database server without a lock file
@@ -519,7 +473,7 @@ class LocalSearch:
         label = point_label(point)
         self.say(f"{label}: training (trial {trial.number})")
         trial_id = self.trial_id(trial.number)
-        if self.worker is None:
+        if self.finder is None:
             beat = lambda: self.storage.record_heartbeat(trial_id)  # noqa: E731
         else:
             count = itertools.count()
@@ -573,10 +527,6 @@ class LocalSearch:
             time.sleep(self.options.poll)
         return trained
 
-    def close(self) -> None:
-        if self.worker is not None:
-            self.worker.close()
-
 
 # ---------------------------------------------------------------- entry points
 
@@ -625,11 +575,8 @@ def run_search(cfg: ExperimentConfig, options: SearchOptions, train: Trainer) ->
             atomic_write_json(out, results_document(cfg, rows, search.complete(rows), extra))
         return rows
 
-    try:
-        search.work(logged_trainer(cfg, train, options.wandb_mode), on_progress=write_results)
-        rows = write_results()
-    finally:
-        search.close()
+    search.work(logged_trainer(cfg, train, options.wandb_mode), on_progress=write_results)
+    rows = write_results()
     print(f"\n{format_table(rows, cfg.search)}\nresults: {out}")
     if not search.complete(rows):
         print("the search is not finished; run the same command again to finish it")
