@@ -237,23 +237,26 @@ def results_document(cfg: ExperimentConfig, rows: list[Row], complete: bool, ext
 
 def searched_config(cfg: ExperimentConfig, use_search: bool,
                     output_root: Path = DEFAULT_OUTPUT_ROOT) -> tuple[ExperimentConfig, str]:
-    """``cfg`` with the best values of a finished search of the same identity, and a line saying so."""
-    path = results_path(cfg, output_root)
+    """``cfg`` with the best values of a finished search of the same identity, and a line saying so.
+
+    The experiment's own results are looked at first, then any other experiment's (``demo/l1``
+    trains the models ``demo/cka`` searched for: same identity, same models).
+    """
     names = [p.name for p in cfg.search.parameters]
     own = ", ".join(f"{n}={getattr(getattr(cfg, SEARCHABLE[n][0]), SEARCHABLE[n][1]):g}" for n in names)
     if not use_search:
         return cfg, f"{own} from {cfg.source} (--no-search-params)"
-    try:
-        doc = read_json(path)
-    except FileNotFoundError:
-        return cfg, f"{own} from {cfg.source} (no search results in {path})"
-    except (OSError, ValueError) as err:
-        raise UserError(f"{path}: unreadable search results ({brief(err)}); delete it or pass --no-search-params") from None
-    if doc.get("identity") != search_identity(cfg) or not doc.get("complete") or not doc.get("best"):
-        why = "is not finished" if doc.get("identity") == search_identity(cfg) else "is for other settings"
-        return cfg, f"{own} from {cfg.source} (the search in {path} {why})"
-    best = doc["best"]["params"]
-    return with_overrides(cfg, best), f"{point_label(best)} from the search in {path}"
+    path = results_path(cfg, output_root)
+    for candidate in [path, *sorted(Path(output_root).rglob("*.json"))]:
+        try:
+            doc = read_json(candidate)
+        except (OSError, ValueError):
+            continue  # missing, or not a results file: the next one may do
+        if isinstance(doc, dict) and doc.get("identity") == search_identity(cfg) and doc.get("complete") \
+                and doc.get("best"):
+            best = doc["best"]["params"]
+            return with_overrides(cfg, best), f"{point_label(best)} from the search in {candidate}"
+    return cfg, f"{own} from {cfg.source} (no finished search of these settings in {output_root})"
 
 
 # ---------------------------------------------------------------- local backend

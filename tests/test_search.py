@@ -316,16 +316,20 @@ def test_write_config_waits_for_a_finished_search(tmp_path):
 def test_training_uses_a_finished_search_of_the_same_identity(tmp_path):
     cfg = load_config(write(tmp_path / "c.json", tiny_search_raw({"lr": LRS})))
     out = tmp_path / "out"
-    assert searched_config(cfg, True, out) == (cfg, f"lr=0.01 from {cfg.source} (no search results in {out}/c.json)")
+    unused = (cfg, f"lr=0.01 from {cfg.source} (no finished search of these settings in {out})")
+    assert searched_config(cfg, True, out) == unused
     run_search(cfg, SearchOptions(output_root=out, worker=WorkerOptions(trials=2)), CountingTrainer())
-    assert searched_config(cfg, True, out)[0].params.lr == 0.01  # not finished: the config's own
+    assert searched_config(cfg, True, out) == unused  # not finished
     run_search(cfg, SearchOptions(output_root=out), CountingTrainer())
     used, line = searched_config(cfg, True, out)
     assert used.params.lr == 0.001 and line == f"lr=0.001 from the search in {out}/c.json"
     assert searched_config(cfg, False, out)[0].params.lr == 0.01
     other = load_config(write(tmp_path / "c.json", tiny_search_raw({"lr": LRS}, epochs=2)))
     assert searched_config(other, True, out)[0].params.lr == 0.01
-    assert "is for other settings" in searched_config(other, True, out)[1]
+    # Another experiment with the same identity (the l1 twin of a cka config) uses the same search.
+    twin = load_config(write(tmp_path / "twin.json", tiny_search_raw({"lr": LRS})))
+    twin_used, twin_line = searched_config(twin, True, out)
+    assert twin_used.params == used.params and twin_line == line
 
 
 # ---------------------------------------------------------------- lost workers, in process
