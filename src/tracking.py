@@ -12,6 +12,7 @@ run logs is in :class:`TrainLog`, :class:`PruneLog` and :class:`SearchLog`.
 
 from __future__ import annotations
 
+import json
 import netrc
 import os
 import subprocess
@@ -64,8 +65,9 @@ def run_config(cfg: ExperimentConfig, **extra: Any) -> dict[str, Any]:
     """The resolved config (every default filled in, no comment keys) and ``extra`` (seed, device, ...)."""
     sections = {"model": asdict(cfg.model), "data": asdict(cfg.data), "params": asdict(cfg.params),
                 "prune": None if cfg.prune is None else asdict(cfg.prune)}
-    return {"experiment": cfg.name, "config_file": str(cfg.source), **sections, "seeds": list(cfg.seeds),
-            "git_commit": git_commit(), **extra}
+    config = {"experiment": cfg.name, "config_file": str(cfg.source), **sections, "seeds": list(cfg.seeds),
+              "git_commit": git_commit(), **extra}
+    return json.loads(json.dumps(config))  # tuples as lists, as W&B stores them
 
 
 @contextmanager
