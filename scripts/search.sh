@@ -11,13 +11,15 @@
 #
 # Every #SBATCH default below can be overridden on the sbatch command line, e.g.
 #   sbatch --time=1:00:00 --cpus-per-task=8 --gres=gpu:1 scripts/search.sh ...
-# Logs go to logs/ below the directory sbatch is called from (create it first:
-# Slurm does not, and a job whose log cannot be opened fails without a log).
+# Logs go to logs/<job name>-<job id>.out below the directory sbatch is called from
+# (create it first: Slurm does not, and a job whose log cannot be opened fails without
+# a log); for arrays pass --output=logs/%x-%A_%a.out (submit.sh does). The cluster
+# environment (module load, conda): SETUP=... / PYTHON=... or scripts/env.sh, see common.sh.
 # Near the time limit Slurm sends USR1 to this script, which stops python with
 # SIGTERM; python saves its progress, so resubmitting or requeueing
 # (scontrol requeue JOBID) resumes. MAX_REQUEUES=N requeues automatically.
 #SBATCH --job-name=cka-search
-#SBATCH --output=logs/%x-%A_%a.out
+#SBATCH --output=logs/%x-%j.out
 #SBATCH --time=08:00:00
 #SBATCH --cpus-per-task=4
 #SBATCH --mem=16G
