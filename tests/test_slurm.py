@@ -79,7 +79,7 @@ def test_batch_scripts_request_warning_signal_and_requeue():
     for name in ("search.sh", "train.sh", "prune.sh"):
         directives = re.findall(r"^#SBATCH (\S+)", (ROOT / "scripts" / name).read_text(), re.M)
         assert "--requeue" in directives, name
-        assert "--output=logs/%x-%A_%a.out" in directives, name
+        assert "--output=logs/%x-%j.out" in directives, name
         assert any(d.startswith("--signal=B:USR1@") for d in directives), name
 
 
@@ -532,7 +532,7 @@ def test_a_failed_search_cancels_training_and_pruning(repo_copy: Path):
     for stage in ("train", "prune"):
         records = job_records(ids[stage])
         assert records and {r["JobState"] for r in records} == {"CANCELLED"}, records
-        assert all(r["StartTime"] == "None" or r["RunTime"] == "00:00:00" for r in records), records
+        assert all(r["RunTime"] == "00:00:00" for r in records), records
 
 
 def test_a_setup_hook_gives_the_job_its_environment(repo_copy: Path, tmp_path: Path):
