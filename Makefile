@@ -1,4 +1,5 @@
-# make demo: set up .venv and run the demo experiment offline on the bundled data.
+# make demo: set up .venv and run the demo experiment offline on the bundled data:
+# the search picks the learning rate, training and pruning use it (main_train.py says so).
 # make test: set up .venv with the test tools and run the whole test suite.
 PYTHON ?= python3
 VENV ?= .venv

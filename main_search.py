@@ -65,29 +65,29 @@ def main(argv=None) -> int:
     # Imported only now: torch and optuna take seconds to load, a missing W&B key does not.
     import optuna
 
-    from src.search import DataTrainer, SearchOptions, WorkerOptions, run_search, run_sweep_point
-    from src.tracking import check_wandb_reachable
+    from src.search import DataTrainer, SearchOptions, WorkerOptions, check_points, run_search
+    from src.tracking import check_wandb_reachable, logged_trainer, run_sweep_point, run_wandb_search
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Optuna marks the database heartbeat experimental; it is what recovers lost trials.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    train = DataTrainer(cfg, args.device)
     if args.sweep_run:
-        run_sweep_point(cfg, DataTrainer(cfg, args.device))
+        run_sweep_point(cfg, train)
         return 0
     if args.backend == "wandb":
         import wandb
 
         check_wandb_reachable(wandb.setup().settings.base_url)
+        check_points(cfg)
+        return run_wandb_search(cfg, args.sweep_id, args.trials, args.output_dir, train)
     options = SearchOptions(
-        backend=args.backend,
         storage=args.storage,
         worker=WorkerOptions(trials=args.trials, wait=not args.no_wait, heartbeat=args.heartbeat),
-        sweep_id=args.sweep_id,
         write_config=args.write_config,
         output_root=args.output_dir,
-        wandb_mode=resolve_mode(cfg, args.wandb),
     )
-    return run_search(cfg, options, DataTrainer(cfg, args.device))
+    return run_search(cfg, options, logged_trainer(cfg, train, resolve_mode(cfg, args.wandb)))
 
 
 if __name__ == "__main__":

@@ -43,8 +43,7 @@ from src.data import Splits
 from src.errors import UserError, brief
 from src.io import atomic_write_json, read_json
 from src.models import build_model
-from src.tracking import EpochFn, run_config, search_run
-from src.train import fit, load_experiment_data, select_device
+from src.train import EpochCallback as EpochFn, fit, load_experiment_data, select_device
 
 Point = dict[str, Any]
 DEFAULT_OUTPUT_ROOT = Path("output/search")
@@ -89,7 +88,8 @@ def search_identity(cfg: ExperimentConfig) -> str:
 
 def study_name(cfg: ExperimentConfig) -> str:
     """``<experiment>@<identity>-<space>``: a study's parameters keep one distribution each."""
-    space = json.dumps(cfg.search.as_sweep(PROGRAM) | {"seed": None}, sort_keys=True)
+    s = cfg.search
+    space = json.dumps([s.method, [asdict(p) for p in s.parameters], s.early_terminate and asdict(s.early_terminate)])
     return f"{cfg.name}@{search_identity(cfg)}-{hashlib.sha256(space.encode()).hexdigest()[:6]}"
 
 
@@ -209,7 +209,7 @@ def format_table(rows: list[Row], search: SearchConfig) -> str:
     best = best_row(rows, search)
     names = [p.name for p in search.parameters]
     table = [["*" if row is best else "", *(row.point.get(n, "-") for n in names),
-              *(["-"] * 4 if row.result is None else [row.result.val_loss, row.result.val_acc,
+              *([None] * 4 if row.result is None else [row.result.val_loss, row.result.val_acc,
                                                       row.result.epochs, row.result.seconds]),
               row.status] for row in rows]
     text = tabulate(table, ["", *names, "val_loss", "val_acc", "epochs run", "seconds", "status"],
@@ -535,34 +535,15 @@ class LocalSearch:
 
 @dataclass(frozen=True)
 class SearchOptions:
-    backend: str = "local"
-    storage: str | None = None        # a journal file path or a database URL (local backend)
+    storage: str | None = None        # a journal file path or a database URL
     worker: WorkerOptions = WorkerOptions()
-    sweep_id: str | None = None       # join this W&B sweep (wandb backend)
     write_config: Path | None = None
     output_root: Path = DEFAULT_OUTPUT_ROOT
-    wandb_mode: str = "disabled"      # W&B run logging of the local backend
-
-
-def logged_trainer(cfg: ExperimentConfig, train: Trainer, mode: str) -> Trainer:
-    """``train`` with one W&B run per point (per-epoch metrics) unless ``mode`` is disabled."""
-    def run(point: Point, on_epoch: EpochFn | None = None) -> PointResult:
-        with search_run(cfg, mode, point) as log:
-            def both(row: dict[str, float]) -> None:
-                log(row)
-                if on_epoch is not None:
-                    on_epoch(row)
-            result = train(point, both)
-            log.finish(asdict(result))
-        return result
-    return train if mode == "disabled" else run
 
 
 def run_search(cfg: ExperimentConfig, options: SearchOptions, train: Trainer) -> int:
-    """Run, join or finish the config's search and print its table; return the exit status."""
+    """Run, join or finish the config's search on the local backend and print its table; return the exit status."""
     check_points(cfg)
-    if options.backend == "wandb":
-        return run_wandb_search(cfg, options, train)
     location = options.storage or str(results_path(cfg, options.output_root, ".journal"))
     search = LocalSearch(cfg, location, options.worker, say=lambda line: print(line, flush=True))
     size = f"{len(search.grid)} points" if search.grid is not None else f"run_cap {cfg.search.run_cap}"
@@ -578,7 +559,7 @@ def run_search(cfg: ExperimentConfig, options: SearchOptions, train: Trainer) ->
             atomic_write_json(out, results_document(cfg, rows, search.complete(rows), extra))
         return rows
 
-    search.work(logged_trainer(cfg, train, options.wandb_mode), on_progress=write_results)
+    search.work(train, on_progress=write_results)
     rows = write_results()
     print(f"\n{format_table(rows, cfg.search)}\nresults: {out}")
     if not search.complete(rows):
@@ -592,49 +573,4 @@ def run_search(cfg: ExperimentConfig, options: SearchOptions, train: Trainer) ->
         return 1
     atomic_write_json(options.write_config, with_overrides(cfg, best.point).raw)
     print(f"wrote {options.write_config} with {point_label(best.point)}")
-    return 0
-
-
-def sweep_of(cfg: ExperimentConfig) -> dict[str, Any]:
-    """The sweep W&B gets: ``wandb agent SWEEP_ID`` runs ``main_search.py CONFIG --sweep-run``."""
-    return cfg.search.as_sweep(PROGRAM, (str(cfg.source), "--sweep-run"))
-
-
-def run_sweep_point(cfg: ExperimentConfig, train: Trainer) -> None:
-    """One run of a W&B sweep: the agent's values, the full resolved config logged."""
-    import wandb
-
-    run = wandb.init(job_type="search", group=cfg.name, config=run_config(cfg))
-    try:
-        point = {p.name: run.config[p.name] for p in cfg.search.parameters}
-        run.config.update(run_config(with_overrides(cfg, point)), allow_val_change=True)
-        result = train(point, run.log)
-        run.summary.update(asdict(result))
-    finally:
-        run.finish()
-
-
-def run_wandb_search(cfg: ExperimentConfig, options: SearchOptions, train: Trainer) -> int:
-    """A W&B sweep of :func:`sweep_of`; this process runs one agent.
-
-    The sweep id is kept in ``output/search/<experiment>.wandb.json``, so running again, or
-    from more processes sharing this directory, joins the same sweep.
-    """
-    import wandb
-
-    sweep = sweep_of(cfg)
-    record_path = results_path(cfg, options.output_root, ".wandb.json")
-    with exclusive(record_path):
-        record = read_json(record_path) if record_path.exists() else {}
-        sweep_id = options.sweep_id
-        if sweep_id is None and record.get("sweep") == sweep and record.get("project") == cfg.search.project:
-            sweep_id = record["sweep_id"]
-        if sweep_id is None:
-            sweep_id = wandb.sweep(sweep=sweep, project=cfg.search.project, entity=cfg.wandb.entity)
-        atomic_write_json(record_path, {"sweep_id": sweep_id, "project": cfg.search.project, "sweep": sweep})
-    print(f"{cfg.name}: W&B sweep {sweep_id} in project {cfg.search.project}; more agents: "
-          f"wandb agent {cfg.wandb.entity + '/' if cfg.wandb.entity else ''}{cfg.search.project}/{sweep_id}",
-          flush=True)
-    wandb.agent(sweep_id, function=lambda: run_sweep_point(cfg, train), project=cfg.search.project,
-                entity=cfg.wandb.entity, count=options.worker.trials)
     return 0

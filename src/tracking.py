@@ -1,4 +1,4 @@
-"""Optional W&B run logging for the three entry scripts, and W&B access checks.
+"""W&B: optional run logging for the three entry scripts, the sweep backend of the search, access checks.
 
 The mode goes into the environment before wandb is first imported, so wandb's service
 process starts in that mode. Passing ``mode="offline"`` only to ``wandb.init`` is not
@@ -7,7 +7,8 @@ exit, which hangs for about 10 s where that host does not answer. Offline runs a
 error reporting off (``WANDB_ERROR_REPORTING=false``: the service starts with
 ``--no-observability``), so an offline run never waits on the network. In "disabled" mode
 wandb is never imported. Runs log the resolved config (:func:`run_config`); what each kind of
-run logs is in :class:`TrainLog`, :class:`PruneLog` and :class:`SearchLog`.
+run logs is in :class:`TrainLog`, :class:`PruneLog` and :class:`SearchLog`. The sweep backend runs
+the config's ``search`` section as a W&B sweep (:func:`run_wandb_search`).
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from urllib.parse import urlsplit
 
 from src.config import ExperimentConfig, with_overrides
 from src.errors import UserError
+from src.io import atomic_write_json, read_json
+from src.search import PROGRAM, Point, PointResult, Trainer, exclusive, results_path
+from src.train import EpochCallback as EpochFn
 
-EpochFn = Callable[[dict[str, float]], None]
 ROOT = Path(__file__).resolve().parents[1]
 
 # The W&B API hosts wandb uses when WANDB_BASE_URL is not set (wandb.setup().settings.base_url;
@@ -142,7 +145,7 @@ class PruneLog:
 
 
 class SearchLog:
-    """A local search point's run: per-epoch metrics; summary = the point's result."""
+    """A local search point's run: per-epoch metrics against ``epoch``."""
 
     def __init__(self, run: Any):
         self.run = run
@@ -152,17 +155,68 @@ class SearchLog:
     def __call__(self, row: Mapping[str, float]) -> None:
         self.run.log(dict(row))
 
-    def finish(self, result: Mapping[str, Any]) -> None:
-        self.run.summary.update(dict(result))
+
+def logged_trainer(cfg: ExperimentConfig, train: Trainer, mode: str) -> Trainer:
+    """``train`` with one W&B run per point of a local search (summary: its result), unless disabled."""
+    def logged(point: Point, on_epoch: EpochFn | None = None) -> PointResult:
+        name = f"{cfg.name}-" + "-".join(f"{k}={v}" for k, v in point.items())
+        config = {**run_config(with_overrides(cfg, point), seed=cfg.search.seed), "search_point": point}
+        with wandb_run(cfg, mode, job_type="search", name=name, config=config) as run:
+            log = SearchLog(run)
+
+            def both(row: dict[str, float]) -> None:
+                log(row)
+                if on_epoch is not None:
+                    on_epoch(row)
+            result = train(point, both)
+            run.summary.update(asdict(result))
+        return result
+    return train if mode == "disabled" else logged
 
 
-@contextmanager
-def search_run(cfg: ExperimentConfig, mode: str, point: dict[str, Any]) -> Iterator[SearchLog]:
-    """A W&B run for one point of a local search (``SearchLog``; inert when ``mode`` is disabled)."""
-    name = f"{cfg.name}-" + "-".join(f"{k}={v}" for k, v in point.items())
-    config = {**run_config(with_overrides(cfg, point), seed=cfg.search.seed), "search_point": point}
-    with wandb_run(cfg, mode, job_type="search", name=name, config=config) as run:
-        yield SearchLog(run)
+def sweep_of(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The sweep W&B gets: ``wandb agent SWEEP_ID`` runs ``main_search.py CONFIG --sweep-run``."""
+    return cfg.search.as_sweep(PROGRAM, (str(cfg.source), "--sweep-run"))
+
+
+def run_sweep_point(cfg: ExperimentConfig, train: Trainer) -> None:
+    """One run of a W&B sweep: the agent's values, the full resolved config logged."""
+    import wandb
+
+    run = wandb.init(job_type="search", group=cfg.name, config=run_config(cfg))
+    try:
+        point = {p.name: run.config[p.name] for p in cfg.search.parameters}
+        run.config.update(run_config(with_overrides(cfg, point)), allow_val_change=True)
+        result = train(point, run.log)
+        run.summary.update(asdict(result))
+    finally:
+        run.finish()
+
+
+def run_wandb_search(cfg: ExperimentConfig, sweep_id: str | None, count: int | None, output_root: Path,
+                     train: Trainer) -> int:
+    """A W&B sweep of :func:`sweep_of`; this process runs one agent (``count`` runs at most).
+
+    The sweep id is kept in ``output/search/<experiment>.wandb.json``, so running again, or
+    from more processes sharing this directory, joins the same sweep.
+    """
+    import wandb
+
+    sweep = sweep_of(cfg)
+    record_path = results_path(cfg, output_root, ".wandb.json")
+    with exclusive(record_path):
+        record = read_json(record_path) if record_path.exists() else {}
+        if sweep_id is None and record.get("sweep") == sweep and record.get("project") == cfg.search.project:
+            sweep_id = record["sweep_id"]
+        if sweep_id is None:
+            sweep_id = wandb.sweep(sweep=sweep, project=cfg.search.project, entity=cfg.wandb.entity)
+        atomic_write_json(record_path, {"sweep_id": sweep_id, "project": cfg.search.project, "sweep": sweep})
+    print(f"{cfg.name}: W&B sweep {sweep_id} in project {cfg.search.project}; more agents: "
+          f"wandb agent {cfg.wandb.entity + '/' if cfg.wandb.entity else ''}{cfg.search.project}/{sweep_id}",
+          flush=True)
+    wandb.agent(sweep_id, function=lambda: run_sweep_point(cfg, train), project=cfg.search.project,
+                entity=cfg.wandb.entity, count=count)
+    return 0
 
 
 def wandb_hosts() -> tuple[str, ...]:

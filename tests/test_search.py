@@ -21,7 +21,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from src import search
+from src import search, tracking
 from src.config import load_config, parse_config
 from src.errors import UserError
 from src.tracking import check_wandb_reachable
@@ -119,7 +119,7 @@ def test_documented_sweeps_load_and_go_to_wandb_as_written(sweep):
     raw = tiny_search_raw({"lr": LRS})
     raw["search"] = sweep
     cfg = parse_config(raw, Path("c.json"))
-    sent = search.sweep_of(cfg)
+    sent = tracking.sweep_of(cfg)
     for name, spec in sweep["parameters"].items():
         got = sent["parameters"][name]
         if "values" in spec or "value" in spec:
