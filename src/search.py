@@ -275,32 +275,19 @@ def exclusive(path: Path) -> Iterator[None]:
         yield
 
 
-def is_database_url(location: str) -> bool:
-    return "://" in location
-
-
-def display_storage(location: str) -> str:
-    """``location`` with any database password hidden."""
-    if not is_database_url(location):
-        return location
+def storage_files(location: str) -> tuple[str, Path | None]:
+    """How to show a storage (any password hidden), and the file whose lock orders its workers:
+    a journal or SQLite file; None for a database server."""
+    if "://" not in location:
+        return location, Path(location)
     from sqlalchemy.engine import make_url
 
     try:
-        return make_url(location).render_as_string(hide_password=True)
+        url = make_url(location)
     except Exception:  # noqa: BLE001 - an unparsable URL is reported when opened
-        return location.split("://", 1)[0] + "://..."
-
-
-def lock_file(location: str) -> Path | None:
-    """The file whose lock orders the workers: a journal or SQLite file; None for a database server."""
-    if not is_database_url(location):
-        return Path(location)
-    from sqlalchemy.engine import make_url
-
-    url = make_url(location)
-    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-        return Path(url.database)
-    return None
+        return location.split("://", 1)[0] + "://...", None
+    sqlite = url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:"
+    return url.render_as_string(hide_password=True), Path(url.database) if sqlite else None
 
 
 class LostTrialFinder:
@@ -357,12 +344,6 @@ class WorkerOptions:
     poll: float = 1.0                 # seconds between looks at the storage while waiting
 
 
-def make_sampler(search: SearchConfig, seed: int) -> optuna.samplers.BaseSampler:
-    if search.method == "bayes":
-        return optuna.samplers.TPESampler(seed=seed)
-    return optuna.samplers.RandomSampler(seed=seed)
-
-
 def make_pruner(search: SearchConfig, max_epochs: int) -> optuna.pruners.BasePruner:
     """W&B's hyperband as Optuna's: iterations are epochs, ``eta`` the reduction factor."""
     h = search.early_terminate
@@ -381,9 +362,9 @@ class LocalSearch:
         self.grid = grid_points(cfg.search) if cfg.search.method == "grid" else None
         # A sampled point that failed is tried again; a grid point is simply uncovered.
         self.retry = None if self.grid is not None else RetryFailedTrialCallback()
-        lock = lock_file(location)
+        self.shown, lock = storage_files(location)
         self.lock = (lambda: exclusive(lock)) if lock is not None else nullcontext
-        self.finder = None if is_database_url(location) else LostTrialFinder(3 * options.heartbeat)
+        self.finder = None if "://" in location else LostTrialFinder(3 * options.heartbeat)
         with self.lock():  # processes creating one SQLite database at once would collide
             storage = self.open_storage(location)
             self.study = optuna.create_study(storage=storage, study_name=study_name(cfg), direction=cfg.search.goal,
@@ -401,7 +382,7 @@ class LocalSearch:
             return get_storage(RDBStorage(location, heartbeat_interval=beat, grace_period=3 * beat,
                                           failed_trial_callback=self.retry))
         except Exception as err:  # noqa: BLE001 - SQLAlchemy and drivers raise many types
-            raise UserError(f"--storage {display_storage(location)}: cannot open ({brief(err)})") from None
+            raise UserError(f"--storage {self.shown}: cannot open ({brief(err)})") from None
 
     def trial_id(self, number: int) -> int:
         return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
@@ -450,17 +431,18 @@ class LocalSearch:
         with self.lock():
             self.recover_lost()
             covered = self.covering()
-            seed = self.search.seed * 1_000_003 + len(self.study.get_trials(deepcopy=False))
-            if self.grid is None:
-                if len(covered) >= self.search.run_cap:
-                    return None
-                self.study.sampler = make_sampler(self.search, seed)
-            else:
+            # Seeded per trial: reproducible, yet workers sharing the study draw different points.
+            seed = (self.search.seed * 1_000_003 + len(self.study.get_trials(deepcopy=False))) % 2**32
+            sampler = (optuna.samplers.TPESampler if self.search.method == "bayes" else optuna.samplers.RandomSampler)
+            self.study.sampler = sampler(seed=seed)
+            if self.grid is None and len(covered) >= self.search.run_cap:
+                return None
+            if self.grid is not None:
                 taken = {point_key(t.params) for t in covered}
                 missing = [p for p in self.grid if point_key(p) not in taken]
                 if not missing:
                     return None
-                self.study.sampler = optuna.samplers.PartialFixedSampler(missing[0], make_sampler(self.search, seed))
+                self.study.sampler = optuna.samplers.PartialFixedSampler(missing[0], self.study.sampler)
             trial = self.study.ask()
             point = suggest(trial, self.search)
             trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
@@ -549,9 +531,9 @@ def run_search(cfg: ExperimentConfig, options: SearchOptions, train: Trainer) ->
     size = f"{len(search.grid)} points" if search.grid is not None else f"run_cap {cfg.search.run_cap}"
     print(f"{cfg.name}: {cfg.search.method} search over {', '.join(p.name for p in cfg.search.parameters)} "
           f"({size}, seed {cfg.search.seed}, {cfg.search.metric} {cfg.search.goal}); "
-          f"storage {display_storage(location)}, study {search.study.study_name}", flush=True)
+          f"storage {search.shown}, study {search.study.study_name}", flush=True)
     out = results_path(cfg, options.output_root)
-    extra = {"backend": "local", "storage": display_storage(location), "study": search.study.study_name}
+    extra = {"backend": "local", "storage": search.shown, "study": search.study.study_name}
 
     def write_results() -> list[Row]:
         with exclusive(out):  # read and write under one lock: the last file written is the newest
