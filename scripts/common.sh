@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # Shared by scripts/search.sh, train.sh, prune.sh and submit.sh; sourced, not run.
-# The caller has set REPO (the repository root) and `set -euo pipefail`.
+# The caller has set `set -euo pipefail`. Sets REPO: the repository this file is in.
 #
 # Environment read here (set it when calling sbatch or submit.sh; jobs inherit it):
 #   SETUP          shell commands that set up the cluster environment before python is
@@ -10,6 +10,8 @@
 #   PYTHON         the interpreter (a conda env's python, say) [$VENV/bin/python]
 #   VENV           virtualenv to activate [$REPO/.venv; python3 from PATH if absent]
 #   MAX_REQUEUES   requeue a job this many times when its time limit is near [0]
+
+REPO=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
 
 # fail STATUS MESSAGE: one line on stderr, then exit (2 = user error, as the CLIs).
 fail() {

@@ -159,16 +159,23 @@ def test_without_array_all_seeds_run(stub_repo: Path, tmp_path: Path):
     assert run.record["argv"] == ["main_prune.py", "config/demo/cka.json"]
 
 
-def test_spooled_copy_finds_repo_through_submit_dir(stub_repo: Path, tmp_path: Path):
-    # sbatch runs a copy of the script from its spool directory.
+def test_spooled_copy_finds_repo_through_the_recorded_script_path(stub_repo: Path, tmp_path: Path):
+    # sbatch runs a copy of the script from its spool directory; `scontrol show job`
+    # still names the submitted script (here a stand-in scontrol says what Slurm would).
     spool = tmp_path / "spool"
     spool.mkdir()
     shutil.copy2(stub_repo / "scripts" / "train.sh", spool / "slurm_script")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f"#!/bin/sh\necho '   Command={stub_repo}/scripts/train.sh demo/cka.json'\n")
+    (bin_dir / "scontrol").chmod(0o755)
     subdir = stub_repo / "config"
-    run = run_wrapper(spool / "slurm_script", ["demo/cka.json"], subdir, tmp_path,
-                      SLURM_SUBMIT_DIR=str(subdir))
+    run = run_wrapper(spool / "slurm_script", ["demo/cka.json"], subdir, tmp_path, SLURM_SUBMIT_DIR=str(subdir),
+                      SLURM_JOB_ID="77", PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     assert run.returncode == 0, run.stderr
     assert run.record["argv"] == ["main_train.py", "config/demo/cka.json"]
+    lost = run_wrapper(spool / "slurm_script", ["demo/cka.json"], subdir, tmp_path, SLURM_SUBMIT_DIR=str(subdir))
+    assert lost.returncode == 2 and "set REPO" in lost.stderr
 
 
 def test_repo_variable_wins_and_is_checked(stub_repo: Path, tmp_path: Path):
