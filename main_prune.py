@@ -22,7 +22,8 @@ def log_iteration(log: PruneLog, result: dict) -> None:
     log.iteration_done(
         record["iteration"], sum(alive.values()) / sum(width[i] for i in alive),
         {f"L{i}": n for i, n in alive.items()},
-        {f"{split}_acc_{stage}": values.get(f"{split}_acc") for stage, values in stages.items() for split in ("test", "val")},
+        {f"{split}_acc_{stage}": values.get(f"{split}_acc")
+         for stage, values in stages.items() for split in ("test", "val")},
         {f"L{layer['index']}": min(layer["cka"], default=None) for layer in record["layers"]})
 
 

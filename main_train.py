@@ -1,7 +1,7 @@
 """Train one model per seed: python3 main_train.py CONFIG [--seed S | --seed-index I]."""
 
-from src.cli import add_seed_options, base_parser, run, selected_seeds
 from src.artifacts import model_path, sidecar_path
+from src.cli import add_seed_options, base_parser, run, selected_seeds
 from src.config import load_config
 from src.io import read_json
 from src.search import searched_config
@@ -37,8 +37,9 @@ def main(argv=None) -> int:
             path = train_seed(cfg, seed, splits, device, args.models_dir, on_epoch=log and log.epoch)
             if log is not None and path.exists():
                 record = read_json(sidecar_path(path))
-                log.finish(record["fit"]["best_epoch"], record["fit"]["epochs"],
-                           {k: record[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")})
+                metrics = {f"{split}_{kind}": record[f"{split}_{kind}"]
+                           for split in ("train", "val", "test") for kind in ("loss", "acc")}
+                log.finish(record["fit"]["best_epoch"], record["fit"]["epochs"], metrics)
         if not path.exists():
             failed.append(seed)
     print(f"models are in {args.models_dir}/" + (f"; diverged seeds: {failed}" if failed else ""))

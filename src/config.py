@@ -135,8 +135,8 @@ class Hyperband:
     eta: int = 3
 
     def as_sweep(self) -> dict[str, Any]:
-        spec = {"type": "hyperband", "eta": self.eta}
-        return {**spec, **{k: v for k, v in (("min_iter", self.min_iter), ("max_iter", self.max_iter)) if v is not None}}
+        bounds = {"min_iter": self.min_iter, "max_iter": self.max_iter}
+        return {"type": "hyperband", "eta": self.eta, **{k: v for k, v in bounds.items() if v is not None}}
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,8 @@ def write_config_module():
 
     def write(directory: Path) -> Path:
         path = directory / "tiny.json"
-        path.write_text(json.dumps({"_comment": "not logged", **tiny_raw(), "search": {"parameters": {"lr": {"values": [0.002]}}}}))
+        raw = {"_comment": "not logged", **tiny_raw(), "search": {"parameters": {"lr": {"values": [0.002]}}}}
+        path.write_text(json.dumps(raw))
         return path
     return write
 
