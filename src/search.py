@@ -11,7 +11,7 @@ covers its point while running and once complete or stopped early. Asking happen
 lock beside a journal or SQLite file; with a database server, a second copy of a grid point is
 dropped. A dead worker's trial is failed, by Optuna's heartbeat on a database and by our own on
 a journal (which has none); its point is then uncovered, or re-queued by
-``RetryFailedTrialCallback``. W&B backend: a sweep of the same configuration.
+``RetryHeartbeatStaleTrialCallback``. W&B backend: a sweep of the same configuration.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterator
 import optuna
 import torch
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.storages import JournalStorage, RDBStorage, RetryFailedTrialCallback, fail_stale_trials, get_storage
+from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials, get_storage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 from tabulate import tabulate
@@ -361,7 +361,7 @@ class LocalSearch:
         self.cfg, self.search, self.options, self.say = cfg, cfg.search, options, say
         self.grid = grid_points(cfg.search) if cfg.search.method == "grid" else None
         # A sampled point that failed is tried again; a grid point is simply uncovered.
-        self.retry = None if self.grid is not None else RetryFailedTrialCallback()
+        self.retry = None if self.grid is not None else RetryHeartbeatStaleTrialCallback()
         self.shown, lock = storage_files(location)
         self.lock = (lambda: exclusive(lock)) if lock is not None else nullcontext
         self.finder = None if "://" in location else LostTrialFinder(3 * options.heartbeat)
@@ -380,7 +380,7 @@ class LocalSearch:
         beat = max(1, round(self.options.heartbeat))
         try:
             return get_storage(RDBStorage(location, heartbeat_interval=beat, grace_period=3 * beat,
-                                          failed_trial_callback=self.retry))
+                                          heartbeat_stale_trial_callback=self.retry))
         except Exception as err:  # noqa: BLE001 - SQLAlchemy and drivers raise many types
             raise UserError(f"--storage {self.shown}: cannot open ({brief(err)})") from None
 

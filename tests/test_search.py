@@ -69,8 +69,9 @@ class CountingTrainer:
         return self.inner(point, on_epoch)
 
 
-def journal_trials(path: Path) -> list:
-    storage = JournalStorage(JournalFileBackend(str(path)))
+def journal_trials(path: Path | str) -> list:
+    """The trials of the one study in a journal file (or a database URL)."""
+    storage = str(path) if "://" in str(path) else JournalStorage(JournalFileBackend(str(path)))
     (name,) = optuna.get_all_study_names(storage=storage)
     return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
 
@@ -288,20 +289,23 @@ def test_every_epoch_is_reported_to_optuna(tmp_path):
         assert trial.distributions["lr"] == CategoricalDistribution(LRS)
 
 
-def test_bayes_over_a_log_range_trains_run_cap_points(tmp_path):
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_bayes_over_a_log_range_trains_run_cap_points(tmp_path, kind):
+    storage = None if kind == "journal" else f"sqlite:///{tmp_path}/s.db"
     raw = tiny_search_raw({"lr": LRS})
     raw["search"] = {"method": "bayes", "run_cap": 6,
                      "parameters": {"lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-1}}}
     cfg = load_config(write(tmp_path / "c.json", raw))
     trainer = CountingTrainer()
-    assert run_search(cfg, SearchOptions(output_root=tmp_path / "out"), trainer) == 0
+    options = SearchOptions(output_root=tmp_path / "out", storage=storage)
+    assert run_search(cfg, options, trainer) == 0
     assert len(trainer.calls) == 6
-    trials = journal_trials(tmp_path / "out" / "c.journal")
+    trials = journal_trials(storage or tmp_path / "out" / "c.journal")
     assert all(t.distributions["lr"] == FloatDistribution(1e-4, 1e-1, log=True) for t in trials)
     assert len({t.params["lr"] for t in trials}) == 6
     doc = json.loads((tmp_path / "out" / "c.json").read_text())
     assert doc["complete"] and len(doc["points"]) == 6
-    assert run_search(cfg, SearchOptions(output_root=tmp_path / "out"), trainer) == 0
+    assert run_search(cfg, options, trainer) == 0
     assert len(trainer.calls) == 6  # a finished search trains nothing new
 
 
