@@ -1,7 +1,9 @@
-# make demo: set up .venv and run the demo experiment offline on the bundled data.
+# make demo: set up .venv and run the demo experiment offline on the bundled data:
+# the search picks the learning rate, training and pruning use it (main_train.py says so).
 # make test: set up .venv with the test tools and run the whole test suite; lists what it skipped and why.
 # make docs: run the demo from scratch in output/docs-demo/ and regenerate the README's figure and
 #            search table (docs/) from it.
+# make reproduce CONFIGS=DIR: train, prune and compare every config of a folder.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python

@@ -7,9 +7,10 @@ from src.artifacts import ModelFileError, load_model, model_path, output_dir
 from src.cli import add_seed_options, apply_threads, base_parser, require_writable_dir, run, selected_seeds
 from src.config import load_config
 from src.export import export_physical, export_seed
-from src.pruning.strategy import discard_other_runs, prune_seed, pruning_history, summary_table
+from src.pruning.strategy import discard_other_runs, prune_seed, pruning_history, saved_progress, summary_table
 from src.report import write_report
-from src.tracking import resolve_mode, wandb_run
+from src.search import searched_config
+from src.tracking import PruneLog, resolve_mode, run_config, wandb_run
 from src.train import load_experiment_data, select_device
 
 
@@ -23,8 +24,10 @@ def main(argv=None) -> int:
     parser.add_argument("--fresh", action="store_true",
                         help="replace this experiment's results that another run made (another config or trained "
                              "model) instead of stopping; results of this same run are kept and continued")
+    parser.add_argument("--no-search-params", action="store_true",
+                        help="use the config's own values, not those of a finished search")
     args = parser.parse_args(argv)
-    cfg = load_config(args.config)
+    cfg, searched = searched_config(load_config(args.config), not args.no_search_params)
     prune = cfg.require_prune()
     seeds = selected_seeds(cfg, args.seed, args.seed_index)
     require_writable_dir(args.output_dir, "--output-dir")
@@ -33,6 +36,7 @@ def main(argv=None) -> int:
     models = {seed: model_path(cfg, seed, Path(args.models_dir)) for seed in seeds}
     identities = {seed: results.run_identity(cfg, path) for seed, path in models.items() if path.exists()}
     discard_other_runs(out_dir, cfg, identities, replace=args.fresh)
+    print(f"training parameters: {searched}")
     device = select_device(args.device)
     splits = load_experiment_data(cfg, device)
     p = prune.params
@@ -52,8 +56,15 @@ def main(argv=None) -> int:
         except ModelFileError as err:
             print(f"seed {seed}: {err}; retrain it with main_train.py. Skipping.")
             continue
-        with wandb_run(cfg, mode, job_type="prune", name=f"{cfg.name}-seed{seed}", config=cfg.raw) as log:
-            done.append(prune_seed(model, cfg, seed, splits, device, path, out_dir, on_epoch=log))
+        iterations_done, run_id = saved_progress(out_dir, seed)
+        config = run_config(cfg, seed=seed, device=str(device), model_file=str(path))
+        # A run only for work to do; a resumed or requeued job continues its own run.
+        with wandb_run(cfg, "disabled" if iterations_done >= p.iterations else mode, job_type="prune",
+                       name=f"{cfg.name}-seed{seed}", config=config, run_id=run_id) as run:
+            log = None if run is None else PruneLog(run, iterations_done + 1, cfg.params.epochs)
+            done.append(prune_seed(model, cfg, seed, splits, device, path, out_dir,
+                                   on_epoch=log and log.retrain_epoch, on_iteration=log and log.iteration_done,
+                                   run_id=run and run.id))
         if args.export:
             path = out_dir / "exported" / f"seed{seed}.pt"
             if cfg.model.uses_torch_pruning:

@@ -41,12 +41,16 @@ def main(argv=None) -> int:
                              "intervals is trained again (default 30)")
     parser.add_argument("--sweep-id", help="wandb backend: join this sweep instead of the one recorded "
                                            "in output/search/<experiment>.wandb.json")
+    parser.add_argument("--sweep-run", action="store_true",
+                        help="wandb backend: train the one point `wandb agent` started this process for")
     parser.add_argument("--write-config", type=Path, metavar="PATH",
                         help="local backend: write a copy of CONFIG with the best values filled in")
     parser.add_argument("--output-dir", type=Path, default=Path("output/search"),
                         help="where results and the default storage go (default output/search)")
     args = parser.parse_args(argv)
     cfg = load_config(args.config)
+    if args.sweep_run:
+        args.backend = "wandb"
     if args.backend == "wandb":
         local_only = {"--storage": args.storage is not None, "--write-config": args.write_config is not None,
                       "--no-wait": args.no_wait}
@@ -61,27 +65,30 @@ def main(argv=None) -> int:
     # Imported only now: torch and optuna take seconds to load, a missing W&B key does not.
     import optuna
 
-    from src.search import DataTrainer, SearchOptions, WorkerOptions, run_search
-    from src.tracking import check_wandb_reachable
+    from src.search import DataTrainer, SearchOptions, WorkerOptions, check_points, run_search
+    from src.tracking import check_wandb_reachable, logged_trainer, run_sweep_point, run_wandb_search
 
     apply_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Optuna marks the database heartbeat experimental; it is what recovers lost trials.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    train = DataTrainer(cfg, args.device)
+    if args.sweep_run:
+        run_sweep_point(cfg, train)
+        return 0
     if args.backend == "wandb":
         import wandb
 
         check_wandb_reachable(wandb.setup().settings.base_url)
+        check_points(cfg)
+        return run_wandb_search(cfg, args.sweep_id, args.trials, args.output_dir, train)
     options = SearchOptions(
-        backend=args.backend,
         storage=args.storage,
         worker=WorkerOptions(trials=args.trials, wait=not args.no_wait, heartbeat=args.heartbeat),
-        sweep_id=args.sweep_id,
         write_config=args.write_config,
         output_root=args.output_dir,
-        wandb_mode=resolve_mode(cfg, args.wandb),
     )
-    return run_search(cfg, options, DataTrainer(cfg, args.device))
+    return run_search(cfg, options, logged_trainer(cfg, train, resolve_mode(cfg, args.wandb)))
 
 
 if __name__ == "__main__":

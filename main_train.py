@@ -1,8 +1,11 @@
 """Train one model per seed: python3 main_train.py CONFIG [--seed S | --seed-index I]."""
 
+from src.artifacts import model_path, sidecar_path
 from src.cli import add_seed_options, apply_threads, base_parser, require_writable_dir, run, selected_seeds
 from src.config import load_config
-from src.tracking import resolve_mode, wandb_run
+from src.io import read_json
+from src.search import searched_config
+from src.tracking import TrainLog, resolve_mode, run_config, wandb_run
 from src.train import load_experiment_data, select_device, train_seed
 
 MODELS_DIR = "models"
@@ -12,8 +15,11 @@ def main(argv=None) -> int:
     parser = base_parser("Train one model per seed of CONFIG into models/.")
     add_seed_options(parser)
     parser.add_argument("--models-dir", default=MODELS_DIR, help="where trained models go (default: models/)")
+    parser.add_argument("--no-search-params", action="store_true",
+                        help="use the config's own values, not those of a finished search")
     args = parser.parse_args(argv)
-    cfg = load_config(args.config)
+    cfg, searched = searched_config(load_config(args.config), not args.no_search_params)
+    print(f"training parameters: {searched}")
     seeds = selected_seeds(cfg, args.seed, args.seed_index)
     require_writable_dir(args.models_dir, "--models-dir")
     threads = apply_threads(args.threads)
@@ -24,8 +30,18 @@ def main(argv=None) -> int:
     mode = resolve_mode(cfg, args.wandb)
     failed = []
     for seed in seeds:
-        with wandb_run(cfg, mode, job_type="train", name=f"{cfg.name}-seed{seed}", config=cfg.raw) as log:
-            path = train_seed(cfg, seed, splits, device, args.models_dir, on_epoch=log)
+        path = model_path(cfg, seed, args.models_dir)
+        config = run_config(cfg, seed=seed, device=str(device), model_file=str(path))
+        # A run only for work to do: an existing model is skipped.
+        with wandb_run(cfg, "disabled" if path.exists() else mode, job_type="train",
+                       name=f"{cfg.name}-seed{seed}", config=config) as run:
+            log = None if run is None else TrainLog(run)
+            path = train_seed(cfg, seed, splits, device, args.models_dir, on_epoch=log and log.epoch)
+            if log is not None and path.exists():
+                record = read_json(sidecar_path(path))
+                metrics = {f"{split}_{kind}": record[f"{split}_{kind}"]
+                           for split in ("train", "val", "test") for kind in ("loss", "acc")}
+                log.finish(record["fit"]["best_epoch"], record["fit"]["epochs"], metrics)
         if not path.exists():
             failed.append(seed)
     print(f"models are in {args.models_dir}/" + (f"; diverged seeds: {failed}" if failed else ""))

@@ -1,10 +1,17 @@
 # shellcheck shell=bash
 # Shared by scripts/search.sh, train.sh, prune.sh and submit.sh; sourced, not run.
-# The caller has set REPO (the repository root) and `set -euo pipefail`.
+# The caller has set `set -euo pipefail`. Sets REPO: the repository this file is in.
 #
-# Environment read here:
+# Environment read here (set it when calling sbatch or submit.sh; jobs inherit it):
+#   SETUP          shell commands that set up the cluster environment before python is
+#                  looked for, e.g. SETUP='module load anaconda/3 cuda; conda activate cka'
+#                  [none]; scripts/env.sh, if it exists, is sourced first (edit a copy of
+#                  scripts/env.sh.example)
+#   PYTHON         the interpreter (a conda env's python, say) [$VENV/bin/python]
 #   VENV           virtualenv to activate [$REPO/.venv; python3 from PATH if absent]
 #   MAX_REQUEUES   requeue a job this many times when its time limit is near [0]
+
+REPO=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
 
 # fail STATUS MESSAGE: one line on stderr, then exit (2 = user error, as the CLIs).
 fail() {
@@ -12,15 +19,31 @@ fail() {
   exit "$1"
 }
 
-# Use $VENV, else the repository's .venv, else whatever python3 is on PATH (a
-# cluster module or conda environment loaded before sbatch).
-activate_venv() {
+# The job's environment and interpreter: source scripts/env.sh if it exists, run
+# $SETUP, then use $PYTHON if set, else $VENV (default $REPO/.venv), else python3 on
+# PATH (a module or conda environment the setup loaded). Sets PYTHON.
+setup_python() {
+  if [ -f "$REPO/scripts/env.sh" ]; then
+    set +u  # module and conda scripts read unset variables
+    # shellcheck source=/dev/null
+    source "$REPO/scripts/env.sh" || fail 2 "scripts/env.sh failed"
+    set -u
+  fi
+  if [ -n "${SETUP:-}" ]; then
+    set +u
+    eval "$SETUP" || fail 2 "SETUP failed: $SETUP"
+    set -u
+  fi
+  if [ -n "${PYTHON:-}" ]; then
+    PYTHON=$(command -v "$PYTHON") || fail 2 "PYTHON=$PYTHON not found (after SETUP)"
+    return
+  fi
   local venv=${VENV:-$REPO/.venv}
   if [ -f "$venv/bin/activate" ]; then
     # shellcheck source=/dev/null
     source "$venv/bin/activate"
   elif [ -n "${VENV:-}" ]; then
-    fail 2 "VENV=$VENV is not a virtualenv (no bin/activate)"
+    fail 2 "VENV=$VENV is not a virtualenv (no bin/activate); for a conda env set PYTHON"
   else
     echo "${PROG:-${0##*/}}: no $venv; using $(command -v python3 || echo 'python3 (not found)')" >&2
   fi
@@ -133,7 +156,7 @@ run_entry() {
   config=$(resolve_config "$1")
   shift
   cd "$REPO" || exit 2
-  activate_venv
+  setup_python
   # Slurm logs are files: without this, python's output arrives in 8 KiB blocks.
   export PYTHONUNBUFFERED=1
   if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then

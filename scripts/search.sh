@@ -11,13 +11,15 @@
 #
 # Every #SBATCH default below can be overridden on the sbatch command line, e.g.
 #   sbatch --time=1:00:00 --cpus-per-task=8 --gres=gpu:1 scripts/search.sh ...
-# Logs go to logs/ below the directory sbatch is called from (create it first:
-# Slurm does not, and a job whose log cannot be opened fails without a log).
+# Logs go to logs/<job name>-<job id>.out below the directory sbatch is called from
+# (create it first: Slurm does not, and a job whose log cannot be opened fails without
+# a log); for arrays pass --output=logs/%x-%A_%a.out (submit.sh does). The cluster
+# environment (module load, conda): SETUP=... / PYTHON=... or scripts/env.sh, see common.sh.
 # Near the time limit Slurm sends USR1 to this script, which stops python with
 # SIGTERM; python saves its progress, so resubmitting or requeueing
 # (scontrol requeue JOBID) resumes. MAX_REQUEUES=N requeues automatically.
 #SBATCH --job-name=cka-search
-#SBATCH --output=logs/%x-%A_%a.out
+#SBATCH --output=logs/%x-%j.out
 #SBATCH --time=08:00:00
 #SBATCH --cpus-per-task=4
 #SBATCH --mem=16G
@@ -29,38 +31,20 @@
 
 set -euo pipefail
 
-# sbatch runs a spooled copy of this file, so its own path does not lead to the
-# repository. Use $REPO, else search upwards from the submit directory, from
-# this file's path and from the script path Slurm recorded for the job.
-find_repo() {
-  local start dir recorded=""
-  if [ -n "${REPO:-}" ]; then
-    [ -f "$REPO/main_train.py" ] && cd "$REPO" && pwd -P
-    return
-  fi
-  if [ -n "${SLURM_JOB_ID:-}" ]; then
-    recorded=$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | sed -n 's/^ *Command=\([^ ]*\).*/\1/p')
-  fi
-  for start in "${SLURM_SUBMIT_DIR:-$PWD}" "$(dirname -- "${BASH_SOURCE[0]}")" "$(dirname -- "${recorded:-.}")"; do
-    dir=$(cd "$start" 2>/dev/null && pwd -P) || continue
-    while :; do
-      [ -f "$dir/main_train.py" ] && echo "$dir" && return
-      [ "$dir" = / ] && break
-      dir=$(dirname -- "$dir")
-    done
-  done
-  return 1
-}
-if ! found=$(find_repo); then
-  if [ -n "${REPO:-}" ]; then
-    echo "search.sh: REPO=$REPO has no main_train.py" >&2
-  else
-    echo "search.sh: no repository (a directory with main_train.py) above ${SLURM_SUBMIT_DIR:-$PWD}; submit from inside it or set REPO" >&2
-  fi
+# sbatch runs a spooled copy of this file, so its own path may not lead to the
+# repository. scripts/common.sh is found through $REPO (submit.sh passes it), else
+# the script path Slurm recorded for the job, else this file's own path.
+if [ -n "${REPO:-}" ]; then
+  common="$REPO/scripts/common.sh"
+else
+  recorded=$(scontrol show job "${SLURM_JOB_ID:-none}" 2>/dev/null | sed -n 's/^ *Command=\([^ ]*\).*/\1/p') || true
+  common="$(dirname -- "${recorded:-${BASH_SOURCE[0]}}")/common.sh"
+fi
+if [ ! -f "$common" ]; then
+  echo "search.sh: no repository at ${REPO:-$(dirname -- "$common")/..}; submit the repository's script or set REPO" >&2
   exit 2
 fi
-REPO=$found
 # shellcheck source-path=SCRIPTDIR source=common.sh
-source "$REPO/scripts/common.sh"
+source "$common"
 
 run_entry main_search.py all "$@"

@@ -6,19 +6,21 @@
 #
 # It submits
 #   search  SEARCH_TASKS tasks (array) sharing output/search/<experiment>.journal
-#   train   an array with one task per seed of the config
+#   train   an array with one task per seed of the config, started once every
+#           search task has succeeded (--dependency=afterok): it trains with the
+#           search's best values
 #   prune   an array with one task per seed; task i starts once train task i
 #           has succeeded (--dependency=aftercorr), skipped without a prune section
-# and prints the job ids. SBATCH_OPTIONs (e.g. --partition=gpu --time=2:00:00)
-# are added to every sbatch call. Train does not wait for the search: the search
-# reports the best learning rate but does not change CONFIG (write a tuned copy
-# with main_search.py --write-config and submit that).
+# and prints the job ids. A job whose dependency fails is cancelled
+# (--kill-on-invalid-dep=yes), so a failed search cancels training and pruning.
+# SBATCH_OPTIONs (e.g. --partition=gpu --time=2:00:00) are added to every sbatch call.
 #
 # Environment:
 #   STAGES        stages to submit, any of "search train prune" [all three]
 #   SEARCH_TASKS  processes of the search [2]
 #   GPUS          N: request --gres=gpu:N for every job [none]
-#   REPO, VENV    repository and virtualenv for the jobs [this repository, .venv]
+#   REPO          repository for the jobs [this repository]
+#   SETUP, PYTHON, VENV  the jobs' environment and interpreter (see common.sh)
 set -euo pipefail
 
 REPO=${REPO:-$(cd "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)}
@@ -46,12 +48,12 @@ SEARCH_TASKS=${SEARCH_TASKS:-2}
 config=$(resolve_config "$1")
 shift
 cd "$REPO" || exit 2
-activate_venv
+setup_python
 read -r name seeds has_prune < <(config_info "$config") || exit 2
 
 # sbatch does not create the log directory, and a job cannot start without it.
 mkdir -p logs
-common_args=(--export=ALL)
+common_args=(--export=ALL --output=logs/%x-%A_%a.out)
 if [ -n "${GPUS:-}" ]; then
   common_args+=("--gres=gpu:$GPUS")
 fi
@@ -64,14 +66,19 @@ if wants search; then
   echo "search: job $search_job, $SEARCH_TASKS tasks sharing $storage"
 fi
 if wants train; then
-  train_job=$(submit --array="0-$last" scripts/train.sh "$config")
-  echo "train:  job $train_job, tasks 0-$last (one per seed)"
+  after_search=()
+  if [ -n "${search_job:-}" ]; then
+    after_search=(--dependency="afterok:$search_job" --kill-on-invalid-dep=yes)
+  fi
+  train_job=$(submit --array="0-$last" "${after_search[@]}" scripts/train.sh "$config")
+  echo "train:  job $train_job, tasks 0-$last (one per seed)${search_job:+, after the search}"
 fi
 if wants prune; then
   if [ "$has_prune" != 1 ]; then
     echo "prune:  skipped, $config has no prune section"
   elif [ -n "${train_job:-}" ]; then
-    prune_job=$(submit --array="0-$last" --dependency="aftercorr:$train_job" scripts/prune.sh "$config")
+    prune_job=$(submit --array="0-$last" --dependency="aftercorr:$train_job" --kill-on-invalid-dep=yes \
+      scripts/prune.sh "$config")
     echo "prune:  job $prune_job, tasks 0-$last; task i starts when train task i has succeeded"
   else
     prune_job=$(submit --array="0-$last" scripts/prune.sh "$config")
@@ -79,7 +86,3 @@ if wants prune; then
   fi
 fi
 echo "logs:   $REPO/logs/<job name>-<job id>_<task>.out; watch with: squeue -u \"\$USER\""
-if [ -n "${prune_job:-}" ] && [ -n "${train_job:-}" ]; then
-  echo "note:   if a train task fails, its prune task waits forever (squeue shows"
-  echo "        DependencyNeverSatisfied); cancel it with: scancel ${prune_job}_<task>, or all: scancel $prune_job"
-fi

@@ -37,7 +37,7 @@ ENGINES = ("fast", "reference")
 KERNELS = ("linear", "rbf")
 HOOKS = ("module", "nonlinearity")
 WANDB_MODES = ("disabled", "offline", "online")
-SEARCH_METHODS = ("grid", "random")
+SEARCH_METHODS = ("grid", "random", "bayes")
 SEARCH_METRICS = ("val_loss", "val_acc")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "step", "cosine")
@@ -50,6 +50,9 @@ REWIND_EPOCHS = 5
 # Seeds go to numpy and torch.manual_seed, which take unsigned 32-bit and 64-bit values; the
 # common range is the one rule for the config's seeds and --seed.
 SEED_MAX = 2**32 - 1
+# W&B sweep distributions that both backends can search (Optuna: categorical, int, float, log float).
+SEARCH_DISTRIBUTIONS = ("constant", "categorical", "int_uniform", "uniform", "q_uniform",
+                        "log_uniform", "log_uniform_values")
 # Search parameters and where they live in the config.
 SEARCHABLE = {
     "lr": ("params", "lr"),
@@ -181,26 +184,76 @@ class PruneConfig:
 
 
 @dataclass(frozen=True)
+class SearchParameter:
+    """One searched parameter in W&B's sweep terms.
+
+    ``constant``/``categorical``: ``values`` (one value for constant); ``int_uniform``,
+    ``uniform``: [min, max]; ``q_uniform``: [min, max] in steps of ``q``; ``log_uniform_values``:
+    log-uniform on [min, max]; ``log_uniform``: log-uniform on [e^min, e^max].
+    """
+
+    name: str
+    distribution: str = "categorical"
+    values: tuple[Any, ...] = ()
+    min: float | None = None
+    max: float | None = None
+    q: float | None = None
+
+    def as_sweep(self) -> dict[str, Any]:
+        if self.distribution == "constant":
+            return {"value": self.values[0]}
+        if self.distribution == "categorical":
+            return {"values": list(self.values)}
+        spec = {"distribution": self.distribution, "min": self.min, "max": self.max}
+        return spec if self.q is None else {**spec, "q": self.q}
+
+
+@dataclass(frozen=True)
+class Hyperband:
+    """W&B's ``early_terminate: {type: hyperband, min_iter | max_iter, eta}``; iterations are epochs."""
+
+    min_iter: int | None = None
+    max_iter: int | None = None
+    eta: int = 3
+
+    def as_sweep(self) -> dict[str, Any]:
+        bounds = {"min_iter": self.min_iter, "max_iter": self.max_iter}
+        return {"type": "hyperband", "eta": self.eta, **{k: v for k, v in bounds.items() if v is not None}}
+
+
+@dataclass(frozen=True)
 class SearchConfig:
-    """A W&B sweep description; the local backend runs the same grid with Optuna."""
+    """A W&B sweep configuration; the local backend runs the same search with Optuna.
+
+    ``seed`` (training seed of every point, and the sampler's seed) is ours; the other keys
+    are W&B's. ``run_cap`` bounds random and bayes searches (a grid has its own size).
+    """
 
     method: str = "grid"
     metric: str = "val_loss"
     goal: str = "minimize"
-    parameters: tuple[tuple[str, tuple[Any, ...]], ...] = (
-        ("lr", (0.1, 0.01, 0.001, 0.0001, 0.00001)),
+    parameters: tuple[SearchParameter, ...] = (
+        SearchParameter("lr", values=(0.1, 0.01, 0.001, 0.0001, 0.00001)),
     )
+    early_terminate: Hyperband | None = None
+    run_cap: int | None = None
     seed: int = 666
     project: str = "cka_prune"
-    trials: int | None = None
+    name: str | None = None
+    description: str | None = None
 
-    def as_sweep(self) -> dict[str, Any]:
-        """The dict W&B's ``wandb.sweep`` takes."""
-        return {
+    def as_sweep(self, program: str, arguments: tuple[str, ...] = ()) -> dict[str, Any]:
+        """The dict ``wandb.sweep`` takes; ``wandb agent`` runs ``program arguments...`` per run."""
+        sweep: dict[str, Any] = {
             "method": self.method,
             "metric": {"name": self.metric, "goal": self.goal},
-            "parameters": {name: {"values": list(values)} for name, values in self.parameters},
+            "parameters": {p.name: p.as_sweep() for p in self.parameters},
+            "program": program,
+            "command": ["${env}", "${interpreter}", "${program}", *arguments],
         }
+        optional = {"early_terminate": self.early_terminate and self.early_terminate.as_sweep(),
+                    "run_cap": self.run_cap, "name": self.name, "description": self.description}
+        return {**sweep, **{k: v for k, v in optional.items() if v is not None}}
 
 
 @dataclass(frozen=True)
@@ -525,10 +578,77 @@ def _check_prune_fits_model(s: _Section, p: _Section, params: PruneParams, model
                    value)
     if "modules" in s.values:
         s.fail(s.key("modules"), f"does not apply to a {model.type} model (every group but the classifier is pruned)")
+_DEFAULTS = {"params": asdict(TrainParams()), "model": asdict(ModelConfig())}
+
+
+def _read_parameter(p: _Section, name: str) -> SearchParameter:
+    """One entry of ``search.parameters``, with W&B's rule for an absent ``distribution``."""
+    if name not in SEARCHABLE:
+        p.fail(p.key(name), "is not searchable; use one of " + ", ".join(SEARCHABLE))
+    spec = p.section(name)
+    given = spec.values
+    if "distribution" in given:
+        distribution = spec.choice("distribution", "", SEARCH_DISTRIBUTIONS)
+    elif "values" in given:
+        distribution = "categorical"
+    elif "value" in given:
+        distribution = "constant"
+    elif "min" in given and "max" in given:
+        distribution = "int_uniform" if _is_int(given["min"]) and _is_int(given["max"]) else "uniform"
+    else:
+        spec.fail(spec.path, "needs values, value, or min and max")
+    if distribution == "constant":
+        if "value" not in given:
+            spec.fail(spec.key("value"), "is required for distribution constant")
+        param = SearchParameter(name, distribution, values=(spec.values.pop("value"),))
+    elif distribution == "categorical":
+        values = spec.get("values", None, lambda v: isinstance(v, list) and len(v) > 0, "must be a non-empty list")
+        if values is None:
+            spec.fail(spec.key("values"), "is required for distribution categorical")
+        if len({json.dumps(v) for v in values}) != len(values):
+            spec.fail(spec.key("values"), "must not repeat a value", values)
+        param = SearchParameter(name, distribution, values=tuple(values))
+    else:
+        check = _is_int if distribution == "int_uniform" else _is_number
+        what = "must be an integer" if distribution == "int_uniform" else "must be a number"
+        bounds = [spec.get(key, None, check, what) for key in ("min", "max")]
+        if None in bounds:
+            spec.fail(spec.key("min" if bounds[0] is None else "max"), f"is required for distribution {distribution}")
+        low, high = bounds
+        if not low < high:
+            spec.fail(spec.path, f"needs min < max, got min {low} and max {high}")
+        if distribution == "log_uniform_values" and low <= 0:
+            spec.fail(spec.key("min"), "must be > 0 for log_uniform_values", low)
+        q = spec.get("q", None, lambda v: _is_number(v) and v > 0, "must be a positive number")
+        if distribution == "q_uniform" and q is None:
+            q = 1.0
+        elif distribution != "q_uniform" and q is not None:
+            spec.fail(spec.key("q"), "applies to distribution q_uniform only")
+        param = SearchParameter(name, distribution, min=low, max=high, q=q)
+        section, key = SEARCHABLE[name]
+        if distribution != "int_uniform" and _is_int(_DEFAULTS[section][key]):
+            spec.fail(spec.key("distribution"), f"{distribution} draws fractions, but {name} is an integer "
+                                                f"(use int_uniform or values)")
+    spec.done()
+    return param
+
+
+def _read_hyperband(s: _Section) -> Hyperband:
+    s.choice("type", "", ("hyperband",))
+    cfg = Hyperband(
+        min_iter=s.get("min_iter", None, _positive_int, "must be a positive integer"),
+        max_iter=s.get("max_iter", None, _positive_int, "must be a positive integer"),
+        eta=s.get("eta", 3, lambda v: _is_int(v) and v >= 2, "must be an integer >= 2"),
+    )
+    if cfg.min_iter is None and cfg.max_iter is None:
+        s.fail(s.path, "needs min_iter or max_iter")
+    s.done()
+    return cfg
 
 
 def _read_search(s: _Section) -> SearchConfig:
     d = SearchConfig()
+    method = s.choice("method", d.method, SEARCH_METHODS)
     metric = s.section("metric")
     metric_name = metric.choice("name", d.metric, SEARCH_METRICS)
     goal = metric.choice("goal", "maximize" if metric_name == "val_acc" else "minimize", ("minimize", "maximize"))
@@ -536,28 +656,28 @@ def _read_search(s: _Section) -> SearchConfig:
     parameters = d.parameters
     if "parameters" in s.values:
         p = s.section("parameters")
-        parsed = []
-        for name in list(p.values):
-            if name not in SEARCHABLE:
-                p.fail(p.key(name), "is not searchable; use one of " + ", ".join(SEARCHABLE))
-            spec = p.section(name)
-            values = spec.get("values", None, lambda v: isinstance(v, list) and len(v) > 0, "must be a non-empty list")
-            if values is None:
-                spec.fail(spec.key("values"), "is required")
-            spec.done()
-            parsed.append((name, tuple(values)))
-        if not parsed:
+        parameters = tuple(_read_parameter(p, name) for name in list(p.values))
+        if not parameters:
             p.fail(p.path, "must name at least one parameter")
-        parameters = tuple(parsed)
+        for param in parameters:
+            if method == "grid" and param.distribution not in ("constant", "categorical"):
+                p.fail(p.key(param.name), f"has distribution {param.distribution}, but method grid needs "
+                                          f"values or value (use method random or bayes)")
+    early = _read_hyperband(s.section("early_terminate")) if "early_terminate" in s.values else None
     cfg = SearchConfig(
-        method=s.choice("method", d.method, SEARCH_METHODS),
+        method=method,
         metric=metric_name,
         goal=goal,
         parameters=parameters,
+        early_terminate=early,
+        run_cap=s.get("run_cap", d.run_cap, _positive_int, "must be a positive integer"),
         seed=s.get("seed", d.seed, _is_int, "must be an integer"),
         project=s.get("project", d.project, lambda v: isinstance(v, str) and v != "", "must be a non-empty string"),
-        trials=s.get("trials", d.trials, _positive_int, "must be a positive integer"),
+        name=s.get("name", d.name, lambda v: isinstance(v, str), "must be a string"),
+        description=s.get("description", d.description, lambda v: isinstance(v, str), "must be a string"),
     )
+    if method != "grid" and cfg.run_cap is None:
+        s.fail(s.key("run_cap"), f"is required for method {method} (how many points to train)")
     s.done()
     return cfg
 

@@ -30,6 +30,7 @@ from src.cli import add_device_options, apply_threads, require_writable_dir, run
 from src.config import ExperimentConfig, load_config
 from src.errors import UserError
 from src.pruning.strategy import discard_other_runs, prune_seed
+from src.search import searched_config
 from src.report import build_report, paper_table, render_text, write_outputs
 from src.train import load_experiment_data, select_device, train_seed
 
@@ -45,15 +46,22 @@ class Plan:
         return len(self.trainings) + self.iterations
 
 
-def load_study(directory: Path) -> list[ExperimentConfig]:
-    """The configs of a study folder, each with a prune section; UserError names a bad one."""
+def load_study(directory: Path, use_search: bool = True) -> list[ExperimentConfig]:
+    """The configs of a study folder, each with a prune section; UserError names a bad one.
+
+    As main_train.py and main_prune.py do, a config takes the best values of a finished search
+    of its settings unless ``use_search`` is false.
+    """
     if not directory.is_dir():
         raise UserError(f"{directory}: not a directory of experiment configs")
-    configs = [load_config(path) for path in sorted(directory.glob("*.json"))]
+    configs = []
+    for path in sorted(directory.glob("*.json")):
+        cfg, searched = searched_config(load_config(path), use_search)
+        cfg.require_prune()
+        print(f"{cfg.name}: training parameters {searched}")
+        configs.append(cfg)
     if not configs:
         raise UserError(f"{directory}: no *.json experiment configs")
-    for cfg in configs:
-        cfg.require_prune()
     return configs
 
 
@@ -85,9 +93,10 @@ def _check_identities(configs: Sequence[ExperimentConfig], models_dir: Path, out
         discard_other_runs(output_dir(cfg, output_root), cfg, identities, replace=fresh)
 
 
-def reproduce(directory: Path, models_dir: Path, output_root: Path, device_name: str | None, fresh: bool) -> None:
+def reproduce(directory: Path, models_dir: Path, output_root: Path, device_name: str | None, fresh: bool,
+              use_search: bool = True) -> None:
     """Run the study and print its reports: one per trained-model family (configs sharing their models)."""
-    configs = load_study(directory)
+    configs = load_study(directory, use_search)
     _check_identities(configs, models_dir, output_root, fresh)
     plan = make_plan(configs, models_dir, output_root)
     device = select_device(device_name)
@@ -161,13 +170,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_device_options(parser)
     parser.add_argument("--models-dir", type=Path, default=Path("models"), help="trained models (default: models/)")
     parser.add_argument("--output-dir", type=Path, default=Path("output"), help="results root (default: output/)")
+    parser.add_argument("--no-search-params", action="store_true",
+                        help="use the configs' own values, not those of a finished search")
     parser.add_argument("--fresh", action="store_true",
                         help="replace results that another run made (see main_prune.py --fresh) instead of stopping")
     args = parser.parse_args(argv)
     require_writable_dir(args.models_dir, "--models-dir")
     require_writable_dir(args.output_dir, "--output-dir")
     apply_threads(args.threads)
-    reproduce(args.config_dir, args.models_dir, args.output_dir, args.device, args.fresh)
+    reproduce(args.config_dir, args.models_dir, args.output_dir, args.device, args.fresh, not args.no_search_params)
     return 0
 
 

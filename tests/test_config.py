@@ -54,7 +54,7 @@ def test_defaults_match_the_original_setup():
     assert cfg.data.dataset == "mnist" and cfg.data.root == "data"
     assert cfg.data.val_split == pytest.approx(1 / 12)
     assert cfg.model.type == "mlp" and cfg.prune is None
-    assert cfg.search.parameters == (("lr", (0.1, 0.01, 0.001, 0.0001, 0.00001)),)
+    assert [(p.name, p.values) for p in cfg.search.parameters] == [("lr", (0.1, 0.01, 0.001, 0.0001, 0.00001))]
     assert cfg.search.metric == "val_loss" and cfg.search.goal == "minimize" and cfg.search.seed == 666
 
 
@@ -106,7 +106,7 @@ def test_ex1_is_the_headline_experiment():
     ("prune.strategy", "lottery", "prune.strategy must be one of one_shot, iterative"),
     ("prune.modules", [0, 2], "prune.modules has layer 2, but the model has 2 prunable layers (0..1)"),
     ("prune.modules", [], "prune.modules must be a non-empty list of layer indices"),
-    ("search.method", "bayes", "search.method must be one of grid, random"),
+    ("search.method", "anneal", "search.method must be one of grid, random, bayes"),
     ("search.parameters", {"momentum": {"values": [0.9]}}, "search.parameters.momentum is not searchable"),
     ("search.parameters", {"lr": {"values": []}}, "search.parameters.lr.values must be a non-empty list"),
     ("wandb.mode", "cloud", "wandb.mode must be one of disabled, offline, online"),

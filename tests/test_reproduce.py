@@ -56,7 +56,7 @@ def test_a_killed_study_resumes_to_the_same_results(study, tmp_path):
     assert proc.returncode == 130 and "interrupted" in out
     again = subprocess.run(command("cut"), cwd=ROOT, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
-    planned = again.stdout.splitlines()[0]
+    planned = next(line for line in again.stdout.splitlines() if "models to train" in line)
     assert "0 models to train" in planned and "8 prune iterations" not in planned  # finished work is not redone
     for criterion in ("cka", "l1"):
         for seed in (0, 1):

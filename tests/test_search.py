@@ -1,6 +1,5 @@
-"""The hyper-parameter search: points, records, shared storages, lost workers, W&B."""
+"""The hyper-parameter search: sweep format, points, records, shared storages, lost workers, W&B."""
 
-import dataclasses
 import http.server
 import json
 import math
@@ -10,7 +9,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,16 +16,17 @@ from types import SimpleNamespace
 import optuna
 import pytest
 import torch
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from src import search
+from src import search, tracking
 from src.config import load_config, parse_config
 from src.errors import UserError
 from src.tracking import check_wandb_reachable
-from src.search import (LocalSearch, LostTrialFinder, PointResult, SearchOptions, WorkerLock, WorkerOptions,
-                        open_study, point_key, run_search, search_identity, search_points)
+from src.search import (LocalSearch, LostTrialFinder, PointResult, SearchOptions, WorkerOptions, grid_points,
+                        point_key, run_search, search_identity, searched_config)
 from src.train import FitResult
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,9 +51,12 @@ def write(path: Path, raw: dict) -> Path:
 
 
 def fake_result(point, on_epoch=None) -> PointResult:
-    """A deterministic stand-in for training: lr 0.001 is best."""
+    """A deterministic stand-in for training: lr 0.001 is best; reports two epochs."""
     loss = abs(math.log10(point["lr"]) + 3) + 0.1
-    return PointResult(val_loss=loss, val_acc=1 - loss / 10, epochs=2, best_epoch=1, seconds=0.01, diverged=False)
+    for epoch in (1, 2):
+        if on_epoch is not None:
+            on_epoch({"epoch": epoch, "val_loss": loss + 2 - epoch, "val_acc": 0.5})
+    return PointResult(val_loss=loss, val_acc=1 - loss / 10, epochs=2, best_epoch=2, seconds=0.01, diverged=False)
 
 
 class CountingTrainer:
@@ -67,8 +69,9 @@ class CountingTrainer:
         return self.inner(point, on_epoch)
 
 
-def journal_trials(path: Path) -> list:
-    storage = JournalStorage(JournalFileBackend(str(path)))
+def journal_trials(path: Path | str) -> list:
+    """The trials of the one study in a journal file (or a database URL)."""
+    storage = str(path) if "://" in str(path) else JournalStorage(JournalFileBackend(str(path)))
     (name,) = optuna.get_all_study_names(storage=storage)
     return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
 
@@ -78,29 +81,127 @@ def subprocess_env(**extra) -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
 
 
+def config_error(search_section: dict) -> str:
+    raw = tiny_search_raw({"lr": LRS})
+    raw["search"] = search_section
+    with pytest.raises(UserError) as caught:
+        parse_config(raw, Path("c.json"))
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith("c.json: ")
+    return message
+
+
+# ---------------------------------------------------------------- the W&B sweep format
+
+# Sweep configurations as W&B's documentation writes them ("Define a sweep configuration",
+# "Sweep configuration options"), limited to parameters this project searches. Each must load,
+# and the sweep sent to W&B must say the same as the documentation's text.
+WANDB_DOC_SWEEPS = [
+    {"method": "random", "metric": {"goal": "minimize", "name": "val_loss"}, "run_cap": 10,
+     "parameters": {"batch_size": {"values": [16, 32, 64]}, "epochs": {"value": 5},
+                    "lr": {"max": 0.1, "min": 0.0001}}},
+    {"method": "bayes", "metric": {"goal": "maximize", "name": "val_acc"}, "run_cap": 20,
+     "parameters": {"lr": {"distribution": "log_uniform_values", "min": 1e-5, "max": 1e-1},
+                    "dropout_rate": {"distribution": "uniform", "min": 0.0, "max": 0.5},
+                    "batch_size": {"distribution": "int_uniform", "min": 32, "max": 256}},
+     "early_terminate": {"type": "hyperband", "min_iter": 3}},
+    {"method": "grid", "metric": {"goal": "minimize", "name": "val_loss"},
+     "parameters": {"lr": {"values": [0.1, 0.01, 0.001]}, "patience": {"value": 3}}},
+    {"method": "random", "run_cap": 4, "parameters": {
+        "lr": {"distribution": "q_uniform", "min": 0.01, "max": 0.1, "q": 0.01},
+        "dropout_rate": {"distribution": "categorical", "values": [0.1, 0.3]},
+        "epochs": {"distribution": "constant", "value": 2}},
+     "early_terminate": {"type": "hyperband", "max_iter": 27, "eta": 3}},
+]
+
+
+@pytest.mark.parametrize("sweep", WANDB_DOC_SWEEPS, ids=lambda s: s["method"])
+def test_documented_sweeps_load_and_go_to_wandb_as_written(sweep):
+    raw = tiny_search_raw({"lr": LRS})
+    raw["search"] = sweep
+    cfg = parse_config(raw, Path("c.json"))
+    sent = tracking.sweep_of(cfg)
+    for name, spec in sweep["parameters"].items():
+        got = sent["parameters"][name]
+        if "values" in spec or "value" in spec:
+            key = "values" if "values" in spec else "value"
+            assert got == {key: spec[key]}, name
+        else:
+            kind = spec.get("distribution", "int_uniform" if isinstance(spec["min"], int) else "uniform")
+            assert got["distribution"] == kind and (got["min"], got["max"]) == (spec["min"], spec["max"])
+            assert got.get("q") == spec.get("q", 1.0 if kind == "q_uniform" else None)
+    assert sent["method"] == sweep["method"]
+    assert sent["metric"] == sweep.get("metric", {"name": "val_loss", "goal": "minimize"})
+    assert sent.get("run_cap") == sweep.get("run_cap")
+    early = sweep.get("early_terminate")
+    assert sent.get("early_terminate") == (None if early is None else {"eta": 3, **early})
+    assert sent["program"] == "main_search.py"
+    assert sent["command"] == ["${env}", "${interpreter}", "${program}", "c.json", "--sweep-run"]
+
+
+@pytest.mark.parametrize("section, expected", [
+    ({"method": "hill", "parameters": {"lr": {"values": [0.1]}}}, "search.method must be one of grid, random, bayes"),
+    ({"parameters": {"lr": {"distribution": "log_uniform_values", "min": 0.001, "max": 0.1}}},
+     "search.parameters.lr has distribution log_uniform_values, but method grid needs values or value"),
+    ({"method": "random", "parameters": {"lr": {"values": [0.1]}}}, "search.run_cap is required for method random"),
+    ({"method": "bayes", "run_cap": 3, "parameters": {"lr": {"distribution": "log_uniform_values", "min": 0, "max": 1}}},
+     "search.parameters.lr.min must be > 0 for log_uniform_values"),
+    ({"method": "bayes", "run_cap": 3, "parameters": {"lr": {"distribution": "normal", "mu": 0, "sigma": 1}}},
+     "search.parameters.lr.distribution must be one of constant, categorical"),
+    ({"method": "random", "run_cap": 3, "parameters": {"lr": {"min": 0.1, "max": 0.01}}},
+     "search.parameters.lr needs min < max"),
+    ({"method": "random", "run_cap": 3, "parameters": {"batch_size": {"distribution": "uniform", "min": 16, "max": 64}}},
+     "search.parameters.batch_size.distribution uniform draws fractions, but batch_size is an integer"),
+    ({"parameters": {"lr": {"values": [0.1]}}, "early_terminate": {"type": "envelope"}},
+     "search.early_terminate.type must be one of hyperband"),
+    ({"parameters": {"lr": {"values": [0.1]}}, "early_terminate": {"type": "hyperband"}},
+     "search.early_terminate needs min_iter or max_iter"),
+    ({"parameters": {"lr": {}}}, "search.parameters.lr needs values, value, or min and max"),
+    ({"parameters": {"lr": {"values": [0.1, 0.1]}}}, "search.parameters.lr.values must not repeat a value"),
+    ({"parameters": {"momentum": {"values": [0.9]}}}, "search.parameters.momentum is not searchable"),
+])
+def test_sweeps_wandb_would_reject_are_one_line_errors(section, expected):
+    assert expected in config_error(section)
+
+
+def test_each_distribution_becomes_its_optuna_suggestion():
+    raw = tiny_search_raw({"lr": LRS})
+    raw["search"] = WANDB_DOC_SWEEPS[1]
+    cfg = parse_config(raw, Path("c.json"))
+    study = optuna.create_study()
+    trial = study.ask()
+    point = search.suggest(trial, cfg.search)
+    assert trial.distributions == {"lr": FloatDistribution(1e-5, 1e-1, log=True),
+                                   "dropout_rate": FloatDistribution(0.0, 0.5),
+                                   "batch_size": IntDistribution(32, 256)}
+    assert 1e-5 <= point["lr"] <= 1e-1 and isinstance(point["batch_size"], int)
+    raw["search"] = WANDB_DOC_SWEEPS[0]
+    trial = optuna.create_study().ask()
+    search.suggest(trial, parse_config(raw, Path("c.json")).search)
+    assert trial.distributions["batch_size"] == CategoricalDistribution([16, 32, 64])
+    assert trial.distributions["epochs"] == CategoricalDistribution([5])
+    pruner = search.make_pruner(parse_config({**raw, "search": WANDB_DOC_SWEEPS[3]}, Path("c.json")).search, 50)
+    assert isinstance(pruner, optuna.pruners.HyperbandPruner)
+
+
 # ---------------------------------------------------------------- points and identity
 
-def test_grid_points_in_order_and_random_subsets_are_seeded_prefixes():
+def test_grid_points_in_order():
     cfg = parse_config(tiny_search_raw({"lr": [0.1, 0.01], "batch_size": [32, 64, 128]}), Path("c.json"))
-    grid = search_points(cfg.search)
+    grid = grid_points(cfg.search)
     assert grid[:4] == [{"lr": 0.1, "batch_size": 32}, {"lr": 0.1, "batch_size": 64},
                         {"lr": 0.1, "batch_size": 128}, {"lr": 0.01, "batch_size": 32}]
     assert len(grid) == 6
-    random3 = search_points(dataclasses.replace(cfg.search, method="random", trials=3))
-    random5 = search_points(dataclasses.replace(cfg.search, method="random", trials=5))
-    assert len({point_key(p) for p in random3}) == 3 and all(p in grid for p in random3)
-    assert random5[:3] == random3
 
 
-def test_bad_points_and_grid_trials_are_user_errors(tmp_path):
+def test_bad_values_are_user_errors():
     cfg = parse_config(tiny_search_raw({"lr": [0.01, -1]}), Path("c.json"))
-    with pytest.raises(UserError, match=r"params.lr must be a positive number, got -1 \(in search point lr=-1\)"):
-        search.check_points(cfg, search_points(cfg.search))
-    raw = tiny_search_raw({"lr": [0.01]})
-    raw["search"]["trials"] = 2
-    cfg = parse_config(raw, Path("c.json"))
-    with pytest.raises(UserError, match="search.trials applies to method random only"):
-        search.check_points(cfg, search_points(cfg.search))
+    with pytest.raises(UserError, match=r"params.lr must be a positive number, got -1 \(in search.parameters.lr\)"):
+        search.check_points(cfg)
+    raw = tiny_search_raw({"lr": LRS})
+    raw["search"] = {"method": "random", "run_cap": 2, "parameters": {"dropout_rate": {"min": 0.5, "max": 1.5}}}
+    with pytest.raises(UserError, match=r"model.dropout_rate must be a number in \[0, 1\), got 1.5"):
+        search.check_points(parse_config(raw, Path("c.json")))
 
 
 def test_identity_ignores_searched_values_but_not_the_rest():
@@ -119,11 +220,25 @@ def test_a_point_records_its_best_epoch(mnist5k):
     cfg = parse_config(tiny_search_raw({"lr": [0.01]}, epochs=3, patience=3), Path("c.json"))
     epochs = []
     result = search.train_point(cfg, {"lr": 0.01}, mnist5k, torch.device("cpu"), epochs.append)
-    assert len(epochs) == result.epochs == 3 and not result.diverged
+    assert len(epochs) == result.epochs == 3 and not result.diverged and not result.stopped
     best = min(epochs, key=lambda row: row["val_loss"])
     assert result.best_epoch == best["epoch"]
     assert result.val_loss == pytest.approx(best["val_loss"], rel=1e-5)
     assert result.val_acc == pytest.approx(best["val_acc"])
+
+
+def test_a_point_stopped_early_keeps_its_best_epoch_so_far(mnist5k):
+    cfg = parse_config(tiny_search_raw({"lr": [0.01]}, epochs=5, patience=5), Path("c.json"))
+    seen = []
+
+    def stop_after_two(row):
+        seen.append(row)
+        if len(seen) == 2:
+            raise optuna.TrialPruned()
+
+    result = search.train_point(cfg, {"lr": 0.01}, mnist5k, torch.device("cpu"), stop_after_two)
+    assert result.stopped and result.epochs == 2
+    assert result.val_loss == min(row["val_loss"] for row in seen)
 
 
 def test_a_diverged_point_is_recorded_and_the_search_goes_on(tmp_path, monkeypatch, capsys):
@@ -162,6 +277,38 @@ def test_results_and_best_config_survive_a_rerun(tmp_path, capsys):
     assert written == expected and written["_comment"] == "kept by --write-config"
 
 
+def test_every_epoch_is_reported_to_optuna(tmp_path):
+    cfg = load_config(write(tmp_path / "c.json", tiny_search_raw({"lr": LRS})))
+    run_search(cfg, SearchOptions(output_root=tmp_path / "out"), CountingTrainer())
+    trials = journal_trials(tmp_path / "out" / "c.journal")
+    assert len(trials) == len(LRS) and all(t.state == TrialState.COMPLETE for t in trials)
+    for trial in trials:
+        loss = fake_result(trial.params).val_loss
+        assert trial.intermediate_values == {1: pytest.approx(loss + 1), 2: pytest.approx(loss)}  # dashboard curves
+        assert trial.value == pytest.approx(loss) and trial.user_attrs["best_epoch"] == 2
+        assert trial.distributions["lr"] == CategoricalDistribution(LRS)
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_bayes_over_a_log_range_trains_run_cap_points(tmp_path, kind):
+    storage = None if kind == "journal" else f"sqlite:///{tmp_path}/s.db"
+    raw = tiny_search_raw({"lr": LRS})
+    raw["search"] = {"method": "bayes", "run_cap": 6,
+                     "parameters": {"lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-1}}}
+    cfg = load_config(write(tmp_path / "c.json", raw))
+    trainer = CountingTrainer()
+    options = SearchOptions(output_root=tmp_path / "out", storage=storage)
+    assert run_search(cfg, options, trainer) == 0
+    assert len(trainer.calls) == 6
+    trials = journal_trials(storage or tmp_path / "out" / "c.journal")
+    assert all(t.distributions["lr"] == FloatDistribution(1e-4, 1e-1, log=True) for t in trials)
+    assert len({t.params["lr"] for t in trials}) == 6
+    doc = json.loads((tmp_path / "out" / "c.json").read_text())
+    assert doc["complete"] and len(doc["points"]) == 6
+    assert run_search(cfg, options, trainer) == 0
+    assert len(trainer.calls) == 6  # a finished search trains nothing new
+
+
 def test_write_config_waits_for_a_finished_search(tmp_path):
     cfg = load_config(write(tmp_path / "c.json", tiny_search_raw({"lr": LRS})))
     options = SearchOptions(output_root=tmp_path / "out", write_config=tmp_path / "best.json",
@@ -170,26 +317,29 @@ def test_write_config_waits_for_a_finished_search(tmp_path):
     assert not (tmp_path / "best.json").exists()
 
 
-# ---------------------------------------------------------------- shared storage, in process
-
-def local_search(tmp_path: Path, cfg, journal: Path, **options) -> LocalSearch:
-    storage, study = open_study(str(journal), search.study_name(cfg), "minimize", 1)
-    worker = WorkerLock(Path(f"{journal}.workers"))
-    return LocalSearch(cfg, storage, study, search_points(cfg.search), worker,
-                       WorkerOptions(heartbeat=1.0, poll=0.05, **options), say=lambda line: None)
-
-
-def test_points_enqueued_twice_are_trained_once(tmp_path):
+def test_training_uses_a_finished_search_of_the_same_identity(tmp_path):
     cfg = load_config(write(tmp_path / "c.json", tiny_search_raw({"lr": LRS})))
-    journal = tmp_path / "s.journal"
-    worker = local_search(tmp_path, cfg, journal)
-    for point in search_points(cfg.search) * 2:  # what two workers filling the queue at once may do
-        worker.study.enqueue_trial(point)
-    trainer = CountingTrainer()
-    assert worker.work(trainer) == len(LRS)
-    assert sorted(trainer.calls) == sorted(point_key({"lr": lr}) for lr in LRS)
-    states = Counter(t.state for t in journal_trials(journal))
-    assert states == {TrialState.COMPLETE: len(LRS), TrialState.PRUNED: len(LRS)}
+    out = tmp_path / "out"
+    unused = (cfg, f"lr=0.01 from {cfg.source} (no finished search of these settings in {out})")
+    assert searched_config(cfg, True, out) == unused
+    run_search(cfg, SearchOptions(output_root=out, worker=WorkerOptions(trials=2)), CountingTrainer())
+    assert searched_config(cfg, True, out) == unused  # not finished
+    run_search(cfg, SearchOptions(output_root=out), CountingTrainer())
+    used, line = searched_config(cfg, True, out)
+    assert used.params.lr == 0.001 and line == f"lr=0.001 from the search in {out}/c.json"
+    assert searched_config(cfg, False, out)[0].params.lr == 0.01
+    other = load_config(write(tmp_path / "c.json", tiny_search_raw({"lr": LRS}, epochs=2)))
+    assert searched_config(other, True, out)[0].params.lr == 0.01
+    # Another experiment with the same identity (the l1 twin of a cka config) uses the same search.
+    twin = load_config(write(tmp_path / "twin.json", tiny_search_raw({"lr": LRS})))
+    twin_used, twin_line = searched_config(twin, True, out)
+    assert twin_used.params == used.params and twin_line == line
+
+
+# ---------------------------------------------------------------- lost workers, in process
+
+def local_search(cfg, journal: Path, heartbeat: float = 1.0, **options) -> LocalSearch:
+    return LocalSearch(cfg, str(journal), WorkerOptions(heartbeat=heartbeat, poll=0.05, **options), say=lambda line: None)
 
 
 def test_an_interrupted_point_is_handed_back(tmp_path):
@@ -200,45 +350,61 @@ def test_an_interrupted_point_is_handed_back(tmp_path):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        local_search(tmp_path, cfg, journal).work(interrupted)
+        local_search(cfg, journal).work(interrupted)
     trainer = CountingTrainer()
-    local_search(tmp_path, cfg, journal).work(trainer)
+    local_search(cfg, journal).work(trainer)
     assert len(trainer.calls) == len(LRS)
     trials = journal_trials(journal)
     failed = [t for t in trials if t.state == TrialState.FAIL]
-    assert len(failed) == 1 and failed[0].system_attrs["lost"].startswith("KeyboardInterrupt")
+    assert len(failed) == 1 and failed[0].user_attrs["lost"].startswith("KeyboardInterrupt")
     assert Counter(t.state for t in trials)[TrialState.COMPLETE] == len(LRS)
 
 
-def test_a_dead_workers_trial_on_this_host_is_retried_at_once(tmp_path):
+def test_a_dead_workers_trial_is_retried_once_its_heartbeat_stops(tmp_path):
     cfg = load_config(write(tmp_path / "c.json", tiny_search_raw({"lr": LRS})))
     journal = tmp_path / "s.journal"
-    dead = local_search(tmp_path, cfg, journal)
-    dead.enqueue_missing()
-    trial_id, number, point = dead.claim()
-    dead.worker._handle.close()  # the kernel releases a dead process's lock just so
+    trial, point = local_search(cfg, journal, heartbeat=0.1).ask()  # a worker that dies right away
     trainer = CountingTrainer()
-    started = time.monotonic()
-    local_search(tmp_path, cfg, journal).work(trainer)
-    assert time.monotonic() - started < 2.5  # well under the 3 s heartbeat grace
+    local_search(cfg, journal, heartbeat=0.1).work(trainer)
     assert Counter(trainer.calls) == {point_key({"lr": lr}): 1 for lr in LRS}
-    lost = journal_trials(journal)[number]
-    assert lost.state == TrialState.FAIL and "has stopped" in lost.system_attrs["lost"]
+    lost = journal_trials(journal)[trial.number]
+    assert lost.state == TrialState.FAIL and lost.user_attrs["lost"].startswith("no heartbeat from")
+
+
+def test_a_sampled_point_that_was_lost_is_retried_with_its_values(tmp_path):
+    raw = tiny_search_raw({"lr": LRS})
+    raw["search"] = {"method": "random", "run_cap": 3, "parameters": {"lr": {"min": 0.001, "max": 0.1}}}
+    cfg = load_config(write(tmp_path / "c.json", raw))
+    journal = tmp_path / "s.journal"
+    _, point = local_search(cfg, journal, heartbeat=0.1).ask()
+    trainer = CountingTrainer()
+    local_search(cfg, journal, heartbeat=0.1).work(trainer)
+    assert len(trainer.calls) == 3 and point_key(point) in trainer.calls
 
 
 def test_a_trial_from_another_host_is_lost_when_its_heartbeat_stops(tmp_path):
     now = [0.0]
-    finder = LostTrialFinder(tmp_path, "this-host", grace=90, clock=lambda: now[0])
-    worker = {"host": "other-host", "pid": 7, "lock": "other-host-7.lock"}
-    beating = SimpleNamespace(number=0, system_attrs={"worker": worker, "heartbeat": 1.0})
-    silent = SimpleNamespace(number=1, system_attrs={"worker": worker, "heartbeat": 1.0})
+    finder = LostTrialFinder(grace=90, clock=lambda: now[0])
+    worker = "other-host:7"
+    beating = SimpleNamespace(number=0, user_attrs={"worker": worker, "heartbeat": 1})
+    silent = SimpleNamespace(number=1, user_attrs={"worker": worker, "heartbeat": 1})
     assert finder.lost([beating, silent]) == []
     for step in range(1, 4):
         now[0] = 50.0 * step
-        beating.system_attrs["heartbeat"] = 1.0 + step
+        beating.user_attrs["heartbeat"] = 1 + step
         lost = finder.lost([beating, silent])
         assert [t.number for t, _ in lost] == ([1] if now[0] > 90 else [])
     assert "no heartbeat from other-host:7" in lost[0][1]
+
+
+def test_a_file_system_without_locks_is_an_error_not_a_fallback(tmp_path, monkeypatch):
+    def no_locks(handle, operation):
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(search.fcntl, "flock", no_locks)
+    cfg = load_config(write(tmp_path / "c.json", tiny_search_raw({"lr": LRS})))
+    with pytest.raises(UserError, match="cannot lock .*use --storage with a database URL"):
+        run_search(cfg, SearchOptions(output_root=tmp_path / "out"), CountingTrainer())
 
 
 # ---------------------------------------------------------------- real processes
@@ -270,7 +436,7 @@ def test_workers_sharing_a_storage_train_each_point_once(tmp_path, kind):
 def test_a_killed_worker_is_resumed_without_retraining_finished_points(tmp_path):
     # The third point is slow enough to be killed in the middle of.
     config = write(tmp_path / "c.json", tiny_search_raw({"epochs": [1, 2, 400], "lr": [0.01]}, patience=400))
-    command = [sys.executable, SCRIPT, str(config), "--output-dir", str(tmp_path / "out")]
+    command = [sys.executable, SCRIPT, str(config), "--output-dir", str(tmp_path / "out"), "--heartbeat", "1"]
     first = subprocess.Popen(command, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
     seen = []
@@ -286,7 +452,7 @@ def test_a_killed_worker_is_resumed_without_retraining_finished_points(tmp_path)
     assert second.returncode == 0, second.stdout + second.stderr
     started = [line for line in second.stdout.splitlines() if ": training (trial" in line]
     assert [line.split(":")[0] for line in started] == ["epochs=400 lr=0.01"]
-    assert "was lost: its worker" in second.stdout
+    assert "was lost: no heartbeat" in second.stdout
     trials = journal_trials(tmp_path / "out" / "c.journal")
     assert Counter(t.state for t in trials) == {TrialState.COMPLETE: 3, TrialState.FAIL: 1}
     third = subprocess.run(command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=60)
@@ -295,52 +461,54 @@ def test_a_killed_worker_is_resumed_without_retraining_finished_points(tmp_path)
 
 # ---------------------------------------------------------------- W&B
 
-def test_wandb_backend_without_credentials_fails_at_once(tmp_path):
-    config = write(tmp_path / "c.json", tiny_search_raw({"lr": LRS}))
+def stalling_port() -> socket.socket:
+    """A listening socket nobody answers on: connections open, requests hang."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    return server
+
+
+@pytest.fixture
+def stalling_proxy(tmp_path):
+    """An environment whose HTTP(S) traffic goes to a proxy that records connections and never answers."""
+    proxy = stalling_port()
+    connections = []
+
+    def accept_and_stall():
+        try:
+            while True:
+                connections.append(proxy.accept())
+        except OSError:  # closed at the end of the test
+            return
+
+    threading.Thread(target=accept_and_stall, daemon=True).start()
+    url = f"http://127.0.0.1:{proxy.getsockname()[1]}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") and k != "NETRC"}
-    started = time.monotonic()
+    env.update({name: url for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")})
+    env.update({"NO_PROXY": "", "no_proxy": "", "WANDB_DIR": str(tmp_path), "HOME": str(tmp_path)})
+    yield subprocess_env(**env), connections
+    proxy.close()
+
+
+def test_wandb_backend_without_credentials_fails_before_any_connection(tmp_path, stalling_proxy):
+    env, connections = stalling_proxy
+    config = write(tmp_path / "c.json", tiny_search_raw({"lr": LRS}))
     run = subprocess.run([sys.executable, SCRIPT, str(config), "--backend", "wandb"], cwd=tmp_path,
-                         env={**env, "HOME": str(tmp_path)}, capture_output=True, text=True, timeout=30)
-    elapsed = time.monotonic() - started
+                         env=env, capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and run.stdout == ""
     assert len(run.stderr.splitlines()) == 1 and "needs W&B credentials" in run.stderr
-    assert elapsed < 1.0, elapsed
+    assert connections == []
 
 
-class FakeRun:
-    def __init__(self, config, run_id):
-        self.config = dict(config)
-        self.id = run_id
-        self.logged, self.summary, self.finished = [], {}, False
-
-    def log(self, row):
-        self.logged.append(dict(row))
-
-    def finish(self):
-        self.finished = True
-
-
-class FakeWandb:
-    """wandb.sweep/agent/init as a W&B server would drive them for a grid sweep."""
-
-    def __init__(self):
-        self.sweeps, self.agents, self.pending, self.runs = [], [], [], []
-
-    def sweep(self, sweep, project=None, entity=None):
-        self.sweeps.append({"sweep": sweep, "project": project, "entity": entity})
-        return f"sweep{len(self.sweeps)}"
-
-    def agent(self, sweep_id, function, project=None, entity=None, count=None):
-        self.agents.append({"sweep_id": sweep_id, "project": project, "count": count})
-        (parameter, spec), = self.sweeps[-1]["sweep"]["parameters"].items()
-        for value in spec["values"][:count]:
-            self.pending.append({parameter: value})
-            function()
-
-    def init(self, **kwargs):
-        run = FakeRun({**kwargs.get("config", {}), **self.pending.pop(0)}, f"run{len(self.runs)}")
-        self.runs.append(run)
-        return run
+def test_offline_run_logging_never_touches_the_network(tmp_path, stalling_proxy):
+    env, connections = stalling_proxy
+    config = write(tmp_path / "c.json", tiny_search_raw({"lr": [0.01, 0.001]}))
+    run = subprocess.run([sys.executable, SCRIPT, str(config), "--wandb", "offline", "--output-dir", str(tmp_path / "out")],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert connections == []
+    assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == 2
 
 
 class Unauthorized(http.server.BaseHTTPRequestHandler):
@@ -363,27 +531,62 @@ def reachable_wandb_server(monkeypatch):
     server.server_close()
 
 
-def stalling_port() -> socket.socket:
-    """A listening socket nobody answers on: connections open, requests hang."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(8)
-    return server
-
-
-def test_an_unreachable_wandb_server_is_reported_in_seconds(reachable_wandb_server):
+def test_an_unreachable_wandb_server_is_reported(reachable_wandb_server):
     check_wandb_reachable(os.environ["WANDB_BASE_URL"], timeout=2)  # an HTTP error is an answer
     with stalling_port() as server:
-        started = time.monotonic()
-        with pytest.raises(UserError, match=r"cannot reach the W&B server .*\(no answer within 0.5 s\)"):
+        with pytest.raises(UserError, match=r"cannot reach the W&B server .*\((no answer within 0.5 s|timed out)\)"):
             check_wandb_reachable(f"http://127.0.0.1:{server.getsockname()[1]}", timeout=0.5)
-        assert time.monotonic() - started < 1.5
         port = server.getsockname()[1]
     with pytest.raises(UserError, match="cannot reach the W&B server"):
         check_wandb_reachable(f"http://127.0.0.1:{port}", timeout=2)  # closed now: refused
 
 
-def test_wandb_backend_sends_the_search_dict_and_logs_each_run(tmp_path, monkeypatch, reachable_wandb_server):
+class FakeConfig(dict):
+    def update(self, values, allow_val_change=False):
+        super().update(values)
+
+
+class FakeRun:
+    def __init__(self, config, run_id):
+        self.config = FakeConfig(config)
+        self.id = run_id
+        self.logged, self.summary, self.finished = [], {}, False
+
+    def log(self, row):
+        self.logged.append(dict(row))
+
+    def finish(self):
+        self.finished = True
+
+
+class FakeWandb:
+    """wandb.sweep, wandb.agent and wandb.init as a W&B server drives them for a grid sweep.
+
+    These need the W&B server (unreachable from the test machine), so they are fakes.
+    """
+
+    def __init__(self):
+        self.sweeps, self.agents, self.pending, self.runs = [], [], [], []
+
+    def sweep(self, sweep, project=None, entity=None):
+        self.sweeps.append({"sweep": sweep, "project": project, "entity": entity})
+        return f"sweep{len(self.sweeps)}"
+
+    def agent(self, sweep_id, function, project=None, entity=None, count=None):
+        self.agents.append({"sweep_id": sweep_id, "project": project, "count": count})
+        (parameter, spec), = self.sweeps[-1]["sweep"]["parameters"].items()
+        for value in spec["values"][:count]:
+            self.pending.append({parameter: value})
+            function()
+
+    def init(self, **kwargs):
+        # In a sweep, the agent's values win over the config passed to wandb.init.
+        run = FakeRun({**kwargs.get("config", {}), **self.pending.pop(0)}, f"run{len(self.runs)}")
+        self.runs.append(run)
+        return run
+
+
+def test_wandb_backend_sends_the_sweep_and_logs_each_run(tmp_path, monkeypatch, reachable_wandb_server):
     import wandb
 
     import main_search
@@ -394,46 +597,18 @@ def test_wandb_backend_sends_the_search_dict_and_logs_each_run(tmp_path, monkeyp
     config = write(tmp_path / "c.json", tiny_search_raw({"lr": [0.01, 0.001]}, epochs=2, patience=2))
     argv = [str(config), "--backend", "wandb", "--output-dir", str(tmp_path / "out")]
     assert main_search.main(argv) == 0
-    cfg = load_config(config)
-    assert fake.sweeps == [{"sweep": cfg.search.as_sweep(), "project": "cka_prune", "entity": None}]
-    assert fake.sweeps[0]["sweep"]["metric"] == {"name": "val_loss", "goal": "minimize"}
+    expected = {"method": "grid", "metric": {"name": "val_loss", "goal": "minimize"},
+                "parameters": {"lr": {"values": [0.01, 0.001]}}, "program": "main_search.py",
+                "command": ["${env}", "${interpreter}", "${program}", str(config), "--sweep-run"]}
+    assert fake.sweeps == [{"sweep": expected, "project": "cka_prune", "entity": None}]
     assert [a["sweep_id"] for a in fake.agents] == ["sweep1"]
     assert len(fake.runs) == 2
-    for run in fake.runs:
+    for run, lr in zip(fake.runs, [0.01, 0.001]):
         assert run.finished and [row["epoch"] for row in run.logged] == [1, 2]
+        assert run.config["params"] == {"lr": lr, "batch_size": 512, "epochs": 2, "patience": 2}
+        assert run.config["model"]["hidden_sizes"] == [8] and "_comment" not in run.config
         best = min(row["val_loss"] for row in run.logged)
         assert run.summary["val_loss"] == pytest.approx(best, rel=1e-5) and not run.summary["diverged"]
-    record = json.loads((tmp_path / "out" / "c.wandb.json").read_text())
-    assert [r["params"] for r in record["runs"]] == [{"lr": 0.01}, {"lr": 0.001}]
     # Running again joins the recorded sweep instead of creating another.
     assert main_search.main(argv + ["--trials", "1"]) == 0
     assert len(fake.sweeps) == 1 and fake.agents[-1] == {"sweep_id": "sweep1", "project": "cka_prune", "count": 1}
-
-
-def test_offline_run_logging_never_touches_the_network(tmp_path):
-    """Every HTTP(S) request goes to a proxy that accepts and never answers: a hang if used."""
-    proxy = stalling_port()
-    connections = []
-
-    def accept_and_stall():
-        try:
-            while True:
-                connections.append(proxy.accept())
-        except OSError:  # closed at the end of the test
-            return
-
-    threading.Thread(target=accept_and_stall, daemon=True).start()
-    url = f"http://127.0.0.1:{proxy.getsockname()[1]}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update({name: url for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")})
-    env.update({"NO_PROXY": "", "no_proxy": "", "WANDB_DIR": str(tmp_path)})
-    config = write(tmp_path / "c.json", tiny_search_raw({"lr": [0.01, 0.001]}))
-    started = time.monotonic()
-    run = subprocess.run([sys.executable, SCRIPT, str(config), "--wandb", "offline", "--output-dir", str(tmp_path / "out")],
-                         cwd=tmp_path, env=subprocess_env(**env), capture_output=True, text=True, timeout=60)
-    elapsed = time.monotonic() - started
-    proxy.close()
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert connections == []
-    assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == 2
-    assert elapsed < 20, elapsed

@@ -80,7 +80,7 @@ def test_batch_scripts_request_warning_signal_and_requeue():
     for name in ("search.sh", "train.sh", "prune.sh"):
         directives = re.findall(r"^#SBATCH (\S+)", (ROOT / "scripts" / name).read_text(), re.M)
         assert "--requeue" in directives, name
-        assert "--output=logs/%x-%A_%a.out" in directives, name
+        assert "--output=logs/%x-%j.out" in directives, name
         assert any(d.startswith("--signal=B:USR1@") for d in directives), name
 
 
@@ -160,16 +160,23 @@ def test_without_array_all_seeds_run(stub_repo: Path, tmp_path: Path):
     assert run.record["argv"] == ["main_prune.py", "config/demo/cka.json"]
 
 
-def test_spooled_copy_finds_repo_through_submit_dir(stub_repo: Path, tmp_path: Path):
-    # sbatch runs a copy of the script from its spool directory.
+def test_spooled_copy_finds_repo_through_the_recorded_script_path(stub_repo: Path, tmp_path: Path):
+    # sbatch runs a copy of the script from its spool directory; `scontrol show job`
+    # still names the submitted script (here a stand-in scontrol says what Slurm would).
     spool = tmp_path / "spool"
     spool.mkdir()
     shutil.copy2(stub_repo / "scripts" / "train.sh", spool / "slurm_script")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f"#!/bin/sh\necho '   Command={stub_repo}/scripts/train.sh demo/cka.json'\n")
+    (bin_dir / "scontrol").chmod(0o755)
     subdir = stub_repo / "config"
-    run = run_wrapper(spool / "slurm_script", ["demo/cka.json"], subdir, tmp_path,
-                      SLURM_SUBMIT_DIR=str(subdir))
+    run = run_wrapper(spool / "slurm_script", ["demo/cka.json"], subdir, tmp_path, SLURM_SUBMIT_DIR=str(subdir),
+                      SLURM_JOB_ID="77", PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     assert run.returncode == 0, run.stderr
     assert run.record["argv"] == ["main_train.py", "config/demo/cka.json"]
+    lost = run_wrapper(spool / "slurm_script", ["demo/cka.json"], subdir, tmp_path, SLURM_SUBMIT_DIR=str(subdir))
+    assert lost.returncode == 2 and "set REPO" in lost.stderr
 
 
 def test_repo_variable_wins_and_is_checked(stub_repo: Path, tmp_path: Path):
@@ -230,21 +237,22 @@ def run_submit(stub_repo: Path, tmp_path: Path, **env: str) -> tuple[subprocess.
 def test_submit_chains_search_train_and_prune(stub_repo: Path, tmp_path: Path):
     result, calls = run_submit(stub_repo, tmp_path, GPUS="1", SEARCH_TASKS="3")
     assert result.returncode == 0, result.stderr
-    common = "--parsable --export=ALL --gres=gpu:1 --time=1:00:00"
+    common = "--parsable --export=ALL --output=logs/%x-%A_%a.out --gres=gpu:1 --time=1:00:00"
+    cancel = "--kill-on-invalid-dep=yes"
     assert calls == [
         f"{common} --array=0-2 scripts/search.sh config/demo/cka.json --storage output/search/demo/cka.journal",
-        f"{common} --array=0-1 scripts/train.sh config/demo/cka.json",
-        f"{common} --array=0-1 --dependency=aftercorr:20 scripts/prune.sh config/demo/cka.json",
+        f"{common} --array=0-1 --dependency=afterok:10 {cancel} scripts/train.sh config/demo/cka.json",
+        f"{common} --array=0-1 --dependency=aftercorr:20 {cancel} scripts/prune.sh config/demo/cka.json",
     ]
     assert re.search(r"^search: job 10,.*^train: +job 20,.*^prune: +job 30,", result.stdout, re.M | re.S)
-    assert "scancel 30" in result.stdout
     assert (stub_repo / "logs").is_dir()
 
 
 def test_submit_prune_alone_has_no_dependency(stub_repo: Path, tmp_path: Path):
     result, calls = run_submit(stub_repo, tmp_path, STAGES="prune")
     assert result.returncode == 0, result.stderr
-    assert calls == ["--parsable --export=ALL --time=1:00:00 --array=0-1 scripts/prune.sh config/demo/cka.json"]
+    assert calls == ["--parsable --export=ALL --output=logs/%x-%A_%a.out --time=1:00:00 --array=0-1 "
+                     "scripts/prune.sh config/demo/cka.json"]
 
 
 @pytest.mark.parametrize("env", [{"STAGES": "train evaluate"}, {"SEARCH_TASKS": "0"}])
@@ -474,9 +482,9 @@ def assert_succeeded(job_id: str, tasks: int, logs: Path) -> None:
     records = job_records(job_id)
     assert len(records) == tasks, records
     for record in records:
-        # A job without --array has no array fields; %a then gives Slurm's NO_VAL.
-        array_job = record.get("ArrayJobId", record["JobId"])
-        log = logs / f"{record['JobName']}-{array_job}_{record.get('ArrayTaskId', '4294967294')}.out"
+        # Arrays (from submit.sh) log to %x-%A_%a.out, other jobs to %x-%j.out.
+        task = f"{record['ArrayJobId']}_{record['ArrayTaskId']}" if "ArrayTaskId" in record else record["JobId"]
+        log = logs / f"{record['JobName']}-{task}.out"
         text = log.read_text() if log.exists() else "(no log)"
         assert (record["JobState"], record["ExitCode"]) == ("COMPLETED", "0:0"), f"{log}:\n{text}"
 
@@ -504,7 +512,7 @@ def assert_search_shared(copy: Path, job_id: str) -> None:
     (name,) = optuna.get_all_study_names(storage=storage)
     trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(trials) == len(complete) == len(results["parameters"]["lr"]), trials
+    assert len(trials) == len(complete) == len(results["search"]["parameters"]["lr"]["values"]), trials
 
 
 def test_submit_runs_search_train_and_prune(repo_copy: Path):
@@ -530,9 +538,52 @@ def test_submit_runs_search_train_and_prune(repo_copy: Path):
     for seed in (0, 1):
         json.loads((repo_copy / "output" / "demo" / "cka" / f"{seed}.json").read_text())
     assert_search_shared(repo_copy, ids["search"])
+    # afterok: training started once the whole search had ended, and used its best lr.
+    search_ended = max(r["EndTime"] for r in job_records(ids["search"]))
+    assert all(r["StartTime"] >= search_ended for r in job_records(ids["train"]))
+    best = json.loads((repo_copy / "output" / "search" / "demo" / "cka.json").read_text())["best"]["params"]["lr"]
     train_log = next(logs.glob(f"cka-train-{ids['train']}_1.out")).read_text()
     assert f"array:    job {ids['train']}, task 1" in train_log
     assert "--seed-index 1" in train_log
+    assert f"training parameters: lr={best:g} from the search in output/search/demo/cka.json" in train_log
+
+
+def test_a_failed_search_cancels_training_and_pruning(repo_copy: Path):
+    config = repo_copy / "config" / "demo" / "broken.json"
+    raw = json.loads((repo_copy / "config" / "demo" / "cka.json").read_text())
+    raw["model"]["input_size"] = 100  # valid on its own; the search fails when it loads the data
+    config.write_text(json.dumps(raw))
+    result = subprocess.run(["bash", "scripts/submit.sh", "config/demo/broken.json", *SBATCH_SMALL],
+                            cwd=repo_copy, env=job_env(repo_copy), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    ids = dict(re.findall(r"^(search|train|prune): +job (\d+)", result.stdout, re.M))
+    wait_for_jobs(list(ids.values()))
+    assert {r["JobState"] for r in job_records(ids["search"])} == {"FAILED"}
+    for stage in ("train", "prune"):
+        records = job_records(ids[stage])
+        assert records and {r["JobState"] for r in records} == {"CANCELLED"}, records
+        # It never started: a job writes its log as it starts.
+        assert not list((repo_copy / "logs").glob(f"*-{ids[stage]}_*.out")), stage
+
+
+def test_a_setup_hook_gives_the_job_its_environment(repo_copy: Path, tmp_path: Path):
+    # A stand-in for `module load ...; conda activate ...`: a directory whose python
+    # records that it ran, then runs the real interpreter. It has no bin/activate.
+    env_dir = tmp_path / "cluster-env"
+    (env_dir / "bin").mkdir(parents=True)
+    marker = tmp_path / "used.txt"
+    wrapper = env_dir / "bin" / "python"
+    wrapper.write_text(f'#!/bin/sh\necho "$CLUSTER_ENV" >> "{marker}"\nexec "{sys.executable}" "$@"\n')
+    wrapper.chmod(0o755)
+    (env_dir / "load.sh").write_text(f'export CLUSTER_ENV=loaded\nexport PATH="{env_dir}/bin:$PATH"\n')
+    env = {**job_env(repo_copy), "SETUP": f"source {env_dir}/load.sh", "PYTHON": "python"}
+    env.pop("VENV", None)
+    job = sbatch([*SBATCH_SMALL, "scripts/train.sh", "config/demo/cka.json", "--seed", "0"], repo_copy, env)
+    wait_for_jobs([job])
+    assert_succeeded(job, 1, repo_copy / "logs")
+    log = (repo_copy / "logs" / f"cka-train-{job}.out").read_text()
+    assert f"python:   {wrapper}" in log
+    assert marker.read_text().splitlines()[-1] == "loaded"
 
 
 def test_train_submitted_from_elsewhere(repo_copy: Path, tmp_path: Path):
@@ -543,7 +594,7 @@ def test_train_submitted_from_elsewhere(repo_copy: Path, tmp_path: Path):
     job = sbatch([*SBATCH_SMALL, str(repo_copy / "scripts" / "train.sh"), config],
                  tmp_path, job_env(repo_copy))
     wait_for_jobs([job])
-    log = tmp_path / "logs" / f"cka-train-{job}_4294967294.out"
+    log = tmp_path / "logs" / f"cka-train-{job}.out"
     assert_succeeded(job, 1, tmp_path / "logs")
     assert f"repo:     {repo_copy.resolve()}" in log.read_text()
     after = {p: p.stat().st_mtime_ns for p in (repo_copy / "models").glob("*.pt")}
@@ -559,7 +610,7 @@ def submit_long_training(copy: Path, name: str, seed: int, **env: str) -> tuple[
     fast_demo_config(config, epochs=1000, patience=1000)
     job = sbatch([*SBATCH_SMALL, "scripts/train.sh", f"config/demo/{name}.json", "--seed", str(seed)],
                  copy, {**job_env(copy), **env})
-    log = copy / "logs" / f"cka-train-{job}_4294967294.out"
+    log = copy / "logs" / f"cka-train-{job}.out"
     wait_for(lambda: log.exists() and re.search(r"epoch +1\b", log.read_text()), 60, "training to start")
     return job, log
 

@@ -161,7 +161,7 @@ def _read_checkpoint(path: Path) -> dict | None:
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
         return {"state_dict": saved["state_dict"], "result": SeedResult.from_dict(saved["result"]),
-                "history": saved.get("history", [])}
+                "history": saved.get("history", []), "wandb_run_id": saved.get("wandb_run_id")}
     except Exception as err:  # torch raises many types for a bad file; all mean "unusable"
         raise ValueError(f"{path}: unusable checkpoint ({brief(err)})") from None
 
@@ -259,6 +259,15 @@ def _resume(model: nn.Module, cfg: ExperimentConfig, seed: int, identity: RunIde
     return result, saved["history"]
 
 
+def saved_progress(out_dir: Path, seed: int) -> tuple[int, str | None]:
+    """(iterations done, W&B run id) of a seed's checkpoint; (0, None) without a usable one."""
+    try:
+        saved = _read_checkpoint(checkpoint_path(out_dir, seed))
+    except ValueError:  # unusable: prune_seed starts this seed over
+        saved = None
+    return (0, None) if saved is None else (len(saved["result"].iterations), saved["wandb_run_id"])
+
+
 def pruning_history(out_dir: Path, seed: int) -> list:
     """The physical pruning history of a seed's last checkpoint ([] for masked models)."""
     saved = _read_checkpoint(checkpoint_path(out_dir, seed))
@@ -287,10 +296,11 @@ def _new_result(cfg: ExperimentConfig, seed: int, model: nn.Module, model_file: 
 
 def prune_seed(model: nn.Module, cfg: ExperimentConfig, seed: int, splits: Splits, device: torch.device,
                model_file: Path, out_dir: Path, on_epoch: EpochCallback | None = None,
-               on_iteration: Callable[[SeedResult], None] | None = None) -> SeedResult:
+               on_iteration: Callable[[SeedResult], None] | None = None, run_id: str | None = None) -> SeedResult:
     """Run the configured strategy on ``model`` (trained, unmasked), continuing the same run if possible.
 
-    ``on_iteration`` is called with the result after each iteration is saved.
+    ``on_iteration`` is called with the result after each iteration is saved; ``run_id`` (a W&B
+    run) is kept in the checkpoint, so a resumed job logs to the same run.
     """
     prune = cfg.require_prune()
     planned = prune.params.iterations
@@ -327,7 +337,8 @@ def prune_seed(model: nn.Module, cfg: ExperimentConfig, seed: int, splits: Split
             raise
         result = result.with_iteration(record)
         atomic_torch_save(checkpoint_path(out_dir, seed),
-                          {"state_dict": model.state_dict(), "result": result.to_dict(), "history": history})
+                          {"state_dict": model.state_dict(), "result": result.to_dict(), "history": history,
+                           "wandb_run_id": run_id})
         results.save(result, out_dir)
         if on_iteration is not None:
             on_iteration(result)
