@@ -104,7 +104,7 @@ def reproduce(directory: Path, models_dir: Path, output_root: Path, device_name:
     log_path = study_dir / "reproduce.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     print(f"{directory}: {len(configs)} configs ({', '.join(cfg.name for cfg in configs)}), "
-          f"{len(plan.trainings)} models to train, {plan.iterations} prune iterations to run, on {device}; "
+          f"{len(plan.trainings)} model(s) to train, {plan.iterations} prune iteration(s) to run, on {device}; "
           f"details in {log_path}")
     interactive = sys.stderr.isatty()
     console = sys.stdout  # the steps' own output is redirected to the log

@@ -28,7 +28,7 @@ def test_a_study_runs_end_to_end_then_skips_everything(study, tmp_path, capsys):
     args = [str(study), "--models-dir", str(tmp_path / "models"), "--output-dir", str(tmp_path / "out")]
     assert reproduce.main(args) == 0
     out = capsys.readouterr().out
-    assert "2 models to train, 8 prune iterations to run" in out  # two seeds shared by both criteria
+    assert "2 model(s) to train, 8 prune iteration(s) to run" in out  # two seeds shared by both criteria
     assert "[10/10]" in out and "Test accuracy after retraining, per iteration" in out
     table = out[out.index("Test accuracy after retraining"):]
     assert "cka % [min-max]" in table and "l1 % [min-max]" in table and "n=2" in table
@@ -36,7 +36,7 @@ def test_a_study_runs_end_to_end_then_skips_everything(study, tmp_path, capsys):
     assert (tmp_path / "out/study/reproduce.log").read_text().count("retrained") == 8
     assert len(list((tmp_path / "models").glob("*.pt"))) == 2
     assert reproduce.main(args) == 0
-    assert "0 models to train, 0 prune iterations to run" in capsys.readouterr().out
+    assert "0 model(s) to train, 0 prune iteration(s) to run" in capsys.readouterr().out
 
 
 def test_a_killed_study_resumes_to_the_same_results(study, tmp_path):
@@ -56,8 +56,8 @@ def test_a_killed_study_resumes_to_the_same_results(study, tmp_path):
     assert proc.returncode == 130 and "interrupted" in out
     again = subprocess.run(command("cut"), cwd=ROOT, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
-    planned = next(line for line in again.stdout.splitlines() if "models to train" in line)
-    assert "0 models to train" in planned and "8 prune iterations" not in planned  # finished work is not redone
+    planned = next(line for line in again.stdout.splitlines() if "model(s) to train" in line)
+    assert "0 model(s) to train" in planned and "8 prune iteration(s)" not in planned  # finished work is not redone
     for criterion in ("cka", "l1"):
         for seed in (0, 1):
             cut, full = (tmp_path / out / criterion / f"{seed}.json" for out in ("cut", "whole"))

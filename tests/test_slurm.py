@@ -26,8 +26,10 @@ from typing import Iterator
 
 import pytest
 
+from tests.conftest import tiny_raw
+
 ROOT = Path(__file__).resolve().parents[1]
-WRAPPERS = ("search.sh", "train.sh", "prune.sh", "submit.sh", "common.sh")
+WRAPPERS = ("search.sh", "train.sh", "prune.sh", "submit.sh", "common.sh", "reproduce.sh")
 SHELL_SCRIPTS = [ROOT / "scripts" / name for name in WRAPPERS] + [
     ROOT / "scripts" / "ci" / name for name in ("start-local-slurm.sh", "stop-local-slurm.sh")
 ]
@@ -77,7 +79,7 @@ def test_scripts_are_shellcheck_clean():
 
 
 def test_batch_scripts_request_warning_signal_and_requeue():
-    for name in ("search.sh", "train.sh", "prune.sh"):
+    for name in ("search.sh", "train.sh", "prune.sh", "reproduce.sh"):
         directives = re.findall(r"^#SBATCH (\S+)", (ROOT / "scripts" / name).read_text(), re.M)
         assert "--requeue" in directives, name
         assert "--output=logs/%x-%j.out" in directives, name
@@ -467,15 +469,14 @@ def job_records(job_id: str) -> list[dict[str, str]]:
 
 def wait_for_jobs(job_ids: list[str], timeout: float = JOB_TIMEOUT_S) -> None:
     """Poll squeue until the jobs are gone; fail at once on a dependency that cannot be met."""
-    deadline = time.monotonic() + timeout
-    while True:
+    for _ in range(int(timeout / 0.25)):  # a bound against a hung cluster, not a speed check
         out = subprocess.run(["squeue", "-h", "-j", ",".join(job_ids), "-o", "%i %T %r"],
                              capture_output=True, text=True).stdout
         if not out.strip():
             return
         assert "DependencyNeverSatisfied" not in out, f"a parent job failed:\n{out}"
-        assert time.monotonic() < deadline, f"jobs still queued after {timeout:.0f} s:\n{out}"
         time.sleep(0.25)
+    pytest.fail(f"jobs still queued after {timeout:.0f} s:\n{out}")
 
 
 def assert_succeeded(job_id: str, tasks: int, logs: Path) -> None:
@@ -584,6 +585,23 @@ def test_a_setup_hook_gives_the_job_its_environment(repo_copy: Path, tmp_path: P
     log = (repo_copy / "logs" / f"cka-train-{job}.out").read_text()
     assert f"python:   {wrapper}" in log
     assert marker.read_text().splitlines()[-1] == "loaded"
+
+
+def test_a_study_runs_as_one_job(repo_copy: Path, tmp_path: Path):
+    study = repo_copy / "config" / "tiny-study"
+    study.mkdir()
+    for criterion in ("cka", "l1"):
+        raw = tiny_raw(prune={"params": {"type": criterion, "iterations": 2, "rate": 0.3}})
+        (study / f"{criterion}.json").write_text(json.dumps(raw))
+    (tmp_path / "logs").mkdir()
+    job = sbatch([*SBATCH_SMALL, str(repo_copy / "scripts" / "reproduce.sh"), str(study)], tmp_path,
+                 job_env(repo_copy))
+    wait_for_jobs([job])
+    assert_succeeded(job, 1, tmp_path / "logs")
+    log = (tmp_path / "logs" / f"cka-reproduce-{job}.out").read_text()
+    assert "1 model(s) to train, 4 prune iteration(s) to run" in log and "[5/5]" in log
+    assert "Test accuracy after retraining, per iteration" in log
+    assert (repo_copy / "output" / "tiny-study" / "report" / "accuracy.png").exists()
 
 
 def test_train_submitted_from_elsewhere(repo_copy: Path, tmp_path: Path):
