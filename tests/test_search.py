@@ -605,7 +605,8 @@ def test_wandb_backend_sends_the_sweep_and_logs_each_run(tmp_path, monkeypatch, 
     assert len(fake.runs) == 2
     for run, lr in zip(fake.runs, [0.01, 0.001]):
         assert run.finished and [row["epoch"] for row in run.logged] == [1, 2]
-        assert run.config["params"] == {"lr": lr, "batch_size": 512, "epochs": 2, "patience": 2}
+        assert run.config["params"] | {"lr": lr, "batch_size": 512, "epochs": 2, "patience": 2} == run.config["params"]
+        assert run.config["params"]["optimizer"] == "adam"  # the resolved recipe, defaults included
         assert run.config["model"]["hidden_sizes"] == [8] and "_comment" not in run.config
         best = min(row["val_loss"] for row in run.logged)
         assert run.summary["val_loss"] == pytest.approx(best, rel=1e-5) and not run.summary["diverged"]
