@@ -594,14 +594,14 @@ def test_a_study_runs_as_one_job(repo_copy: Path, tmp_path: Path):
         raw = tiny_raw(prune={"params": {"type": criterion, "iterations": 2, "rate": 0.3}})
         (study / f"{criterion}.json").write_text(json.dumps(raw))
     (tmp_path / "logs").mkdir()
-    job = sbatch([*SBATCH_SMALL, str(repo_copy / "scripts" / "reproduce.sh"), str(study)], tmp_path,
-                 job_env(repo_copy))
+    job = sbatch([*SBATCH_SMALL, str(repo_copy / "scripts" / "reproduce.sh"), str(study), "--models-dir",
+                  str(tmp_path / "models"), "--output-dir", str(tmp_path / "output")], tmp_path, job_env(repo_copy))
     wait_for_jobs([job])
     assert_succeeded(job, 1, tmp_path / "logs")
     log = (tmp_path / "logs" / f"cka-reproduce-{job}.out").read_text()
     assert "1 model(s) to train, 4 prune iteration(s) to run" in log and "[5/5]" in log
     assert "Test accuracy after retraining, per iteration" in log
-    assert (repo_copy / "output" / "tiny-study" / "report" / "accuracy.png").exists()
+    assert (tmp_path / "output" / "tiny-study" / "report" / "accuracy.png").exists()
 
 
 def test_train_submitted_from_elsewhere(repo_copy: Path, tmp_path: Path):
