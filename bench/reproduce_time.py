@@ -27,8 +27,8 @@ from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from src.artifacts import load_model, model_path  # noqa: E402
 from src.config import load_config  # noqa: E402
-from src.artifacts import load_model  # noqa: E402
 from src.pruning.strategy import prune_seed  # noqa: E402
 from src.train import load_experiment_data, select_device, train_seed  # noqa: E402
 
@@ -54,11 +54,11 @@ def main() -> None:
     rows = []
     for n, seed in enumerate(args.seeds):
         start = time.perf_counter()
+        trained_before = model_path(base, seed, work / "models").exists()
         with contextlib.redirect_stdout(io.StringIO()):
             model_file = train_seed(base, seed, splits, device, work / "models")
-        train_seconds = time.perf_counter() - start
         modes = [False, True] if n % 2 == 0 else [True, False]  # alternate, so drifting load hits both
-        row = {"seed": seed, "train": train_seconds}
+        row = {"seed": seed, "train": None if trained_before else time.perf_counter() - start}
         for shrink in modes:
             cfg = with_prune_params(base, iterations=args.iterations, shrink=shrink)
             model = load_model(model_file, cfg, device)
@@ -71,7 +71,8 @@ def main() -> None:
             row[f"{mode}_acc"] = result.iterations[-1].after_retrain["test_acc"]
             row["alive"] = "/".join(str(a) for a in result.alive().values())
         rows.append(row)
-        print(f"seed {seed}: train {row['train']:.0f}s; prune+retrain masked {row['masked']:.0f}s, "
+        trained = "model existed" if row["train"] is None else f"train {row['train']:.0f}s"
+        print(f"seed {seed}: {trained}; prune+retrain masked {row['masked']:.0f}s, "
               f"shrunk {row['shrunk']:.0f}s ({row['masked'] / row['shrunk']:.2f}x); final test acc masked "
               f"{row['masked_acc']:.4f}, shrunk {row['shrunk_acc']:.4f}; alive {row['alive']}")
     masked, shrunk = sum(r["masked"] for r in rows), sum(r["shrunk"] for r in rows)
@@ -82,7 +83,10 @@ def main() -> None:
                              random_state=np.random.default_rng(0)).confidence_interval
         print(f"final test accuracy, shrunk - masked: mean {100 * diffs.mean():+.2f} pp, 95 % bootstrap CI "
               f"[{100 * ci.low:+.2f}, {100 * ci.high:+.2f}] pp over {len(diffs)} seeds")
-    train = statistics.mean(r["train"] for r in rows)
+    trainings = [r["train"] for r in rows if r["train"] is not None]
+    if not trainings:
+        return
+    train = statistics.mean(trainings)
     per_seed = {mode: statistics.mean(r[mode] for r in rows) for mode in ("masked", "shrunk")}
     for mode, seconds in per_seed.items():
         print(f"projected ex1 study (10 seeds x cka + l1, {mode} retraining, one process): "
