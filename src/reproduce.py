@@ -120,7 +120,7 @@ def reproduce(directory: Path, models_dir: Path, output_root: Path, device_name:
             print(f"[{step}/{plan.steps}] {what} ({time.perf_counter() - started:.0f}s)", file=console, flush=True)
 
     splits_by_data: dict[str, object] = {}
-    with open(log_path, "a") as log, bar:
+    with open(log_path, "a", buffering=1) as log, bar:  # line-buffered: `tail -f` shows progress
         def splits_of(cfg: ExperimentConfig):
             key = repr(cfg.data.identity())
             if key not in splits_by_data:
