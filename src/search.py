@@ -4,14 +4,13 @@ A *point* is a dict of searched values (``{"lr": 0.01}``); its model is the conf
 filled in, trained with ``search.seed``. Each epoch is reported (``trial.report``): the dashboard
 draws learning curves and ``early_terminate`` (``HyperbandPruner``) can stop a point early.
 
-Local backend: a study in a journal file or a database, shared by any number of processes. A trial
-covers its point while running and once complete or stopped early. A worker asks for the first
-point no trial covers, a grid point or the point of a failed trial (``PartialFixedSampler``);
-else ``random`` and ``bayes`` sample (``RandomSampler`` / ``TPESampler``) until ``run_cap``
-trials cover points. Asking happens under a file lock beside a journal or SQLite file; with a
-database server, the later of two trials of one point is dropped. A dead worker's trial is
-failed, by Optuna's heartbeat on a database and by our own on a journal (which has none), so its
-point is asked for again. W&B backend: a sweep of the same configuration (``src/tracking.py``).
+Local backend: a study in a journal file or a database, shared by any number of processes. A
+trial covers its point while running and once complete or stopped early. A worker asks, under a
+file lock beside a journal or SQLite file, for the first grid point or failed trial's point that
+no trial covers (``PartialFixedSampler``), else ``random`` and ``bayes`` sample until ``run_cap``
+trials cover points; with a database server, the later of two trials of one point is dropped. A
+dead worker's trial is failed, by Optuna's heartbeat on a database and by our own on a journal
+(which has none), so its point is asked for again. W&B backend: ``src/tracking.py``.
 """
 
 from __future__ import annotations
@@ -333,11 +332,12 @@ class LocalSearch:
         """Grid: one row per point (finished, else running, else waiting); else one per trial."""
         rows = []
         for t in self.trials():
-            rows.append({"params": t.params, "status": "running", "trial": t.number})
+            row = {"params": t.params, "status": "running", "trial": t.number}
             if t.state != TrialState.RUNNING and "epochs" in t.user_attrs:
                 result = {f.name: t.user_attrs[f.name] for f in fields(PointResult)}
                 status = "diverged" if result["diverged"] else "stopped" if result["stopped"] else "done"
-                rows[-1].update(status=status, **result)
+                row.update(status=status, **result)
+            rows.append(row)
         if self.grid is None:
             return rows
         by_point = {point_key(r["params"]): r for r in sorted(rows, key=lambda r: r["status"] != "running")}
@@ -362,10 +362,11 @@ class LocalSearch:
         with self.lock():
             if self.finder is None:
                 fail_stale_trials(self.study)  # a database: Optuna's heartbeat
-            for trial, reason in self.finder.lost(self.trials(TrialState.RUNNING)) if self.finder else []:
-                if self.lose(trial.number, reason):
-                    self.say(f"trial {trial.number} ({point_label(trial.params)}) was lost: {reason}; "
-                             f"it is trained again")
+            else:
+                for trial, reason in self.finder.lost(self.trials(TrialState.RUNNING)):
+                    if self.lose(trial.number, reason):
+                        self.say(f"trial {trial.number} ({point_label(trial.params)}) was lost: {reason}; "
+                                 f"it is trained again")
             covered = self.trials()
             taken = {point_key(t.params) for t in covered}
             # Every grid point is wanted; a sampled point whose trial failed is wanted again, with its values.
@@ -376,9 +377,8 @@ class LocalSearch:
             # Seeded per trial: reproducible, yet workers sharing the study draw different points.
             seed = (self.search.seed * 1_000_003 + len(self.study.get_trials(deepcopy=False))) % 2**32
             sampler = (optuna.samplers.TPESampler if self.search.method == "bayes" else optuna.samplers.RandomSampler)
-            self.study.sampler = sampler(seed=seed)
-            if missing:
-                self.study.sampler = optuna.samplers.PartialFixedSampler(missing[0], self.study.sampler)
+            sampler = sampler(seed=seed)
+            self.study.sampler = optuna.samplers.PartialFixedSampler(missing[0], sampler) if missing else sampler
             trial = self.study.ask()
             point = suggest(trial, self.search)
             trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
