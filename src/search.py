@@ -441,7 +441,7 @@ class LocalSearch:
                 + (" (stopped early)" if result.stopped else ""))
         self.say(f"{label}: {what} ({result.epochs} epochs, {result.seconds:.1f} s)")
 
-    def work(self, train: Trainer, on_progress: Callable[[], None] = lambda: None) -> int:
+    def work(self, train: Trainer, on_progress: Callable[[], None] = lambda: None) -> None:
         """Train points until none is left or ``options.trials`` are done, then (``wait``) wait for others."""
         trained, announced = 0, False
         while self.options.trials is None or trained < self.options.trials:
@@ -459,7 +459,6 @@ class LocalSearch:
                          + ", ".join(point_label(r["params"]) for r in running))
                 announced = True
             time.sleep(self.options.poll)
-        return trained
 
 
 # ---------------------------------------------------------------- entry points
