@@ -4,14 +4,13 @@ A *point* is a dict of searched values (``{"lr": 0.01}``); its model is the conf
 filled in, trained with ``search.seed``. Each epoch is reported (``trial.report``): the dashboard
 draws learning curves and ``early_terminate`` (``HyperbandPruner``) can stop a point early.
 
-Local backend: a study in a journal file or a database, shared by any number of processes.
-``grid`` asks for the first point no trial covers (``PartialFixedSampler``); ``random`` and
-``bayes`` ask ``RandomSampler`` / ``TPESampler`` until ``run_cap`` trials cover points. A trial
-covers its point while running and once complete or stopped early. Asking happens under a file
-lock beside a journal or SQLite file; with a database server, a second copy of a grid point is
-dropped. A dead worker's trial is failed, by Optuna's heartbeat on a database and by our own on
-a journal (which has none); its point is then uncovered, or re-queued by
-``RetryHeartbeatStaleTrialCallback``. W&B backend: a sweep of the same configuration.
+Local backend: a study in a journal file or a database, shared by any number of processes. A
+trial covers its point while running and once complete or stopped early. A worker asks, under a
+file lock beside a journal or SQLite file, for the first grid point or failed trial's point that
+no trial covers (``PartialFixedSampler``), else ``random`` and ``bayes`` sample until ``run_cap``
+trials cover points; with a database server, the later of two trials of one point is dropped. A
+dead worker's trial is failed, by Optuna's heartbeat on a database and by our own on a journal
+(which has none), so its point is asked for again. W&B backend: ``src/tracking.py``.
 """
 
 from __future__ import annotations
@@ -27,13 +26,14 @@ import threading
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, fields
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import optuna
 import torch
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials, get_storage
+from optuna.storages import JournalStorage, RDBStorage, fail_stale_trials, get_storage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 from tabulate import tabulate
@@ -46,6 +46,7 @@ from src.models import build_model
 from src.train import EpochCallback as EpochFn, fit, load_experiment_data, select_device
 
 Point = dict[str, Any]
+Row = dict[str, Any]  # a point's line in the results: params, status, trial and, once finished, its PointResult
 DEFAULT_OUTPUT_ROOT = Path("output/search")
 PROGRAM = "main_search.py"
 
@@ -109,6 +110,15 @@ def suggest(trial: optuna.Trial, search: SearchConfig) -> Point:
     return point
 
 
+def make_pruner(search: SearchConfig, max_epochs: int) -> optuna.pruners.BasePruner:
+    """W&B's hyperband as Optuna's: iterations are epochs, ``eta`` the reduction factor."""
+    h = search.early_terminate
+    if h is None:
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.HyperbandPruner(min_resource=h.min_iter or 1, max_resource=h.max_iter or max_epochs,
+                                          reduction_factor=h.eta)
+
+
 # ---------------------------------------------------------------- training one point
 
 @dataclass(frozen=True)
@@ -163,76 +173,40 @@ class DataTrainer:
     def __init__(self, cfg: ExperimentConfig, device_name: str | None):
         self.cfg = cfg
         self.device = select_device(device_name)
-        self.splits: Splits | None = None
+
+    @cached_property
+    def splits(self) -> Splits:
+        return load_experiment_data(self.cfg, self.device)
 
     def __call__(self, point: Point, on_epoch: EpochFn | None = None) -> PointResult:
-        if self.splits is None:
-            self.splits = load_experiment_data(self.cfg, self.device)
         return train_point(self.cfg, point, self.splits, self.device, on_epoch)
 
 
 # ---------------------------------------------------------------- results
 
-@dataclass(frozen=True)
-class Row:
-    point: Point
-    status: str                        # done, diverged, stopped, running or waiting
-    result: PointResult | None = None
-    trial: int | None = None
-
-
-def row_of(trial: FrozenTrial) -> Row:
-    if trial.state == TrialState.RUNNING or "epochs" not in trial.user_attrs:
-        return Row(trial.params, "running", None, trial.number)
-    result = PointResult(**{f.name: trial.user_attrs[f.name] for f in fields(PointResult)})
-    status = "diverged" if result.diverged else "stopped" if result.stopped else "done"
-    return Row(trial.params, status, result, trial.number)
-
-
-def objective(result: PointResult, search: SearchConfig) -> float:
-    """The value of ``search.metric``; a diverged point gets the worst value for the goal."""
-    value = getattr(result, search.metric)
-    if result.diverged or value is None:
-        return math.inf if search.goal == "minimize" else -math.inf
-    return value
-
-
 def best_row(rows: list[Row], search: SearchConfig) -> Row | None:
     """The finished, non-diverged row with the best metric (the first of equals)."""
-    done = [r for r in rows if r.status == "done"]
     sign = 1 if search.goal == "minimize" else -1
-    return min(done, key=lambda r: sign * objective(r.result, search), default=None)
+    return min((r for r in rows if r["status"] == "done"), key=lambda r: sign * r[search.metric], default=None)
 
 
 def format_table(rows: list[Row], search: SearchConfig) -> str:
     """One line per point: values, val_loss, val_acc, epochs run, seconds, status; ``*`` marks the best."""
     best = best_row(rows, search)
     names = [p.name for p in search.parameters]
-    table = [["*" if row is best else "", *(row.point.get(n, "-") for n in names),
-              *([None] * 4 if row.result is None else [row.result.val_loss, row.result.val_acc,
-                                                      row.result.epochs, row.result.seconds]),
-              row.status] for row in rows]
+    table = [["*" if row is best else "", *(row["params"].get(n) for n in names),
+              *(row.get(k) for k in ("val_loss", "val_acc", "epochs", "seconds")), row["status"]] for row in rows]
     text = tabulate(table, ["", *names, "val_loss", "val_acc", "epochs run", "seconds", "status"],
                     floatfmt=("", *["g"] * len(names), ".4f", ".4f", "", ".1f"), missingval="-")
     if best is None:
         return text + "\nbest: none yet"
-    value = getattr(best.result, search.metric)
-    return text + f"\nbest: {point_label(best.point)} ({search.metric} {value:.4f}, goal {search.goal})"
+    value = best[search.metric]
+    return text + f"\nbest: {point_label(best['params'])} ({search.metric} {value:.4f}, goal {search.goal})"
 
 
 def results_path(cfg: ExperimentConfig, output_root: Path, suffix: str = ".json") -> Path:
     """``output/search/<experiment>.json``; ``demo/cka`` nests as ``demo/cka.json``."""
     return Path(output_root) / f"{cfg.name}{suffix}"
-
-
-def results_document(cfg: ExperimentConfig, rows: list[Row], complete: bool, extra: dict[str, Any]) -> dict:
-    """What goes into ``output/search/<experiment>.json`` (read back by :func:`searched_config`)."""
-    best = best_row(rows, cfg.search)
-    return {"experiment": cfg.name, "config": str(cfg.source), "identity": search_identity(cfg), **extra,
-            "search": cfg.search.as_sweep(PROGRAM), "seed": cfg.search.seed, "complete": complete,
-            "best": None if best is None else {"params": best.point, **asdict(best.result)},
-            "points": [{"params": r.point, "status": r.status, "trial": r.trial,
-                        **(asdict(r.result) if r.result else {})} for r in rows]}
 
 
 def searched_config(cfg: ExperimentConfig, use_search: bool,
@@ -246,8 +220,7 @@ def searched_config(cfg: ExperimentConfig, use_search: bool,
     own = ", ".join(f"{n}={getattr(getattr(cfg, SEARCHABLE[n][0]), SEARCHABLE[n][1]):g}" for n in names)
     if not use_search:
         return cfg, f"{own} from {cfg.source} (--no-search-params)"
-    path = results_path(cfg, output_root)
-    for candidate in [path, *sorted(Path(output_root).rglob("*.json"))]:
+    for candidate in [results_path(cfg, output_root), *sorted(Path(output_root).rglob("*.json"))]:
         try:
             doc = read_json(candidate)
         except (OSError, ValueError):
@@ -311,29 +284,6 @@ class LostTrialFinder:
         return found
 
 
-@contextmanager
-def heartbeat(beat: Callable[[], None], interval: float) -> Iterator[None]:
-    """Call ``beat`` every ``interval`` seconds from a thread while the block runs."""
-    stop = threading.Event()
-
-    def loop() -> None:
-        while True:
-            try:
-                beat()
-            except UpdateFinishedTrialError:
-                return  # another worker gave the trial up; run_trial reports it
-            if stop.wait(interval):
-                return
-
-    thread = threading.Thread(target=loop, name="search-heartbeat", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-
-
 @dataclass(frozen=True)
 class WorkerOptions:
     """How one process takes part in a search."""
@@ -344,145 +294,144 @@ class WorkerOptions:
     poll: float = 1.0                 # seconds between looks at the storage while waiting
 
 
-def make_pruner(search: SearchConfig, max_epochs: int) -> optuna.pruners.BasePruner:
-    """W&B's hyperband as Optuna's: iterations are epochs, ``eta`` the reduction factor."""
-    h = search.early_terminate
-    if h is None:
-        return optuna.pruners.NopPruner()
-    return optuna.pruners.HyperbandPruner(min_resource=h.min_iter or 1, max_resource=h.max_iter or max_epochs,
-                                          reduction_factor=h.eta)
-
-
 class LocalSearch:
     """One worker of a search shared through an Optuna storage (a journal path or a database URL)."""
 
     def __init__(self, cfg: ExperimentConfig, location: str, options: WorkerOptions,
                  say: Callable[[str], None] = print):
-        self.cfg, self.search, self.options, self.say = cfg, cfg.search, options, say
+        self.search, self.options, self.say = cfg.search, options, say
         self.grid = grid_points(cfg.search) if cfg.search.method == "grid" else None
-        # A sampled point that failed is tried again; a grid point is simply uncovered.
-        self.retry = None if self.grid is not None else RetryHeartbeatStaleTrialCallback()
         self.shown, lock = storage_files(location)
         self.lock = (lambda: exclusive(lock)) if lock is not None else nullcontext
+        # A journal has no heartbeat of Optuna's: its trials beat through a user attribute.
         self.finder = None if "://" in location else LostTrialFinder(3 * options.heartbeat)
         with self.lock():  # processes creating one SQLite database at once would collide
-            storage = self.open_storage(location)
-            self.study = optuna.create_study(storage=storage, study_name=study_name(cfg), direction=cfg.search.goal,
-                                             pruner=make_pruner(cfg.search, cfg.params.epochs), load_if_exists=True)
-        self.storage = storage
-        self.study_id = storage.get_study_id_from_name(self.study.study_name)
-
-    def open_storage(self, location: str) -> optuna.storages.BaseStorage:
-        """A journal file, or a database with Optuna's heartbeat and retries."""
-        if self.finder is not None:
-            Path(location).parent.mkdir(parents=True, exist_ok=True)
-            return JournalStorage(JournalFileBackend(location))
-        beat = max(1, round(self.options.heartbeat))
-        try:
-            return get_storage(RDBStorage(location, heartbeat_interval=beat, grace_period=3 * beat,
-                                          heartbeat_stale_trial_callback=self.retry))
-        except Exception as err:  # noqa: BLE001 - SQLAlchemy and drivers raise many types
-            raise UserError(f"--storage {self.shown}: cannot open ({brief(err)})") from None
+            if self.finder is not None:
+                Path(location).parent.mkdir(parents=True, exist_ok=True)
+                self.storage = JournalStorage(JournalFileBackend(location))
+            else:
+                beat = max(1, round(options.heartbeat))
+                try:
+                    self.storage = get_storage(RDBStorage(location, heartbeat_interval=beat, grace_period=3 * beat))
+                except Exception as err:  # noqa: BLE001 - SQLAlchemy and drivers raise many types
+                    raise UserError(f"--storage {self.shown}: cannot open ({brief(err)})") from None
+            self.study = optuna.create_study(storage=self.storage, study_name=study_name(cfg), load_if_exists=True,
+                                             direction=cfg.search.goal,
+                                             pruner=make_pruner(cfg.search, cfg.params.epochs))
+        self.study_id = self.storage.get_study_id_from_name(self.study.study_name)
 
     def trial_id(self, number: int) -> int:
         return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
 
-    def covering(self) -> list[FrozenTrial]:
-        """Trials that stand for their point: running, complete, or stopped early (not dropped copies)."""
-        states = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
-        return [t for t in self.study.get_trials(deepcopy=False, states=states)
-                if t.params and not t.user_attrs.get("duplicate")]
+    def trials(self, *states: TrialState) -> list[FrozenTrial]:
+        """Trials with a point, by default those that stand for it: running, complete, or stopped early."""
+        states = states or (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
+        return [t for t in self.study.get_trials(deepcopy=False, states=states) if t.params]
 
     def rows(self) -> list[Row]:
         """Grid: one row per point (finished, else running, else waiting); else one per trial."""
-        rows = [row_of(t) for t in self.covering()]
+        rows = []
+        for t in self.trials():
+            row = {"params": t.params, "status": "running", "trial": t.number}
+            if t.state != TrialState.RUNNING and "epochs" in t.user_attrs:
+                result = {f.name: t.user_attrs[f.name] for f in fields(PointResult)}
+                status = "diverged" if result["diverged"] else "stopped" if result["stopped"] else "done"
+                row.update(status=status, **result)
+            rows.append(row)
         if self.grid is None:
             return rows
-        by_point = {point_key(r.point): r for r in sorted(rows, key=lambda r: r.status != "running")}
-        return [by_point.get(point_key(p), Row(p, "waiting")) for p in self.grid]
+        by_point = {point_key(r["params"]): r for r in sorted(rows, key=lambda r: r["status"] != "running")}
+        return [by_point.get(point_key(p), {"params": p, "status": "waiting", "trial": None}) for p in self.grid]
 
     def complete(self, rows: list[Row]) -> bool:
-        finished = [r for r in rows if r.status not in ("running", "waiting")]
+        finished = [r for r in rows if r["status"] not in ("running", "waiting")]
         return len(finished) == len(rows) and (self.grid is not None or len(finished) >= self.search.run_cap)
 
     def lose(self, number: int, reason: str) -> bool:
-        """Fail a running trial (its point is then trained again); False if it had ended."""
+        """Fail a running trial, saying why in its ``lost`` attribute; False if it had ended."""
         trial_id = self.trial_id(number)
         try:
             self.storage.set_trial_user_attr(trial_id, "lost", reason)
             self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
         except UpdateFinishedTrialError:
             return False
-        if self.retry is not None:
-            self.retry(self.study, self.storage.get_trial(trial_id))
         return True
 
-    def recover_lost(self) -> None:
-        if self.finder is None:
-            fail_stale_trials(self.study)  # a database: Optuna's heartbeat
-            return
-        for trial, reason in self.finder.lost(self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))):
-            if self.lose(trial.number, reason):
-                self.say(f"trial {trial.number} ({point_label(trial.params)}) was lost: {reason}; "
-                         f"it is trained again")
-
     def ask(self) -> tuple[optuna.Trial, Point] | None:
-        """Start a trial for a point nobody covers; None when none is left to ask for."""
+        """Start a trial for the first point nobody covers; None when none is left to ask for."""
         with self.lock():
-            self.recover_lost()
-            covered = self.covering()
+            if self.finder is None:
+                fail_stale_trials(self.study)  # a database: Optuna's heartbeat
+            else:
+                for trial, reason in self.finder.lost(self.trials(TrialState.RUNNING)):
+                    if self.lose(trial.number, reason):
+                        self.say(f"trial {trial.number} ({point_label(trial.params)}) was lost: {reason}; "
+                                 f"it is trained again")
+            covered = self.trials()
+            taken = {point_key(t.params) for t in covered}
+            # Every grid point is wanted; a sampled point whose trial failed is wanted again, with its values.
+            wanted = self.grid if self.grid is not None else [t.params for t in self.trials(TrialState.FAIL)]
+            missing = [p for p in wanted if point_key(p) not in taken]
+            if not missing and (self.grid is not None or len(covered) >= self.search.run_cap):
+                return None
             # Seeded per trial: reproducible, yet workers sharing the study draw different points.
             seed = (self.search.seed * 1_000_003 + len(self.study.get_trials(deepcopy=False))) % 2**32
             sampler = (optuna.samplers.TPESampler if self.search.method == "bayes" else optuna.samplers.RandomSampler)
-            self.study.sampler = sampler(seed=seed)
-            if self.grid is None and len(covered) >= self.search.run_cap:
-                return None
-            if self.grid is not None:
-                taken = {point_key(t.params) for t in covered}
-                missing = [p for p in self.grid if point_key(p) not in taken]
-                if not missing:
-                    return None
-                self.study.sampler = optuna.samplers.PartialFixedSampler(missing[0], self.study.sampler)
+            sampler = sampler(seed=seed)
+            self.study.sampler = optuna.samplers.PartialFixedSampler(missing[0], sampler) if missing else sampler
             trial = self.study.ask()
             point = suggest(trial, self.search)
             trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        if self.grid is not None and any(point_key(t.params) == point_key(point)
-                                         for t in self.covering() if t.number != trial.number):
-            trial.set_user_attr("duplicate", True)  # a database server without a lock file
-            self.study.tell(trial, state=TrialState.PRUNED)
+        key = point_key(point)
+        earlier = [t.number for t in self.trials() if t.number < trial.number and point_key(t.params) == key]
+        if earlier:  # a database server (no lock file): two workers asked for one point at once
+            self.lose(trial.number, f"a copy of trial {earlier[0]}")
             return self.ask()
         return trial, point
+
+    def beat(self, trial_id: int, stop: threading.Event) -> None:
+        """Until ``stop``: Optuna's heartbeat on a database, a ``heartbeat`` count on a journal."""
+        for count in itertools.count():
+            try:
+                if self.finder is None:
+                    self.storage.record_heartbeat(trial_id)
+                else:
+                    self.storage.set_trial_user_attr(trial_id, "heartbeat", count)
+            except UpdateFinishedTrialError:
+                return  # another worker gave the trial up; run_trial reports it
+            if stop.wait(self.options.heartbeat):
+                return
 
     def run_trial(self, trial: optuna.Trial, point: Point, train: Trainer) -> None:
         """Train an asked point, reporting every epoch, and record its best epoch."""
         label = point_label(point)
         self.say(f"{label}: training (trial {trial.number})")
-        trial_id = self.trial_id(trial.number)
-        if self.finder is None:
-            beat = lambda: self.storage.record_heartbeat(trial_id)  # noqa: E731
-        else:
-            count = itertools.count()
-            beat = lambda: self.storage.set_trial_user_attr(trial_id, "heartbeat", next(count))  # noqa: E731
 
         def report(row: dict[str, float]) -> None:
             trial.report(row[self.search.metric], int(row["epoch"]))
             if trial.should_prune():
                 raise optuna.TrialPruned()
 
+        stop = threading.Event()
+        beating = threading.Thread(target=self.beat, args=(self.trial_id(trial.number), stop), daemon=True)
+        beating.start()
         try:
-            with heartbeat(beat, self.options.heartbeat):
-                result = train(point, report)
+            result = train(point, report)
         except BaseException as err:
             # Interrupted (Ctrl-C, SIGTERM from Slurm) or crashed: hand the point back now.
             self.lose(trial.number, f"{type(err).__name__} in worker pid {os.getpid()}")
             raise
+        finally:
+            stop.set()
+            beating.join()
+        worst = math.inf if self.search.goal == "minimize" else -math.inf
         try:
             for name, value in asdict(result).items():
                 trial.set_user_attr(name, value)
             if result.stopped:
                 self.study.tell(trial, state=TrialState.PRUNED)
             else:
-                self.study.tell(trial, objective(result, self.search))
+                self.study.tell(trial, worst if result.diverged else getattr(result, self.search.metric))
         except UpdateFinishedTrialError:
             self.say(f"{label}: another worker gave trial {trial.number} up as lost while it ran here; "
                      f"the point's retry is recorded instead")
@@ -492,7 +441,7 @@ class LocalSearch:
                 + (" (stopped early)" if result.stopped else ""))
         self.say(f"{label}: {what} ({result.epochs} epochs, {result.seconds:.1f} s)")
 
-    def work(self, train: Trainer, on_progress: Callable[[], None] = lambda: None) -> int:
+    def work(self, train: Trainer, on_progress: Callable[[], None] = lambda: None) -> None:
         """Train points until none is left or ``options.trials`` are done, then (``wait``) wait for others."""
         trained, announced = 0, False
         while self.options.trials is None or trained < self.options.trials:
@@ -502,15 +451,14 @@ class LocalSearch:
                 trained += 1
                 on_progress()
                 continue
-            running = [r for r in self.rows() if r.status == "running"]
+            running = [r for r in self.rows() if r["status"] == "running"]
             if not running or not self.options.wait:
                 break
             if not announced:
                 self.say(f"waiting for {len(running)} point(s) other workers are training: "
-                         + ", ".join(point_label(r.point) for r in running))
+                         + ", ".join(point_label(r["params"]) for r in running))
                 announced = True
             time.sleep(self.options.poll)
-        return trained
 
 
 # ---------------------------------------------------------------- entry points
@@ -533,26 +481,32 @@ def run_search(cfg: ExperimentConfig, options: SearchOptions, train: Trainer) ->
           f"({size}, seed {cfg.search.seed}, {cfg.search.metric} {cfg.search.goal}); "
           f"storage {search.shown}, study {search.study.study_name}", flush=True)
     out = results_path(cfg, options.output_root)
-    extra = {"backend": "local", "storage": search.shown, "study": search.study.study_name}
+    header = {"experiment": cfg.name, "config": str(cfg.source), "identity": search_identity(cfg), "backend": "local",
+              "storage": search.shown, "study": search.study.study_name, "search": cfg.search.as_sweep(PROGRAM),
+              "seed": cfg.search.seed}
 
     def write_results() -> list[Row]:
+        """``output/search/<experiment>.json``, read back by :func:`searched_config`."""
         with exclusive(out):  # read and write under one lock: the last file written is the newest
             rows = search.rows()
-            atomic_write_json(out, results_document(cfg, rows, search.complete(rows), extra))
+            best = best_row(rows, cfg.search)
+            atomic_write_json(out, {**header, "complete": search.complete(rows),
+                                    "best": best and {k: v for k, v in best.items() if k not in ("status", "trial")},
+                                    "points": rows})
         return rows
 
     search.work(train, on_progress=write_results)
     rows = write_results()
+    complete, best = search.complete(rows), best_row(rows, cfg.search)
     print(f"\n{format_table(rows, cfg.search)}\nresults: {out}")
-    if not search.complete(rows):
+    if not complete:
         print("the search is not finished; run the same command again to finish it")
     if options.write_config is None:
         return 0
-    best = best_row(rows, cfg.search)
-    if not search.complete(rows) or best is None:
-        why = "the search is not finished" if not search.complete(rows) else "every point diverged"
+    if not complete or best is None:
+        why = "the search is not finished" if not complete else "every point diverged"
         print(f"--write-config: {options.write_config} not written: {why}")
         return 1
-    atomic_write_json(options.write_config, with_overrides(cfg, best.point).raw)
-    print(f"wrote {options.write_config} with {point_label(best.point)}")
+    atomic_write_json(options.write_config, with_overrides(cfg, best["params"]).raw)
+    print(f"wrote {options.write_config} with {point_label(best['params'])}")
     return 0
