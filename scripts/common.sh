@@ -117,9 +117,9 @@ stop_child() {
 # preemption and the time limit signal every process of a job, and a second
 # SIGTERM could interrupt python while it saves. Returns python's exit status.
 run_python() {
-  local child status warned=0
-  "$PYTHON" "$@" &
-  child=$!
+  local child="" status warned=0
+  # The traps come first: a signal that arrives while python starts must not find the
+  # default action (which would end this shell and leave python running).
   trap 'warned=1; stop_child "$child" "time limit near"' USR1
   trap 'stop_child "$child" interrupted' INT
   if [ -n "${SLURM_JOB_ID:-}" ]; then
@@ -127,6 +127,8 @@ run_python() {
   else
     trap 'stop_child "$child" terminated' TERM
   fi
+  "$PYTHON" "$@" &
+  child=$!
   status=0
   wait "$child" || status=$?
   # A trapped signal interrupts `wait`; wait again for python's own status.
