@@ -47,21 +47,24 @@ class Plan:
 
 
 def load_study(directory: Path, use_search: bool = True) -> list[ExperimentConfig]:
-    """The configs of a study folder, each with a prune section; UserError names a bad one.
+    """The configs of a study folder that have a prune section; UserError names a bad one.
 
-    As main_train.py and main_prune.py do, a config takes the best values of a finished search
-    of its settings unless ``use_search`` is false.
+    A config without a prune section (a search or training demo) is not part of the study and
+    is named as such. As main_train.py and main_prune.py do, a config takes the best values of
+    a finished search of its settings unless ``use_search`` is false.
     """
     if not directory.is_dir():
         raise UserError(f"{directory}: not a directory of experiment configs")
     configs = []
     for path in sorted(directory.glob("*.json")):
         cfg, searched = searched_config(load_config(path), use_search)
-        cfg.require_prune()
+        if cfg.prune is None:
+            print(f"{cfg.name}: no prune section, not part of the study")
+            continue
         print(f"{cfg.name}: training parameters {searched}")
         configs.append(cfg)
     if not configs:
-        raise UserError(f"{directory}: no *.json experiment configs")
+        raise UserError(f"{directory}: no *.json experiment config with a prune section")
     return configs
 
 

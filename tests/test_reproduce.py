@@ -64,9 +64,15 @@ def test_a_killed_study_resumes_to_the_same_results(study, tmp_path):
             assert untimed(results.load(cut)) == untimed(results.load(full)), f"{criterion} seed {seed}"
 
 
-def test_a_folder_without_configs_is_one_line(tmp_path):
-    with pytest.raises(UserError, match="no \\*.json experiment configs"):
+def test_a_folder_without_a_prune_config_is_one_line(tmp_path, capsys):
+    with pytest.raises(UserError, match="no \\*.json experiment config with a prune section"):
         reproduce.load_study(tmp_path)
     (tmp_path / "train-only.json").write_text(json.dumps({k: v for k, v in tiny_raw().items() if k != "prune"}))
-    with pytest.raises(UserError, match="prune section is required"):
+    with pytest.raises(UserError, match="no \\*.json experiment config with a prune section"):
+        reproduce.load_study(tmp_path)
+    (tmp_path / "cka.json").write_text(json.dumps(tiny_raw()))
+    assert [cfg.name for cfg in reproduce.load_study(tmp_path)] == ["cka"]
+    assert "train-only: no prune section, not part of the study" in capsys.readouterr().out
+    (tmp_path / "bad.json").write_text(json.dumps(tiny_raw(seeds=[-1])))
+    with pytest.raises(UserError, match="bad.json: seeds"):
         reproduce.load_study(tmp_path)
