@@ -146,6 +146,20 @@ run_python() {
   return "$status"
 }
 
+# start_job: run from the repository with the job's python, unbuffered, with as many
+# threads as Slurm gave the task, and print the job header.
+start_job() {
+  cd "$REPO" || exit 2
+  setup_python
+  # Slurm logs are files: without this, python's output arrives in 8 KiB blocks.
+  export PYTHONUNBUFFERED=1
+  if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then
+    # torch would otherwise start one thread per core of the whole node.
+    export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$SLURM_CPUS_PER_TASK}"
+  fi
+  print_job_header
+}
+
 # run_entry ENTRY PER_SEED CONFIG [ARGS...]: the body of search.sh, train.sh and
 # prune.sh. PER_SEED "seed": array task i runs the config's seeds[i]; "all": every
 # task runs the same command (search processes that share one storage).
@@ -157,15 +171,7 @@ run_entry() {
   [ $# -ge 1 ] || fail 2 "usage: sbatch [sbatch options] scripts/$PROG CONFIG [$entry options]"
   config=$(resolve_config "$1")
   shift
-  cd "$REPO" || exit 2
-  setup_python
-  # Slurm logs are files: without this, python's output arrives in 8 KiB blocks.
-  export PYTHONUNBUFFERED=1
-  if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then
-    # torch would otherwise start one thread per core of the whole node.
-    export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$SLURM_CPUS_PER_TASK}"
-  fi
-  print_job_header
+  start_job
   read -r _ seeds _ < <(config_info "$config") || exit 2
   local args=("$entry" "$config")
   if [ "$per_seed" = seed ] && [ -n "${SLURM_ARRAY_TASK_ID:-}" ]; then

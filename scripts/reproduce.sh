@@ -40,13 +40,7 @@ study=$1
 shift
 [[ $study == /* ]] || study="${SLURM_SUBMIT_DIR:-$PWD}/$study"
 [ -d "$study" ] || fail 2 "not a directory of configs: $1"
-cd "$REPO" || exit 2
-setup_python
-export PYTHONUNBUFFERED=1
-if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then
-  export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$SLURM_CPUS_PER_TASK}"
-fi
-print_job_header
+start_job
 echo "command:  python -m src.reproduce $study $*"
 echo
 run_python -m src.reproduce "$study" "$@"
