@@ -278,9 +278,12 @@ def start_sleeping_wrapper(stub_repo: Path, record: Path, **env: str) -> subproc
 
     Callers that fake SLURM_JOB_ID set REPO, so the wrapper does not ask scontrol.
     """
+    # A test run started in the background of a shell inherits an ignored SIGINT, and bash cannot
+    # trap a signal ignored on entry: give the wrapper the default disposition a terminal gives.
     proc = subprocess.Popen(["bash", str(stub_repo / "scripts" / "train.sh"), "config/demo/cka.json"],
                             cwd=stub_repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=clean_env(STUB_RECORD=str(record), STUB_SLEEP="60", **env))
+                            env=clean_env(STUB_RECORD=str(record), STUB_SLEEP="60", **env),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     wait_for(record.exists, 30, "the stand-in entry point to start")
     return proc
 
