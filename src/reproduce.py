@@ -28,6 +28,7 @@ from src import results
 from src.artifacts import load_model, model_family, model_path, output_dir
 from src.cli import add_device_options, apply_threads, require_writable_dir, run
 from src.config import ExperimentConfig, load_config
+from src.data import Splits
 from src.errors import UserError
 from src.pruning.strategy import discard_other_runs, prune_seed
 from src.search import searched_config
@@ -122,9 +123,9 @@ def reproduce(directory: Path, models_dir: Path, output_root: Path, device_name:
         if not interactive:
             print(f"[{step}/{plan.steps}] {what} ({time.perf_counter() - started:.0f}s)", file=console, flush=True)
 
-    splits_by_data: dict[str, object] = {}
+    splits_by_data: dict[str, Splits] = {}
     with open(log_path, "a", buffering=1) as log, bar:  # line-buffered: `tail -f` shows progress
-        def splits_of(cfg: ExperimentConfig):
+        def splits_of(cfg: ExperimentConfig) -> Splits:
             key = repr(cfg.data.identity())
             if key not in splits_by_data:
                 splits_by_data[key] = load_experiment_data(cfg, device)
