@@ -2,7 +2,6 @@
 
 from pathlib import Path
 
-from src import results
 from src.artifacts import ModelFileError, load_model, model_path, output_dir
 from src.cli import add_seed_options, apply_threads, base_parser, require_writable_dir, run, selected_seeds
 from src.config import load_config
@@ -34,8 +33,7 @@ def main(argv=None) -> int:
     apply_threads(args.threads)
     out_dir = output_dir(cfg, Path(args.output_dir))
     models = {seed: model_path(cfg, seed, Path(args.models_dir)) for seed in seeds}
-    identities = {seed: results.run_identity(cfg, path) for seed, path in models.items() if path.exists()}
-    discard_other_runs(out_dir, cfg, identities, replace=args.fresh)
+    discard_other_runs(out_dir, cfg, models, replace=args.fresh)
     print(f"training parameters: {searched}")
     device = select_device(args.device)
     splits = load_experiment_data(cfg, device)

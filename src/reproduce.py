@@ -30,7 +30,7 @@ from src.cli import add_device_options, apply_threads, require_writable_dir, run
 from src.config import ExperimentConfig, load_config
 from src.data import Splits
 from src.errors import UserError
-from src.pruning.strategy import discard_other_runs, prune_seed
+from src.pruning.strategy import discard_other_runs, prune_seed, saved_progress
 from src.search import searched_config
 from src.report import build_report, paper_table, render_text, write_outputs
 from src.train import load_experiment_data, select_device, train_seed
@@ -77,24 +77,16 @@ def make_plan(configs: Sequence[ExperimentConfig], models_dir: Path, output_root
             path = model_path(cfg, seed, models_dir)
             if not path.exists():
                 trainings.setdefault(path, (cfg, seed))
-            done = _iterations_done(output_dir(cfg, output_root), seed)
+            done, _ = saved_progress(output_dir(cfg, output_root), seed)  # the checkpoint is the truth
             iterations += max(cfg.require_prune().params.iterations - done, 0)
     return Plan(tuple(configs), tuple(trainings.values()), iterations)
-
-
-def _iterations_done(out_dir: Path, seed: int) -> int:
-    try:
-        return len(results.load(results.result_path(out_dir, seed)).iterations)
-    except UserError:  # none yet, or unreadable: prune_seed repairs or redoes it
-        return 0
 
 
 def _check_identities(configs: Sequence[ExperimentConfig], models_dir: Path, output_root: Path, fresh: bool) -> None:
     """Before any work: every folder holds only results of the run its config asks for (or --fresh)."""
     for cfg in configs:
-        identities = {seed: results.run_identity(cfg, path) for seed in cfg.seeds
-                      if (path := model_path(cfg, seed, models_dir)).exists()}
-        discard_other_runs(output_dir(cfg, output_root), cfg, identities, replace=fresh)
+        models = {seed: model_path(cfg, seed, models_dir) for seed in cfg.seeds}
+        discard_other_runs(output_dir(cfg, output_root), cfg, models, replace=fresh)
 
 
 def reproduce(directory: Path, models_dir: Path, output_root: Path, device_name: str | None, fresh: bool,

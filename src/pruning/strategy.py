@@ -194,15 +194,16 @@ def _stored_seeds(out_dir: Path) -> list[int]:
     return sorted({int(p.stem.removeprefix("seed")) for p in files if p.stem.removeprefix("seed").isdigit()})
 
 
-def discard_other_runs(out_dir: Path, cfg: ExperimentConfig, identities: dict[int, RunIdentity],
-                       replace: bool) -> None:
+def discard_other_runs(out_dir: Path, cfg: ExperimentConfig, model_files: dict[int, Path], replace: bool) -> None:
     """Check, before any work, that ``out_dir`` holds only results of the run asked for.
 
-    ``identities``: the run of each seed about to be pruned. A stored result of another config
+    ``model_files``: the trained model of each seed about to be pruned (one not trained yet
+    has no run to check). A stored result of another config
     (any seed) or of another trained model (these seeds) raises :class:`IdentityMismatch`; with
     ``replace``, the results of these seeds that another run made are deleted instead (their
     checkpoint, result and exported model), and other seeds' are left to their own jobs.
     """
+    identities = {seed: results.run_identity(cfg, path) for seed, path in model_files.items() if path.exists()}
     current = results.RunIdentity.of(results.config_description(cfg)).digest
     for seed in _stored_seeds(out_dir):
         saved, written = _stored(out_dir, seed, report=lambda message: None)
