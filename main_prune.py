@@ -8,7 +8,7 @@ from src.config import load_config
 from src.export import export_physical, export_seed
 from src.pruning.strategy import discard_other_runs, prune_seed, pruning_history, saved_progress, summary_table
 from src.report import write_report
-from src.search import searched_config
+from src.points import searched_config
 from src.tracking import PruneLog, resolve_mode, run_config, wandb_run
 from src.train import load_experiment_data, select_device
 

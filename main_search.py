@@ -65,7 +65,8 @@ def main(argv=None) -> int:
     # Imported only now: torch and optuna take seconds to load, a missing W&B key does not.
     import optuna
 
-    from src.search import DataTrainer, SearchOptions, WorkerOptions, check_points, run_search
+    from src.points import DataTrainer, check_points
+    from src.search import SearchOptions, run_search
     from src.tracking import check_wandb_reachable, logged_trainer, run_sweep_point, run_wandb_search
 
     apply_threads(args.threads)
@@ -82,12 +83,8 @@ def main(argv=None) -> int:
         check_wandb_reachable(wandb.setup().settings.base_url)
         check_points(cfg)
         return run_wandb_search(cfg, args.sweep_id, args.trials, args.output_dir, train)
-    options = SearchOptions(
-        storage=args.storage,
-        worker=WorkerOptions(trials=args.trials, wait=not args.no_wait, heartbeat=args.heartbeat),
-        write_config=args.write_config,
-        output_root=args.output_dir,
-    )
+    options = SearchOptions(storage=args.storage, trials=args.trials, wait=not args.no_wait,
+                            heartbeat=args.heartbeat, write_config=args.write_config, output_root=args.output_dir)
     return run_search(cfg, options, logged_trainer(cfg, train, resolve_mode(cfg, args.wandb)))
 
 

@@ -4,7 +4,7 @@ from src.artifacts import model_path, sidecar_path
 from src.cli import add_seed_options, apply_threads, base_parser, require_writable_dir, run, selected_seeds
 from src.config import load_config
 from src.io import read_json
-from src.search import searched_config
+from src.points import searched_config
 from src.tracking import TrainLog, resolve_mode, run_config, wandb_run
 from src.train import load_experiment_data, select_device, train_seed
 

@@ -1,12 +1,16 @@
-"""Atomic file writes: a finished result is never left half-written."""
+"""Atomic file writes (a finished result is never left half-written) and file locks."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
+
+from src.errors import UserError
 
 
 def _atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str) -> Path:
@@ -57,3 +61,17 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
 def read_json(path: str | os.PathLike) -> Any:
     with open(path) as handle:
         return json.load(handle)
+
+
+@contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``.<name>.lock`` beside ``path``; no lock is an error, not a fallback."""
+    lock_path = path.with_name(f".{path.name}.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError as err:
+            raise UserError(f"{lock_path}: cannot lock ({err.strerror}); this file system has no file "
+                            f"locks: use --storage with a database URL") from None
+        yield

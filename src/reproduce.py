@@ -31,7 +31,7 @@ from src.config import ExperimentConfig, load_config
 from src.data import Splits
 from src.errors import UserError
 from src.pruning.strategy import discard_other_runs, prune_seed, saved_progress
-from src.search import searched_config
+from src.points import searched_config
 from src.report import build_report, paper_table, render_text, write_outputs
 from src.train import load_experiment_data, select_device, train_seed
 

@@ -1,21 +1,19 @@
-"""Hyper-parameter search on Optuna's terms: one study per search, one trial per point.
+"""The local search backend, on Optuna's terms: one study per search, one trial per point.
 
-A *point* is a dict of searched values (``{"lr": 0.01}``); its model is the config with them
-filled in, trained with ``search.seed``. Each epoch is reported (``trial.report``): the dashboard
-draws learning curves and ``early_terminate`` (``HyperbandPruner``) can stop a point early.
-
-Local backend: a study in a journal file or a database, shared by any number of processes. A
-trial covers its point while running and once complete or stopped early. A worker asks, under a
-file lock beside a journal or SQLite file, for the first grid point or failed trial's point that
-no trial covers (``PartialFixedSampler``), else ``random`` and ``bayes`` sample until ``run_cap``
-trials cover points; with a database server, the later of two trials of one point is dropped. A
-dead worker's trial is failed, by Optuna's heartbeat on a database and by our own on a journal
-(which has none), so its point is asked for again. W&B backend: ``src/tracking.py``.
+Each epoch is reported (``trial.report``): the dashboard draws learning curves and
+``early_terminate`` (``HyperbandPruner``) can stop a point early. The study lives in a journal
+file or a database, shared by any number of processes. A trial covers its point while running
+and once complete or stopped early. A worker asks, under a file lock beside a journal or SQLite
+file, for the first grid point or failed trial's point that no trial covers
+(``PartialFixedSampler``), else ``random`` and ``bayes`` sample until ``run_cap`` trials cover
+points; with a database server, the later of two trials of one point is dropped. A dead
+worker's trial is failed, by Optuna's heartbeat on a database and by our own on a journal
+(which has none), so its point is asked for again. Points and results: ``src/points.py``; the
+W&B backend: ``src/tracking.py``.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import itertools
 import json
@@ -24,67 +22,23 @@ import os
 import socket
 import threading
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
-from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import optuna
-import torch
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import JournalStorage, RDBStorage, fail_stale_trials, get_storage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
-from tabulate import tabulate
 
-from src.config import SEARCHABLE, ExperimentConfig, SearchConfig, with_overrides
-from src.data import Splits
+from src.config import ExperimentConfig, SearchConfig, with_overrides
 from src.errors import UserError, brief
-from src.io import atomic_write_json, read_json
-from src.models import build_model
-from src.train import EpochCallback as EpochFn, fit, load_experiment_data, select_device
-
-Point = dict[str, Any]
-Row = dict[str, Any]  # a point's line in the results: params, status, trial and, once finished, its PointResult
-DEFAULT_OUTPUT_ROOT = Path("output/search")
-PROGRAM = "main_search.py"
-
-
-def point_key(point: Point) -> str:
-    return json.dumps(point, sort_keys=True)
-
-
-def point_label(point: Point) -> str:
-    return " ".join(f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}"
-                    for name, value in point.items())
-
-
-def grid_points(search: SearchConfig) -> list[Point]:
-    """Every combination of the parameters' values, the first parameter varying slowest."""
-    names = [p.name for p in search.parameters]
-    return [dict(zip(names, combo)) for combo in itertools.product(*(p.values for p in search.parameters))]
-
-
-def check_points(cfg: ExperimentConfig) -> None:
-    """Raise :class:`UserError` before any training if a value (or a range's end) makes an invalid config."""
-    for p in cfg.search.parameters:
-        ends = p.values or ((math.exp(p.min), math.exp(p.max)) if p.distribution == "log_uniform" else (p.min, p.max))
-        for value in ends:
-            try:
-                with_overrides(cfg, {p.name: value})
-            except UserError as err:
-                raise UserError(f"{err} (in search.parameters.{p.name})") from None
-
-
-def search_identity(cfg: ExperimentConfig) -> str:
-    """A digest of everything but the searched values that determines a point's result."""
-    identity = cfg.training_identity()
-    for p in cfg.search.parameters:
-        section, key = SEARCHABLE[p.name]
-        identity[section].pop(key, None)
-    identity["seed"] = cfg.search.seed
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+from src.io import atomic_write_json, exclusive
+from src.points import (DEFAULT_OUTPUT_ROOT, PROGRAM, Point, PointResult, Row, StopEarly, Trainer, best_row,
+                        check_points, format_table, grid_points, point_key, point_label, results_path,
+                        search_identity)
 
 
 def study_name(cfg: ExperimentConfig) -> str:
@@ -117,135 +71,6 @@ def make_pruner(search: SearchConfig, max_epochs: int) -> optuna.pruners.BasePru
         return optuna.pruners.NopPruner()
     return optuna.pruners.HyperbandPruner(min_resource=h.min_iter or 1, max_resource=h.max_iter or max_epochs,
                                           reduction_factor=h.eta)
-
-
-# ---------------------------------------------------------------- training one point
-
-@dataclass(frozen=True)
-class PointResult:
-    """The best epoch of one point (``val_loss`` inf when diverged; ``stopped``: early-terminated)."""
-
-    val_loss: float
-    val_acc: float | None
-    epochs: int
-    best_epoch: int
-    seconds: float
-    diverged: bool
-    stopped: bool = False
-
-
-Trainer = Callable[[Point, EpochFn | None], PointResult]
-
-
-def train_point(cfg: ExperimentConfig, point: Point, splits: Splits, device: torch.device,
-                on_epoch: EpochFn | None = None) -> PointResult:
-    """Train the config with ``point`` filled in, seeded with ``search.seed``; nothing is saved.
-
-    ``on_epoch`` may raise ``optuna.TrialPruned`` to stop early; the best epoch so far counts.
-    """
-    point_cfg = with_overrides(cfg, point)
-    torch.manual_seed(cfg.search.seed)
-    model = build_model(point_cfg.model)
-    history: list[dict[str, float]] = []
-    started = time.perf_counter()
-
-    def epoch(row: dict[str, float]) -> None:
-        history.append(row)
-        if on_epoch is not None:
-            on_epoch(row)
-
-    try:
-        fitted = fit(model, splits, point_cfg.params, seed=cfg.search.seed, device=device, on_epoch=epoch,
-                     label=point_label(point))
-        stopped, diverged = False, fitted.diverged
-    except optuna.TrialPruned:
-        stopped, diverged = True, False
-    best = min(history, key=lambda row: row["val_loss"], default=None)
-    if diverged or best is None:
-        return PointResult(math.inf, None, len(history) + 1, 0, time.perf_counter() - started, True)
-    return PointResult(best["val_loss"], best["val_acc"], len(history), int(best["epoch"]),
-                       time.perf_counter() - started, False, stopped)
-
-
-class DataTrainer:
-    """A :data:`Trainer` that loads the data on its first call (a finished search loads nothing)."""
-
-    def __init__(self, cfg: ExperimentConfig, device_name: str | None):
-        self.cfg = cfg
-        self.device = select_device(device_name)
-
-    @cached_property
-    def splits(self) -> Splits:
-        return load_experiment_data(self.cfg, self.device)
-
-    def __call__(self, point: Point, on_epoch: EpochFn | None = None) -> PointResult:
-        return train_point(self.cfg, point, self.splits, self.device, on_epoch)
-
-
-# ---------------------------------------------------------------- results
-
-def best_row(rows: list[Row], search: SearchConfig) -> Row | None:
-    """The finished, non-diverged row with the best metric (the first of equals)."""
-    sign = 1 if search.goal == "minimize" else -1
-    return min((r for r in rows if r["status"] == "done"), key=lambda r: sign * r[search.metric], default=None)
-
-
-def format_table(rows: list[Row], search: SearchConfig) -> str:
-    """One line per point: values, val_loss, val_acc, epochs run, seconds, status; ``*`` marks the best."""
-    best = best_row(rows, search)
-    names = [p.name for p in search.parameters]
-    table = [["*" if row is best else "", *(row["params"].get(n) for n in names),
-              *(row.get(k) for k in ("val_loss", "val_acc", "epochs", "seconds")), row["status"]] for row in rows]
-    text = tabulate(table, ["", *names, "val_loss", "val_acc", "epochs run", "seconds", "status"],
-                    floatfmt=("", *["g"] * len(names), ".4f", ".4f", "", ".1f"), missingval="-")
-    if best is None:
-        return text + "\nbest: none yet"
-    value = best[search.metric]
-    return text + f"\nbest: {point_label(best['params'])} ({search.metric} {value:.4f}, goal {search.goal})"
-
-
-def results_path(cfg: ExperimentConfig, output_root: Path, suffix: str = ".json") -> Path:
-    """``output/search/<experiment>.json``; ``demo/cka`` nests as ``demo/cka.json``."""
-    return Path(output_root) / f"{cfg.name}{suffix}"
-
-
-def searched_config(cfg: ExperimentConfig, use_search: bool,
-                    output_root: Path = DEFAULT_OUTPUT_ROOT) -> tuple[ExperimentConfig, str]:
-    """``cfg`` with the best values of a finished search of the same identity, and a line saying so.
-
-    The experiment's own results are looked at first, then any other experiment's (``demo/l1``
-    trains the models ``demo/cka`` searched for: same identity, same models).
-    """
-    names = [p.name for p in cfg.search.parameters]
-    own = ", ".join(f"{n}={getattr(getattr(cfg, SEARCHABLE[n][0]), SEARCHABLE[n][1]):g}" for n in names)
-    if not use_search:
-        return cfg, f"{own} from {cfg.source} (--no-search-params)"
-    for candidate in [results_path(cfg, output_root), *sorted(Path(output_root).rglob("*.json"))]:
-        try:
-            doc = read_json(candidate)
-        except (OSError, ValueError):
-            continue  # missing, or not a results file: the next one may do
-        if isinstance(doc, dict) and doc.get("identity") == search_identity(cfg) and doc.get("complete") \
-                and doc.get("best"):
-            best = doc["best"]["params"]
-            return with_overrides(cfg, best), f"{point_label(best)} from the search in {candidate}"
-    return cfg, f"{own} from {cfg.source} (no finished search of these settings in {output_root})"
-
-
-# ---------------------------------------------------------------- local backend
-
-@contextmanager
-def exclusive(path: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``.<name>.lock`` beside ``path``; no lock is an error, not a fallback."""
-    lock_path = path.with_name(f".{path.name}.lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        except OSError as err:
-            raise UserError(f"{lock_path}: cannot lock ({err.strerror}); this file system has no file "
-                            f"locks: use --storage with a database URL") from None
-        yield
 
 
 def storage_files(location: str) -> tuple[str, Path | None]:
@@ -285,19 +110,22 @@ class LostTrialFinder:
 
 
 @dataclass(frozen=True)
-class WorkerOptions:
+class SearchOptions:
     """How one process takes part in a search."""
 
+    storage: str | None = None        # a journal file path or a database URL [output/search/<experiment>.journal]
     trials: int | None = None         # train at most this many points, then stop
     wait: bool = True                 # when none is left to ask for, wait for points others train
     heartbeat: float = 30.0           # seconds between heartbeats; a trial is lost after 3 missed
     poll: float = 1.0                 # seconds between looks at the storage while waiting
+    write_config: Path | None = None  # a copy of the config with the best values, once the search is complete
+    output_root: Path = DEFAULT_OUTPUT_ROOT
 
 
 class LocalSearch:
     """One worker of a search shared through an Optuna storage (a journal path or a database URL)."""
 
-    def __init__(self, cfg: ExperimentConfig, location: str, options: WorkerOptions,
+    def __init__(self, cfg: ExperimentConfig, location: str, options: SearchOptions,
                  say: Callable[[str], None] = print):
         self.search, self.options, self.say = cfg.search, options, say
         self.grid = grid_points(cfg.search) if cfg.search.method == "grid" else None
@@ -410,7 +238,7 @@ class LocalSearch:
         def report(row: dict[str, float]) -> None:
             trial.report(row[self.search.metric], int(row["epoch"]))
             if trial.should_prune():
-                raise optuna.TrialPruned()
+                raise StopEarly()
 
         stop = threading.Event()
         beating = threading.Thread(target=self.beat, args=(self.trial_id(trial.number), stop), daemon=True)
@@ -461,21 +289,11 @@ class LocalSearch:
             time.sleep(self.options.poll)
 
 
-# ---------------------------------------------------------------- entry points
-
-@dataclass(frozen=True)
-class SearchOptions:
-    storage: str | None = None        # a journal file path or a database URL
-    worker: WorkerOptions = WorkerOptions()
-    write_config: Path | None = None
-    output_root: Path = DEFAULT_OUTPUT_ROOT
-
-
 def run_search(cfg: ExperimentConfig, options: SearchOptions, train: Trainer) -> int:
     """Run, join or finish the config's search on the local backend and print its table; return the exit status."""
     check_points(cfg)
     location = options.storage or str(results_path(cfg, options.output_root, ".journal"))
-    search = LocalSearch(cfg, location, options.worker, say=lambda line: print(line, flush=True))
+    search = LocalSearch(cfg, location, options, say=lambda line: print(line, flush=True))
     size = f"{len(search.grid)} points" if search.grid is not None else f"run_cap {cfg.search.run_cap}"
     print(f"{cfg.name}: {cfg.search.method} search over {', '.join(p.name for p in cfg.search.parameters)} "
           f"({size}, seed {cfg.search.seed}, {cfg.search.metric} {cfg.search.goal}); "

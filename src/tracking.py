@@ -28,9 +28,9 @@ from urllib.parse import urlsplit
 
 from src.config import ExperimentConfig, with_overrides
 from src.errors import UserError
-from src.io import atomic_write_json, read_json
+from src.io import atomic_write_json, exclusive, read_json
 from src.results import SeedResult
-from src.search import PROGRAM, Point, PointResult, Trainer, exclusive, results_path
+from src.points import PROGRAM, Point, PointResult, Trainer, results_path
 from src.train import EpochCallback as EpochFn
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,12 +21,12 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from src import search, tracking
+from src import io, points, search, tracking
 from src.config import load_config, parse_config
 from src.errors import UserError
 from src.tracking import check_wandb_reachable
-from src.search import (LocalSearch, LostTrialFinder, PointResult, SearchOptions, WorkerOptions, grid_points,
-                        point_key, run_search, search_identity, searched_config)
+from src.points import PointResult, grid_points, point_key, search_identity, searched_config
+from src.search import LocalSearch, LostTrialFinder, SearchOptions, run_search
 from src.train import FitResult
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -197,11 +197,11 @@ def test_grid_points_in_order():
 def test_bad_values_are_user_errors():
     cfg = parse_config(tiny_search_raw({"lr": [0.01, -1]}), Path("c.json"))
     with pytest.raises(UserError, match=r"params.lr must be a positive number, got -1 \(in search.parameters.lr\)"):
-        search.check_points(cfg)
+        points.check_points(cfg)
     raw = tiny_search_raw({"lr": LRS})
     raw["search"] = {"method": "random", "run_cap": 2, "parameters": {"dropout_rate": {"min": 0.5, "max": 1.5}}}
     with pytest.raises(UserError, match=r"model.dropout_rate must be a number in \[0, 1\), got 1.5"):
-        search.check_points(parse_config(raw, Path("c.json")))
+        points.check_points(parse_config(raw, Path("c.json")))
 
 
 def test_identity_ignores_searched_values_but_not_the_rest():
@@ -219,7 +219,7 @@ def test_identity_ignores_searched_values_but_not_the_rest():
 def test_a_point_records_its_best_epoch(mnist5k):
     cfg = parse_config(tiny_search_raw({"lr": [0.01]}, epochs=3, patience=3), Path("c.json"))
     epochs = []
-    result = search.train_point(cfg, {"lr": 0.01}, mnist5k, torch.device("cpu"), epochs.append)
+    result = points.train_point(cfg, {"lr": 0.01}, mnist5k, torch.device("cpu"), epochs.append)
     assert len(epochs) == result.epochs == 3 and not result.diverged and not result.stopped
     best = min(epochs, key=lambda row: row["val_loss"])
     assert result.best_epoch == best["epoch"]
@@ -234,24 +234,24 @@ def test_a_point_stopped_early_keeps_its_best_epoch_so_far(mnist5k):
     def stop_after_two(row):
         seen.append(row)
         if len(seen) == 2:
-            raise optuna.TrialPruned()
+            raise points.StopEarly()
 
-    result = search.train_point(cfg, {"lr": 0.01}, mnist5k, torch.device("cpu"), stop_after_two)
+    result = points.train_point(cfg, {"lr": 0.01}, mnist5k, torch.device("cpu"), stop_after_two)
     assert result.stopped and result.epochs == 2
     assert result.val_loss == min(row["val_loss"] for row in seen)
 
 
 def test_a_diverged_point_is_recorded_and_the_search_goes_on(tmp_path, monkeypatch, capsys):
-    real_fit = search.fit
+    real_fit = points.fit
 
     def fit_diverging_at_large_lr(model, splits, params, **kwargs):
         if params.lr >= 0.1:
             return FitResult(epochs=1, best_epoch=0, diverged=True, seconds=0.1)
         return real_fit(model, splits, params, **kwargs)
 
-    monkeypatch.setattr(search, "fit", fit_diverging_at_large_lr)
+    monkeypatch.setattr(points, "fit", fit_diverging_at_large_lr)
     cfg = load_config(write(tmp_path / "c.json", tiny_search_raw({"lr": [0.1, 0.01]})))
-    assert run_search(cfg, SearchOptions(output_root=tmp_path / "out"), search.DataTrainer(cfg, "cpu")) == 0
+    assert run_search(cfg, SearchOptions(output_root=tmp_path / "out"), points.DataTrainer(cfg, "cpu")) == 0
     table = capsys.readouterr().out
     assert any(line.split()[:2] == ["0.1", "inf"] and line.endswith("diverged") for line in table.splitlines())
     assert "best: lr=0.01" in table
@@ -312,7 +312,7 @@ def test_bayes_over_a_log_range_trains_run_cap_points(tmp_path, kind):
 def test_write_config_waits_for_a_finished_search(tmp_path):
     cfg = load_config(write(tmp_path / "c.json", tiny_search_raw({"lr": LRS})))
     options = SearchOptions(output_root=tmp_path / "out", write_config=tmp_path / "best.json",
-                            worker=WorkerOptions(trials=2))
+                            trials=2)
     assert run_search(cfg, options, CountingTrainer()) == 1
     assert not (tmp_path / "best.json").exists()
 
@@ -322,7 +322,7 @@ def test_training_uses_a_finished_search_of_the_same_identity(tmp_path):
     out = tmp_path / "out"
     unused = (cfg, f"lr=0.01 from {cfg.source} (no finished search of these settings in {out})")
     assert searched_config(cfg, True, out) == unused
-    run_search(cfg, SearchOptions(output_root=out, worker=WorkerOptions(trials=2)), CountingTrainer())
+    run_search(cfg, SearchOptions(output_root=out, trials=2), CountingTrainer())
     assert searched_config(cfg, True, out) == unused  # not finished
     run_search(cfg, SearchOptions(output_root=out), CountingTrainer())
     used, line = searched_config(cfg, True, out)
@@ -339,7 +339,7 @@ def test_training_uses_a_finished_search_of_the_same_identity(tmp_path):
 # ---------------------------------------------------------------- lost workers, in process
 
 def local_search(cfg, journal: Path, heartbeat: float = 1.0, **options) -> LocalSearch:
-    return LocalSearch(cfg, str(journal), WorkerOptions(heartbeat=heartbeat, poll=0.05, **options), say=lambda line: None)
+    return LocalSearch(cfg, str(journal), SearchOptions(heartbeat=heartbeat, poll=0.05, **options), say=lambda line: None)
 
 
 def test_an_interrupted_point_is_handed_back(tmp_path):
@@ -401,7 +401,7 @@ def test_a_file_system_without_locks_is_an_error_not_a_fallback(tmp_path, monkey
     def no_locks(handle, operation):
         raise OSError(38, "Function not implemented")
 
-    monkeypatch.setattr(search.fcntl, "flock", no_locks)
+    monkeypatch.setattr(io.fcntl, "flock", no_locks)
     cfg = load_config(write(tmp_path / "c.json", tiny_search_raw({"lr": LRS})))
     with pytest.raises(UserError, match="cannot lock .*use --storage with a database URL"):
         run_search(cfg, SearchOptions(output_root=tmp_path / "out"), CountingTrainer())

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The beyond-the-paper study on Fashion-MNIST (config/study-fmnist): 5 seeds of the ex1 model,
+# pruned 15 x 20 % by the paper's CKA, its variants and the baselines; report in docs/study/.
+#
+# Usage: bash scripts/study.sh [JOBS]     JOBS processes at a time, one thread each [2]
+# Needs Fashion-MNIST (apt-get install dataset-fashion-mnist). Finished trainings and
+# iterations are skipped, so an interrupted study resumes where it stopped. Each seed of each
+# config is one process: `python3 -m src.reproduce config/study-fmnist` does the same work in
+# one process.
+
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=common.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/common.sh"
+PROG=study.sh
+JOBS=${1:-2}
+[[ $JOBS =~ ^[1-9][0-9]*$ ]] || fail 2 "JOBS must be a positive integer, got: $JOBS"
+cd "$REPO"
+setup_python
+
+STUDY=config/study-fmnist
+SEEDS="0 1 2 3 4"
+start=$(date +%s)
+
+# Every config shares one trained model per seed; cka.json trains them.
+printf '%s\n' $SEEDS | xargs -P "$JOBS" -I{} "$PYTHON" main_train.py "$STUDY/cka.json" --seed {} --threads 1
+for config in "$STUDY"/*.json; do
+  for seed in $SEEDS; do echo "$config $seed"; done
+done | xargs -P "$JOBS" -L1 sh -c '"$0" main_prune.py "$1" --seed "$2" --threads 1' "$PYTHON"
+
+# cka is the reference that the gap table compares every other run with.
+others=()
+for config in "$STUDY"/*.json; do
+  name=$(basename "$config" .json)
+  [ "$name" = cka ] || others+=("output/study-fmnist/$name")
+done
+"$PYTHON" -m src.report output/study-fmnist/cka "${others[@]}" --out docs/study --format png,pdf
+echo "wall time $(( $(date +%s) - start ))s with $JOBS processes ($(nproc) CPUs)" | tee docs/study/wall-time.txt
