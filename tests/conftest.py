@@ -24,6 +24,20 @@ def tiny_raw(**sections) -> dict:
     return raw
 
 
+LRS = [0.1, 0.01, 0.001, 0.0001]  # the learning rates the search tests sweep
+
+
+def tiny_search_raw(parameters: dict, **params) -> dict:
+    """A config whose points train in a fraction of a second on mnist-5k."""
+    return {
+        "_comment": "kept by --write-config",
+        "model": {"type": "mlp", "input_size": 784, "hidden_sizes": [8], "output_size": 10},
+        "data": {"dataset": "mnist-5k"},
+        "params": {"lr": 0.01, "batch_size": 512, "epochs": 1, "patience": 1, **params},
+        "search": {"parameters": {name: {"values": values} for name, values in parameters.items()}},
+    }
+
+
 @pytest.fixture
 def write_config(tmp_path):
     def write(name="tiny", **sections) -> Path:

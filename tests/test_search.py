@@ -15,7 +15,6 @@ from types import SimpleNamespace
 
 import optuna
 import pytest
-import torch
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
@@ -25,24 +24,13 @@ from src import io, points, search, tracking
 from src.config import load_config, parse_config
 from src.errors import UserError
 from src.tracking import check_wandb_reachable
-from src.points import PointResult, grid_points, point_key, search_identity, searched_config
+from src.points import PointResult, point_key, searched_config
 from src.search import LocalSearch, LostTrialFinder, SearchOptions, run_search
 from src.train import FitResult
+from tests.conftest import LRS, tiny_search_raw
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = str(ROOT / "main_search.py")
-LRS = [0.1, 0.01, 0.001, 0.0001]
-
-
-def tiny_search_raw(parameters: dict, **params) -> dict:
-    """A config whose points train in a fraction of a second on mnist-5k."""
-    return {
-        "_comment": "kept by --write-config",
-        "model": {"type": "mlp", "input_size": 784, "hidden_sizes": [8], "output_size": 10},
-        "data": {"dataset": "mnist-5k"},
-        "params": {"lr": 0.01, "batch_size": 512, "epochs": 1, "patience": 1, **params},
-        "search": {"parameters": {name: {"values": values} for name, values in parameters.items()}},
-    }
 
 
 def write(path: Path, raw: dict) -> Path:
@@ -184,62 +172,7 @@ def test_each_distribution_becomes_its_optuna_suggestion():
     assert isinstance(pruner, optuna.pruners.HyperbandPruner)
 
 
-# ---------------------------------------------------------------- points and identity
-
-def test_grid_points_in_order():
-    cfg = parse_config(tiny_search_raw({"lr": [0.1, 0.01], "batch_size": [32, 64, 128]}), Path("c.json"))
-    grid = grid_points(cfg.search)
-    assert grid[:4] == [{"lr": 0.1, "batch_size": 32}, {"lr": 0.1, "batch_size": 64},
-                        {"lr": 0.1, "batch_size": 128}, {"lr": 0.01, "batch_size": 32}]
-    assert len(grid) == 6
-
-
-def test_bad_values_are_user_errors():
-    cfg = parse_config(tiny_search_raw({"lr": [0.01, -1]}), Path("c.json"))
-    with pytest.raises(UserError, match=r"params.lr must be a positive number, got -1 \(in search.parameters.lr\)"):
-        points.check_points(cfg)
-    raw = tiny_search_raw({"lr": LRS})
-    raw["search"] = {"method": "random", "run_cap": 2, "parameters": {"dropout_rate": {"min": 0.5, "max": 1.5}}}
-    with pytest.raises(UserError, match=r"model.dropout_rate must be a number in \[0, 1\), got 1.5"):
-        points.check_points(parse_config(raw, Path("c.json")))
-
-
-def test_identity_ignores_searched_values_but_not_the_rest():
-    base = parse_config(tiny_search_raw({"lr": LRS}), Path("c.json"))
-    same = [tiny_search_raw({"lr": LRS}, lr=0.5), tiny_search_raw({"lr": [0.3]})]
-    other = [tiny_search_raw({"lr": LRS}, epochs=2), tiny_search_raw({"batch_size": [64]})]
-    seeded = tiny_search_raw({"lr": LRS})
-    seeded["search"]["seed"] = 1
-    assert all(search_identity(parse_config(raw, Path("c.json"))) == search_identity(base) for raw in same)
-    assert all(search_identity(parse_config(raw, Path("c.json"))) != search_identity(base) for raw in [*other, seeded])
-
-
 # ---------------------------------------------------------------- training and records
-
-def test_a_point_records_its_best_epoch(mnist5k):
-    cfg = parse_config(tiny_search_raw({"lr": [0.01]}, epochs=3, patience=3), Path("c.json"))
-    epochs = []
-    result = points.train_point(cfg, {"lr": 0.01}, mnist5k, torch.device("cpu"), epochs.append)
-    assert len(epochs) == result.epochs == 3 and not result.diverged and not result.stopped
-    best = min(epochs, key=lambda row: row["val_loss"])
-    assert result.best_epoch == best["epoch"]
-    assert result.val_loss == pytest.approx(best["val_loss"], rel=1e-5)
-    assert result.val_acc == pytest.approx(best["val_acc"])
-
-
-def test_a_point_stopped_early_keeps_its_best_epoch_so_far(mnist5k):
-    cfg = parse_config(tiny_search_raw({"lr": [0.01]}, epochs=5, patience=5), Path("c.json"))
-    seen = []
-
-    def stop_after_two(row):
-        seen.append(row)
-        if len(seen) == 2:
-            raise points.StopEarly()
-
-    result = points.train_point(cfg, {"lr": 0.01}, mnist5k, torch.device("cpu"), stop_after_two)
-    assert result.stopped and result.epochs == 2
-    assert result.val_loss == min(row["val_loss"] for row in seen)
-
 
 def test_a_diverged_point_is_recorded_and_the_search_goes_on(tmp_path, monkeypatch, capsys):
     real_fit = points.fit
