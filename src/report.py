@@ -51,7 +51,9 @@ DEFAULT_CONFIG_ROOT = Path("config")
 # One colour per criterion in every figure of every report, from the Okabe-Ito palette
 # (distinguishable with the common colour-vision deficiencies and in greyscale print).
 CRITERION_COLORS = {"cka": "#0072B2", "l1": "#D55E00", "l2": "#009E73", "random": "#000000",
-                    "apoz": "#CC79A7", "mean_activation": "#56B4E9", "taylor": "#E69F00"}
+                    "apoz": "#CC79A7", "mean_activation": "#56B4E9", "taylor": "#E69F00",
+                    # Torch-Pruning's importances take their counterparts' colours (BN scale: l2's).
+                    "tp_l1": "#D55E00", "tp_bn": "#009E73", "tp_taylor": "#E69F00", "tp_random": "#000000"}
 FIGURE_FORMATS = ("png", "pdf", "svg")
 DPI = 150
 CONFIDENCE = 0.95
@@ -736,7 +738,7 @@ def overlap_csv(report: Report) -> str:
 # Figures (matplotlib is imported here only, so importing this module stays light)
 
 
-def _style() -> dict[str, Any]:
+def figure_style() -> dict[str, Any]:
     return {"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "legend.fontsize": 9,
             "xtick.labelsize": 9, "ytick.labelsize": 9, "axes.spines.top": False, "axes.spines.right": False,
             "axes.grid": True, "grid.alpha": 0.3, "lines.linewidth": 1.6, "lines.markersize": 4}
@@ -813,7 +815,7 @@ def plot_accuracy(report: Report, path: Path, formats: Sequence[str] = ("png",))
     from matplotlib.ticker import LogLocator, NullFormatter, PercentFormatter
 
     colors = _colors(report)
-    with rc_context(_style()):
+    with rc_context(figure_style()):
         fig = Figure(figsize=(8, 3.4))
         axes = fig.subplots(1, 2, sharex=True, sharey=True)
         panels = (("after retraining", lambda r: r.after_retrain), ("after pruning, before retraining", lambda r: r.after_prune))
@@ -858,7 +860,7 @@ def plot_cka(report: Report, path: Path, formats: Sequence[str] = ("png",)) -> l
     if not layers:
         return []
     colors = _colors(report)
-    with rc_context(_style()):
+    with rc_context(figure_style()):
         fig = Figure(figsize=(3.6 * len(layers) + 0.6, 3.2))
         axes = _layer_axes(fig, report, layers)
         for exp in report.experiments:
@@ -883,7 +885,7 @@ def plot_overlap(report: Report, path: Path, formats: Sequence[str] = ("png",)) 
         return []
     layers = sorted({o.layer for o in report.overlaps})
     colors = _colors(report)
-    with rc_context(_style()):
+    with rc_context(figure_style()):
         fig = Figure(figsize=(3.6 * len(layers) + 0.6, 3.2))
         axes = _layer_axes(fig, report, layers)
         for i, ax in axes.items():
@@ -914,7 +916,7 @@ def plot_heatmaps(heatmaps: Sequence[Any], path: Path, formats: Sequence[str] = 
     from matplotlib.figure import Figure
 
     size = len(heatmaps[0].widths)
-    with rc_context({**_style(), "axes.grid": False}):
+    with rc_context({**figure_style(), "axes.grid": False}):
         fig = Figure(figsize=(0.6 + (1.2 + 0.55 * size) * len(heatmaps), 1.4 + 0.55 * size), layout="constrained")
         axes = fig.subplots(1, len(heatmaps), squeeze=False)[0]
         for ax, heat in zip(axes, heatmaps):
