@@ -120,15 +120,20 @@ def load_experiment(directory: Path) -> Experiment:
 
 
 def with_unique_labels(experiments: Sequence[Experiment]) -> list[Experiment]:
-    """Label by criterion; where two share one, by experiment name; where those clash too, by folder."""
+    """Label by criterion; where two share one, by experiment name (its last part, ``cka-next`` for
+    ``study-fmnist/cka-next``, where that is unique); where names clash too, by folder."""
     def clashes(key: Callable[[Experiment], str], exp: Experiment) -> bool:
         return sum(key(other) == key(exp) for other in experiments) > 1
+
+    def short(exp: Experiment) -> str:
+        return exp.name.rsplit("/", 1)[-1]
 
     out = []
     for exp in experiments:
         label = exp.criterion
         if clashes(lambda e: e.criterion, exp):
-            label = str(exp.directory) if clashes(lambda e: e.name, exp) else exp.name
+            label = (str(exp.directory) if clashes(lambda e: e.name, exp) else
+                     exp.name if clashes(short, exp) else short(exp))
         out.append(replace(exp, label=label))
     return out
 

@@ -175,8 +175,12 @@ def test_labels_fall_back_to_experiment_names(tmp_path):
     for name in ("a", "b"):
         write_result(tmp_path / name, f"ex/{name}", "cka", 0, 0.9, [])
     report = build_report([tmp_path / "a", tmp_path / "b"], config_root=None)
-    assert [exp.label for exp in report.experiments] == ["ex/a", "ex/b"]
+    assert [exp.label for exp in report.experiments] == ["a", "b"]
     assert default_out_dir(report) == Path("output/report/ex-a_vs_ex-b")
+    for name in ("x/a", "y/a"):  # the last parts clash: full names
+        write_result(tmp_path / name, name, "cka", 0, 0.9, [])
+    report = build_report([tmp_path / "x/a", tmp_path / "y/a", tmp_path / "b"], config_root=None)
+    assert [exp.label for exp in report.experiments] == ["x/a", "y/a", "b"]
 
 
 def test_write_report_files(runs, tmp_path):
