@@ -194,6 +194,16 @@ def test_a_missing_or_stale_recording_is_refused():
             importance(group)
 
 
+def test_the_recording_is_the_layers_output_even_when_the_model_changes_it_in_place():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    x = torch.randn(8, 1, 8, 8)
+    importance = CKAImportance(engine="reference")
+    importance.record(model, x)
+    with torch.no_grad():
+        assert torch.equal(importance.outputs[model[0]], model[0](x))  # before the ReLU: negatives kept
+        assert torch.equal(importance.inputs[model[3]], torch.relu(model[0](x)).flatten(1))
+
+
 class GroupNormNet(nn.Module):
     def __init__(self):
         super().__init__()

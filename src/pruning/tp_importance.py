@@ -121,9 +121,10 @@ class CKAImportance(tp.importance.Importance):
         inputs_seen: dict[nn.Module, list[torch.Tensor]] = {m: [] for m in layers}
 
         def hook(module, args, output):
-            outputs[module].append(output.detach().cpu())
+            # A copy: the model may change the output in place later (Conv2d -> ReLU(inplace=True)).
+            outputs[module].append(output.detach().to("cpu", copy=True))
             if not self.fast:
-                inputs_seen[module].append(args[0].detach().cpu())
+                inputs_seen[module].append(args[0].detach().to("cpu", copy=True))
 
         handles = [m.register_forward_hook(hook) for m in layers]
         was_training = model.training
@@ -136,8 +137,9 @@ class CKAImportance(tp.importance.Importance):
                 handle.remove()
             model.train(was_training)
         self.shapes = {m: tuple(m.weight.shape) for m in layers}
-        self.outputs = {m: torch.cat(v) for m, v in outputs.items() if v}
-        self.inputs = {m: torch.cat(v) for m, v in inputs_seen.items() if v}
+        # One batch (the common case) is kept as it is: concatenating would copy every output.
+        self.outputs = {m: v[0] if len(v) == 1 else torch.cat(v) for m, v in outputs.items() if v}
+        self.inputs = {m: v[0] if len(v) == 1 else torch.cat(v) for m, v in inputs_seen.items() if v}
 
     def _name(self, module: object) -> str:
         return self.names.get(module, type(module).__name__)
