@@ -18,13 +18,15 @@ cd "$REPO"
 setup_python
 
 STUDY=config/study-fmnist
-SEEDS="0 1 2 3 4"
+SEEDS=(0 1 2 3 4)
 start=$(date +%s)
 
 # Every config shares one trained model per seed; cka.json trains them.
-printf '%s\n' $SEEDS | xargs -P "$JOBS" -I{} "$PYTHON" main_train.py "$STUDY/cka.json" --seed {} --threads 1
+printf '%s\n' "${SEEDS[@]}" | xargs -P "$JOBS" -I{} "$PYTHON" main_train.py "$STUDY/cka.json" --seed {} --threads 1
+# One process per config and seed; the inner shell expands $0..$2.
+# shellcheck disable=SC2016
 for config in "$STUDY"/*.json; do
-  for seed in $SEEDS; do echo "$config $seed"; done
+  for seed in "${SEEDS[@]}"; do echo "$config $seed"; done
 done | xargs -P "$JOBS" -L1 sh -c '"$0" main_prune.py "$1" --seed "$2" --threads 1' "$PYTHON"
 
 # cka is the reference that the gap table compares every other run with.
