@@ -762,8 +762,23 @@ def label_color(label: str) -> str:
     return f"#{round(255 * red):02x}{round(255 * green):02x}{round(255 * blue):02x}"
 
 
-def _colors(report: Report) -> dict[str, str]:
-    return {exp.label: label_color(exp.label) for exp in report.experiments}
+# Runs of one criterion that differ otherwise (cka-next, cka-global) share its colour and are told
+# apart by marker and line style, chosen from the label alone like the colour.
+VARIANT_MARKERS = ("s", "^", "D", "v", "P", "X")
+VARIANT_LINESTYLES = ("--", "-.", ":")
+
+
+def run_style(label: str, criterion: str) -> dict[str, str]:
+    """Matplotlib line keywords of a run: its criterion's colour; ``o`` and a solid line unless it is a variant."""
+    if label == criterion or criterion not in CRITERION_COLORS:
+        return {"color": label_color(label), "marker": "o", "linestyle": "-"}
+    pick = int.from_bytes(hashlib.sha256(label.encode()).digest()[:4], "big")
+    return {"color": CRITERION_COLORS[criterion], "marker": VARIANT_MARKERS[pick % len(VARIANT_MARKERS)],
+            "linestyle": VARIANT_LINESTYLES[pick // len(VARIANT_MARKERS) % len(VARIANT_LINESTYLES)]}
+
+
+def _styles(report: Report) -> dict[str, dict[str, str]]:
+    return {exp.label: run_style(exp.label, exp.criterion) for exp in report.experiments}
 
 
 def layer_title(info: LayerInfo) -> str:
@@ -772,10 +787,10 @@ def layer_title(info: LayerInfo) -> str:
     return f"layer {info.index + 1} ({info.width}{unit})"
 
 
-def _band(ax: Any, x: Sequence[float], stats: Sequence[Stat], color: str, label: str, **line: Any) -> None:
+def _band(ax: Any, x: Sequence[float], stats: Sequence[Stat], label: str, style: dict[str, str]) -> None:
     """Mean line with a min-max band over seeds."""
-    ax.fill_between(x, [s.min for s in stats], [s.max for s in stats], color=color, alpha=0.2, linewidth=0)
-    ax.plot(x, [s.mean for s in stats], color=color, label=label, **line)
+    ax.fill_between(x, [s.min for s in stats], [s.max for s in stats], color=style["color"], alpha=0.2, linewidth=0)
+    ax.plot(x, [s.mean for s in stats], label=label, **style)
 
 
 def _save_with_legend(fig: Any, axes: Iterable[Any], path: Path, formats: Sequence[str]) -> list[Path]:
@@ -819,7 +834,7 @@ def plot_accuracy(report: Report, path: Path, formats: Sequence[str] = ("png",))
     from matplotlib.figure import Figure
     from matplotlib.ticker import LogLocator, NullFormatter, PercentFormatter
 
-    colors = _colors(report)
+    styles = _styles(report)
     with rc_context(figure_style()):
         fig = Figure(figsize=(8, 3.4))
         axes = fig.subplots(1, 2, sharex=True, sharey=True)
@@ -828,8 +843,8 @@ def plot_accuracy(report: Report, path: Path, formats: Sequence[str] = ("png",))
             for exp in report.experiments:
                 rows = [r for r in report.rows if r.label == exp.label and stat_of(r) is not None]
                 if len(rows) > 1:  # iteration 0 alone: this criterion never retrained
-                    _band(ax, [r.fraction.mean for r in rows], [stat_of(r) for r in rows], colors[exp.label],
-                          f"{exp.label} ({len(exp.seeds)} seed{'s' if len(exp.seeds) != 1 else ''})", marker="o")
+                    _band(ax, [r.fraction.mean for r in rows], [stat_of(r) for r in rows],
+                          f"{exp.label} ({len(exp.seeds)} seed{'s' if len(exp.seeds) != 1 else ''})", styles[exp.label])
             if not ax.lines:
                 ax.text(0.5, 0.5, "no retraining recorded", transform=ax.transAxes, ha="center", color="0.4")
             ax.set_title(title)
@@ -864,7 +879,7 @@ def plot_cka(report: Report, path: Path, formats: Sequence[str] = ("png",)) -> l
     layers = sorted({i for row in report.rows for i in row.cka})
     if not layers:
         return []
-    colors = _colors(report)
+    styles = _styles(report)
     with rc_context(figure_style()):
         fig = Figure(figsize=(3.6 * len(layers) + 0.6, 3.2))
         axes = _layer_axes(fig, report, layers)
@@ -872,8 +887,7 @@ def plot_cka(report: Report, path: Path, formats: Sequence[str] = ("png",)) -> l
             for i, ax in axes.items():
                 rows = [r for r in report.rows if r.label == exp.label and i in r.cka]
                 if rows:
-                    _band(ax, [r.iteration for r in rows], [r.cka[i] for r in rows], colors[exp.label], exp.label,
-                          marker="o")
+                    _band(ax, [r.iteration for r in rows], [r.cka[i] for r in rows], exp.label, styles[exp.label])
         first = axes[layers[0]]
         first.set_ylabel("CKA(before, after)")
         fig.suptitle("CKA between each layer's output before and after the iteration's removals")
@@ -889,7 +903,7 @@ def plot_overlap(report: Report, path: Path, formats: Sequence[str] = ("png",)) 
     if not report.overlaps:
         return []
     layers = sorted({o.layer for o in report.overlaps})
-    colors = _colors(report)
+    styles = _styles(report)
     with rc_context(figure_style()):
         fig = Figure(figsize=(3.6 * len(layers) + 0.6, 3.2))
         axes = _layer_axes(fig, report, layers)
@@ -898,8 +912,8 @@ def plot_overlap(report: Report, path: Path, formats: Sequence[str] = ("png",)) 
                 rows = [o for o in report.overlaps if o.layer == i and o.second == second]
                 if not rows:
                     continue
-                x, color, pair = [o.iteration for o in rows], colors[second], f"{rows[0].first} & {second}"
-                _band(ax, x, [o.common for o in rows], color, pair, marker="o")
+                x, pair = [o.iteration for o in rows], f"{rows[0].first} & {second}"
+                _band(ax, x, [o.common for o in rows], pair, styles[second])
                 ax.plot(x, [o.chance.mean for o in rows], color="0.45", linestyle=":",
                         label="two random choices (expected)")
             ax.set_ylim(0, 1.02)

@@ -344,10 +344,21 @@ def test_colours_are_fixed_per_criterion_whatever_the_order(tmp_path, runs):
     cka, l1 = runs
     first = build_report([cka, l1], config_root=None)
     second = build_report([l1, cka], config_root=None)
-    from src.report import _colors
-    assert _colors(first) == _colors(second) == {"cka": CRITERION_COLORS["cka"], "l1": CRITERION_COLORS["l1"]}
+    from src.report import _styles
+    assert _styles(first) == _styles(second)
+    assert {label: style["color"] for label, style in _styles(first).items()} == \
+        {"cka": CRITERION_COLORS["cka"], "l1": CRITERION_COLORS["l1"]}
     assert label_color("snip") == label_color("snip") != label_color("ex/a")  # unknown names: from the name alone
     assert re.fullmatch(r"#[0-9a-f]{6}", label_color("snip"))
+
+
+def test_variants_of_a_criterion_share_its_colour_and_differ_in_marker_or_line():
+    from src.report import run_style
+    plain = run_style("cka", "cka")
+    variants = [run_style(name, "cka") for name in ("cka-next", "cka-global", "cka-rewind", "cka-independent")]
+    assert all(v["color"] == plain["color"] == CRITERION_COLORS["cka"] for v in variants)
+    looks = {(s["marker"], s["linestyle"]) for s in [plain, *variants]}
+    assert len(looks) == 5 and run_style("cka-next", "cka") == run_style("cka-next", "cka")
 
 
 def test_every_figure_in_every_format(runs, tmp_path):
