@@ -33,10 +33,22 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: s
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        # An interrupt (Ctrl-C, a Slurm signal) inside a writer can surface as the writer's own
+        # error while it closes (torch.save's zip writer does this); the interrupt is what happened.
+        interrupt = _interrupt_in(err)
+        if interrupt is not None and interrupt is not err:
+            raise interrupt from None
         raise
     return path
+
+
+def _interrupt_in(err: BaseException | None) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt among ``err`` and the exceptions it was raised while handling, if any."""
+    while err is not None and not isinstance(err, KeyboardInterrupt):
+        err = err.__context__
+    return err
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:

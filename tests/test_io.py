@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from src.io import atomic_torch_save, atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from src.io import _atomic_write, atomic_torch_save, atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 
 
 def writers(path: Path):
@@ -68,6 +68,24 @@ def test_interrupt_during_the_write_is_cleaned_up_too(tmp_path, monkeypatch):
         atomic_write_json(path, {"new": True})
     assert read_json(path) == {"old": True}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]
+
+
+def test_an_interrupt_the_writer_turns_into_its_own_error_is_still_an_interrupt(tmp_path):
+    """torch.save's zip writer, interrupted mid-write, raises RuntimeError from its cleanup."""
+    path = tmp_path / "model.pt"
+    atomic_write_bytes(path, b"old")
+
+    def writer_that_fails_while_closing(handle):
+        try:
+            handle.write(b"partial")
+            raise KeyboardInterrupt  # what the SIGTERM/SIGUSR1 handler raises
+        finally:
+            raise RuntimeError("unexpected pos 9651840 vs 9651728")
+
+    with pytest.raises(KeyboardInterrupt):
+        _atomic_write(path, writer_that_fails_while_closing, "wb")
+    assert path.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
 
 
 def test_nan_and_infinity_round_trip(tmp_path):
