@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -45,8 +44,8 @@ def seed_row(cfg, out_dir: Path, result: results.SeedResult) -> list[float]:
             count_parameters(original) / count_parameters(pruned)]
 
 
-def cell(values: np.ndarray, digits: int) -> str:
-    return f"{values.mean():.{digits}f} [{values.min():.{digits}f}-{values.max():.{digits}f}]"
+def cell(values: np.ndarray) -> str:
+    return f"{values.mean():.2f} [{values.min():.2f}-{values.max():.2f}]"
 
 
 def main() -> None:
@@ -55,7 +54,6 @@ def main() -> None:
     parser.add_argument("--output-dir", type=Path, default=Path("output"), help="results root (default output/)")
     parser.add_argument("--out", type=Path, help="where to write (default: print only)")
     args = parser.parse_args()
-    torch.manual_seed(0)
 
     table, per_seed = [], {}
     for path in sorted(args.config_dir.glob("*.json")):
@@ -68,8 +66,8 @@ def main() -> None:
         rows = np.array([seed_row(cfg, out_dir, r) for r in done])
         criterion = cfg.require_prune().params.type
         per_seed[criterion] = rows
-        table.append([criterion, len(done), *(cell(rows[:, i], 2) for i in range(4)),
-                      *(cell(rows[:, i], 2) + "x" for i in (4, 5))])
+        table.append([criterion, len(done), *(cell(rows[:, i]) for i in range(4)),
+                      *(cell(rows[:, i]) + "x" for i in (4, 5))])
     text = tabulate(table, ["criterion", "seeds", *COLUMNS], tablefmt="github", disable_numparse=True)
     text += ("\n\nMean over seeds [min-max]. Accuracies on the test set; change: fine-tuned minus trained, "
              "in percentage points; speed-ups: trained / pruned, counted on the rebuilt pruned architecture.\n")

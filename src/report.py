@@ -757,7 +757,7 @@ def label_color(label: str) -> str:
     """
     if label in CRITERION_COLORS:
         return CRITERION_COLORS[label]
-    hue = int.from_bytes(hashlib.sha256(label.encode()).digest()[:4], "big") / 2**32
+    hue = _name_hash(label) / 2**32
     red, green, blue = colorsys.hls_to_rgb(hue, 0.45, 0.7)
     return f"#{round(255 * red):02x}{round(255 * green):02x}{round(255 * blue):02x}"
 
@@ -772,9 +772,14 @@ def run_style(label: str, criterion: str) -> dict[str, str]:
     """Matplotlib line keywords of a run: its criterion's colour; ``o`` and a solid line unless it is a variant."""
     if label == criterion or criterion not in CRITERION_COLORS:
         return {"color": label_color(label), "marker": "o", "linestyle": "-"}
-    pick = int.from_bytes(hashlib.sha256(label.encode()).digest()[:4], "big")
+    pick = _name_hash(label)
     return {"color": CRITERION_COLORS[criterion], "marker": VARIANT_MARKERS[pick % len(VARIANT_MARKERS)],
             "linestyle": VARIANT_LINESTYLES[pick // len(VARIANT_MARKERS) % len(VARIANT_LINESTYLES)]}
+
+
+def _name_hash(label: str) -> int:
+    """A 32-bit number from ``label`` alone: the same in every report and every run."""
+    return int.from_bytes(hashlib.sha256(label.encode()).digest()[:4], "big")
 
 
 def _styles(report: Report) -> dict[str, dict[str, str]]:
