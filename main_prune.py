@@ -54,12 +54,12 @@ def main(argv=None) -> int:
         except ModelFileError as err:
             print(f"seed {seed}: {err}; retrain it with main_train.py. Skipping.")
             continue
-        iterations_done, run_id = saved_progress(out_dir, seed)
+        progress = saved_progress(out_dir, seed)
         config = run_config(cfg, seed=seed, device=str(device), model_file=str(path))
         # A run only for work to do; a resumed or requeued job continues its own run.
-        with wandb_run(cfg, "disabled" if iterations_done >= p.iterations else mode, job_type="prune",
-                       name=f"{cfg.name}-seed{seed}", config=config, run_id=run_id) as run:
-            log = None if run is None else PruneLog(run, iterations_done + 1, cfg.params.epochs)
+        with wandb_run(cfg, mode if progress.remaining(p.iterations) else "disabled", job_type="prune",
+                       name=f"{cfg.name}-seed{seed}", config=config, run_id=progress.run_id) as run:
+            log = None if run is None else PruneLog(run, progress.iterations + 1, cfg.params.epochs)
             done.append(prune_seed(model, cfg, seed, splits, device, path, out_dir,
                                    on_epoch=log and log.retrain_epoch, on_iteration=log and log.iteration_done,
                                    run_id=run and run.id))

@@ -77,8 +77,8 @@ def make_plan(configs: Sequence[ExperimentConfig], models_dir: Path, output_root
             path = model_path(cfg, seed, models_dir)
             if not path.exists():
                 trainings.setdefault(path, (cfg, seed))
-            done, _ = saved_progress(output_dir(cfg, output_root), seed)  # the checkpoint is the truth
-            iterations += max(cfg.require_prune().params.iterations - done, 0)
+            progress = saved_progress(output_dir(cfg, output_root), seed)  # the checkpoint is the truth
+            iterations += progress.remaining(cfg.require_prune().params.iterations)
     return Plan(tuple(configs), tuple(trainings.values()), iterations)
 
 

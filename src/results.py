@@ -24,8 +24,11 @@ from typing import Any
 from src.config import ExperimentConfig
 from src.errors import UserError
 from src.io import atomic_write_json, read_json
+from src.provenance import Provenance
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+# Schema 2 lacks only the iterations' provenance; its records are read with provenance None.
+READABLE_SCHEMAS = (2, SCHEMA_VERSION)
 Metrics = dict[str, float]  # {train,val,test}_{loss,acc} as src.train.evaluate_all returns them
 
 
@@ -128,7 +131,10 @@ class RetrainSummary:
 
 @dataclass(frozen=True)
 class IterationRecord:
-    """One iteration: a pass over the layers, evaluated, then (optionally) retrained and evaluated."""
+    """One iteration: a pass over the layers, evaluated, then (optionally) retrained and evaluated.
+
+    ``provenance``: the code, libraries and device it ran with (None in schema 2 records).
+    """
 
     iteration: int
     layers: tuple[LayerStep, ...]
@@ -137,6 +143,11 @@ class IterationRecord:
     retrain: RetrainSummary | None = None
     seconds_scoring: float = 0.0
     seconds_retraining: float = 0.0
+    provenance: Provenance | None = None
+
+    @property
+    def diverged(self) -> bool:
+        return self.retrain is not None and self.retrain.diverged
 
     def step(self, layer: int) -> LayerStep | None:
         return next((s for s in self.layers if s.index == layer), None)
@@ -161,8 +172,14 @@ class SeedResult:
         return self.run.description["model_sha256"]
 
     @property
+    def diverged_at(self) -> int | None:
+        """The iteration whose retraining diverged; the run stopped there (None: it did not)."""
+        return next((it.iteration for it in self.iterations if it.diverged), None)
+
+    @property
     def complete(self) -> bool:
-        return len(self.iterations) >= self.planned_iterations
+        """Nothing is left to run: every planned iteration is done, or the run stopped at a divergence."""
+        return len(self.iterations) >= self.planned_iterations or self.diverged_at is not None
 
     def with_iteration(self, record: IterationRecord) -> SeedResult:
         return replace(self, iterations=(*self.iterations, record))
@@ -203,10 +220,12 @@ class SeedResult:
         """The record of ``raw`` (a parsed JSON object); ValueError when it is not one of this schema."""
         if not isinstance(raw, dict):
             raise ValueError("not a JSON object")
-        if raw.get("schema") != SCHEMA_VERSION:
-            raise ValueError(f"result schema {raw.get('schema', 1)}, this version reads schema {SCHEMA_VERSION}")
+        if raw.get("schema") not in READABLE_SCHEMAS:
+            raise ValueError(f"result schema {raw.get('schema', 1)}, this version reads schemas "
+                             f"{', '.join(map(str, READABLE_SCHEMAS))}")
         try:
             fields = {k: v for k, v in raw.items() if k != "complete"}
+            fields["schema"] = SCHEMA_VERSION  # read as this schema; written back as it
             return cls(**{
                 **fields,
                 "run": RunIdentity(**fields["run"]),
@@ -225,7 +244,7 @@ def _metrics(raw: Any, where: str) -> Metrics:
 
 
 def _iteration(raw: dict[str, Any]) -> IterationRecord:
-    retrain, after_retrain = raw.get("retrain"), raw.get("after_retrain")
+    retrain, after_retrain, provenance = raw.get("retrain"), raw.get("after_retrain"), raw.get("provenance")
     where = f"iterations[{raw.get('iteration')}]"
     return IterationRecord(**{
         **raw,
@@ -234,6 +253,7 @@ def _iteration(raw: dict[str, Any]) -> IterationRecord:
         "layers": tuple(LayerStep(**{**step, "removed": tuple(step["removed"]), "scores": tuple(step["scores"]),
                                      "cka": tuple(step["cka"])}) for step in raw["layers"]),
         "retrain": None if retrain is None else RetrainSummary(**retrain),
+        "provenance": None if provenance is None else Provenance(**provenance),
     })
 
 

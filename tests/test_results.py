@@ -9,8 +9,12 @@ import torch
 from src import results
 from src.config import load_config
 from src.errors import UserError
+from src.provenance import Provenance
 from src.results import (IterationRecord, LayerInfo, LayerStep, RetrainSummary, RunIdentity, SeedResult,
                          identity_changes, run_identity)
+
+PROVENANCE = Provenance(commit="0" * 40, dirty=False, python="3.11.2", torch="2.13.0", numpy="2.1.0",
+                        torch_pruning="1.6.1", device="cpu", threads=1)
 
 
 def metrics(test_acc: float) -> dict:
@@ -22,7 +26,8 @@ def a_result(**changes) -> SeedResult:
                      seconds=0.01, engine="fast")
     record = IterationRecord(iteration=1, layers=(step, LayerStep(1, 6, 6, (), (), (), 0.0, "fast", "no variation")),
                              after_prune=metrics(0.8), after_retrain=metrics(math.nan),
-                             retrain=RetrainSummary(epochs=2, best_epoch=1, diverged=False, seconds=0.5))
+                             retrain=RetrainSummary(epochs=2, best_epoch=1, diverged=False, seconds=0.5),
+                             provenance=PROVENANCE)
     fields = dict(run=RunIdentity.of({"model_sha256": "ab", "prune": {"rate": (0.2,)}}), experiment="demo/cka", seed=3,
                   criterion="cka", strategy="iterative", model_file="models/m.pt",
                   layers=(LayerInfo(0, "hidden.0.layer", "linear", 10), LayerInfo(1, "hidden.1.layer", "linear", 6)),
@@ -38,6 +43,7 @@ def test_a_result_survives_the_file_unchanged(tmp_path):
     assert results.same(back, result)  # NaN compares equal here, unlike ==
     assert back.iterations[0].layers[1].skipped == "no variation" and back.iterations[0].retrain.epochs == 2
     assert back.run == result.run and isinstance(back.iterations[0].layers[0].removed, tuple)
+    assert back.iterations[0].provenance == PROVENANCE
     assert json.loads(path.read_text())["complete"] is False
 
 
@@ -49,9 +55,30 @@ def test_completeness_and_alive_counts_follow_the_iterations():
     assert result.test_acc(1, retrained=False) == 0.8 and result.test_acc(2, retrained=True) is None
 
 
+def test_a_schema_2_record_is_read_without_provenance(tmp_path):
+    raw = a_result().to_dict()
+    raw["schema"] = 2
+    del raw["iterations"][0]["provenance"]
+    path = tmp_path / "3.json"
+    path.write_text(json.dumps(raw))
+    back = results.load(path)
+    assert back.iterations[0].provenance is None and back.schema == results.SCHEMA_VERSION
+    assert back.iterations[0].after_prune == a_result().iterations[0].after_prune
+
+
+def test_a_run_whose_retraining_diverged_is_complete_where_it_stopped():
+    result = a_result(planned_iterations=5)
+    assert result.diverged_at is None and not result.complete
+    last = result.iterations[0]
+    diverged = result.with_iteration(IterationRecord(
+        iteration=2, layers=last.layers, after_prune=metrics(0.7), after_retrain=metrics(0.1),
+        retrain=RetrainSummary(epochs=1, best_epoch=0, diverged=True, seconds=0.1)))
+    assert diverged.diverged_at == 2 and diverged.complete and len(diverged.iterations) < 5
+
+
 @pytest.mark.parametrize("edit, message", [
-    (lambda raw: raw.pop("schema"), "result schema 1, this version reads schema 2"),
-    (lambda raw: raw.update(schema=3), "result schema 3"),
+    (lambda raw: raw.pop("schema"), "result schema 1, this version reads schemas 2, 3"),
+    (lambda raw: raw.update(schema=4), "result schema 4"),
     (lambda raw: raw["iterations"][0].pop("after_prune"), "not a result record"),
     (lambda raw: raw.update(colour="red"), "not a result record"),
 ])

@@ -1,5 +1,6 @@
 """Prune runs end to end on the bundled data: identity, extension, repair, strategies."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import torch
 
 import main_prune
 import main_train
+import src.provenance
 import src.pruning.strategy
 import src.train
 from lib.cka import cka, gram_rbf
@@ -285,3 +287,42 @@ def test_rewinding_a_resnet_keeps_the_early_weights_of_the_surviving_channels(wr
     assert torch.equal(state["layer1.0.conv2.weight"], early["layer1.0.conv2.weight"][stem][:, block])
     assert torch.equal(state["fc.weight"], early["fc.weight"][:, keep["layer3.0.shortcut.0"]])
     assert torch.equal(state["fc.bias"], early["fc.bias"])
+
+
+def test_a_diverged_retraining_stops_the_seed_cleanly(write_config, run, tmp_path, monkeypatch, capsys):
+    config = write_config("tiny", prune=prune_section(iterations=4))
+    run(main_train, config)
+
+    def diverging(model, cfg, splits, *, seed, device, on_epoch, label):  # as fit leaves a run whose loss went NaN
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.fill_(float("nan"))
+        return src.train.FitResult(epochs=1, best_epoch=0, diverged=True, seconds=0.0)
+
+    monkeypatch.setattr(src.pruning.strategy, "retrain", diverging)
+    assert run(main_prune, config) == 0
+    assert "retraining diverged in iteration 1; this seed's run stops here" in capsys.readouterr().out
+    result = stored(tmp_path)
+    assert len(result.iterations) == 1 and result.diverged_at == 1 and result.complete
+    assert src.pruning.strategy.saved_progress(tmp_path / "output" / "tiny", 0).remaining(4) == 0
+    assert run(main_prune, config) == 0  # a rerun does not prune NaN weights
+    assert "stopped at iteration 1, where retraining diverged" in capsys.readouterr().out
+    assert untimed(stored(tmp_path)) == untimed(result)
+
+
+def test_every_iteration_records_its_provenance_and_a_resume_under_another_says_so(write_config, run, tmp_path,
+                                                                                  monkeypatch, capsys):
+    config = write_config("tiny", prune=prune_section(iterations=2))
+    run(main_train, config)
+    assert run(main_prune, config) == 0
+    made = stored(tmp_path).iterations[0].provenance
+    assert made == src.provenance.current(torch.device("cpu"))
+    edit(config, prune=prune_section(iterations=3))
+    other = dataclasses.replace(made, threads=made.threads + 7)
+    monkeypatch.setattr(src.provenance, "current", lambda device: other)
+    capsys.readouterr()
+    assert run(main_prune, config) == 0
+    out = capsys.readouterr().out
+    assert (f"seed 0: continuing under other conditions than iteration 2 was made "
+            f"(threads: {made.threads} -> {made.threads + 7})") in out
+    assert [it.provenance for it in stored(tmp_path).iterations] == [made, made, other]

@@ -149,5 +149,5 @@ def test_the_run_id_is_kept_in_the_checkpoint_for_a_resumed_job(tmp_path, write_
     result = prune_seed(model, cfg, seed, mnist5k, torch.device("cpu"), tmp_path / "m.pt", tmp_path,
                         on_iteration=lambda r: seen.append(len(r.iterations)), run_id="abc123")
     assert seen == [1, 2] and result.complete
-    assert saved_progress(tmp_path, seed) == (2, "abc123")
-    assert saved_progress(tmp_path, 1) == (0, None)
+    assert saved_progress(tmp_path, seed) == (2, False, "abc123")
+    assert saved_progress(tmp_path, 1) == (0, False, None)

@@ -20,7 +20,12 @@ rebuilds the pruned architecture.
 
 A rerun continues only the same run (:func:`src.results.run_identity`): a result of another
 run under the same experiment name is never appended to (:class:`IdentityMismatch`).
-Raising ``iterations`` extends a finished run from its last checkpoint.
+Raising ``iterations`` extends a finished run from its last checkpoint. Every iteration
+records its provenance (:mod:`src.provenance`); a run continued under another one says so.
+
+A retraining that diverges (a non-finite training loss) ends the seed's run after that
+iteration is recorded: its weights are not finite, so there is nothing left to prune, and the
+report keeps the seed out of its statistics.
 """
 
 from __future__ import annotations
@@ -28,13 +33,13 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from tabulate import tabulate
 from torch import nn
 
-from src import results
+from src import provenance, results
 from src.artifacts import load_rewind_state
 from src.config import ExperimentConfig
 from src.data import Splits, to_unit_float
@@ -260,13 +265,27 @@ def _resume(model: nn.Module, cfg: ExperimentConfig, seed: int, identity: RunIde
     return result, saved["history"]
 
 
-def saved_progress(out_dir: Path, seed: int) -> tuple[int, str | None]:
-    """(iterations done, W&B run id) of a seed's checkpoint; (0, None) without a usable one."""
+class Progress(NamedTuple):
+    """A seed's checkpoint: iterations done, whether its run stopped at a divergence, its W&B run id."""
+
+    iterations: int
+    stopped: bool
+    run_id: str | None
+
+    def remaining(self, planned: int) -> int:
+        return 0 if self.stopped else max(planned - self.iterations, 0)
+
+
+def saved_progress(out_dir: Path, seed: int) -> Progress:
+    """The progress of a seed's checkpoint; none done without a usable one."""
     try:
         saved = _read_checkpoint(checkpoint_path(out_dir, seed))
     except ValueError:  # unusable: prune_seed starts this seed over
         saved = None
-    return (0, None) if saved is None else (len(saved["result"].iterations), saved["wandb_run_id"])
+    if saved is None:
+        return Progress(0, False, None)
+    result = saved["result"]
+    return Progress(len(result.iterations), result.diverged_at is not None, saved["wandb_run_id"])
 
 
 def pruning_history(out_dir: Path, seed: int) -> list:
@@ -319,12 +338,21 @@ def prune_seed(model: nn.Module, cfg: ExperimentConfig, seed: int, splits: Split
             add_masks(model, prune.modules)
         result = _new_result(cfg, seed, model, model_file, identity, evaluate())
     done = len(result.iterations)
+    if result.diverged_at is not None:
+        print(f"seed {seed}: stopped at iteration {result.diverged_at}, where retraining diverged; skipping")
+        return result
     if done >= planned:
         print(f"seed {seed}: already pruned ({done} iterations), skipping")
         return result
+    made_by = provenance.current(device)
     if done:
         verb = "extending" if result.complete else "resuming"
         print(f"seed {seed}: {verb} after iteration {done} of {planned}")
+        before = result.iterations[-1].provenance
+        changes = before.changes(made_by) if before is not None else ["provenance: not recorded -> recorded"]
+        if changes:
+            print(f"seed {seed}: continuing under other conditions than iteration {done} was made "
+                  f"({'; '.join(changes)})")
     result = replace(result, planned_iterations=planned)
     rewind_to = (load_rewind_state(model_file, prune.params.rewind_epoch)
                  if prune.params.retrain == "rewind" else None)
@@ -332,6 +360,7 @@ def prune_seed(model: nn.Module, cfg: ExperimentConfig, seed: int, splits: Split
         try:
             record = run_iteration(model, cfg, splits, seed, iteration, device, evaluate, on_epoch, result, history,
                                    rewind_to)
+            record = replace(record, provenance=made_by)
         except KeyboardInterrupt as interrupt:
             interrupt.add_note(f"seed {seed} prune iteration {iteration}, which will be redone "
                                f"({iteration - 1} iterations of this seed are saved)")
@@ -343,6 +372,9 @@ def prune_seed(model: nn.Module, cfg: ExperimentConfig, seed: int, splits: Split
         results.save(result, out_dir)
         if on_iteration is not None:
             on_iteration(result)
+        if record.diverged:
+            print(f"seed {seed}: retraining diverged in iteration {iteration}; this seed's run stops here")
+            break
     return result
 
 
