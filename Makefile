@@ -1,8 +1,8 @@
 # make demo: set up .venv and run the demo experiment offline on the bundled data:
 # the search picks the learning rate, training and pruning use it (main_train.py says so).
 # make test: set up .venv with the test tools and run the whole test suite; lists what it skipped and why.
-# make docs: run the demo from scratch in output/docs-demo/ and regenerate the README's figure and
-#            search table (docs/) from it.
+# make docs: run the demo from scratch in output/docs-demo/ and regenerate the README's figure and the
+#            search table (docs/) from it, and refresh the pages that quote them (README.md, docs/*.md).
 # make reproduce CONFIGS=DIR: train, prune and compare every config of a folder.
 PYTHON ?= python3
 VENV ?= .venv
@@ -57,4 +57,4 @@ docs: $(INSTALLED)
 	$(MAKE) -C $(DOCS_RUN) demo VENV=$(abspath $(VENV))
 	cp $(DOCS_RUN)/output/report/demo-cka_vs_demo-l1/accuracy.png docs/demo-accuracy.png
 	cd $(DOCS_RUN) && $(abspath $(PY)) main_search.py config/demo/cka.json > $(CURDIR)/docs/demo-search.txt
-	$(PY) scripts/quote_docs.py README.md
+	$(PY) scripts/quote_docs.py
