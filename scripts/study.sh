@@ -6,7 +6,7 @@
 # Needs Fashion-MNIST (apt-get install dataset-fashion-mnist). Finished trainings and
 # iterations are skipped, so an interrupted study resumes where it stopped. Each seed of each
 # config is one process: `python3 -m src.reproduce config/study-fmnist` does the same work in
-# one process.
+# one process. The report is made from the per-seed records it copies into docs/study/records/.
 
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=common.sh
@@ -29,11 +29,19 @@ for config in "$STUDY"/*.json; do
   for seed in "${SEEDS[@]}"; do echo "$config $seed"; done
 done | xargs -P "$JOBS" -L1 sh -c '"$0" main_prune.py "$1" --seed "$2" --threads 1' "$PYTHON"
 
-# cka is the reference that the gap table compares every other run with.
+# The per-seed result records are committed with the report (docs/study/records/<config>/), so
+# the report can be regenerated, and re-analysed, from the repository alone.
+rm -rf docs/study/records
+for config in "$STUDY"/*.json; do
+  name=$(basename "$config" .json)
+  mkdir -p "docs/study/records/$name"
+  cp output/study-fmnist/"$name"/[0-9]*.json "docs/study/records/$name/"
+done
+# cka is the reference that every other config is compared with.
 others=()
 for config in "$STUDY"/*.json; do
   name=$(basename "$config" .json)
-  [ "$name" = cka ] || others+=("output/study-fmnist/$name")
+  [ "$name" = cka ] || others+=("docs/study/records/$name")
 done
-"$PYTHON" -m src.report output/study-fmnist/cka "${others[@]}" --out docs/study --format png,pdf
+"$PYTHON" -m src.report docs/study/records/cka "${others[@]}" --out docs/study --format png,pdf
 echo "wall time $(( $(date +%s) - start ))s with $JOBS processes ($(nproc) CPUs)" | tee docs/study/wall-time.txt
