@@ -2,12 +2,12 @@
 
 import re
 
+import pytest
+
+from src.errors import UserError
 from src.report import CRITERION_COLORS, build_report, label_color, main, run_style, write_outputs
 from src.report.figures import _styles
 from tests.report_helpers import runs  # noqa: F401 (fixture)
-
-import pytest
-from src.errors import UserError
 
 
 def test_colours_are_fixed_per_criterion_whatever_the_order(runs):
