@@ -1,5 +1,6 @@
 """The command: python3 -m src.report RESULT_DIR... and its options."""
 
+import csv
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,9 @@ def test_options_reach_the_report(tmp_path, capsys):
     text = (out / "report.md").read_text()
     assert "BCa" in text and "accuracy at iteration 2" in text and "accuracy at <= 50.0% remaining" in text
     assert "| l1 - l2 " in text  # every pair, not only each against the first
+    methods = {(row["reference"], row["other"], row["iteration"]): row["gap_retrained_ci_method"]
+               for row in csv.DictReader((out / "gap.csv").read_text().splitlines())}
+    assert methods["cka", "l1", "1"] == "BCa" and methods["cka", "l2", "0"] == ""  # l2: one seed, no interval
 
 
 def test_labels_fall_back_to_experiment_names(tmp_path):

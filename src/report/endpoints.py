@@ -151,7 +151,8 @@ def endpoint_sentence(t: EndpointTest, family_size: int) -> str:
     """What one test says, in words, with n; significance only from the Holm-adjusted p."""
     head = f"{t.reference} - {t.other}, {t.name}"
     if t.test is None:
-        return f"{head}: {len(t.seeds)} paired seed(s), too few for a test."
+        why = "too few for a test" if len(t.seeds) < 2 else "an accuracy is NaN: no test"
+        return f"{head}: {len(t.seeds)} paired seed(s), {why}."
     s = t.test
     found = f"mean difference {_pp(s.mean)} (95% CI {_pp(s.low)} to {_pp(s.high)}) over n = {s.n} paired seeds"
     if s.p is None:
