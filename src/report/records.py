@@ -203,10 +203,17 @@ def pair_seeds(first: Experiment, second: Experiment) -> Pairing:
             pairs.append((a, b))
     paired_first, paired_second = {a.seed for a, _ in pairs}, {b.seed for _, b in pairs}
     notes = []
+    left_out = "left out of this pair's gaps, endpoints and overlaps"
     for exp, paired, other in ((first, paired_first, second), (second, paired_second, first)):
-        lone = [s.seed for s in exp.seeds if s.seed not in paired]
-        if lone:
-            notes.append(f"{first.label} vs {second.label}: seed(s) {seed_list(lone)} of {exp.label} did not prune the "
-                         f"same trained model as any seed of {other.label} (no result with the same model file "
-                         "sha256): left out of this pair's gaps, endpoints and overlaps")
+        lone = [s for s in exp.seeds if s.seed not in paired]
+        diverged_models = {d.model_sha256 for d in other.diverged}
+        orphaned = [s.seed for s in lone if s.model_sha256 in diverged_models]
+        unmatched = [s.seed for s in lone if s.model_sha256 not in diverged_models]
+        if orphaned:
+            notes.append(f"{first.label} vs {second.label}: seed(s) {seed_list(orphaned)} of {exp.label}: the "
+                         f"{other.label} run of the same trained model diverged; {left_out}")
+        if unmatched:
+            notes.append(f"{first.label} vs {second.label}: seed(s) {seed_list(unmatched)} of {exp.label} did not "
+                         f"prune the same trained model as any seed of {other.label} (no result with the same model "
+                         f"file sha256): {left_out}")
     return Pairing(first, second, tuple(pairs), tuple(notes))
