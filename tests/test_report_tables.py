@@ -50,3 +50,11 @@ def test_printed_text_names_the_inputs_and_notes(runs):
     text = report_text(build_report(list(runs), config_root=None))
     assert text.startswith("cka: ") and "did not prune the same trained model" in text
     assert "Endpoint tests" in text and "Accuracy gap between criteria" in text
+
+
+def test_a_folder_whose_every_seed_diverged_still_gets_its_report(tmp_path):
+    run = tmp_path / "run"
+    write_result(run, "run", "cka", 0, 0.9, [simple(1, 0.8, 0.85), simple(2, 0.7, 0.1, diverged=True)])
+    paths = write_report([run], tmp_path / "out", config_root=None)
+    assert "seed 0: DIVERGED in the retraining of iteration 2" in paths.markdown.read_text()
+    assert paths.accuracy_figure.stat().st_size > 0 and (tmp_path / "out" / "iterations.csv").read_text() == ""

@@ -11,6 +11,9 @@ from src.report.stats import Interval, Stat
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:
+    """The rows under a header of the first row's keys; empty without rows (every seed diverged)."""
+    if not rows:
+        return ""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()

@@ -86,6 +86,8 @@ def _save_with_legend(fig: Any, axes: Iterable[Any], path: Path, formats: Sequen
     """One legend for all panels, below them, where it covers no data."""
     entries = {label: handle for ax in axes for handle, label in zip(*ax.get_legend_handles_labels())}
     fig.tight_layout()
+    if not entries:  # nothing drawn: every seed diverged or none has an iteration yet
+        return _save(fig, path, formats)
     fig.legend(entries.values(), entries.keys(), loc="upper center", bbox_to_anchor=(0.5, 0.0),
                ncol=min(len(entries), 4), frameon=False, title="lines: mean over seeds; bands: min to max")
     return _save(fig, path, formats)
