@@ -202,11 +202,12 @@ def _stored_seeds(out_dir: Path) -> list[int]:
 def discard_other_runs(out_dir: Path, cfg: ExperimentConfig, model_files: dict[int, Path], replace: bool) -> None:
     """Check, before any work, that ``out_dir`` holds only results of the run asked for.
 
-    ``model_files``: the trained model of each seed about to be pruned (one not trained yet
-    has no run to check). A stored result of another config
-    (any seed) or of another trained model (these seeds) raises :class:`IdentityMismatch`; with
+    ``model_files``: the trained model of each seed about to be pruned; one not trained yet is
+    checked by the config alone (its model is to come). A stored result of another config (any
+    seed) or of another trained model (these seeds) raises :class:`IdentityMismatch`; with
     ``replace``, the results of these seeds that another run made are deleted instead (their
-    checkpoint, result and exported model), and other seeds' are left to their own jobs.
+    checkpoint, result and exported model), whether or not their new model exists yet, and
+    other seeds' are left to their own jobs.
     """
     identities = {seed: results.run_identity(cfg, path) for seed, path in model_files.items() if path.exists()}
     current = results.RunIdentity.of(results.config_description(cfg)).digest
@@ -222,7 +223,7 @@ def discard_other_runs(out_dir: Path, cfg: ExperimentConfig, model_files: dict[i
                 continue
             if not replace:
                 check_same_run(previous, expected or _config_only(cfg, previous), where)
-            if expected:
+            if seed in model_files:
                 for path in (checkpoint_path(out_dir, seed), results.result_path(out_dir, seed),
                              Path(out_dir, "exported", f"seed{seed}.pt")):
                     path.unlink(missing_ok=True)
