@@ -107,7 +107,8 @@ def prune_pass(model: Net, cfg: ExperimentConfig, splits: Splits, seed: int, ite
 def physical_prune_pass(model: nn.Module, cfg: ExperimentConfig, splits: Splits, seed: int, iteration: int,
                         result: SeedResult) -> tuple[list[LayerStep], list]:
     """Prune every Torch-Pruning group of ``model`` once, physically; one record per group that lost
-    channels (numbered as in the trained model), and the pass's pruning history."""
+    channels (numbered as in the trained model) or was left alone (``skipped``, with the reason),
+    and the pass's pruning history."""
     params = cfg.require_prune().params
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed * 100_003 + iteration)
@@ -121,7 +122,6 @@ def physical_prune_pass(model: nn.Module, cfg: ExperimentConfig, splits: Splits,
     seconds = (time.perf_counter() - start) / max(len(passed.groups), 1)
     surviving = surviving_channels(result)
     number = {layer.name: layer.index for layer in result.layers}
-    engine = params.engine if params.type == "cka" else "torch-pruning"
     steps = []
     for group in passed.groups:
         original = surviving[group.root]
@@ -130,7 +130,7 @@ def physical_prune_pass(model: nn.Module, cfg: ExperimentConfig, splits: Splits,
             index=number[group.root], alive_before=group.channels_before,
             alive_after=group.channels_before - len(removed), removed=removed,
             scores=group.cka if group.cka is not None else (None,) * len(removed), cka=group.cka or (),
-            seconds=seconds, engine=engine))
+            seconds=seconds, engine=passed.engine, skipped=group.skipped))
     return steps, passed.history
 
 
