@@ -135,6 +135,8 @@ def reproduce(directory: Path, models_dir: Path, output_root: Path, device_name:
                 if not path.exists():  # diverged: recorded by train_seed, nothing to prune
                     print(f"{cfg.name} seed {seed}: no trained model (diverged?); see {log_path}", file=console)
                     continue
+                # A model trained since the check above may differ from the one its stored results pruned.
+                discard_other_runs(out_dir, cfg, {seed: path}, replace=fresh)
                 bar.set_description(f"prune {cfg.name} seed {seed}")
 
                 def on_iteration(result: results.SeedResult, cfg=cfg, seed=seed) -> None:

@@ -103,3 +103,31 @@ def test_fresh_replaces_the_results_of_a_training_the_config_no_longer_asks_for(
     new = results.load(tmp_path / "out/cka/0.json")
     assert new.run.description["training"]["params"]["lr"] == 0.001 and len(new.iterations) == 1
     assert new.model_sha256 != old.model_sha256 and new.model_file != old.model_file
+
+
+def test_fresh_replaces_the_results_of_a_model_trained_again_differently(tmp_path, monkeypatch, capsys):
+    import torch
+
+    folder = tmp_path / "study"
+    folder.mkdir()
+    (folder / "cka.json").write_text(json.dumps(tiny_raw(prune={"params": {"type": "cka", "iterations": 1,
+                                                                           "rate": 0.3}})))
+    args = [str(folder), "--models-dir", str(tmp_path / "models"), "--output-dir", str(tmp_path / "out")]
+    assert reproduce.main(args) == 0
+    old = results.load(tmp_path / "out/cka/0.json")
+    for path in (tmp_path / "models").iterdir():
+        path.unlink()  # the same config's model is trained again, elsewhere in effect: other weights
+    trained = reproduce.train_seed
+
+    def trained_otherwise(*args, **kwargs):
+        path = trained(*args, **kwargs)
+        state = torch.load(path, weights_only=True)
+        state["hidden.0.layer.bias"] += 1.0
+        torch.save(state, path)
+        return path
+
+    monkeypatch.setattr(reproduce, "train_seed", trained_otherwise)
+    assert reproduce.main([*args, "--fresh"]) == 0
+    assert "removed the result of another run" in capsys.readouterr().out
+    new = results.load(tmp_path / "out/cka/0.json")
+    assert new.model_sha256 != old.model_sha256 and len(new.iterations) == 1
