@@ -8,7 +8,7 @@ from src.config import load_config
 from src.export import export_physical, export_seed
 from src.pruning.strategy import discard_other_runs, prune_seed, pruning_history, saved_progress, summary_table
 from src.report import write_report
-from src.points import searched_config
+from src.points import search_dir, searched_config
 from src.tracking import PruneLog, resolve_mode, run_config, wandb_run
 from src.train import load_experiment_data, select_device
 
@@ -17,7 +17,8 @@ def main(argv=None) -> int:
     parser = base_parser("Prune the trained models of CONFIG; results go to output/<experiment>/.")
     add_seed_options(parser)
     parser.add_argument("--models-dir", default="models", help="where main_train.py put the models (default: models/)")
-    parser.add_argument("--output-dir", default="output", help="results root (default: output/)")
+    parser.add_argument("--output-dir", default="output",
+                        help="results root; a finished search is read from <output-dir>/search/ (default: output/)")
     parser.add_argument("--export", action="store_true",
                         help="also save each pruned model as a smaller dense model in output/<experiment>/exported/")
     parser.add_argument("--fresh", action="store_true",
@@ -26,7 +27,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-search-params", action="store_true",
                         help="use the config's own values, not those of a finished search")
     args = parser.parse_args(argv)
-    cfg, searched = searched_config(load_config(args.config), not args.no_search_params)
+    cfg, searched = searched_config(load_config(args.config), not args.no_search_params, search_dir(args.output_dir))
     prune = cfg.require_prune()
     seeds = selected_seeds(cfg, args.seed, args.seed_index)
     require_writable_dir(args.output_dir, "--output-dir")

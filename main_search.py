@@ -46,7 +46,8 @@ def main(argv=None) -> int:
     parser.add_argument("--write-config", type=Path, metavar="PATH",
                         help="local backend: write a copy of CONFIG with the best values filled in")
     parser.add_argument("--output-dir", type=Path, default=Path("output/search"),
-                        help="where results and the default storage go (default output/search)")
+                        help="where results and the default storage go (default output/search); main_train.py, "
+                             "main_prune.py and src.reproduce read them from <their --output-dir>/search")
     args = parser.parse_args(argv)
     cfg = load_config(args.config)
     if args.sweep_run:

@@ -1,10 +1,12 @@
 """Train one model per seed: python3 main_train.py CONFIG [--seed S | --seed-index I]."""
 
+from pathlib import Path
+
 from src.artifacts import model_path, sidecar_path
 from src.cli import add_seed_options, apply_threads, base_parser, require_writable_dir, run, selected_seeds
 from src.config import load_config
 from src.io import read_json
-from src.points import searched_config
+from src.points import search_dir, searched_config
 from src.tracking import TrainLog, resolve_mode, run_config, wandb_run
 from src.train import load_experiment_data, select_device, train_seed
 
@@ -15,10 +17,13 @@ def main(argv=None) -> int:
     parser = base_parser("Train one model per seed of CONFIG into models/.")
     add_seed_options(parser)
     parser.add_argument("--models-dir", default=MODELS_DIR, help="where trained models go (default: models/)")
+    parser.add_argument("--output-dir", type=Path, default=Path("output"),
+                        help="results root, where a finished search is read from <output-dir>/search/ "
+                             "(default: output/)")
     parser.add_argument("--no-search-params", action="store_true",
                         help="use the config's own values, not those of a finished search")
     args = parser.parse_args(argv)
-    cfg, searched = searched_config(load_config(args.config), not args.no_search_params)
+    cfg, searched = searched_config(load_config(args.config), not args.no_search_params, search_dir(args.output_dir))
     print(f"training parameters: {searched}")
     seeds = selected_seeds(cfg, args.seed, args.seed_index)
     require_writable_dir(args.models_dir, "--models-dir")

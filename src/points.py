@@ -2,8 +2,9 @@
 
 A *point* is a dict of searched values (``{"lr": 0.01}``); its model is the config with them
 filled in, trained with ``search.seed``. A search's results (``output/search/<experiment>.json``)
-carry the identity of everything but the searched values, so ``main_train.py`` and
-``main_prune.py`` use the best point of a finished search only for the same settings. No Optuna
+carry the identity of everything but the searched values, so ``main_train.py``,
+``main_prune.py`` and ``src.reproduce`` use the best point of a finished search only for the
+same settings; they look for it under their results root (``<--output-dir>/search``). No Optuna
 here: the training entry points import this module and start without it.
 """
 
@@ -31,7 +32,8 @@ from src.train import EpochCallback as EpochFn, fit, load_experiment_data, selec
 
 Point = dict[str, Any]
 Row = dict[str, Any]  # a point's line in the results: params, status, trial and, once finished, its PointResult
-DEFAULT_OUTPUT_ROOT = Path("output/search")
+SEARCH_FOLDER = "search"
+DEFAULT_OUTPUT_ROOT = Path("output") / SEARCH_FOLDER
 PROGRAM = "main_search.py"
 
 
@@ -161,6 +163,12 @@ def format_table(rows: list[Row], search: SearchConfig) -> str:
 def results_path(cfg: ExperimentConfig, output_root: Path, suffix: str = ".json") -> Path:
     """``output/search/<experiment>.json``; ``demo/cka`` nests as ``demo/cka.json``."""
     return Path(output_root) / f"{cfg.name}{suffix}"
+
+
+def search_dir(results_root: Path) -> Path:
+    """Where the entry points given a results root (``--output-dir``, default ``output/``) read a
+    finished search: ``<root>/search``, the folder ``main_search.py`` writes by default."""
+    return Path(results_root) / SEARCH_FOLDER
 
 
 def searched_config(cfg: ExperimentConfig, use_search: bool,

@@ -31,7 +31,7 @@ from src.config import ExperimentConfig, load_config
 from src.data import Splits
 from src.errors import UserError
 from src.pruning.strategy import discard_other_runs, prune_seed, saved_progress
-from src.points import searched_config
+from src.points import search_dir, searched_config
 from src.report import build_report, paper_table, render_text, write_outputs
 from src.train import load_experiment_data, select_device, train_seed
 
@@ -47,18 +47,18 @@ class Plan:
         return len(self.trainings) + self.iterations
 
 
-def load_study(directory: Path, use_search: bool = True) -> list[ExperimentConfig]:
+def load_study(directory: Path, use_search: bool = True, output_root: Path = Path("output")) -> list[ExperimentConfig]:
     """The configs of a study folder that have a prune section; UserError names a bad one.
 
     A config without a prune section (a search or training demo) is not part of the study and
     is named as such. As main_train.py and main_prune.py do, a config takes the best values of
-    a finished search of its settings unless ``use_search`` is false.
+    a finished search of its settings in ``<output_root>/search`` unless ``use_search`` is false.
     """
     if not directory.is_dir():
         raise UserError(f"{directory}: not a directory of experiment configs")
     configs = []
     for path in sorted(directory.glob("*.json")):
-        cfg, searched = searched_config(load_config(path), use_search)
+        cfg, searched = searched_config(load_config(path), use_search, search_dir(output_root))
         if cfg.prune is None:
             print(f"{cfg.name}: no prune section, not part of the study")
             continue
@@ -92,7 +92,7 @@ def _check_identities(configs: Sequence[ExperimentConfig], models_dir: Path, out
 def reproduce(directory: Path, models_dir: Path, output_root: Path, device_name: str | None, fresh: bool,
               use_search: bool = True) -> None:
     """Run the study and print its reports: one per trained-model family (configs sharing their models)."""
-    configs = load_study(directory, use_search)
+    configs = load_study(directory, use_search, output_root)
     _check_identities(configs, models_dir, output_root, fresh)
     plan = make_plan(configs, models_dir, output_root)
     device = select_device(device_name)
@@ -135,6 +135,8 @@ def reproduce(directory: Path, models_dir: Path, output_root: Path, device_name:
                 if not path.exists():  # diverged: recorded by train_seed, nothing to prune
                     print(f"{cfg.name} seed {seed}: no trained model (diverged?); see {log_path}", file=console)
                     continue
+                # A model trained since the check above may differ from the one its stored results pruned.
+                discard_other_runs(out_dir, cfg, {seed: path}, replace=fresh)
                 bar.set_description(f"prune {cfg.name} seed {seed}")
 
                 def on_iteration(result: results.SeedResult, cfg=cfg, seed=seed) -> None:

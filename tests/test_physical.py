@@ -142,3 +142,47 @@ def test_random_baseline_follows_its_seed():
     removed = [[r.removed for r in physical_pass(trained_like_resnet8(), "tp_random", 0.5, X[:1], X, seed=s).groups]
                for s in (0, 0, 1)]
     assert removed[0] == removed[1] != removed[2]
+
+
+def two_convs(first_gammas, second_gammas) -> nn.Module:
+    """Two conv groups (conv 0 with BatchNorm 1, conv 3 with BatchNorm 4) of 4 channels, then the classifier."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4),
+                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor(first_gammas))
+        model[4].weight.copy_(torch.tensor(second_gammas))
+    return model.eval()
+
+
+def test_global_pruning_removes_exactly_the_budget_when_importances_tie_across_groups():
+    # tp_bn's importance is |gamma|: the least, 1.0, is channel 1 of the first group and channel 2 of
+    # the second. The budget is 8 - int(8 * (1 - 1/8)) = 1 channel; Torch-Pruning alone removes both.
+    removed = [(r.root, c) for r in physical_pass(two_convs([3., 1., 4., 2.], [2., 4., 1., 3.]), "tp_bn", 0.125,
+                                                  X[:1], X, global_pruning=True).groups for c in r.removed]
+    assert len(removed) == 1 and removed[0] in {("0", 1), ("3", 2)}
+    again = physical_pass(two_convs([3., 1., 4., 2.], [2., 4., 1., 3.]), "tp_bn", 0.125, X[:1], X, global_pruning=True)
+    assert [(r.root, c) for r in again.groups for c in r.removed] == removed  # ties broken the same way every time
+    # All gammas equal (as at initialisation): half of the channels go, not all of them.
+    model = two_convs([1.] * 4, [1.] * 4)
+    result = physical_pass(model, "tp_bn", 0.5, X[:1], X, global_pruning=True)
+    assert sum(len(r.removed) for r in result.groups) == 4 and model[0].out_channels + model[3].out_channels == 4
+
+
+def test_a_group_whose_outputs_do_not_vary_is_left_alone_and_recorded_as_skipped():
+    model = two_convs([1., 2., 3., 4.], [1., 2., 3., 4.])
+    with torch.no_grad():
+        model[3].weight.zero_()  # conv 3 outputs its bias on every sample: CKA is undefined
+    for global_pruning in (False, True):
+        pruned = copy.deepcopy(model)
+        result = physical_pass(pruned, "cka", 0.5, X[:1], X, global_pruning=global_pruning)
+        records = {r.root: r for r in result.groups}
+        assert records["3"].removed == () and records["3"].channels_before == 4 and records["3"].layers == ("3",)
+        assert "no variation" in records["3"].skipped and pruned[3].out_channels == 4
+        assert len(records["0"].removed) == 2 and records["0"].skipped is None and pruned[0].out_channels == 2
+    assert result.engine == "fast"
+    # tp_bn scores no group without a BatchNorm: each is left alone, with a record saying so.
+    result = physical_pass(lenet5(), "tp_bn", 0.5, torch.rand(4, 1, 28, 28), torch.rand(4, 1, 28, 28))
+    assert result.groups and all(r.removed == () and "tp_bn gives this group no importance" in r.skipped
+                                 for r in result.groups)
+    assert result.engine == "torch-pruning"

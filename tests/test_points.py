@@ -65,3 +65,39 @@ def test_a_point_stopped_early_keeps_its_best_epoch_so_far(mnist5k):
     result = points.train_point(cfg, {"lr": 0.01}, mnist5k, torch.device("cpu"), stop_after_two)
     assert result.stopped and result.epochs == 2
     assert result.val_loss == min(row["val_loss"] for row in seen)
+
+
+# ---------------------------------------------------------------- where the entry points find a search
+
+def test_a_search_under_a_custom_output_dir_is_used_by_the_entry_points_given_it(tmp_path, capsys):
+    import json
+
+    import main_prune
+    import main_search
+    import main_train
+    from src import reproduce
+    from src.artifacts import model_path
+    from src.config import load_config
+
+    raw = tiny_search_raw({"lr": [0.05, 0.0005]})
+    raw["prune"] = {"strategy": "iterative", "params": {"type": "l1", "iterations": 1, "rate": 0.25,
+                                                        "retrain": False}, "modules": [0]}
+    study = tmp_path / "study"
+    study.mkdir()
+    config = study / "c.json"
+    config.write_text(json.dumps(raw))
+    custom = tmp_path / "custom"
+    assert main_search.main([str(config), "--output-dir", str(custom / "search")]) == 0
+    found = f"from the search in {custom / 'search'}/"
+    capsys.readouterr()
+
+    models = tmp_path / "models"
+    assert main_train.main([str(config), "--models-dir", str(models), "--output-dir", str(custom)]) == 0
+    assert found in capsys.readouterr().out
+    best = load_config(config)
+    best, _ = points.searched_config(best, True, custom / "search")
+    assert best.params.lr != raw["params"]["lr"] and model_path(best, 0, models).exists()
+    assert main_prune.main([str(config), "--models-dir", str(models), "--output-dir", str(custom)]) == 0
+    assert found in capsys.readouterr().out
+    (cfg,) = reproduce.load_study(study, True, custom)
+    assert cfg.params.lr == best.params.lr and found in capsys.readouterr().out

@@ -76,3 +76,58 @@ def test_a_folder_without_a_prune_config_is_one_line(tmp_path, capsys):
     (tmp_path / "bad.json").write_text(json.dumps(tiny_raw(seeds=[-1])))
     with pytest.raises(UserError, match="bad.json: seeds"):
         reproduce.load_study(tmp_path)
+
+
+def test_fresh_replaces_the_results_of_a_training_the_config_no_longer_asks_for(tmp_path, capsys):
+    from src.pruning.strategy import IdentityMismatch
+
+    folder = tmp_path / "study"
+    folder.mkdir()
+    raw = tiny_raw(prune={"params": {"type": "cka", "iterations": 1, "rate": 0.3}})
+    (folder / "cka.json").write_text(json.dumps(raw))
+    args = [str(folder), "--models-dir", str(tmp_path / "models"), "--output-dir", str(tmp_path / "out")]
+    assert reproduce.main(args) == 0
+    old = results.load(tmp_path / "out/cka/0.json")
+
+    raw["params"]["lr"] = 0.001  # another training: its model file does not exist yet
+    (folder / "cka.json").write_text(json.dumps(raw))
+    capsys.readouterr()
+    with pytest.raises(IdentityMismatch, match=r"training\.params\.lr: 0\.002 -> 0\.001") as err:
+        reproduce.main(args)
+    assert "\n" not in str(err.value) and "--fresh" in str(err.value)
+    assert len(list((tmp_path / "models").glob("*.pt"))) == 1  # stopped before any work
+    assert "to train" not in capsys.readouterr().out
+
+    assert reproduce.main([*args, "--fresh"]) == 0
+    assert "1 model(s) to train, 1 prune iteration(s) to run" in capsys.readouterr().out
+    new = results.load(tmp_path / "out/cka/0.json")
+    assert new.run.description["training"]["params"]["lr"] == 0.001 and len(new.iterations) == 1
+    assert new.model_sha256 != old.model_sha256 and new.model_file != old.model_file
+
+
+def test_fresh_replaces_the_results_of_a_model_trained_again_differently(tmp_path, monkeypatch, capsys):
+    import torch
+
+    folder = tmp_path / "study"
+    folder.mkdir()
+    (folder / "cka.json").write_text(json.dumps(tiny_raw(prune={"params": {"type": "cka", "iterations": 1,
+                                                                           "rate": 0.3}})))
+    args = [str(folder), "--models-dir", str(tmp_path / "models"), "--output-dir", str(tmp_path / "out")]
+    assert reproduce.main(args) == 0
+    old = results.load(tmp_path / "out/cka/0.json")
+    for path in (tmp_path / "models").iterdir():
+        path.unlink()  # the same config's model is trained again, elsewhere in effect: other weights
+    trained = reproduce.train_seed
+
+    def trained_otherwise(*args, **kwargs):
+        path = trained(*args, **kwargs)
+        state = torch.load(path, weights_only=True)
+        state["hidden.0.layer.bias"] += 1.0
+        torch.save(state, path)
+        return path
+
+    monkeypatch.setattr(reproduce, "train_seed", trained_otherwise)
+    assert reproduce.main([*args, "--fresh"]) == 0
+    assert "removed the result of another run" in capsys.readouterr().out
+    new = results.load(tmp_path / "out/cka/0.json")
+    assert new.model_sha256 != old.model_sha256 and len(new.iterations) == 1

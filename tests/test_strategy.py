@@ -326,3 +326,29 @@ def test_every_iteration_records_its_provenance_and_a_resume_under_another_says_
     assert (f"seed 0: continuing under other conditions than iteration 2 was made "
             f"(threads: {made.threads} -> {made.threads + 7})") in out
     assert [it.provenance for it in stored(tmp_path).iterations] == [made, made, other]
+
+
+@pytest.mark.parametrize("kernel, engine", [("linear", "fast"), ("rbf", "reference")])
+def test_a_physical_pass_records_the_engine_that_ran_and_the_groups_it_left_alone(write_config, mnist5k, kernel,
+                                                                                  engine):
+    from pathlib import Path
+
+    from src.models import build_model
+    from src.pruning.strategy import _new_result, physical_prune_pass
+
+    config = write_config("tiny", model={"type": "resnet", "depth": 8, "width": 4},
+                          prune={"params": {"type": "cka", "kernel": kernel, "iterations": 1, "rate": 0.25,
+                                            "samples": 8}})
+    cfg = load_config(config)
+    torch.manual_seed(0)
+    model = build_model(cfg.model).eval()
+    with torch.no_grad():
+        dict(model.named_modules())["layer1.0.conv1"].weight.zero_()  # its group's outputs do not vary
+    result = _new_result(cfg, 0, model, Path("m.pt"), results.RunIdentity.of({}), {})
+    steps, _ = physical_prune_pass(model, cfg, mnist5k, 0, 1, result)
+    name = {layer.index: layer.name for layer in result.layers}
+    by_name = {name[step.index]: step for step in steps}
+    assert len(by_name) == len(result.layers) and all(step.engine == engine for step in steps)
+    alone = by_name.pop("layer1.0.conv1")
+    assert alone.removed == () and alone.alive_after == alone.alive_before == 4 and "no variation" in alone.skipped
+    assert all(step.skipped is None and step.removed for step in by_name.values())

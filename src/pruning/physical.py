@@ -7,6 +7,19 @@ retraining and inference get cheaper. Torch-Pruning's step s (1-based) keeps
 floor(n0 * (1 - ratio * s / steps)) of a group's n0 initial channels (local pruning), or of
 all groups' channels together (global pruning); the classifier's outputs are never pruned.
 
+Global pruning ranks every channel of every group by importance and removes the lowest
+``n`` (Torch-Pruning's budget). Torch-Pruning removes every channel whose importance is <= the
+n-th lowest, so channels tied with it would be removed on top of the budget; the pruner is
+therefore given each channel's rank instead of its importance (ties broken by the groups'
+order, then by channel index), which removes exactly ``n`` channels and otherwise the same ones.
+(Ranks rather than a tiny offset added to tied importances: an offset below a value's float
+resolution would leave the tie, and ranks need no scale.) Each group's most important channel is ranked after all others: Torch-Pruning silently leaves
+alone a group it would empty, so a group is never emptied (as the masked path's global
+allocation never empties a layer).
+
+A group the importance cannot score (Torch-Pruning's importance gives None: e.g. CKA of outputs
+that do not vary, tp_bn of a group without BatchNorm) is left alone, and recorded as skipped.
+
 Each removed set is returned as a :class:`GroupRecord`. A pass's ``history`` (Torch-Pruning's
 pruning history: layer name, output or input, indices) is plain JSON; replaying the
 histories of all passes on a freshly built model (:func:`rebuild`) gives the pruned
@@ -18,12 +31,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch_pruning as tp
 from torch import nn
 
 from src.errors import UserError, brief
-from src.pruning.tp_importance import CKAImportance, baseline_importance
+from src.pruning.tp_importance import NO_VARIATION, CKAImportance, baseline_importance
 
 
 @dataclass(frozen=True)
@@ -33,6 +47,7 @@ class GroupRecord:
     removed: channel indices of the root layer (numbered as before this step), in removal
         order (lowest importance first; for cka, the greedy order).
     cka: for the cka importance, CKA of the group's representation after each removal; else None.
+    skipped: why the group was left alone, when the importance could not score it.
     """
 
     step: int
@@ -41,26 +56,59 @@ class GroupRecord:
     channels_before: int
     removed: tuple[int, ...]
     cka: tuple[float, ...] | None
+    skipped: str | None = None
 
 
 @dataclass(frozen=True)
 class PassResult:
     groups: tuple[GroupRecord, ...]
     history: list[list[Any]]  # [layer name, output channels?, indices] per pruned group, in order
+    engine: str  # what scored the groups: the CKA engine that ran ("fast", "reference") or "torch-pruning"
 
 
 class _Logged(tp.importance.Importance):
-    """Keeps the last importance vector of each group's root layer."""
+    """Keeps this step's importance vector of each group's root layer, and the groups it gave none.
+
+    With ranks (:meth:`rank`, global pruning) it answers the pruner with each channel's rank
+    among all channels of the step instead of its importance.
+    """
 
     def __init__(self, inner: tp.importance.Importance):
         self.inner = inner
         self.last: dict[nn.Module, torch.Tensor] = {}
+        self.unscored: dict[nn.Module, tp.Group] = {}
+        self.ranks: dict[nn.Module, torch.Tensor] | None = None
 
-    def __call__(self, group: tp.Group) -> torch.Tensor:
+    def __call__(self, group: tp.Group) -> torch.Tensor | None:
+        root = group[0].dep.target.module
+        if self.ranks is not None:
+            return self.ranks.get(root)
         imp = self.inner(group)
-        if imp is not None:
-            self.last[group[0].dep.target.module] = imp.detach().cpu()
+        if imp is None:
+            self.unscored[root] = group
+        else:
+            self.last[root] = imp.detach().cpu()
         return imp
+
+    def start_step(self) -> None:
+        self.last, self.unscored, self.ranks = {}, {}, None
+
+    def rank(self, groups: list[tp.Group]) -> None:
+        """Score ``groups`` now; the pruner then gets the ranks 0, 1, ... of their channels' importances
+        over all groups, equal importances ordered by group (as given), then by channel index, and
+        each group's most important channel after all the others."""
+        for group in groups:
+            self(group)
+        imps = [self.last[root].double().numpy() for root in self.last]
+        if not imps:
+            self.ranks = {}
+            return
+        top = np.concatenate([np.arange(len(imp)) == np.argsort(imp, kind="stable")[-1] for imp in imps])
+        flat = np.concatenate(imps)
+        order = np.lexsort((np.arange(len(flat)), flat, top))  # last key first: top, importance, position
+        ranks = np.empty(len(flat))
+        ranks[order] = np.arange(len(flat))
+        self.ranks = dict(zip(self.last, torch.from_numpy(ranks).split([len(imp) for imp in imps])))
 
 
 def classifier(model: nn.Module) -> nn.Linear:
@@ -132,6 +180,7 @@ def physical_pass(model: nn.Module, importance: str, ratio: float, example_input
     logged = _Logged(scorer)
     pruner = build_pruner(model, logged, ratio, example_inputs, iterative_steps, global_pruning, ignored_layers)
     names = {module: name for name, module in model.named_modules()}
+    unscored = NO_VARIATION if importance == "cka" else f"{importance} gives this group no importance; group left alone"
     records = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -140,21 +189,33 @@ def physical_pass(model: nn.Module, importance: str, ratio: float, example_input
                 scorer.record(model, scoring_inputs, batch_size)
             elif importance == "tp_taylor":
                 _gradients(model, scoring_inputs, labels, batch_size)
+            logged.start_step()
+            if global_pruning:  # exactly the budget: see the module docstring
+                logged.rank(list(pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
+                                                          root_module_types=pruner.root_module_types)))
             for group in pruner.step(interactive=True):
                 records.append(_prune_group(group, step, names, logged, scorer))
+            records += [GroupRecord(step, names[root], _output_layers(group, names), _out_channels(root), (), None,
+                                    skipped=unscored) for root, group in logged.unscored.items()]
             if importance == "tp_taylor":
                 model.zero_grad(set_to_none=True)
     history = [[name, bool(out), [int(i) for i in idxs]] for name, out, idxs in pruner.pruning_history()]
-    return PassResult(tuple(records), history)
+    engine = scorer.engine if isinstance(scorer, CKAImportance) else "torch-pruning"
+    return PassResult(tuple(records), history, engine)
+
+
+def _output_layers(group: tp.Group, names: dict[nn.Module, str]) -> tuple[str, ...]:
+    """The names of the group's Conv2d/Linear layers whose output channels it removes."""
+    return tuple(names[item.dep.target.module] for item in group
+                 if item.dep.handler in (tp.prune_conv_out_channels, tp.prune_depthwise_conv_out_channels,
+                                         tp.prune_linear_out_channels))
 
 
 def _prune_group(group: tp.Group, step: int, names: dict[nn.Module, str], logged: _Logged,
                  scorer: tp.importance.Importance) -> GroupRecord:
     root = group[0].dep.target.module
     pruned = [int(i) for i in group[0].idxs]
-    layers = tuple(names[item.dep.target.module] for item in group
-                   if item.dep.handler in (tp.prune_conv_out_channels, tp.prune_depthwise_conv_out_channels,
-                                           tp.prune_linear_out_channels))
+    layers = _output_layers(group, names)
     before = _out_channels(root)
     imp = logged.last[root]
     removed = tuple(sorted(pruned, key=lambda c: (float(imp[c]), c)))

@@ -107,7 +107,8 @@ def prune_pass(model: Net, cfg: ExperimentConfig, splits: Splits, seed: int, ite
 def physical_prune_pass(model: nn.Module, cfg: ExperimentConfig, splits: Splits, seed: int, iteration: int,
                         result: SeedResult) -> tuple[list[LayerStep], list]:
     """Prune every Torch-Pruning group of ``model`` once, physically; one record per group that lost
-    channels (numbered as in the trained model), and the pass's pruning history."""
+    channels (numbered as in the trained model) or was left alone (``skipped``, with the reason),
+    and the pass's pruning history."""
     params = cfg.require_prune().params
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed * 100_003 + iteration)
@@ -121,7 +122,6 @@ def physical_prune_pass(model: nn.Module, cfg: ExperimentConfig, splits: Splits,
     seconds = (time.perf_counter() - start) / max(len(passed.groups), 1)
     surviving = surviving_channels(result)
     number = {layer.name: layer.index for layer in result.layers}
-    engine = params.engine if params.type == "cka" else "torch-pruning"
     steps = []
     for group in passed.groups:
         original = surviving[group.root]
@@ -130,7 +130,7 @@ def physical_prune_pass(model: nn.Module, cfg: ExperimentConfig, splits: Splits,
             index=number[group.root], alive_before=group.channels_before,
             alive_after=group.channels_before - len(removed), removed=removed,
             scores=group.cka if group.cka is not None else (None,) * len(removed), cka=group.cka or (),
-            seconds=seconds, engine=engine))
+            seconds=seconds, engine=passed.engine, skipped=group.skipped))
     return steps, passed.history
 
 
@@ -202,11 +202,12 @@ def _stored_seeds(out_dir: Path) -> list[int]:
 def discard_other_runs(out_dir: Path, cfg: ExperimentConfig, model_files: dict[int, Path], replace: bool) -> None:
     """Check, before any work, that ``out_dir`` holds only results of the run asked for.
 
-    ``model_files``: the trained model of each seed about to be pruned (one not trained yet
-    has no run to check). A stored result of another config
-    (any seed) or of another trained model (these seeds) raises :class:`IdentityMismatch`; with
+    ``model_files``: the trained model of each seed about to be pruned; one not trained yet is
+    checked by the config alone (its model is to come). A stored result of another config (any
+    seed) or of another trained model (these seeds) raises :class:`IdentityMismatch`; with
     ``replace``, the results of these seeds that another run made are deleted instead (their
-    checkpoint, result and exported model), and other seeds' are left to their own jobs.
+    checkpoint, result and exported model), whether or not their new model exists yet, and
+    other seeds' are left to their own jobs.
     """
     identities = {seed: results.run_identity(cfg, path) for seed, path in model_files.items() if path.exists()}
     current = results.RunIdentity.of(results.config_description(cfg)).digest
@@ -222,7 +223,7 @@ def discard_other_runs(out_dir: Path, cfg: ExperimentConfig, model_files: dict[i
                 continue
             if not replace:
                 check_same_run(previous, expected or _config_only(cfg, previous), where)
-            if expected:
+            if seed in model_files:
                 for path in (checkpoint_path(out_dir, seed), results.result_path(out_dir, seed),
                              Path(out_dir, "exported", f"seed{seed}.pt")):
                     path.unlink(missing_ok=True)

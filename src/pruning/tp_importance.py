@@ -36,6 +36,10 @@ lowest.
   representation lost in a 16-channel group as in a 64-channel one; the global threshold
   takes channels where the least of their own group's representation is lost.
 
+A group whose outputs do not vary over the scoring samples has no CKA: the importance gives
+None, which Torch-Pruning takes as "leave this group alone" (as the masked path leaves such a
+layer alone), and the pass records the group as skipped (``NO_VARIATION``).
+
 Scoring samples: call :meth:`CKAImportance.record` with the model and inputs before each
 pruner step (Torch-Pruning's Taylor importance likewise needs ``loss.backward()`` first).
 Groups whose output layers are not Conv2d/Linear (with BatchNorm), or grouped convolutions,
@@ -60,6 +64,7 @@ from src.pruning.greedy import (DEFAULT_MEMORY_BYTES, choose_route, fast_greedy_
 # in- and out-channel functions are one and the same, so norms are told apart by type.)
 OUTPUT_FNS = (tp.prune_conv_out_channels, tp.prune_depthwise_conv_out_channels, tp.prune_linear_out_channels)
 CONSUMER_FNS = (tp.prune_conv_in_channels, tp.prune_depthwise_conv_in_channels, tp.prune_linear_in_channels)
+NO_VARIATION = "no variation on the scoring samples (CKA undefined); group left alone"
 
 
 @dataclass(frozen=True)
@@ -67,7 +72,7 @@ class GroupScore:
     """The last scoring of a group: channel positions in greedy order, CKA after each removal."""
 
     order: tuple[int, ...]
-    cka: tuple[float, ...] | None  # None when the group's outputs do not vary (ranked by index)
+    cka: tuple[float, ...] | None  # None when the group's outputs do not vary (no order: left alone)
 
 
 @dataclass(frozen=True)
@@ -97,8 +102,9 @@ class CKAImportance(tp.importance.Importance):
 
     engine: 'fast' (closed form; linear kernel) or 'reference' (the literal loop, re-running
     each output layer on its recorded input with the candidate channels' weights zeroed).
-    kernel 'rbf' always runs the reference engine. debiased: unbiased HSIC.
-    After each call, ``scores[root module]`` holds the group's :class:`GroupScore`.
+    kernel 'rbf' always runs the reference engine (:attr:`engine` is the one that runs).
+    debiased: unbiased HSIC. After each call, ``scores[root module]`` holds the group's
+    :class:`GroupScore`.
     """
 
     def __init__(self, engine: str = "fast", kernel: str = "linear", debiased: bool = False):
@@ -140,6 +146,10 @@ class CKAImportance(tp.importance.Importance):
         # One batch (the common case) is kept as it is: concatenating would copy every output.
         self.outputs = {m: v[0] if len(v) == 1 else torch.cat(v) for m, v in outputs.items() if v}
         self.inputs = {m: v[0] if len(v) == 1 else torch.cat(v) for m, v in inputs_seen.items() if v}
+
+    @property
+    def engine(self) -> str:
+        return "fast" if self.fast else "reference"
 
     def _name(self, module: object) -> str:
         return self.names.get(module, type(module).__name__)
@@ -261,16 +271,16 @@ class CKAImportance(tp.importance.Importance):
         return any(bool((y != y[:1]).any()) for y in map(self._selected, layers))
 
     @torch.no_grad()
-    def __call__(self, group: tp.Group) -> torch.Tensor:
+    def __call__(self, group: tp.Group) -> torch.Tensor | None:
         root = group[0].dep.target.module
         layers = self.output_layers(group)
         n = len(group[0].idxs)
         if len({pos for layer in layers for pos in layer.positions}) != n:
             raise UserError(f"model: a channel of the Torch-Pruning group of {self._name(root)} appears in no "
                             "Conv2d/Linear output; the CKA importance cannot score it")
-        if not self._varies(layers):  # CKA undefined: rank by index
-            self.scores[root] = GroupScore(tuple(range(n)), None)
-            return torch.arange(n, dtype=torch.float64)
+        if not self._varies(layers):  # CKA undefined: no importance, the group is left alone
+            self.scores[root] = GroupScore((), None)
+            return None
         if self.fast:
             order, cka = fast_greedy_from_interactions(self.interactions(group), n)
         else:
