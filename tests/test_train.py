@@ -183,15 +183,21 @@ def test_constant_schedule_with_warmup_ramps_then_holds(mnist5k, write_config):
     assert lrs_of(mnist5k, write_config, lr=0.004, epochs=4, warmup_epochs=3) == pytest.approx([0.001, 0.002, 0.003, 0.004])
 
 
-def test_without_early_stopping_the_last_epoch_is_kept(mnist5k, write_config):
+def test_without_early_stopping_the_last_epoch_is_kept(mnist5k, write_config, monkeypatch):
     cfg = load_config(write_config(params={"lr": 0.05, "batch_size": 64, "epochs": 6, "patience": None}))
     torch.manual_seed(0)
     model = build_model(cfg.model)
-    result = fit(model, mnist5k, cfg.params, seed=0, device=torch.device("cpu"))
-    losses = [row["val_loss"] for row in result.history]
-    assert result.epochs == 6 and result.best_epoch == 6
-    assert min(losses) < losses[-1]  # a better epoch existed, and was not restored
-    assert evaluate(model, mnist5k.val, 64, torch.device("cpu")).loss == pytest.approx(losses[-1], abs=1e-6)
+    # Validation losses with their best at epoch 2, whatever this machine's float sums make of the
+    # real trajectory: the test must not depend on the last epoch happening to be worse.
+    losses = iter([0.9, 0.5, 0.8, 0.7, 0.6, 0.55])
+    monkeypatch.setattr(train, "evaluate", lambda *args: train.Metrics(loss=next(losses), acc=0.5))
+    states = []
+    result = fit(model, mnist5k, cfg.params, seed=0, device=torch.device("cpu"),
+                 on_epoch=lambda row: states.append(copy.deepcopy(model.state_dict())))
+    assert result.epochs == 6 and result.best_epoch == 6 and len(states) == 6
+    final = model.state_dict()
+    assert all(torch.equal(final[k], states[-1][k]) for k in final)  # the last epoch's weights ...
+    assert not all(torch.equal(final[k], states[1][k]) for k in final)  # ... not the best epoch's
 
 
 # ---------------------------------------------------------------- resuming
