@@ -3,12 +3,13 @@
 An iteration is: score and prune every layer of ``prune.modules`` (one pass; the layers'
 original activations are recorded once, at the start of the pass) -> evaluate -> retrain
 (the ``params`` recipe, on the masked network or, with ``shrink``, on the smaller dense one)
--> evaluate. The retraining budget (``retrain_epochs``, ``retrain_lr``, ``retrain_dropout``,
-``recalibrate_bn``; :mod:`src.pruning.budget`) sets how long and how retraining runs, and
-whether BatchNorm statistics are re-estimated after the pass, before it is evaluated; each
-iteration records the epochs run and the pruned network's size. With ``retrain`` "rewind" the surviving weights are first reset to those after
+-> evaluate. With ``retrain`` "rewind" the surviving weights are first reset to those after
 epoch ``rewind_epoch`` of the original training (Frankle et al. 2020), removed neurons kept
-removed; "finetune" retrains the pruned weights as they are.
+removed; "finetune" retrains the pruned weights as they are. The retraining budget
+(``retrain_epochs``, ``retrain_lr``, ``retrain_dropout``, ``recalibrate_bn``;
+:mod:`src.pruning.budget`) sets how long and how retraining runs, and whether BatchNorm
+statistics are re-estimated after the pass, before it is evaluated; each iteration records the
+epochs run and the pruned network's size.
 
 After every iteration a checkpoint (masked weights + the result so far) is written, then
 the result JSON (:mod:`src.results`), both atomically; a JSON left behind its checkpoint (a
