@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -90,6 +90,17 @@ class ModelConfig:
         """The model as a dict without depth and width where unused (mlp, cnn, lenet5), so model
         files named by it before those keys existed keep their names."""
         return {k: v for k, v in asdict(self).items() if k not in ("depth", "width") or v is not None}
+
+    @property
+    def has_batch_norm(self) -> bool:
+        """Whether the built model has BatchNorm layers (the zoo's resnet and vgg; a cnn with batch_norm)."""
+        return self.type in ("resnet", "vgg") or (self.type == "cnn" and self.batch_norm)
+
+    @property
+    def has_dropout(self) -> bool:
+        """Whether the built model has dropout: hidden Linear blocks (mlp, cnn) with dropout_rate > 0."""
+        hidden = self.hidden_sizes if self.type == "mlp" else self.fc_sizes if self.type == "cnn" else ()
+        return self.dropout_rate > 0 and len(hidden) > 0
 
     @property
     def uses_torch_pruning(self) -> bool:
@@ -174,6 +185,36 @@ class PruneParams:
     greedy: str = "conditional"
     target: str = "layer"
     allocation: str = "uniform"
+    # The retraining budget. retrain_epochs: exactly that many epochs after each pass, no early
+    # stopping (0: no retraining); None: early-stopped retraining with params.epochs and patience.
+    retrain_epochs: int | None = None
+    retrain_lr: float | None = None        # None: params.lr
+    retrain_dropout: float | None = None   # None: the model's dropout_rate
+    # Re-estimate BatchNorm statistics after each pass, before evaluating it. The reader
+    # defaults it to true for models with BatchNorm; False is the behaviour before it existed.
+    recalibrate_bn: bool = False
+
+    @property
+    def retrains(self) -> bool:
+        """Whether each pass is followed by retraining."""
+        return self.retrain is not None and self.retrain_epochs != 0
+
+    def retraining(self, training: TrainParams) -> TrainParams:
+        """The recipe retraining runs: ``training`` at ``retrain_lr``, for exactly ``retrain_epochs``
+        epochs without early stopping when that is set."""
+        recipe = replace(training, lr=training.lr if self.retrain_lr is None else self.retrain_lr)
+        if self.retrain_epochs is None:
+            return recipe
+        return replace(recipe, epochs=self.retrain_epochs, patience=None)
+
+    def identity(self) -> dict[str, Any]:
+        """The parameters as a dict, leaving out the budget options where they keep the behaviour from
+        before they existed, so runs made before them keep their identity (src.results)."""
+        default = PruneParams()
+        return {k: v for k, v in asdict(self).items() if k not in _BUDGET_KEYS or v != getattr(default, k)}
+
+
+_BUDGET_KEYS = ("retrain_epochs", "retrain_lr", "retrain_dropout", "recalibrate_bn")
 
 
 @dataclass(frozen=True)
@@ -181,6 +222,10 @@ class PruneConfig:
     strategy: str = "iterative"
     params: PruneParams = field(default_factory=PruneParams)
     modules: tuple[int, ...] = ()
+
+    def identity(self) -> dict[str, Any]:
+        """The section as a dict, with :meth:`PruneParams.identity` for its parameters."""
+        return {**asdict(self), "params": self.params.identity()}
 
 
 @dataclass(frozen=True)
@@ -503,6 +548,7 @@ def _read_prune(s: _Section, model: ModelConfig, training: TrainParams) -> Prune
         target=p.choice("target", d.target, TARGETS),
         allocation=p.choice("allocation", d.allocation, ALLOCATIONS),
     )
+    params = _read_budget(p, params, model, training)
     if params.shrink and model.type == "cnn" and model.padding == "same":
         p.fail(p.key("shrink"), 'needs model.padding "valid": with zero padding the smaller network is not exact')
     _check_prune_fits_model(s, p, params, model)
@@ -527,6 +573,32 @@ def _read_prune(s: _Section, model: ModelConfig, training: TrainParams) -> Prune
                 p.fail(p.key("target"), f'"next" on conv layer {index} needs engine "reference" (the fast engine scores one column per neuron)')
     s.done()
     return PruneConfig(strategy=strategy, params=params, modules=tuple(sorted(modules)))
+
+
+def _read_budget(p: _Section, params: PruneParams, model: ModelConfig, training: TrainParams) -> PruneParams:
+    """``params`` with the retraining budget's keys: retrain_epochs, retrain_lr, retrain_dropout,
+    recalibrate_bn. A rate or dropout equal to the training's is stored as None (the same run)."""
+    epochs = p.get("retrain_epochs", None, lambda v: _is_int(v) and v >= 0, "must be an integer >= 0 (0: no retraining)")
+    if epochs is not None and params.retrain is None:
+        p.fail(p.key("retrain_epochs"), "needs retraining, but retrain is false")
+    if epochs == 0 and params.retrain == "rewind":
+        p.fail(p.key("retrain_epochs"), 'must be >= 1 with retrain "rewind" (0 means no retraining)')
+    if epochs and epochs <= training.warmup_epochs:
+        p.fail(p.key("retrain_epochs"), f"must be > params.warmup_epochs ({training.warmup_epochs}): "
+                                        f"retraining runs the params recipe's schedule", epochs)
+    retrains = params.retrain is not None and epochs != 0
+    lr = p.get("retrain_lr", None, lambda v: _is_number(v) and v > 0, "must be a positive number")
+    dropout = p.get("retrain_dropout", None, lambda v: _is_number(v) and 0 <= v < 1, "must be a number in [0, 1)")
+    for key, value in (("retrain_lr", lr), ("retrain_dropout", dropout)):
+        if value is not None and not retrains:
+            p.fail(p.key(key), "applies to retraining, but there is none (retrain false or retrain_epochs 0)")
+    if dropout is not None and not model.has_dropout:
+        p.fail(p.key("retrain_dropout"), "needs a model with dropout (model.dropout_rate > 0 and hidden Linear layers)")
+    recalibrate = p.get("recalibrate_bn", model.has_batch_norm, lambda v: isinstance(v, bool), "must be true or false")
+    if recalibrate and not model.has_batch_norm:
+        p.fail(p.key("recalibrate_bn"), f"needs a model with BatchNorm; this {model.type} has none")
+    return replace(params, retrain_epochs=epochs, retrain_lr=None if lr == training.lr else lr,
+                   retrain_dropout=None if dropout == model.dropout_rate else dropout, recalibrate_bn=recalibrate)
 
 
 def _check_method(p: _Section, params: PruneParams) -> None:

@@ -7,7 +7,9 @@ another schema version is refused with one line instead of being half-understood
 **Run identity.** A prune run is defined by the trained model it starts from (the model
 file's sha256), the settings that trained it (``ExperimentConfig.training_identity``: they
 also drive retraining and the scoring data) and the prune section, except the number of
-iterations: raising ``iterations`` extends a run, it does not make a new one.
+iterations: raising ``iterations`` extends a run, it does not make a new one. Options added
+later (the retraining budget) enter it only where they change what runs
+(:meth:`src.config.PruneParams.identity`), so earlier runs keep their identity.
 :func:`run_identity` describes exactly that and hashes it; every result carries both the
 description and the digest, so a rerun can say precisely what changed
 (:func:`identity_changes`), and results of different runs are never mixed.
@@ -26,9 +28,10 @@ from src.errors import UserError
 from src.io import atomic_write_json, read_json
 from src.provenance import Provenance
 
-SCHEMA_VERSION = 3
-# Schema 2 lacks only the iterations' provenance; its records are read with provenance None.
-READABLE_SCHEMAS = (2, SCHEMA_VERSION)
+SCHEMA_VERSION = 4
+# Schema 2 lacks the iterations' provenance, schemas 2 and 3 the sizes (parameters, MACs) of
+# the network; their records are read with those None.
+READABLE_SCHEMAS = (2, 3, SCHEMA_VERSION)
 Metrics = dict[str, float]  # {train,val,test}_{loss,acc} as src.train.evaluate_all returns them
 
 
@@ -69,7 +72,7 @@ def file_sha256(path: Path) -> str:
 
 def config_description(cfg: ExperimentConfig) -> dict[str, Any]:
     """The part of a run's identity that the config gives: the same for all its seeds."""
-    prune = asdict(cfg.require_prune())
+    prune = cfg.require_prune().identity()
     del prune["params"]["iterations"]
     return {"training": cfg.training_identity(), "prune": prune}
 
@@ -134,6 +137,8 @@ class IterationRecord:
     """One iteration: a pass over the layers, evaluated, then (optionally) retrained and evaluated.
 
     ``provenance``: the code, libraries and device it ran with (None in schema 2 records).
+    ``parameters``, ``macs``: the size of the pruned network, as the smaller dense network its
+    surviving neurons make (:func:`src.pruning.shrink.remaining_size`); None before schema 4.
     """
 
     iteration: int
@@ -144,10 +149,17 @@ class IterationRecord:
     seconds_scoring: float = 0.0
     seconds_retraining: float = 0.0
     provenance: Provenance | None = None
+    parameters: int | None = None
+    macs: int | None = None
 
     @property
     def diverged(self) -> bool:
         return self.retrain is not None and self.retrain.diverged
+
+    @property
+    def epochs_retrained(self) -> int:
+        """Retraining epochs actually run after this pass (0 without retraining)."""
+        return 0 if self.retrain is None else self.retrain.epochs
 
     def step(self, layer: int) -> LayerStep | None:
         return next((s for s in self.layers if s.index == layer), None)
@@ -166,6 +178,8 @@ class SeedResult:
     planned_iterations: int
     iterations: tuple[IterationRecord, ...] = ()
     schema: int = field(default=SCHEMA_VERSION)
+    baseline_parameters: int | None = None  # the trained model's size (None before schema 4)
+    baseline_macs: int | None = None
 
     @property
     def model_sha256(self) -> str:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from src.config import SEARCHABLE, load_config, parse_config, with_overrides
+from src.config import SEARCHABLE, TrainParams, load_config, parse_config, with_overrides
 from src.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -355,3 +355,84 @@ def test_zoo_models_default_to_the_datasets_shape_and_prune_every_group():
 ])
 def test_zoo_config_errors_are_one_line(path, value, expected, base):
     assert expected in error_of(edited(path, value, base))
+
+
+BN_CNN = edited("model", {"type": "cnn", "conv_channels": [6], "fc_sizes": [16], "batch_norm": True, "dropout_rate": 0.5})
+DROPOUT = edited("model.dropout_rate", 0.5)
+
+
+def budget(base=BASE, **params):
+    """``base``'s prune params with the budget keys ``params``, parsed."""
+    raw = edited("prune.params", {**base["prune"]["params"], **params}, base)
+    return parse_config(raw, Path("x.json")).prune.params
+
+
+def test_the_retraining_budget_defaults_to_the_paper_and_to_recalibrating_batch_norm():
+    plain = budget()
+    assert (plain.retrain_epochs, plain.retrain_lr, plain.retrain_dropout, plain.recalibrate_bn) == (None, None, None, False)
+    assert plain.retrains and plain.retraining(parse_config(BASE, Path("x.json")).params) == TrainParams(
+        lr=0.001, batch_size=32, epochs=2, patience=1)
+    assert budget(BN_CNN).recalibrate_bn is True and budget(BN_CNN, recalibrate_bn=False).recalibrate_bn is False
+    resnet = edited("prune", {"params": {"type": "tp_l1", "rate": 0.2}}, edited("model", {"type": "resnet"}))
+    assert parse_config(resnet, Path("x.json")).prune.params.recalibrate_bn is True
+    lenet = edited("prune", {"params": {"type": "tp_l1", "rate": 0.2}}, edited("model", {"type": "lenet5"}))
+    assert parse_config(lenet, Path("x.json")).prune.params.recalibrate_bn is False
+
+
+def test_the_retraining_recipe_runs_exactly_retrain_epochs_at_retrain_lr():
+    training = parse_config(BASE, Path("x.json")).params
+    params = budget(DROPOUT, retrain_epochs=7, retrain_lr=0.01, retrain_dropout=0.0)
+    assert (params.retrain_epochs, params.retrain_lr, params.retrain_dropout) == (7, 0.01, 0.0)
+    assert params.retraining(training) == TrainParams(lr=0.01, batch_size=32, epochs=7, patience=None)
+    assert budget(retrain_lr=0.01).retraining(training) == TrainParams(lr=0.01, batch_size=32, epochs=2, patience=1)
+    none = budget(retrain_epochs=0)
+    assert none.retrain_epochs == 0 and not none.retrains
+
+
+def test_budget_values_equal_to_the_trainings_are_the_default():
+    # The same retraining as leaving them out: the same run (src.results keys the identity on them).
+    same = budget(DROPOUT, retrain_lr=0.001, retrain_dropout=0.5, recalibrate_bn=False)
+    assert same == budget(DROPOUT)
+
+
+def test_retrain_dropout_applies_to_a_cnn_with_dropout_in_its_head():
+    assert budget(BN_CNN, retrain_dropout=0.1).retrain_dropout == 0.1
+
+
+@pytest.mark.parametrize("params, base, expected", [
+    ({"retrain_epochs": -1}, BASE, "prune.params.retrain_epochs must be an integer >= 0 (0: no retraining), got -1"),
+    ({"retrain_epochs": 1.5}, BASE, "prune.params.retrain_epochs must be an integer >= 0"),
+    ({"retrain_epochs": True}, BASE, "prune.params.retrain_epochs must be an integer >= 0"),
+    ({"retrain_epochs": 2, "retrain": False}, BASE, "prune.params.retrain_epochs needs retraining, but retrain is false"),
+    ({"retrain_epochs": 0, "retrain": "rewind", "rewind_epoch": 1}, BASE,
+     'prune.params.retrain_epochs must be >= 1 with retrain "rewind" (0 means no retraining)'),
+    ({"retrain_epochs": 1}, edited("params.warmup_epochs", 1), "prune.params.retrain_epochs must be > params.warmup_epochs (1)"),
+    ({"retrain_lr": 0}, BASE, "prune.params.retrain_lr must be a positive number, got 0"),
+    ({"retrain_lr": "fast"}, BASE, "prune.params.retrain_lr must be a positive number"),
+    ({"retrain_lr": 0.01, "retrain": False}, BASE, "prune.params.retrain_lr applies to retraining, but there is none"),
+    ({"retrain_lr": 0.01, "retrain_epochs": 0}, BASE, "prune.params.retrain_lr applies to retraining, but there is none"),
+    ({"retrain_dropout": 1.0}, DROPOUT, "prune.params.retrain_dropout must be a number in [0, 1), got 1.0"),
+    ({"retrain_dropout": -0.1}, DROPOUT, "prune.params.retrain_dropout must be a number in [0, 1)"),
+    ({"retrain_dropout": 0.2}, BASE, "prune.params.retrain_dropout needs a model with dropout"),
+    ({"retrain_dropout": 0.2, "retrain_epochs": 0}, DROPOUT, "prune.params.retrain_dropout applies to retraining"),
+    ({"recalibrate_bn": "yes"}, BASE, "prune.params.recalibrate_bn must be true or false"),
+    ({"recalibrate_bn": True}, BASE, "prune.params.recalibrate_bn needs a model with BatchNorm; this mlp has none"),
+])
+def test_bad_budgets_are_one_line_naming_the_key(params, base, expected):
+    assert expected in error_of(edited("prune.params", {**base["prune"]["params"], **params}, base))
+
+
+@pytest.mark.parametrize("model", [
+    {"type": "mlp", "hidden_sizes": [8], "dropout_rate": 0.5}, {"type": "mlp", "hidden_sizes": [], "dropout_rate": 0.5},
+    {"type": "mlp", "hidden_sizes": [8]}, {"type": "cnn", "conv_channels": [4], "dropout_rate": 0.5},
+    {"type": "cnn", "conv_channels": [4], "fc_sizes": [8], "dropout_rate": 0.5, "batch_norm": True},
+    {"type": "resnet", "depth": 8, "width": 4}, {"type": "vgg", "depth": 11, "width": 8}, {"type": "lenet5"},
+])
+def test_batch_norm_and_dropout_are_known_from_the_config_as_built(model):
+    from torch import nn
+
+    from src.models import build_model
+    cfg = parse_config({"model": model, "data": {"dataset": "mnist-5k"}}, Path("x.json")).model
+    built = list(build_model(cfg).modules())
+    assert cfg.has_batch_norm == any(isinstance(m, nn.BatchNorm2d) for m in built)
+    assert cfg.has_dropout == any(isinstance(m, nn.Dropout) for m in built)

@@ -1,5 +1,6 @@
 """The result record: round trip, schema check, run identity."""
 
+import dataclasses
 import json
 import math
 
@@ -12,6 +13,7 @@ from src.errors import UserError
 from src.provenance import Provenance
 from src.results import (IterationRecord, LayerInfo, LayerStep, RetrainSummary, RunIdentity, SeedResult,
                          identity_changes, run_identity)
+from tests.conftest import tiny_raw
 
 PROVENANCE = Provenance(commit="0" * 40, dirty=False, python="3.11.2", torch="2.13.0", numpy="2.1.0",
                         torch_pruning="1.6.1", device="cpu", threads=1)
@@ -77,8 +79,8 @@ def test_a_run_whose_retraining_diverged_is_complete_where_it_stopped():
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda raw: raw.pop("schema"), "result schema 1, this version reads schemas 2, 3"),
-    (lambda raw: raw.update(schema=4), "result schema 4"),
+    (lambda raw: raw.pop("schema"), "result schema 1, this version reads schemas 2, 3, 4"),
+    (lambda raw: raw.update(schema=5), "result schema 5"),
     (lambda raw: raw["iterations"][0].pop("after_prune"), "not a result record"),
     (lambda raw: raw.update(colour="red"), "not a result record"),
 ])
@@ -112,3 +114,71 @@ def test_run_identity_covers_model_training_and_prune_but_not_iterations_or_data
     torch.save({"w": torch.zeros(2)}, model)
     other_model = run_identity(load_config(write_config("a")), model)
     assert other_model.digest != base.digest and other_model.config_digest == base.config_digest
+
+
+BUDGET_KEYS = ("retrain_epochs", "retrain_lr", "retrain_dropout", "recalibrate_bn")
+
+
+def description_before_the_budget(cfg) -> dict:
+    """What config_description gave before the budget keys existed: asdict of the prune section without them."""
+    prune = dataclasses.asdict(cfg.prune)
+    del prune["params"]["iterations"]
+    for key in BUDGET_KEYS:
+        del prune["params"][key]
+    return {"training": cfg.training_identity(), "prune": prune}
+
+
+@pytest.mark.parametrize("params", [{}, {"retrain_lr": 0.002, "recalibrate_bn": False}],
+                         ids=["absent", "given-at-default"])
+def test_the_budget_at_its_defaults_keeps_the_run_identity(write_config, tmp_path, params):
+    model = tmp_path / "m.pt"
+    torch.save({"w": torch.ones(2)}, model)
+    raw = tiny_raw()["prune"]
+    cfg = load_config(write_config("a", prune={**raw, "params": {**raw["params"], **params}}))
+    old = RunIdentity.of({"model_sha256": results.file_sha256(model), **description_before_the_budget(cfg)})
+    assert run_identity(cfg, model) == old
+
+
+@pytest.mark.parametrize("params, change", [
+    ({"retrain_epochs": 1}, "prune.params.retrain_epochs: null -> 1"),
+    ({"retrain_lr": 0.0005}, "prune.params.retrain_lr: null -> 0.0005"),
+    ({"retrain_dropout": 0.0}, "prune.params.retrain_dropout: null -> 0.0"),
+])
+def test_a_budget_that_changes_retraining_is_another_run(write_config, tmp_path, params, change):
+    model = tmp_path / "m.pt"
+    torch.save({"w": torch.ones(2)}, model)
+    raw = tiny_raw()["prune"]
+    base = run_identity(load_config(write_config("a")), model)
+    other = run_identity(load_config(write_config("b", prune={**raw, "params": {**raw["params"], **params}})), model)
+    assert other.digest != base.digest and identity_changes(base.description, other.description) == [change]
+
+
+def test_batch_norm_recalibration_by_default_is_another_run_than_before_it_existed(write_config, tmp_path):
+    model = tmp_path / "m.pt"
+    torch.save({"w": torch.ones(2)}, model)
+    cnn = {"type": "cnn", "conv_channels": [4], "fc_sizes": [8], "batch_norm": True}
+    recalibrated = load_config(write_config("a", model=cnn))
+    stale = load_config(write_config("b", model=cnn, prune={**tiny_raw()["prune"], "params": {
+        **tiny_raw()["prune"]["params"], "recalibrate_bn": False}}))
+    sha = results.file_sha256(model)
+    assert run_identity(stale, model) == RunIdentity.of({"model_sha256": sha, **description_before_the_budget(stale)})
+    assert identity_changes(run_identity(stale, model).description, run_identity(recalibrated, model).description) == [
+        "prune.params.recalibrate_bn: null -> true"]
+
+
+def test_sizes_and_epochs_retrained_survive_the_file_and_older_records_read_without_sizes(tmp_path):
+    record = dataclasses.replace(a_result().iterations[0], parameters=1234, macs=5678)
+    result = a_result(iterations=(record,), baseline_parameters=9999, baseline_macs=8888)
+    back = results.load(results.save(result, tmp_path))
+    assert results.same(back, result) and back.iterations[0].parameters == 1234 and back.baseline_macs == 8888
+    assert back.iterations[0].epochs_retrained == 2
+    assert dataclasses.replace(record, retrain=None).epochs_retrained == 0
+    raw = result.to_dict()
+    raw["schema"] = 3
+    for key in ("baseline_parameters", "baseline_macs"):
+        del raw[key]
+    for key in ("parameters", "macs"):
+        del raw["iterations"][0][key]
+    (tmp_path / "4.json").write_text(json.dumps(raw))
+    old = results.load(tmp_path / "4.json")
+    assert old.baseline_parameters is None and old.iterations[0].parameters is None and old.schema == 4

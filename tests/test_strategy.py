@@ -352,3 +352,155 @@ def test_a_physical_pass_records_the_engine_that_ran_and_the_groups_it_left_alon
     alone = by_name.pop("layer1.0.conv1")
     assert alone.removed == () and alone.alive_after == alone.alive_before == 4 and "no variation" in alone.skipped
     assert all(step.skipped is None and step.removed for step in by_name.values())
+
+
+def old_retrain(model, cfg, splits, *, seed, device, on_epoch, label):
+    """Retraining as it was before the budget keys: the params recipe, early-stopped (shrink aside)."""
+    return src.train.fit(model, splits, cfg.params, seed=seed, device=device, on_epoch=on_epoch, label=label)
+
+
+def test_without_the_budget_keys_a_run_is_the_early_stopped_run_from_before_them(write_config, run, tmp_path,
+                                                                                 monkeypatch):
+    config = write_config("tiny")
+    assert run(main_train, config) == 0 and run(main_prune, config, out="now") == 0
+    monkeypatch.setattr(src.pruning.strategy, "retrain", old_retrain)
+    assert run(main_prune, config, out="before") == 0
+    now, before = stored(tmp_path, "now"), stored(tmp_path, "before")
+    assert untimed(now) == untimed(before)
+    assert now.run == results.RunIdentity.of({**before.run.description})
+    assert [it.retrain.epochs for it in now.iterations] == [it.epochs_retrained for it in before.iterations]
+
+
+@pytest.fixture
+def spy_fit(monkeypatch):
+    """Record, per call of fit from retraining: its recipe and the dropout rates of the network it trains."""
+    calls = []
+
+    def spy(model, splits, params, **kwargs):
+        calls.append({"params": params, "dropout": [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]})
+        return fit(model, splits, params, **kwargs)
+
+    fit = src.train.fit
+    monkeypatch.setattr(src.pruning.strategy, "fit", spy)
+    return calls
+
+
+def masked_tiny(cfg):
+    from src.models import build_model, prunable_layers
+    from src.pruning.masks import add_masks, remove_neurons
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    add_masks(model, cfg.prune.modules)
+    for layer in prunable_layers(model):
+        remove_neurons(layer.block.layer, range(layer.width // 2))
+    return model
+
+
+def rising_validation_loss(monkeypatch):
+    """Every evaluation reports a higher loss than the one before: early stopping would stop at once."""
+    losses = iter(range(1, 10_000))
+    monkeypatch.setattr(src.train, "evaluate", lambda *args: src.train.Metrics(float(next(losses)), 0.5))
+
+
+@pytest.mark.parametrize("shrink", [False, True], ids=["masked", "shrink"])
+def test_retrain_epochs_lr_and_dropout_are_what_retraining_runs_with(write_config, mnist5k, spy_fit, monkeypatch,
+                                                                     shrink):
+    prune = {"params": {"type": "cka", "iterations": 2, "rate": 0.25, "shrink": shrink, "retrain_epochs": 4,
+                        "retrain_lr": 0.0005, "retrain_dropout": 0.0}, "modules": [0, 1]}
+    cfg = load_config(write_config("tiny", prune=prune))  # params: epochs 3, patience 2; dropout 0.2
+    model = masked_tiny(cfg)
+    rising_validation_loss(monkeypatch)
+    fitted = src.pruning.strategy.retrain(model, cfg, mnist5k, seed=1, device=torch.device("cpu"), on_epoch=None,
+                                          label="test")
+    assert (fitted.epochs, fitted.best_epoch) == (4, 4)  # more than params.epochs, no early stop
+    assert [row["lr"] for row in fitted.history] == [0.0005] * 4  # the optimizer's rate in each epoch
+    (call,) = spy_fit
+    assert call["dropout"] == [0.0, 0.0] and call["params"].patience is None
+    assert [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)] == [0.2, 0.2]
+
+
+def test_without_retrain_epochs_retraining_stops_early_at_the_trainings_rate(write_config, mnist5k, spy_fit,
+                                                                             monkeypatch):
+    cfg = load_config(write_config("tiny"))
+    model = masked_tiny(cfg)
+    rising_validation_loss(monkeypatch)
+    fitted = src.pruning.strategy.retrain(model, cfg, mnist5k, seed=1, device=torch.device("cpu"), on_epoch=None,
+                                          label="test")
+    assert (fitted.epochs, fitted.best_epoch) == (3, 1) and [row["lr"] for row in fitted.history] == [0.002] * 3
+    assert spy_fit[0]["dropout"] == [0.2, 0.2] and spy_fit[0]["params"] == cfg.params
+
+
+@pytest.mark.parametrize("epochs", [0, 1])
+def test_a_budget_of_n_epochs_end_to_end_records_the_epochs_and_parameters(write_config, run, tmp_path, epochs):
+    config = write_config("tiny", prune=prune_section("l1", iterations=2, rate=0.25, retrain_epochs=epochs))
+    assert run(main_train, config) == 0 and run(main_prune, config) == 0
+    result = stored(tmp_path)
+    assert result.baseline_parameters == 784 * 48 + 48 + 48 * 32 + 32 + 32 * 10 + 10
+    assert [it.epochs_retrained for it in result.iterations] == [epochs, epochs]
+    for it in result.iterations:
+        a, b = (step.alive_after for step in it.layers)
+        assert it.parameters == 784 * a + a + a * b + b + b * 10 + 10 and it.macs == 784 * a + a * b + b * 10
+        if epochs == 0:
+            assert it.after_retrain is None and it.retrain is None
+        else:
+            assert it.retrain.epochs == 1 and it.after_retrain is not None
+    assert [step.alive_after for step in result.iterations[-1].layers] == [27, 18]
+    assert result.run.description["prune"]["params"]["retrain_epochs"] == epochs
+
+
+def recalibrated(model, cfg, splits, seed=0, iteration=1):
+    """``model`` with its BatchNorm statistics re-estimated as iteration ``iteration`` of seed ``seed`` does."""
+    from src.pruning.budget import recalibrate_batch_norm
+    recalibrate_batch_norm(model, splits.train, cfg.params.batch_size,
+                           torch.Generator().manual_seed(seed * 100_003 + iteration), torch.device("cpu"))
+    return model
+
+
+def statistics(state):
+    return {k: v for k, v in state.items() if "running" in k}
+
+
+BN_CNN = {"type": "cnn", "conv_channels": [4, 6], "kernel_size": 3, "fc_sizes": [12], "batch_norm": True}
+TINY_RESNET = {"model": {"type": "resnet", "depth": 8, "width": 4},
+               "params": {"lr": 0.01, "batch_size": 128, "epochs": 1, "patience": 1}}
+
+
+@pytest.mark.parametrize("sections, params", [
+    ({"model": BN_CNN}, {"type": "l1", "rate": 0.5}),
+    (TINY_RESNET, {"type": "tp_l1", "rate": 0.5}),
+], ids=["masked-cnn", "resnet"])
+def test_batch_norm_is_recalibrated_after_the_pass_before_it_is_evaluated(write_config, run, tmp_path, mnist5k,
+                                                                          sections, params):
+    from src.models import build_model
+    from src.pruning.masks import load_masked_state
+    from src.pruning.physical import rebuild
+    from src.train import evaluate_all
+
+    def prune(out, **extra):
+        config = write_config("tiny", **sections, prune={"strategy": "one_shot",
+                                                         "params": {**params, "retrain": False, **extra}})
+        assert run(main_train, config) == 0 and run(main_prune, config, out=out) == 0
+        return load_config(config), torch.load(checkpoint_path(tmp_path / out / "tiny", 0), weights_only=True)
+
+    cfg, stale = prune("stale", recalibrate_bn=False)
+    assert cfg.prune.params.recalibrate_bn is False
+    cfg, fresh = prune("fresh")  # the default for a model with BatchNorm
+    assert cfg.prune.params.recalibrate_bn is True
+    trained = torch.load(stored(tmp_path, "stale").model_file, weights_only=True)
+    model = build_model(cfg.model)
+    if cfg.model.uses_torch_pruning:
+        rebuild(model, torch.zeros(1, *cfg.model.input_shape), stale["history"])
+        model.load_state_dict(stale["state_dict"])
+        assert all(statistics(stale["state_dict"])[k].numel() <= v.numel() for k, v in statistics(trained).items())
+        assert sum(p.numel() for p in model.parameters()) == stored(tmp_path, "fresh").iterations[0].parameters
+    else:
+        load_masked_state(model, stale["state_dict"], cfg.prune.modules)
+        assert all(torch.equal(statistics(stale["state_dict"])[k], v) for k, v in statistics(trained).items())
+    recalibrated(model, cfg, mnist5k)
+    for key, value in statistics(model.state_dict()).items():
+        assert torch.equal(fresh["state_dict"][key], value), key
+    assert any(not torch.equal(fresh["state_dict"][k], v) for k, v in statistics(stale["state_dict"]).items())
+    (it,) = stored(tmp_path, "fresh").iterations
+    assert it.after_prune == evaluate_all(model, mnist5k, cfg.params.batch_size, torch.device("cpu"), ("val", "test"))
+    assert stored(tmp_path, "fresh").run.description["prune"]["params"]["recalibrate_bn"] is True
+    assert "recalibrate_bn" not in stored(tmp_path, "stale").run.description["prune"]["params"]

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from src.config import ModelConfig
-from src.export import export_model
+from src.export import count_macs, count_parameters, export_model, model_input_shape
 from src.models import Net, prunable_layers
 from src.pruning.masks import alive_neurons, refresh_weight
 
@@ -31,6 +31,18 @@ def shrunk(masked: Net, model_cfg: ModelConfig) -> Net:
     """The dense network of ``masked``'s surviving neurons, in train mode on ``masked``'s device."""
     small, _, _ = export_model(masked, model_cfg)
     return small.to(masked.output.weight.device).train()
+
+
+def remaining_size(model: nn.Module, model_cfg: ModelConfig) -> tuple[int, int]:
+    """Parameters and MACs per sample of the network a pruned ``model`` amounts to.
+
+    A masked model counts as its smaller dense network (:func:`shrunk`: the surviving neurons'
+    weights and biases, the removed ones' constants folded into the next biases); a physically
+    pruned (Torch-Pruning) model is already that network. Parameters: weights, biases and
+    BatchNorm's affine parameters; MACs: :func:`src.export.count_macs` (Linear and Conv2d).
+    """
+    dense = model if model_cfg.uses_torch_pruning else export_model(model, model_cfg)[0]
+    return count_parameters(dense), count_macs(dense, model_input_shape(model_cfg))
 
 
 def carry_back(masked: Net, small: Net) -> None:

@@ -5,7 +5,11 @@ original activations are recorded once, at the start of the pass) -> evaluate ->
 (the ``params`` recipe, on the masked network or, with ``shrink``, on the smaller dense one)
 -> evaluate. With ``retrain`` "rewind" the surviving weights are first reset to those after
 epoch ``rewind_epoch`` of the original training (Frankle et al. 2020), removed neurons kept
-removed; "finetune" retrains the pruned weights as they are.
+removed; "finetune" retrains the pruned weights as they are. The retraining budget
+(``retrain_epochs``, ``retrain_lr``, ``retrain_dropout``, ``recalibrate_bn``;
+:mod:`src.pruning.budget`) sets how long and how retraining runs, and whether BatchNorm
+statistics are re-estimated after the pass, before it is evaluated; each iteration records the
+epochs run and the pruned network's size.
 
 After every iteration a checkpoint (masked weights + the result so far) is written, then
 the result JSON (:mod:`src.results`), both atomically; a JSON left behind its checkpoint (a
@@ -46,11 +50,12 @@ from src.data import Splits, to_unit_float
 from src.errors import UserError, brief
 from src.io import atomic_torch_save
 from src.models import Net, build_model, prunable_layers
+from src.pruning.budget import dropout_rate, recalibrate_batch_norm
 from src.pruning.criteria import select, select_global
 from src.pruning.masks import add_masks, alive_neurons, load_masked_state, load_unmasked_state, remove_neurons
 from src.pruning.physical import group_roots, physical_pass, rebuild
 from src.pruning.scoring import record_layers, scoring_indices
-from src.pruning.shrink import carry_back, shrunk
+from src.pruning.shrink import carry_back, remaining_size, shrunk
 from src.results import IterationRecord, LayerInfo, LayerStep, RetrainSummary, RunIdentity, SeedResult
 from src.train import FitResult, evaluate_all, fit
 
@@ -310,9 +315,11 @@ def _new_result(cfg: ExperimentConfig, seed: int, model: nn.Module, model_file: 
     else:
         layers = tuple(LayerInfo(l.index, l.name, l.kind, l.width) for l in prunable_layers(model)
                        if l.index in prune.modules)
+    parameters, macs = remaining_size(model, cfg.model)
     return SeedResult(
         run=identity, experiment=cfg.name, seed=seed, criterion=prune.params.type, strategy=prune.strategy,
-        model_file=str(model_file), layers=layers, baseline=baseline, planned_iterations=prune.params.iterations)
+        model_file=str(model_file), layers=layers, baseline=baseline, planned_iterations=prune.params.iterations,
+        baseline_parameters=parameters, baseline_macs=macs)
 
 
 def prune_seed(model: nn.Module, cfg: ExperimentConfig, seed: int, splits: Splits, device: torch.device,
@@ -384,6 +391,7 @@ def run_iteration(model: nn.Module, cfg: ExperimentConfig, splits: Splits, seed:
                   result: SeedResult, history: list, rewind_to: dict[str, torch.Tensor] | None = None) -> IterationRecord:
     """One pass over the layers, evaluated, then retrained (if configured) and evaluated again.
 
+    With ``recalibrate_bn`` the BatchNorm statistics are re-estimated before the first evaluation.
     A Torch-Pruning model is pruned physically; the pass's pruning history is appended to ``history``.
     ``rewind_to``: the unpruned model's early weights to reset the survivors to before retraining.
     """
@@ -396,12 +404,16 @@ def run_iteration(model: nn.Module, cfg: ExperimentConfig, splits: Splits, seed:
     else:
         layers = prune_pass(model, cfg, splits, seed, iteration, device)
     scoring = time.perf_counter() - start
+    if prune.params.recalibrate_bn:
+        recalibrate_batch_norm(model, splits.train, cfg.params.batch_size,
+                               torch.Generator().manual_seed(seed * 100_003 + iteration), device)
     after_prune = evaluate()
     alive = ", ".join(f"L{step.index} {step.alive_after}" for step in sorted(layers, key=lambda step: step.index))
     print(f"{label}: pruned to {alive} in {scoring:.2f}s; test acc {after_prune['test_acc']:.4f}")
+    parameters, macs = remaining_size(model, cfg.model)
     record = IterationRecord(iteration=iteration, layers=tuple(layers), after_prune=after_prune,
-                             seconds_scoring=scoring)
-    if not prune.params.retrain:
+                             seconds_scoring=scoring, parameters=parameters, macs=macs)
+    if not prune.params.retrains:
         return record
     if rewind_to is not None:
         rewind(model, cfg, rewind_to, history)
@@ -431,12 +443,15 @@ def rewind(model: nn.Module, cfg: ExperimentConfig, state: dict[str, torch.Tenso
 
 def retrain(model: nn.Module, cfg: ExperimentConfig, splits: Splits, *, seed: int, device: torch.device,
             on_epoch: EpochCallback | None, label: str) -> FitResult:
-    """Retrain the masked ``model`` in place, or its dense surviving network with ``shrink``."""
-    if not cfg.require_prune().params.shrink:
-        return fit(model, splits, cfg.params, seed=seed, device=device, on_epoch=on_epoch, label=label)
-    small = shrunk(model, cfg.model)
-    fitted = fit(small, splits, cfg.params, seed=seed, device=device, on_epoch=on_epoch, label=label)
-    carry_back(model, small)
+    """Retrain the masked ``model`` in place, or its dense surviving network with ``shrink``, with the
+    retraining recipe (:meth:`src.config.PruneParams.retraining`) and dropout ``retrain_dropout``."""
+    params = cfg.require_prune().params
+    recipe = params.retraining(cfg.params)
+    trained = shrunk(model, cfg.model) if params.shrink else model
+    with dropout_rate(trained, params.retrain_dropout):
+        fitted = fit(trained, splits, recipe, seed=seed, device=device, on_epoch=on_epoch, label=label)
+    if params.shrink:
+        carry_back(model, trained)
     return fitted
 
 
