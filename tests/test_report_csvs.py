@@ -71,3 +71,19 @@ def test_long_csv_keeps_diverged_seeds_and_skipped_layers_marked(tmp_path):
     assert {r["diverged_at"] for r in records if r["seed"] == 1} == {2}
     assert {r["diverged_at"] for r in records if r["seed"] == 0} == {None}
     assert [r["skipped"] for r in records if (r["seed"], r["iteration"]) == (0, 1)] == [None, "no channel index"]
+
+
+def test_long_csv_carries_the_network_size_after_each_iteration(tmp_path):
+    from dataclasses import replace
+
+    from src import results
+
+    run = tmp_path / "run"
+    written = write_result(run, "run", "cka", 0, 0.9, [simple(1, 0.8, 0.85), simple(2, 0.7, 0.8)])
+    sized = replace(written, baseline_parameters=1000, baseline_macs=900,
+                    iterations=tuple(replace(it, parameters=1000 - 100 * it.iteration, macs=900 - 90 * it.iteration)
+                                     for it in written.iterations))
+    results.save(sized, run)
+    records = layer_records(build_report([run], config_root=None))
+    sizes = {r["iteration"]: (r["parameters"], r["macs"]) for r in records}
+    assert sizes == {0: (1000, 900), 1: (900, 810), 2: (800, 720)}

@@ -83,7 +83,9 @@ def layer_records(report: Report) -> list[dict[str, Any]]:
     iteration's pruning and its retraining (empty when retraining is off); at iteration 0 both
     are the trained model's. ``retrain_epochs``: epochs the iteration's retraining ran;
     ``skipped``: why the pass removed nothing from the layer; ``diverged_at``: the iteration whose
-    retraining diverged (such seeds are listed here but enter no statistic).
+    retraining diverged (such seeds are listed here but enter no statistic). ``parameters``,
+    ``macs``: the network's size after the iteration (the trained model's at 0; empty in records
+    made before sizes were recorded), for comparisons at equal size, not only equal neurons.
     """
     records = []
     for exp in report.experiments:
@@ -110,6 +112,8 @@ def layer_records(report: Report) -> list[dict[str, Any]]:
                            for stage, metrics in (("pruned", after_prune), ("retrained", after_retrain))
                            for split in ("test", "val")},
                         "retrain_epochs": None if it is None or it.retrain is None else it.retrain.epochs,
+                        "parameters": seed.baseline_parameters if it is None else it.parameters,
+                        "macs": seed.baseline_macs if it is None else it.macs,
                         "skipped": None if step is None else step.skipped,
                         "diverged_at": seed.diverged_at,
                     })
