@@ -44,7 +44,10 @@ Torch-Pruning takes as "leave this group alone"; the pruner removes the lowest s
   ``MagnitudeImportance`` divides by the group's mean by default); to rank CKA in one global
   pool with them, give the same ``normalizer`` ('mean', 'max', 'sum', 'standarization',
   'gaussian' or a callable, as Torch-Pruning defines them): each group's loss curve is then
-  rescaled the same way. Every normaliser is increasing, so each group's order is kept.
+  rescaled the same way. Every normaliser is increasing, so each group's order is kept. The
+  values stay cumulative (the loss after removing a channel and every channel before it in
+  its group's order), not one channel's own effect as a magnitude is: in a shared ranking a
+  CKA group's first channels, whose removal costs almost nothing, go before the others.
 
 Groups it cannot score get None and one warning naming the group's root layer and why
 (:attr:`CKAImportance.skipped` keeps the reason): groups containing parameterised layers
@@ -272,7 +275,7 @@ class CKAImportance(tp.importance.Importance):
         for item in group:
             dep, idxs = item.dep, list(item.idxs)
             module, fn = dep.target.module, dep.handler
-            name = self._name(module, group)
+            name = self.names.setdefault(module, self._name(module, group))  # paths for every later message
             if fn in OUTPUT_FNS and isinstance(module, (nn.Conv2d, nn.Linear)):
                 if isinstance(module, nn.Conv2d) and module.groups not in (1, module.out_channels):
                     raise _Skip(f"it contains the grouped convolution {name}, which CKA does not score")
@@ -400,6 +403,16 @@ class CKAImportance(tp.importance.Importance):
         warnings.warn(f"CKAImportance: the group of {self._name(root, group)} is left alone: {reason}",
                       UserWarning, stacklevel=4)
 
+    def _greedy(self, group: tp.Group, n: int) -> tuple[list[int], list[float]]:
+        try:
+            if self.fast:
+                return fast_greedy_from_interactions(self.interactions(group), n)
+            x, _ = self.representation(group)
+            return reference_greedy(x.numpy(), lambda removed: self.recompute(group, removed), n, n,
+                                    kernel=self.kernel, debiased=self.debiased)
+        except ValueError as err:  # CKA undefined on these samples: debiased self-similarity <= 0, RBF bandwidth 0
+            raise _Skip(str(err)) from err
+
     @torch.no_grad()
     def __call__(self, group: tp.Group) -> torch.Tensor | None:
         root = group[0].dep.target.module
@@ -410,12 +423,7 @@ class CKAImportance(tp.importance.Importance):
             self._samples(layers)
             if not self._varies(layers):
                 raise _Skip(NO_VARIATION)
-            if self.fast:
-                order, cka = fast_greedy_from_interactions(self.interactions(group), n)
-            else:
-                x, _ = self.representation(group)
-                order, cka = reference_greedy(x.numpy(), lambda removed: self.recompute(group, removed), n, n,
-                                              kernel=self.kernel, debiased=self.debiased)
+            order, cka = self._greedy(group, n)
         except _Skip as skip:
             self._skip(group, str(skip))
             return None

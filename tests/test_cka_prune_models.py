@@ -223,7 +223,7 @@ def test_normalizers_are_torch_prunings(normalizer):
         assert torch.equal(torch.argsort(normalized(group)), torch.argsort(raw(group)))
 
 
-def test_mean_normalised_cka_shares_a_global_ranking_with_torch_prunings_l2():
+def test_mean_normalised_cka_is_on_torch_prunings_scale_in_a_mixed_global_step():
     class Mixed(tp.importance.Importance):
         """CKA for the residual stream (stem.0), TP's L2 for the block's hidden channels."""
 
@@ -282,3 +282,19 @@ def test_a_model_on_cuda_is_scored_as_on_the_cpu(engine, monkeypatch):
     for name in ("stem.0", "conv1"):
         a, b = dict(on_cpu.named_modules())[name], dict(on_gpu.named_modules())[name]
         np.testing.assert_allclose(gpu.scores[b].cka, cpu.scores[a].cka, rtol=1e-4, atol=1e-6)
+
+
+def test_samples_on_which_cka_is_undefined_are_a_warning_not_an_abort():
+    model = image_model(SharedConv)
+    x = torch.cat([torch.ones(7, 3, 6, 6), torch.zeros(1, 3, 6, 6)])  # most pairs identical: RBF bandwidth 0
+    removed, warned = prune_once(model, x, CKAImportance(kernel="rbf"))
+    assert removed == {} and len(warned) == 1 and "the group of shared" in warned[0] and "median" in warned[0]
+
+
+def test_a_missing_recording_names_the_layer_by_its_path():
+    model = image_model(InplaceResNet)
+    x = torch.randn(4, 3, 8, 8)
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=x[:1])
+    group = graph.get_pruning_group(model.conv1, tp.prune_conv_out_channels, idxs=list(range(8)))
+    with pytest.raises(ValueError, match=r"no current recording of conv1; call record\(model, inputs, pruner=pruner\)"):
+        CKAImportance()(group)
