@@ -48,7 +48,7 @@ bench: $(INSTALLED)
 # The scratch folder links the sources in, so the demo runs exactly as `make demo` does, paths
 # included, but starts from no models and no results.
 DOCS_RUN := output/docs-demo
-DOCS_SOURCES := config data lib src main_search.py main_train.py main_prune.py requirements.txt Makefile
+DOCS_SOURCES := config data cka_prune src main_search.py main_train.py main_prune.py requirements.txt Makefile
 
 docs: $(INSTALLED)
 	rm -rf $(DOCS_RUN)

@@ -32,9 +32,9 @@ def main() -> None:
     import torch
     import torch_pruning as tp
 
+    from cka_prune.tp_importance import CKAImportance
     from src.models import cifar_resnet_56
     from src.pruning.physical import classifier
-    from src.pruning.tp_importance import CKAImportance
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

@@ -6,7 +6,7 @@ Y_j (N, q_j) that of layer j of the pruned network, each flattened per sample. T
     M[i, j] = CKA_linear(X_i, Y_j) = <H K_i H, H L_j H>_F / (||H K_i H||_F ||H L_j H||_F),
     K_i = X_i X_i^T, L_j = Y_j Y_j^T (N, N), H = I - 11^T / N,
 
-computed with :mod:`lib.cka` from the Gram matrices, so a conv layer's large feature maps cost
+computed with :mod:`cka_prune.cka` from the Gram matrices, so a conv layer's large feature maps cost
 no more than a Linear layer's. Layers are the prunable blocks' outputs (after BatchNorm, ReLU
 and pooling: what the next layer sees) and the network's logits. A removed neuron is a
 constant output (its bias through ReLU), which centering ignores.
@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from lib.cka import cka, gram_linear
+from cka_prune.cka import cka, gram_linear
 from src import results
 from src.artifacts import ModelFileError, load_model
 from src.config import ExperimentConfig

@@ -1,4 +1,4 @@
-"""Tests for lib/cka.py: CKA properties, a hand-computed example, and independent packages.
+"""Tests for cka_prune/cka.py: CKA properties, a hand-computed example, and independent packages.
 
 Independent implementations installed in the venv (used only here):
 - ckatorch.cka_base(x, y, kernel, unbiased, threshold) computes the same estimators as ours in
@@ -21,7 +21,7 @@ import pytest
 import torch
 import torch_cka
 
-from lib.cka import (center_gram, cka, feature_space_linear_cka, gram_linear, gram_rbf, hsic,
+from cka_prune.cka import (center_gram, cka, feature_space_linear_cka, gram_linear, gram_rbf, hsic,
                      to_float64)
 
 

@@ -1,4 +1,4 @@
-"""Tests for src/pruning/greedy.py: the fast engine must reproduce the literal reference loop."""
+"""Tests for cka_prune/greedy.py: the fast engine must reproduce the literal reference loop."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from lib.cka import cka, gram_linear, gram_rbf
-from src.pruning.greedy import (CovarianceAccumulator, Search, allocate, channel_groups, choose,
-                                choose_route, constant_columns, fast_greedy_from_interactions,
-                                fast_search, greedy_cka, interactions_from_activations,
-                                interactions_from_covariance, next_layer_cka_path, reference_greedy)
+from cka_prune.cka import cka, gram_linear, gram_rbf
+from cka_prune.greedy import (CovarianceAccumulator, Search, allocate, channel_groups, choose,
+                              choose_route, constant_columns, fast_greedy_from_interactions,
+                              fast_search, greedy_cka, interactions_from_activations,
+                              interactions_from_covariance, next_layer_cka_path, reference_greedy)
 
 Result = tuple[list[int], list[float]]
 

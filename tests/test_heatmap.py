@@ -6,7 +6,7 @@ import torch
 
 import main_prune
 import main_train
-from lib.cka import feature_space_linear_cka
+from cka_prune.cka import feature_space_linear_cka
 from src import results
 from src.config import ModelConfig, load_config
 from src.data import Split

@@ -17,7 +17,7 @@ from src.config import PruneParams, load_config
 from src.data import to_unit_float
 from src.export import load_exported
 from src.models import build_model, prunable_layers
-from lib.cka import feature_space_linear_cka
+from cka_prune.cka import feature_space_linear_cka
 from src.data import Split
 from src.pruning.criteria import NO_VARIATION, removal_count, select, select_global
 from src.pruning.masks import add_masks, alive_neurons, load_unmasked_state, neurons_zeroed, remove_neurons

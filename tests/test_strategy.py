@@ -14,7 +14,7 @@ import main_train
 import src.provenance
 import src.pruning.strategy
 import src.train
-from lib.cka import cka, gram_rbf
+from cka_prune.cka import cka, gram_rbf
 from src import results
 from src.artifacts import load_model, model_path, rewind_path
 from src.config import load_config

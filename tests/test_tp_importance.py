@@ -4,15 +4,15 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from cka_prune.greedy import reference_greedy
+from cka_prune.tp_importance import CKAImportance
 from src.config import ModelConfig, PruneParams
 from src.data import Split, to_unit_float
 from src.errors import UserError
 from src.models import CifarResNet, build_model, prunable_layers
 from src.pruning.criteria import select
-from src.pruning.greedy import reference_greedy
 from src.pruning.physical import classifier, physical_pass
 from src.pruning.scoring import record_layers
-from src.pruning.tp_importance import CKAImportance
 
 # The coupled output layers of CifarResNet(depth=8), one block per stage, written out by hand
 # (independent of Torch-Pruning's graph): a stage's residual stream is the stem or shortcut
@@ -169,7 +169,7 @@ def test_reference_engine_prunes_like_the_fast_engine():
 
 
 def test_debiased_interactions_match_the_engine_on_the_concatenation():
-    from src.pruning.greedy import interactions_from_activations
+    from cka_prune.greedy import interactions_from_activations
     model = trained_like_resnet8()
     x = torch.rand(40, 1, 12, 12, generator=torch.Generator().manual_seed(5))
     for debiased in (False, True):
@@ -200,8 +200,8 @@ def test_the_recording_is_the_layers_output_even_when_the_model_changes_it_in_pl
     importance = CKAImportance(engine="reference")
     importance.record(model, x)
     with torch.no_grad():
-        assert torch.equal(importance.outputs[model[0]], model[0](x))  # before the ReLU: negatives kept
-        assert torch.equal(importance.inputs[model[3]], torch.relu(model[0](x)).flatten(1))
+        assert torch.equal(importance.outputs[model[0]], model[0](x).flatten(2))  # before the ReLU: negatives kept
+        assert torch.equal(importance.inputs[model[3]][0], torch.relu(model[0](x)).flatten(1))
 
 
 class GroupNormNet(nn.Module):
@@ -215,12 +215,13 @@ class GroupNormNet(nn.Module):
         return self.fc(self.norm(self.conv(x)).mean((2, 3)))
 
 
-def test_an_unsupported_group_is_one_line():
+def test_an_unsupported_group_is_left_alone_with_its_reason():
     x = torch.rand(8, 1, 6, 6)
-    with pytest.raises(UserError) as info:
-        physical_pass(GroupNormNet(), "cka", 0.5, x[:1], x)
-    message = str(info.value)
-    assert "\n" not in message and "norm (GroupNorm)" in message and "group of conv" in message
+    model = GroupNormNet()
+    with pytest.warns(UserWarning, match="the group of conv is left alone: it contains norm .GroupNorm."):
+        result = physical_pass(model, "cka", 0.5, x[:1], x)
+    (record,) = result.groups
+    assert record.removed == () and "norm (GroupNorm)" in record.skipped and model.conv.out_channels == 4
 
 
 class NumpyRoundTrip(nn.Module):
@@ -266,12 +267,17 @@ class SequenceNet(nn.Module):
         return self.fc(self.hidden(x.flatten(1, 2)).mean(1))  # (N, 6 rows, 6) -> (N, 6, 8)
 
 
-@pytest.mark.parametrize("model, expected", [
-    (GroupedConvNet(), "contains the grouped convolution grouped"),
-    (SequenceNet(), "the Linear layer hidden gives outputs of shape [8, 6, 8]"),
-])
-def test_layers_the_importance_cannot_score_are_one_line(model, expected):
+def test_a_grouped_convolution_is_left_alone():
     x = torch.rand(8, 1, 6, 6)
-    with pytest.raises(UserError) as info:
-        physical_pass(model, "cka", 0.5, x[:1], x)
-    assert "\n" not in str(info.value) and expected in str(info.value)
+    with pytest.warns(UserWarning, match="grouped convolution grouped"):
+        result = physical_pass(GroupedConvNet(), "cka", 0.5, x[:1], x)
+    skipped = [record for record in result.groups if record.skipped]
+    assert skipped and all(r.removed == () and "grouped convolution grouped" in r.skipped for r in skipped)
+
+
+def test_a_linear_on_rows_of_a_sequence_is_scored_with_positions_as_samples():
+    model = SequenceNet()
+    x = torch.rand(8, 1, 6, 6)
+    result = physical_pass(model, "cka", 0.5, x[:1], x)
+    (record,) = result.groups
+    assert record.root == "hidden" and len(record.removed) == 4 and model.hidden.out_features == 4

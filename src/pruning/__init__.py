@@ -1,5 +1,1 @@
-"""Structured pruning: greedy CKA engines, baselines, masks and strategies."""
-
-from src.pruning.greedy import channel_groups, greedy_cka
-
-__all__ = ["greedy_cka", "channel_groups"]
+"""Structured pruning of the project's own MLP and CNN: baselines, masks, strategies, the physical pass."""

@@ -11,7 +11,7 @@ recorded on the scoring samples:
 - ``taylor``: the first-order Taylor importance of the neuron's output on training batches
   (Molchanov et al. 2019; `src.pruning.scoring.taylor_importance`); the smallest go first.
 
-CKA is a greedy search (``src.pruning.greedy``), conditional or independent, at the layer's
+CKA is a greedy search (``cka_prune.greedy``), conditional or independent, at the layer's
 own output or at a downstream target. Every criterion also records the CKA between the
 original and the pruned target representation after each removal, so damage curves compare
 across criteria. ``select`` prunes one layer at the configured rate; ``select_global`` spends
@@ -29,11 +29,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from lib.cka import cka, feature_space_linear_cka, gram_rbf, to_float64
+from cka_prune.cka import cka, feature_space_linear_cka, gram_rbf, to_float64
+from cka_prune.greedy import (Search, allocate, cka_path, fast_search, interactions_from_activations,
+                              interactions_from_covariance, next_layer_cka_path, next_layer_search,
+                              reference_search, run_search)
 from src.config import PruneParams
-from src.pruning.greedy import (Search, allocate, cka_path, fast_search, interactions_from_activations,
-                                interactions_from_covariance, next_layer_cka_path, next_layer_search,
-                                reference_search, run_search)
 from src.pruning.scoring import LayerRecording
 
 # The reason a layer is left alone when its representation cannot be scored.
@@ -151,7 +151,7 @@ def select_global(recs: list[LayerRecording], params: PruneParams, alives: list[
     """Choose the neurons to remove in several layers with one budget (allocation "global").
 
     budget = sum over the layers that can be scored of round(rate * alive), the uniform
-    rate's total; spent by `src.pruning.greedy.allocate` (smallest relative drop of a layer's
+    rate's total; spent by `cka_prune.greedy.allocate` (smallest relative drop of a layer's
     own CKA first, never emptying a layer). One Selection per layer, in the order of ``recs``.
     """
     engine = _engine(params)

@@ -36,8 +36,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from cka_prune.tp_importance import CKAImportance, baseline_importance
 from src.errors import UserError, brief
-from src.pruning.tp_importance import NO_VARIATION, CKAImportance, baseline_importance
 
 
 @dataclass(frozen=True)
@@ -174,19 +174,21 @@ def physical_pass(model: nn.Module, importance: str, ratio: float, example_input
     cross-entropy). ignored_layers: layers whose output channels stay (default: the classifier).
     seed: the random state of 'tp_random'.
     """
-    scorer = CKAImportance(engine, kernel, debiased) if importance == "cka" else baseline_importance(importance)
+    scorer = (CKAImportance(engine, kernel, debiased, max_samples=None) if importance == "cka"
+              else baseline_importance(importance))
     if importance == "tp_taylor" and labels is None:
         raise ValueError("physical_pass: tp_taylor needs the scoring samples' labels")
     logged = _Logged(scorer)
     pruner = build_pruner(model, logged, ratio, example_inputs, iterative_steps, global_pruning, ignored_layers)
     names = {module: name for name, module in model.named_modules()}
-    unscored = NO_VARIATION if importance == "cka" else f"{importance} gives this group no importance; group left alone"
+    unscored = f"{importance} gives this group no importance; group left alone"
+    reasons = scorer.skipped if isinstance(scorer, CKAImportance) else {}  # filled in as groups are scored
     records = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for step in range(1, iterative_steps + 1):
             if isinstance(scorer, CKAImportance):
-                scorer.record(model, scoring_inputs, batch_size)
+                scorer.record(model, scoring_inputs, batch_size, pruner=pruner)
             elif importance == "tp_taylor":
                 _gradients(model, scoring_inputs, labels, batch_size)
             logged.start_step()
@@ -196,7 +198,8 @@ def physical_pass(model: nn.Module, importance: str, ratio: float, example_input
             for group in pruner.step(interactive=True):
                 records.append(_prune_group(group, step, names, logged, scorer))
             records += [GroupRecord(step, names[root], _output_layers(group, names), _out_channels(root), (), None,
-                                    skipped=unscored) for root, group in logged.unscored.items()]
+                                    skipped=reasons.get(root, unscored))
+                        for root, group in logged.unscored.items()]
             if importance == "tp_taylor":
                 model.zero_grad(set_to_none=True)
     history = [[name, bool(out), [int(i) for i in idxs]] for name, out, idxs in pruner.pruning_history()]

@@ -28,10 +28,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from cka_prune.greedy import CovarianceAccumulator, channel_groups
 from src.config import PruneParams
 from src.data import Split, iterate_batches
 from src.models import Block, Net, PrunableLayer, next_layer
-from src.pruning.greedy import CovarianceAccumulator, channel_groups
 from src.pruning.masks import neurons_zeroed
 
 # Training batches that score the taylor baseline ("a few", Molchanov et al. 2019).

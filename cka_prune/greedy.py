@@ -85,7 +85,7 @@ from typing import Any
 
 import numpy as np
 
-from lib.cka import center_gram, gram_linear, gram_rbf, to_float64
+from cka_prune.cka import center_gram, gram_linear, gram_rbf, to_float64
 
 # Scores within this relative distance of the best are tied; the lowest index wins. Without it,
 # exactly tied candidates (e.g. dead columns) would be ordered by float noise, differently in
@@ -313,7 +313,7 @@ def reference_search(original: Any, recompute: Recompute, n_groups: int, *, aliv
     original: (N, D) representation before this pass.
     recompute(removed) -> (N, D') that representation with the weights of the `removed` groups
         zeroed (a model-level caller re-runs the module; `greedy_cka` sets the columns constant).
-    Score = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)) from lib.cka's Grams and centering (kernel
+    Score = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)) from cka_prune.cka's Grams and centering (kernel
     linear or rbf, biased or unbiased HSIC); 0 when the recomputed output has no variation left.
     """
     _check_choice("kernel", kernel, ("linear", "rbf"))
@@ -322,7 +322,7 @@ def reference_search(original: Any, recompute: Recompute, n_groups: int, *, aliv
         raise ValueError(f"n_groups must be a positive int, got {n_groups!r}")
     candidates = _candidate_mask(alive, n_groups)
     gram = gram_linear if kernel == "linear" else gram_rbf
-    # CKA = <Kc, Lc>_F / sqrt(<Kc, Kc>_F <Lc, Lc>_F) as in lib.cka.cka, with the original's
+    # CKA = <Kc, Lc>_F / sqrt(<Kc, Kc>_F <Lc, Lc>_F) as in cka_prune.cka.cka, with the original's
     # centered Gram Kc computed once instead of once per candidate.
     kc = center_gram(gram(x), unbiased=debiased)
     kk = float(np.vdot(kc, kc))
@@ -492,7 +492,7 @@ def _gram_rows(x: np.ndarray, groups: list[np.ndarray], chunk: range, debiased: 
     """Flattened centered Grams of the groups in `chunk`: (len(chunk), N*N).
 
     Biased: K_g = X_g X_g^T is already centered (X is). Debiased: the unbiased centering U(K_g)
-    of lib.cka.center_gram, for which <U(K), U(L)>_F = N (N-3) HSIC_u(K, L).
+    of cka_prune.cka.center_gram, for which <U(K), U(L)>_F = N (N-3) HSIC_u(K, L).
     """
     n = x.shape[0]
     rows = np.empty((len(chunk), n * n))
