@@ -31,7 +31,7 @@ ACTIVATION_CRITERIA = ("apoz", "mean_activation", "taylor")
 GREEDY_VARIANTS = ("conditional", "independent")
 TARGETS = ("layer", "next", "logits")
 ALLOCATIONS = ("uniform", "global")
-# Torch-Pruning's own importances, for the zoo models (src.pruning.tp_importance).
+# Torch-Pruning's own importances, for the zoo models (cka_prune.tp_importance).
 TP_CRITERIA = ("tp_l1", "tp_bn", "tp_taylor", "tp_random")
 ENGINES = ("fast", "reference")
 KERNELS = ("linear", "rbf")
