@@ -586,7 +586,7 @@ def _read_budget(p: _Section, params: PruneParams, model: ModelConfig, training:
     if epochs and epochs <= training.warmup_epochs:
         p.fail(p.key("retrain_epochs"), f"must be > params.warmup_epochs ({training.warmup_epochs}): "
                                         f"retraining runs the params recipe's schedule", epochs)
-    retrains = params.retrain is not None and epochs != 0
+    retrains = replace(params, retrain_epochs=epochs).retrains
     lr = p.get("retrain_lr", None, lambda v: _is_number(v) and v > 0, "must be a positive number")
     dropout = p.get("retrain_dropout", None, lambda v: _is_number(v) and 0 <= v < 1, "must be a number in [0, 1)")
     for key, value in (("retrain_lr", lr), ("retrain_dropout", dropout)):

@@ -13,9 +13,9 @@ n-th lowest, so channels tied with it would be removed on top of the budget; the
 therefore given each channel's rank instead of its importance (ties broken by the groups'
 order, then by channel index), which removes exactly ``n`` channels and otherwise the same ones.
 (Ranks rather than a tiny offset added to tied importances: an offset below a value's float
-resolution would leave the tie, and ranks need no scale.) Each group's most important channel is ranked after all others: Torch-Pruning silently leaves
-alone a group it would empty, so a group is never emptied (as the masked path's global
-allocation never empties a layer).
+resolution would leave the tie, and ranks need no scale.) Each group's most important channel
+is ranked after all others: Torch-Pruning silently leaves alone a group it would empty, so a
+group is never emptied (as the masked path's global allocation never empties a layer).
 
 A group the importance cannot score (Torch-Pruning's importance gives None: e.g. CKA of outputs
 that do not vary, tp_bn of a group without BatchNorm) is left alone, and recorded as skipped.
