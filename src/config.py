@@ -29,7 +29,15 @@ CRITERIA = ("cka", "l1", "l2", "random")
 # Baselines scored from the layer's post-ReLU outputs (taylor: and their gradients).
 ACTIVATION_CRITERIA = ("apoz", "mean_activation", "taylor")
 GREEDY_VARIANTS = ("conditional", "independent")
-TARGETS = ("layer", "next", "logits")
+# "refit": the consumer's pre-activation as a least-squares refit of the kept units recovers it
+# (src.pruning.criteria); "next" and "logits" as the paper's extensions.
+TARGETS = ("layer", "next", "refit", "logits")
+# Structured Optimal Brain Surgeon (Hassibi & Stork 1993, as Frantar & Alistarh 2022 prune structures):
+# the unit whose removal the optimal refit of its consumer repairs best goes first.
+REFIT_CRITERIA = ("obs",)
+# prune.params.compensate: what the consumer of a pruned layer does about the removed units after
+# a pass (src.pruning.compensate): nothing (the paper), absorb their mean in its bias, or refit.
+COMPENSATIONS = ("none", "bias", "lstsq")
 ALLOCATIONS = ("uniform", "global")
 # Torch-Pruning's own importances, for the zoo models (cka_prune.tp_importance).
 TP_CRITERIA = ("tp_l1", "tp_bn", "tp_taylor", "tp_random")
@@ -193,6 +201,12 @@ class PruneParams:
     # Re-estimate BatchNorm statistics after each pass, before evaluating it. The reader
     # defaults it to true for models with BatchNorm; False is the behaviour before it existed.
     recalibrate_bn: bool = False
+    # Compensation of each pruned layer's consumer after a pass (COMPENSATIONS) and the ridge of
+    # its refit, relative to the mean variance of the kept inputs (src.pruning.compensate).
+    compensate: str = "none"
+    compensate_ridge: float = 1e-3
+    # one_shot only: a sparsity sweep, each rate pruned from the trained model (one iteration each).
+    rates: tuple[float, ...] | None = None
 
     @property
     def retrains(self) -> bool:
@@ -211,10 +225,12 @@ class PruneParams:
         """The parameters as a dict, leaving out the budget options where they keep the behaviour from
         before they existed, so runs made before them keep their identity (src.results)."""
         default = PruneParams()
-        return {k: v for k, v in asdict(self).items() if k not in _BUDGET_KEYS or v != getattr(default, k)}
+        return {k: v for k, v in asdict(self).items() if k not in _LATER_KEYS or v != getattr(default, k)}
 
 
-_BUDGET_KEYS = ("retrain_epochs", "retrain_lr", "retrain_dropout", "recalibrate_bn")
+# Keys added after runs were made: at their default they stay out of a run's identity.
+_LATER_KEYS = ("retrain_epochs", "retrain_lr", "retrain_dropout", "recalibrate_bn", "compensate",
+               "compensate_ridge", "rates")
 
 
 @dataclass(frozen=True)
@@ -528,10 +544,11 @@ def _read_retrain(p: _Section, training_epochs: int) -> tuple[str | None, int | 
 def _read_prune(s: _Section, model: ModelConfig, training: TrainParams) -> PruneConfig:
     strategy = s.choice("strategy", "iterative", STRATEGIES)
     p = s.section("params")
+    given = set(p.values)
     d = PruneParams()
     retrain, rewind_epoch = _read_retrain(p, training.epochs)
     params = PruneParams(
-        type=p.choice("type", d.type, CRITERIA + ACTIVATION_CRITERIA + TP_CRITERIA),
+        type=p.choice("type", d.type, CRITERIA + ACTIVATION_CRITERIA + REFIT_CRITERIA + TP_CRITERIA),
         iterations=p.get("iterations", d.iterations, _positive_int, "must be an integer >= 1"),
         rate=p.get("rate", None, _in_open_unit, "must be a number in (0, 1)"),
         stop_cka=p.get("stop_cka", None, lambda v: _is_number(v) and 0 <= v < 1, "must be a number in [0, 1)"),
@@ -549,12 +566,17 @@ def _read_prune(s: _Section, model: ModelConfig, training: TrainParams) -> Prune
         allocation=p.choice("allocation", d.allocation, ALLOCATIONS),
     )
     params = _read_budget(p, params, model, training)
+    params = _read_compensation(p, params, strategy, given)
+    if params.rates is not None:
+        if "iterations" in given:
+            p.fail(p.key("iterations"), "does not apply with rates (one iteration per rate)")
+        params = replace(params, iterations=len(params.rates))
     if params.shrink and model.type == "cnn" and model.padding == "same":
         p.fail(p.key("shrink"), 'needs model.padding "valid": with zero padding the smaller network is not exact')
     _check_prune_fits_model(s, p, params, model)
-    if (params.rate is None) == (params.stop_cka is None):
-        p.fail(p.path, "needs exactly one of rate and stop_cka")
-    if strategy == "one_shot" and params.iterations != 1:
+    if sum(value is not None for value in (params.rate, params.stop_cka, params.rates)) != 1:
+        p.fail(p.path, "needs exactly one of rate, rates and stop_cka")
+    if strategy == "one_shot" and params.rates is None and params.iterations != 1:
         p.fail(p.key("iterations"), "must be 1 for the one_shot strategy", params.iterations)
     _check_method(p, params)
     p.done()
@@ -565,10 +587,13 @@ def _read_prune(s: _Section, model: ModelConfig, training: TrainParams) -> Prune
             s.fail(s.key("modules"), f"has layer {index}, but the model has {model.num_prunable} prunable layers (0..{model.num_prunable - 1})")
     if len(set(modules)) != len(modules):
         s.fail(s.key("modules"), "must not repeat a layer", modules)
-    if params.target == "next":
+    if params.target in ("next", "refit") or params.type in REFIT_CRITERIA:
+        key, what = ("type", params.type) if params.type in REFIT_CRITERIA else ("target", f'"{params.target}"')
         for index in modules:
             if not _feeds_linear(model, index):
-                p.fail(p.key("target"), f'"next" needs a Linear layer fed by each pruned layer\'s output; layer {index} has none')
+                p.fail(p.key(key), f"{what} needs a Linear layer fed by each pruned layer's output; layer {index} has none")
+    if params.target == "next":
+        for index in modules:
             if params.engine == "fast" and _is_conv(model, index):
                 p.fail(p.key("target"), f'"next" on conv layer {index} needs engine "reference" (the fast engine scores one column per neuron)')
     s.done()
@@ -601,6 +626,25 @@ def _read_budget(p: _Section, params: PruneParams, model: ModelConfig, training:
                    retrain_dropout=None if dropout == model.dropout_rate else dropout, recalibrate_bn=recalibrate)
 
 
+def _read_compensation(p: _Section, params: PruneParams, strategy: str, given: set[str]) -> PruneParams:
+    """``params`` with compensate, compensate_ridge and rates (a one_shot sparsity sweep); ``given``:
+    the keys the config sets."""
+    compensate = p.choice("compensate", params.compensate, COMPENSATIONS)
+    ridge = p.get("compensate_ridge", params.compensate_ridge, lambda v: _is_number(v) and v >= 0,
+                  "must be a number >= 0")
+    if "compensate_ridge" in given and compensate != "lstsq" and params.type not in REFIT_CRITERIA \
+            and params.target != "refit":
+        p.fail(p.key("compensate_ridge"), 'applies to compensate "lstsq", type "obs" and target "refit" only')
+    if compensate != "none" and params.allocation != "uniform":
+        p.fail(p.key("compensate"), 'needs allocation "uniform" (compensated layers are pruned one after another)')
+    rates = p.get("rates", None, lambda v: isinstance(v, list) and len(v) > 0 and all(_in_open_unit(r) for r in v)
+                  and all(a < b for a, b in zip(v, v[1:])), "must be an increasing list of numbers in (0, 1)")
+    if rates is not None and strategy != "one_shot":
+        p.fail(p.key("rates"), 'applies to strategy "one_shot" only (each rate is pruned from the trained model)')
+    return replace(params, compensate=compensate, compensate_ridge=float(ridge),
+                   rates=None if rates is None else tuple(float(r) for r in rates))
+
+
 def _check_method(p: _Section, params: PruneParams) -> None:
     """Combinations of greedy, target, allocation and the rest that have no defined meaning."""
     if params.target != "layer" and params.hook != "module":
@@ -618,6 +662,12 @@ def _check_method(p: _Section, params: PruneParams) -> None:
             p.fail(p.key("allocation"), '"global" needs target "layer" or "next"')
     if params.greedy != "conditional" and params.type != "cka":
         p.fail(p.key("greedy"), f'applies to type "cka" only, got type "{params.type}"')
+    if params.target == "refit" and (params.kernel != "linear" or params.debiased):
+        p.fail(p.key("target"), '"refit" needs kernel "linear" and debiased false (its exact form is linear CKA)')
+    if params.type in REFIT_CRITERIA and params.target != "layer":
+        p.fail(p.key("target"), f'does not apply to type "{params.type}" (it scores the consumer\'s refit)')
+    if params.type in REFIT_CRITERIA and params.allocation != "uniform":
+        p.fail(p.key("allocation"), f'type "{params.type}" prunes each layer on its own; it needs "uniform"')
 
 
 def _is_conv(model: ModelConfig, index: int) -> bool:
@@ -641,6 +691,8 @@ def _check_prune_fits_model(s: _Section, p: _Section, params: PruneParams, model
         p.fail(p.key("type"), f"must be cka or one of {', '.join(TP_CRITERIA)} for a {model.type} model", params.type)
     if params.stop_cka is not None:
         p.fail(p.key("stop_cka"), f"does not apply to a {model.type} model (Torch-Pruning prunes by rate)")
+    if params.compensate != "none":
+        p.fail(p.key("compensate"), f'is not implemented for Torch-Pruning models (a {model.type}); use "none"')
     if params.hook != "module":
         p.fail(p.key("hook"), f"must be module for a {model.type} model", params.hook)
     for key, value, default in (("target", params.target, "layer"), ("greedy", params.greedy, "conditional"),

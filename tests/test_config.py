@@ -117,9 +117,9 @@ def test_bad_values_are_one_line_naming_the_key(path, value, expected):
 
 def test_rate_and_stop_cka_are_exclusive():
     both = edited("prune.params.stop_cka", 0.9)
-    assert "needs exactly one of rate and stop_cka" in error_of(both)
+    assert "needs exactly one of rate, rates and stop_cka" in error_of(both)
     neither = edited("prune.params.rate", ...)
-    assert "prune.params needs exactly one of rate and stop_cka" in error_of(neither)
+    assert "prune.params needs exactly one of rate, rates and stop_cka" in error_of(neither)
     only_stop = edited("prune.params.stop_cka", 0.95, edited("prune.params.rate", ...))
     assert parse_config(only_stop, Path("x.json")).prune.params.stop_cka == 0.95
 
@@ -284,7 +284,7 @@ CNN = edited("model", {"type": "cnn", "conv_channels": [6, 16], "fc_sizes": [32]
 
 @pytest.mark.parametrize("params, base, expected", [
     ({"greedy": "lazy"}, BASE, "prune.params.greedy must be one of conditional, independent"),
-    ({"target": "input"}, BASE, "prune.params.target must be one of layer, next, logits"),
+    ({"target": "input"}, BASE, "prune.params.target must be one of layer, next, refit, logits"),
     ({"allocation": "even"}, BASE, "prune.params.allocation must be one of uniform, global"),
     ({"greedy": "independent", "type": "l1"}, BASE, 'prune.params.greedy applies to type "cka" only'),
     ({"target": "logits"}, BASE, 'prune.params.target "logits" needs engine "reference"'),
@@ -436,3 +436,47 @@ def test_batch_norm_and_dropout_are_known_from_the_config_as_built(model):
     built = list(build_model(cfg).modules())
     assert cfg.has_batch_norm == any(isinstance(m, nn.BatchNorm2d) for m in built)
     assert cfg.has_dropout == any(isinstance(m, nn.Dropout) for m in built)
+
+
+def prune_params(**values):
+    """BASE with a prune section of ``values`` over {type cka, rate 0.2}; a value ... leaves its key out."""
+    params = {key: value for key, value in {"type": "cka", "rate": 0.2, **values}.items()
+              if key != "strategy" and value is not ...}
+    return edited("prune", {"strategy": values.get("strategy", "iterative"), "params": params})
+
+
+def test_compensation_and_sweep_keys():
+    params = parse_config(prune_params(compensate="lstsq", compensate_ridge=0.01), Path("x.json")).prune.params
+    assert (params.compensate, params.compensate_ridge) == ("lstsq", 0.01)
+    sweep = parse_config(prune_params(strategy="one_shot", rate=..., rates=[0.5, 0.9]), Path("x.json")).prune.params
+    assert sweep.rates == (0.5, 0.9) and sweep.iterations == 2 and sweep.rate is None
+    obs = parse_config(prune_params(type="obs", compensate="bias"), Path("x.json")).prune.params
+    assert obs.type == "obs" and obs.compensate == "bias"
+    assert parse_config(prune_params(target="refit"), Path("x.json")).prune.params.target == "refit"
+
+
+@pytest.mark.parametrize("raw, expected", [
+    (prune_params(compensate="ridge"), "prune.params.compensate must be one of none, bias, lstsq"),
+    (prune_params(compensate="lstsq", compensate_ridge=-1), "prune.params.compensate_ridge must be a number >= 0"),
+    (prune_params(compensate_ridge=0.1), 'prune.params.compensate_ridge applies to compensate "lstsq"'),
+    (prune_params(compensate="bias", allocation="global"), 'prune.params.compensate needs allocation "uniform"'),
+    (prune_params(rate=..., strategy="one_shot", rates=[0.9, 0.5]),
+     "prune.params.rates must be an increasing list of numbers in (0, 1)"),
+    (prune_params(rate=..., strategy="one_shot", rates=[0.5, 1.0]),
+     "prune.params.rates must be an increasing list of numbers in (0, 1)"),
+    (prune_params(rate=..., rates=[0.5]), 'prune.params.rates applies to strategy "one_shot" only'),
+    (prune_params(strategy="one_shot", rates=[0.5]), "needs exactly one of rate, rates and stop_cka"),
+    (prune_params(rate=..., strategy="one_shot", rates=[0.5], iterations=1),
+     "prune.params.iterations does not apply with rates"),
+    (prune_params(target="refit", kernel="rbf", engine="reference"), 'prune.params.target "refit" needs kernel "linear"'),
+    (prune_params(type="obs", target="next"), 'prune.params.target does not apply to type "obs"'),
+])
+def test_bad_compensation_and_sweep_keys(raw, expected):
+    assert expected in error_of(raw)
+
+
+def test_compensation_keys_at_their_defaults_keep_a_runs_identity():
+    plain = parse_config(prune_params(), Path("x.json")).prune.identity()
+    same = parse_config(prune_params(compensate="none"), Path("x.json")).prune.identity()
+    assert plain == same and "compensate" not in plain and "rates" not in plain
+    assert parse_config(prune_params(compensate="bias"), Path("x.json")).prune.identity() != plain

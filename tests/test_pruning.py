@@ -22,7 +22,7 @@ from src.data import Split
 from src.pruning.criteria import NO_VARIATION, removal_count, select, select_global
 from src.pruning.masks import add_masks, alive_neurons, load_unmasked_state, neurons_zeroed, remove_neurons
 from src.pruning.scoring import record_layers, scoring_indices
-from src.pruning.strategy import prune_pass
+from src.pruning.passes import prune_pass
 from src.train import fit
 from tests.conftest import ROOT, untimed
 
@@ -260,8 +260,8 @@ def test_missing_model_is_skipped_with_a_message(write_config, tmp_path):
 @pytest.mark.parametrize("prune, expected", [
     (None, "prune section is required"),
     ({"params": {"type": "cka", "rate": 1.5}}, "prune.params.rate must be a number in (0, 1)"),
-    ({"params": {"type": "cka", "rate": 0.2, "stop_cka": 0.9}}, "needs exactly one of rate and stop_cka"),
-    ({"params": {"type": "cka"}}, "needs exactly one of rate and stop_cka"),
+    ({"params": {"type": "cka", "rate": 0.2, "stop_cka": 0.9}}, "needs exactly one of rate, rates and stop_cka"),
+    ({"params": {"type": "cka"}}, "needs exactly one of rate, rates and stop_cka"),
     ({"params": {"type": "cka", "rate": 0.2}, "modules": [5]}, "prune.modules has layer 5"),
     ({"params": {"type": "snip", "rate": 0.2}}, "prune.params.type must be one of"),
     ({"params": {"type": "cka", "rate": 0.2, "engine": "exact"}}, "prune.params.engine must be one of"),

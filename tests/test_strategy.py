@@ -334,7 +334,8 @@ def test_a_physical_pass_records_the_engine_that_ran_and_the_groups_it_left_alon
     from pathlib import Path
 
     from src.models import build_model
-    from src.pruning.strategy import _new_result, physical_prune_pass
+    from src.pruning.passes import physical_prune_pass
+    from src.pruning.strategy import _new_result
 
     config = write_config("tiny", model={"type": "resnet", "depth": 8, "width": 4},
                           prune={"params": {"type": "cka", "kernel": kernel, "iterations": 1, "rate": 0.25,

@@ -46,17 +46,16 @@ from torch import nn
 from src import provenance, results
 from src.artifacts import load_rewind_state
 from src.config import ExperimentConfig
-from src.data import Splits, to_unit_float
+from src.data import Splits
 from src.errors import UserError, brief
 from src.io import atomic_torch_save
-from src.models import Net, build_model, prunable_layers
+from src.models import build_model, prunable_layers
 from src.pruning.budget import dropout_rate, recalibrate_batch_norm
-from src.pruning.criteria import select, select_global
-from src.pruning.masks import add_masks, alive_neurons, load_masked_state, load_unmasked_state, remove_neurons
-from src.pruning.physical import group_roots, physical_pass, rebuild
-from src.pruning.scoring import record_layers, scoring_indices
+from src.pruning.masks import add_masks, load_masked_state, load_unmasked_state
+from src.pruning.passes import physical_prune_pass, prune_pass
+from src.pruning.physical import group_roots, rebuild
 from src.pruning.shrink import carry_back, remaining_size, shrunk
-from src.results import IterationRecord, LayerInfo, LayerStep, RetrainSummary, RunIdentity, SeedResult
+from src.results import IterationRecord, LayerInfo, RetrainSummary, RunIdentity, SeedResult
 from src.train import FitResult, evaluate_all, fit
 
 EpochCallback = Callable[[dict[str, float]], None]
@@ -64,90 +63,6 @@ EpochCallback = Callable[[dict[str, float]], None]
 
 def checkpoint_path(out_dir: Path, seed: int) -> Path:
     return Path(out_dir) / "checkpoints" / f"seed{seed}.pt"
-
-
-def prune_pass(model: Net, cfg: ExperimentConfig, splits: Splits, seed: int, iteration: int,
-               device: torch.device) -> list[LayerStep]:
-    """Prune every configured layer once; return one record per layer.
-
-    Every layer's neurons are chosen against the representations recorded at the start of
-    the pass. With allocation "global" all layers are chosen together (one budget), and each
-    record's ``seconds`` is that joint selection's time.
-    """
-    prune = cfg.require_prune()
-    params = prune.params
-    layers = [prunable_layers(model)[i] for i in prune.modules]
-    generator = torch.Generator().manual_seed(seed * 100_003 + iteration)
-    recordings = record_layers(model, layers, splits.val, params, cfg.params.batch_size, generator, device,
-                               train=splits.train)
-    alives = [alive_neurons(layer.block.layer).cpu().numpy() for layer in layers]
-    if params.allocation == "global":
-        start = time.perf_counter()
-        choices = select_global([recordings[layer.index] for layer in layers], params, alives)
-        seconds = [time.perf_counter() - start] * len(layers)
-    else:
-        choices, seconds = [], []
-        for layer, alive in zip(layers, alives):
-            start = time.perf_counter()
-            choices.append(select(recordings[layer.index], params, alive, (seed, iteration, layer.index)))
-            seconds.append(time.perf_counter() - start)
-    records = []
-    for layer, alive, choice, elapsed in zip(layers, alives, choices, seconds):
-        if choice.removed:
-            remove_neurons(layer.block.layer, choice.removed)
-        records.append(LayerStep(
-            index=layer.index,
-            alive_before=int(alive.sum()),
-            alive_after=int(alive.sum()) - len(choice.removed),
-            removed=tuple(choice.removed),
-            scores=tuple(choice.scores),
-            cka=tuple(choice.cka),
-            seconds=elapsed,
-            engine=choice.engine,
-            skipped=choice.skipped,
-        ))
-    return records
-
-
-def physical_prune_pass(model: nn.Module, cfg: ExperimentConfig, splits: Splits, seed: int, iteration: int,
-                        result: SeedResult) -> tuple[list[LayerStep], list]:
-    """Prune every Torch-Pruning group of ``model`` once, physically; one record per group that lost
-    channels (numbered as in the trained model) or was left alone (``skipped``, with the reason),
-    and the pass's pruning history."""
-    params = cfg.require_prune().params
-    device = next(model.parameters()).device
-    generator = torch.Generator().manual_seed(seed * 100_003 + iteration)
-    index = scoring_indices(splits.val, params.samples, cfg.params.batch_size, generator).to(splits.val.images.device)
-    x, y = to_unit_float(splits.val.images[index]).to(device), splits.val.labels[index].to(device)
-    start = time.perf_counter()
-    passed = physical_pass(model, params.type, params.rate, x[:1], x, labels=y, engine=params.engine,
-                           kernel=params.kernel, debiased=params.debiased,
-                           global_pruning=params.allocation == "global", seed=seed * 100_003 + iteration,
-                           batch_size=cfg.params.batch_size)
-    seconds = (time.perf_counter() - start) / max(len(passed.groups), 1)
-    surviving = surviving_channels(result)
-    number = {layer.name: layer.index for layer in result.layers}
-    steps = []
-    for group in passed.groups:
-        original = surviving[group.root]
-        removed = tuple(original[c] for c in group.removed)
-        steps.append(LayerStep(
-            index=number[group.root], alive_before=group.channels_before,
-            alive_after=group.channels_before - len(removed), removed=removed,
-            scores=group.cka if group.cka is not None else (None,) * len(removed), cka=group.cka or (),
-            seconds=seconds, engine=passed.engine, skipped=group.skipped))
-    return steps, passed.history
-
-
-def surviving_channels(result: SeedResult) -> dict[str, list[int]]:
-    """Per layer name, the trained model's indices of the channels still there, in their current order."""
-    alive = {layer.name: list(range(layer.width)) for layer in result.layers}
-    name = {layer.index: layer.name for layer in result.layers}
-    for it in result.iterations:
-        for step in it.layers:
-            gone = set(step.removed)
-            alive[name[step.index]] = [c for c in alive[name[step.index]] if c not in gone]
-    return alive
 
 
 class IdentityMismatch(UserError):

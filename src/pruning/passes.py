@@ -1,0 +1,105 @@
+"""One pruning pass over a seed's model: which neurons or channels go, and the records of what went.
+
+A masked model (MLP, CNN) loses neurons layer by layer (:func:`prune_pass`); a Torch-Pruning
+model (ResNet, VGG, LeNet-5) loses every group's channels physically (:func:`physical_prune_pass`).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from src.config import ExperimentConfig
+from src.data import Splits, to_unit_float
+from src.models import Net, prunable_layers
+from src.pruning.criteria import select, select_global
+from src.pruning.masks import alive_neurons, remove_neurons
+from src.pruning.physical import physical_pass
+from src.pruning.scoring import record_layers, scoring_indices
+from src.results import LayerStep, SeedResult
+
+
+def prune_pass(model: Net, cfg: ExperimentConfig, splits: Splits, seed: int, iteration: int,
+               device: torch.device) -> list[LayerStep]:
+    """Prune every configured layer once; return one record per layer.
+
+    Every layer's neurons are chosen against the representations recorded at the start of
+    the pass. With allocation "global" all layers are chosen together (one budget), and each
+    record's ``seconds`` is that joint selection's time.
+    """
+    prune = cfg.require_prune()
+    params = prune.params
+    layers = [prunable_layers(model)[i] for i in prune.modules]
+    generator = torch.Generator().manual_seed(seed * 100_003 + iteration)
+    recordings = record_layers(model, layers, splits.val, params, cfg.params.batch_size, generator, device,
+                               train=splits.train)
+    alives = [alive_neurons(layer.block.layer).cpu().numpy() for layer in layers]
+    if params.allocation == "global":
+        start = time.perf_counter()
+        choices = select_global([recordings[layer.index] for layer in layers], params, alives)
+        seconds = [time.perf_counter() - start] * len(layers)
+    else:
+        choices, seconds = [], []
+        for layer, alive in zip(layers, alives):
+            start = time.perf_counter()
+            choices.append(select(recordings[layer.index], params, alive, (seed, iteration, layer.index)))
+            seconds.append(time.perf_counter() - start)
+    records = []
+    for layer, alive, choice, elapsed in zip(layers, alives, choices, seconds):
+        if choice.removed:
+            remove_neurons(layer.block.layer, choice.removed)
+        records.append(LayerStep(
+            index=layer.index,
+            alive_before=int(alive.sum()),
+            alive_after=int(alive.sum()) - len(choice.removed),
+            removed=tuple(choice.removed),
+            scores=tuple(choice.scores),
+            cka=tuple(choice.cka),
+            seconds=elapsed,
+            engine=choice.engine,
+            skipped=choice.skipped,
+        ))
+    return records
+
+
+def physical_prune_pass(model: nn.Module, cfg: ExperimentConfig, splits: Splits, seed: int, iteration: int,
+                        result: SeedResult) -> tuple[list[LayerStep], list]:
+    """Prune every Torch-Pruning group of ``model`` once, physically; one record per group that lost
+    channels (numbered as in the trained model) or was left alone (``skipped``, with the reason),
+    and the pass's pruning history."""
+    params = cfg.require_prune().params
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed * 100_003 + iteration)
+    index = scoring_indices(splits.val, params.samples, cfg.params.batch_size, generator).to(splits.val.images.device)
+    x, y = to_unit_float(splits.val.images[index]).to(device), splits.val.labels[index].to(device)
+    start = time.perf_counter()
+    passed = physical_pass(model, params.type, params.rate, x[:1], x, labels=y, engine=params.engine,
+                           kernel=params.kernel, debiased=params.debiased,
+                           global_pruning=params.allocation == "global", seed=seed * 100_003 + iteration,
+                           batch_size=cfg.params.batch_size)
+    seconds = (time.perf_counter() - start) / max(len(passed.groups), 1)
+    surviving = surviving_channels(result)
+    number = {layer.name: layer.index for layer in result.layers}
+    steps = []
+    for group in passed.groups:
+        original = surviving[group.root]
+        removed = tuple(original[c] for c in group.removed)
+        steps.append(LayerStep(
+            index=number[group.root], alive_before=group.channels_before,
+            alive_after=group.channels_before - len(removed), removed=removed,
+            scores=group.cka if group.cka is not None else (None,) * len(removed), cka=group.cka or (),
+            seconds=seconds, engine=passed.engine, skipped=group.skipped))
+    return steps, passed.history
+
+
+def surviving_channels(result: SeedResult) -> dict[str, list[int]]:
+    """Per layer name, the trained model's indices of the channels still there, in their current order."""
+    alive = {layer.name: list(range(layer.width)) for layer in result.layers}
+    name = {layer.index: layer.name for layer in result.layers}
+    for it in result.iterations:
+        for step in it.layers:
+            gone = set(step.removed)
+            alive[name[step.index]] = [c for c in alive[name[step.index]] if c not in gone]
+    return alive
