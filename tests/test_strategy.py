@@ -505,3 +505,21 @@ def test_batch_norm_is_recalibrated_after_the_pass_before_it_is_evaluated(write_
     assert it.after_prune == evaluate_all(model, mnist5k, cfg.params.batch_size, torch.device("cpu"), ("val", "test"))
     assert stored(tmp_path, "fresh").run.description["prune"]["params"]["recalibrate_bn"] is True
     assert "recalibrate_bn" not in stored(tmp_path, "stale").run.description["prune"]["params"]
+
+
+@pytest.mark.parametrize("criterion", ["cka", "taylor"])
+def test_defaults_reproduce_the_records_made_before_compensation_existed(write_config, run, tmp_path, criterion):
+    """tests/data/golden-<criterion>.json: the removed neurons and accuracies of this tiny early-stopped run,
+    recorded at the commit it names, before compensate, obs, the refit target and sweeps were added."""
+    golden = json.loads((ROOT / "tests" / "data" / f"golden-{criterion}.json").read_text())
+    config = write_config("tiny", prune=prune_section(criterion, iterations=2, rate=0.25))
+    assert run(main_train, config) == 0 and run(main_prune, config) == 0
+    result = stored(tmp_path)
+    if result.model_sha256 != golden["model_sha256"]:
+        pytest.skip("this machine trains another tiny model than the golden record's (another CPU or BLAS); "
+                    "the comparison needs the same trained model")
+    for it, expected in zip(result.iterations, golden["iterations"], strict=True):
+        assert [list(step.removed) for step in it.layers] == expected["removed"]
+        assert it.after_prune == pytest.approx(expected["after_prune"], abs=1e-6)
+        assert it.after_retrain == pytest.approx(expected["after_retrain"], abs=1e-6)
+        assert it.retrain.epochs == expected["epochs"]
