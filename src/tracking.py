@@ -6,16 +6,23 @@ enough: the service then starts with error reporting on and contacts its telemet
 exit, which hangs for about 10 s where that host does not answer. Offline runs also turn
 error reporting off (``WANDB_ERROR_REPORTING=false``: the service starts with
 ``--no-observability``), so an offline run never waits on the network. In "disabled" mode
-wandb is never imported. Runs log the resolved config (:func:`run_config`); what each kind of
-run logs is in :class:`TrainLog`, :class:`PruneLog` and :class:`SearchLog`. The sweep backend runs
-the config's ``search`` section as a W&B sweep (:func:`run_wandb_search`).
+wandb is never imported. Runs log the resolved config (:func:`run_config`) and carry tags
+(:func:`run_tags`); what each kind of run logs is in :class:`TrainLog`, :class:`PruneLog` and
+:class:`SearchLog`, their summaries in :func:`train_summary` and :func:`prune_summary`. The sweep
+backend runs the config's ``search`` section as a W&B sweep (:func:`run_wandb_search`).
+
+Names: ``train/*_running`` are the running means of an epoch's training batches (train mode,
+weights changing); ``best/*`` and ``final/*`` are summary-only, so a summary key that is also
+a history key always holds that key's last logged value (W&B's default).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import netrc
 import os
+import re
 import subprocess
 import threading
 import urllib.error
@@ -26,10 +33,11 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 from urllib.parse import urlsplit
 
+from src.artifacts import sidecar_path
 from src.config import ExperimentConfig, with_overrides
 from src.errors import UserError
 from src.io import atomic_write_json, exclusive, read_json
-from src.results import SeedResult
+from src.results import IterationRecord, SeedResult
 from src.points import PROGRAM, Point, PointResult, Trainer, results_path
 from src.train import EpochCallback as EpochFn
 
@@ -74,6 +82,13 @@ def run_config(cfg: ExperimentConfig, **extra: Any) -> dict[str, Any]:
     return json.loads(json.dumps(config))  # tuples as lists, as W&B stores them
 
 
+def run_tags(cfg: ExperimentConfig, job_type: str) -> list[str]:
+    """``criterion:<prune type>`` (prune runs only: training does not depend on it),
+    ``dataset:<dataset>`` and ``model:<model type>``, for filtering runs in W&B."""
+    criterion = [f"criterion:{cfg.require_prune().params.type}"] if job_type == "prune" else []
+    return [*criterion, f"dataset:{cfg.data.dataset}", f"model:{cfg.model.type}"]
+
+
 @contextmanager
 def wandb_run(cfg: ExperimentConfig, mode: str, *, job_type: str, name: str, config: dict[str, Any],
               run_id: str | None = None) -> Iterator[Any]:
@@ -88,16 +103,42 @@ def wandb_run(cfg: ExperimentConfig, mode: str, *, job_type: str, name: str, con
     import wandb
 
     run = wandb.init(project=cfg.wandb.project, entity=cfg.wandb.entity, job_type=job_type, name=name,
-                     group=cfg.name, config=config, id=run_id, resume="allow" if run_id else None,
-                     reinit="finish_previous")
+                     group=cfg.name, tags=run_tags(cfg, job_type), config=config, id=run_id,
+                     resume="allow" if run_id else None, reinit="finish_previous")
     try:
         yield run
     finally:
         run.finish()
 
 
+def running_names(row: Mapping[str, float]) -> dict[str, float]:
+    """An epoch row of :func:`src.train.fit` with ``train_loss``/``train_acc`` named ``*_running``:
+    they are means over the epoch's batches in train mode, not an evaluation of the weights."""
+    return {(f"{name}_running" if name in ("train_loss", "train_acc") else name): value
+            for name, value in row.items()}
+
+
+def train_summary(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A train run's summary from the model's sidecar ``record`` (:func:`src.train.train_seed`).
+
+    ``best/*``: the kept weights (the lowest validation loss's epoch; the last epoch without
+    early stopping) evaluated in eval mode on every split, and that epoch; ``final/*``: the
+    last epoch trained, as its history row logged it; ``epochs``: epochs run.
+    """
+    fit = record.get("fit") or {}
+    summary: dict[str, Any] = {f"best/{split}_{kind}": record[f"{split}_{kind}"]
+                               for split in ("train", "val", "test") for kind in ("loss", "acc")}
+    if fit:
+        summary.update({"best/epoch": fit["best_epoch"], "epochs": fit["epochs"]})
+    if fit.get("history"):
+        last = running_names(fit["history"][-1])
+        summary.update({f"final/{name}": last[name] for name in
+                        ("epoch", "val_loss", "val_acc", "train_loss_running", "train_acc_running")})
+    return summary
+
+
 class TrainLog:
-    """A train run: per-epoch ``train/*`` and ``val/*`` against ``epoch``; summary = best epoch + test."""
+    """A train run: per-epoch ``train/*`` and ``val/*`` against ``epoch``; summary: :func:`train_summary`."""
 
     def __init__(self, run: Any):
         self.run = run
@@ -106,13 +147,57 @@ class TrainLog:
             run.define_metric(f"{prefix}/*", step_metric="epoch")
 
     def epoch(self, row: Mapping[str, float]) -> None:
-        self.run.log({"epoch": row["epoch"], "train/loss": row["train_loss"], "train/acc": row["train_acc"],
-                      "val/loss": row["val_loss"], "val/acc": row["val_acc"], "train/seconds": row["seconds"]})
+        self.run.log({"epoch": row["epoch"], "train/lr": row["lr"], "train/loss_running": row["train_loss"],
+                      "train/acc_running": row["train_acc"], "val/loss": row["val_loss"], "val/acc": row["val_acc"],
+                      "train/seconds": row["seconds"]})
 
-    def finish(self, best_epoch: int, epochs: int, metrics: Mapping[str, float]) -> None:
-        """``metrics``: ``{split}_{loss,acc}`` of the kept (best-epoch) weights."""
-        self.run.summary.update({"best_epoch": best_epoch, "epochs": epochs,
-                                 **{name.replace("_", "/", 1): value for name, value in metrics.items()}})
+    def finish(self, record: Mapping[str, Any]) -> None:
+        """``record``: the trained model's sidecar."""
+        self.run.summary.update(train_summary(record))
+
+
+def fraction_remaining(result: SeedResult, number: int | None = None) -> float:
+    """Neurons (channels) alive in the pruned layers after iteration ``number`` over their widths."""
+    return sum(result.alive(number).values()) / sum(layer.width for layer in result.layers)
+
+
+def ended_with(record: IterationRecord) -> dict[str, float]:
+    """The metrics an iteration ended with: after retraining, else after the pass."""
+    return record.after_retrain if record.after_retrain is not None else record.after_prune
+
+
+def prune_summary(result: SeedResult) -> dict[str, Any]:
+    """A prune run's summary keys beyond the last history row.
+
+    ``baseline/*``: the trained model before pruning. ``final/*``: the last iteration, as it
+    ended (after retraining when there is retraining). ``best/*``: the iteration with the
+    highest validation accuracy as it ended (ties: the later, more pruned one; diverged ones
+    excluded), so the test set picks nothing. Each gives ``test_acc``, ``val_acc``,
+    ``parameters`` and ``macs``; ``final`` and ``best`` also ``iteration`` and ``fraction_remaining``.
+    """
+    def point(prefix: str, metrics: Mapping[str, float], parameters: int | None, macs: int | None,
+              record: IterationRecord | None = None) -> dict[str, Any]:
+        where = {} if record is None else {"iteration": record.iteration,
+                                           "fraction_remaining": fraction_remaining(result, record.iteration)}
+        values = {"test_acc": metrics.get("test_acc"), "val_acc": metrics.get("val_acc"),
+                  "parameters": parameters, "macs": macs, **where}
+        return {f"{prefix}/{name}": value for name, value in values.items() if value is not None}
+
+    summary = point("baseline", result.baseline, result.baseline_parameters, result.baseline_macs)
+    if not result.iterations:
+        return summary
+    final = result.iterations[-1]
+    summary.update(point("final", ended_with(final), final.parameters, final.macs, final))
+    ranked = [r for r in result.iterations if not r.diverged and not math.isnan(ended_with(r).get("val_acc", math.nan))]
+    if ranked:
+        best = max(ranked, key=lambda r: (ended_with(r)["val_acc"], r.iteration))
+        summary.update(point("best", ended_with(best), best.parameters, best.macs, best))
+    return summary
+
+
+def artifact_name(experiment: str, seed: int) -> str:
+    """``<experiment>-seed<S>-pruned`` in the characters W&B allows in an artifact name."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", f"{experiment}-seed{seed}-pruned")
 
 
 class PruneLog:
@@ -132,21 +217,35 @@ class PruneLog:
         # (iteration - 1) * max_epochs + epoch: increasing, and the same after a resume.
         step = (self.iteration - 1) * self.max_epochs + int(row["epoch"])
         self.run.log({"retrain/step": step, "retrain/iteration": self.iteration,
-                      **{f"retrain/{k}": v for k, v in row.items()}})
+                      **{f"retrain/{k}": v for k, v in running_names(row).items()}})
 
     def iteration_done(self, result: SeedResult) -> None:
-        """The result's last iteration as one point of the pruning curve."""
+        """The result's last iteration as one point of the pruning curve; the summary of :func:`prune_summary`."""
         record = result.iterations[-1]
         alive = result.alive()
         stages = {"pruned": record.after_prune, "retrained": record.after_retrain or {}}
+        sizes = {"parameters": record.parameters, "macs": record.macs}
         row = {"prune/iteration": record.iteration,
-               "prune/fraction_remaining": sum(alive.values()) / sum(layer.width for layer in result.layers),
+               "prune/fraction_remaining": fraction_remaining(result),
+               **{f"prune/{name}": n for name, n in sizes.items() if n is not None},
                **{f"prune/alive/L{index}": n for index, n in alive.items()},
                **{f"prune/{split}_acc_{stage}": metrics[f"{split}_acc"] for stage, metrics in stages.items()
                   for split in ("test", "val") if f"{split}_acc" in metrics},
                **{f"prune/min_cka/L{step.index}": min(step.cka) for step in record.layers if step.cka}}
         self.run.log(row)
+        self.run.summary.update(prune_summary(result))
         self.iteration = record.iteration + 1
+
+    def model(self, path: Path, result: SeedResult) -> None:
+        """Log the exported pruned model at ``path`` and its sidecar as a ``model`` artifact whose
+        metadata is the run's :func:`prune_summary`."""
+        import wandb
+
+        artifact = wandb.Artifact(artifact_name(result.experiment, result.seed), type="model",
+                                  metadata=prune_summary(result))
+        for file in (path, sidecar_path(path)):
+            artifact.add_file(str(file))
+        self.run.log_artifact(artifact)
 
 
 class SearchLog:
@@ -158,7 +257,7 @@ class SearchLog:
         run.define_metric("*", step_metric="epoch")
 
     def __call__(self, row: Mapping[str, float]) -> None:
-        self.run.log(dict(row))
+        self.run.log(running_names(row))
 
 
 def logged_trainer(cfg: ExperimentConfig, train: Trainer, mode: str) -> Trainer:
@@ -188,11 +287,11 @@ def run_sweep_point(cfg: ExperimentConfig, train: Trainer) -> None:
     """One run of a W&B sweep: the agent's values, the full resolved config logged."""
     import wandb
 
-    run = wandb.init(job_type="search", group=cfg.name, config=run_config(cfg))
+    run = wandb.init(job_type="search", group=cfg.name, tags=run_tags(cfg, "search"), config=run_config(cfg))
     try:
         point = {p.name: run.config[p.name] for p in cfg.search.parameters}
         run.config.update(run_config(with_overrides(cfg, point)), allow_val_change=True)
-        result = train(point, run.log)
+        result = train(point, lambda row: run.log(running_names(row)))
         run.summary.update(asdict(result))
     finally:
         run.finish()
