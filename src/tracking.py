@@ -7,22 +7,16 @@ exit, which hangs for about 10 s where that host does not answer. Offline runs a
 error reporting off (``WANDB_ERROR_REPORTING=false``: the service starts with
 ``--no-observability``), so an offline run never waits on the network. In "disabled" mode
 wandb is never imported. Runs log the resolved config (:func:`run_config`) and carry tags
-(:func:`run_tags`); what each kind of run logs is in :class:`TrainLog`, :class:`PruneLog` and
-:class:`SearchLog`, their summaries in :func:`train_summary` and :func:`prune_summary`. The sweep
-backend runs the config's ``search`` section as a W&B sweep (:func:`run_wandb_search`).
-
-Names: ``train/*_running`` are the running means of an epoch's training batches (train mode,
-weights changing); ``best/*`` and ``final/*`` are summary-only, so a summary key that is also
-a history key always holds that key's last logged value (W&B's default).
+(:func:`src.run_summary.run_tags`); what each kind of run logs is in :class:`TrainLog`,
+:class:`PruneLog` and :class:`SearchLog`, the names and summaries in :mod:`src.run_summary`.
+The sweep backend runs the config's ``search`` section as a W&B sweep (:func:`run_wandb_search`).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import netrc
 import os
-import re
 import subprocess
 import threading
 import urllib.error
@@ -37,7 +31,9 @@ from src.artifacts import sidecar_path
 from src.config import ExperimentConfig, with_overrides
 from src.errors import UserError
 from src.io import atomic_write_json, exclusive, read_json
-from src.results import IterationRecord, SeedResult
+from src.results import SeedResult
+from src.run_summary import (artifact_name, fraction_remaining, prune_summary, run_tags, running_names,
+                             train_summary)
 from src.points import PROGRAM, Point, PointResult, Trainer, results_path
 from src.train import EpochCallback as EpochFn
 
@@ -82,13 +78,6 @@ def run_config(cfg: ExperimentConfig, **extra: Any) -> dict[str, Any]:
     return json.loads(json.dumps(config))  # tuples as lists, as W&B stores them
 
 
-def run_tags(cfg: ExperimentConfig, job_type: str) -> list[str]:
-    """``criterion:<prune type>`` (prune runs only: training does not depend on it),
-    ``dataset:<dataset>`` and ``model:<model type>``, for filtering runs in W&B."""
-    criterion = [f"criterion:{cfg.require_prune().params.type}"] if job_type == "prune" else []
-    return [*criterion, f"dataset:{cfg.data.dataset}", f"model:{cfg.model.type}"]
-
-
 @contextmanager
 def wandb_run(cfg: ExperimentConfig, mode: str, *, job_type: str, name: str, config: dict[str, Any],
               run_id: str | None = None) -> Iterator[Any]:
@@ -111,32 +100,6 @@ def wandb_run(cfg: ExperimentConfig, mode: str, *, job_type: str, name: str, con
         run.finish()
 
 
-def running_names(row: Mapping[str, float]) -> dict[str, float]:
-    """An epoch row of :func:`src.train.fit` with ``train_loss``/``train_acc`` named ``*_running``:
-    they are means over the epoch's batches in train mode, not an evaluation of the weights."""
-    return {(f"{name}_running" if name in ("train_loss", "train_acc") else name): value
-            for name, value in row.items()}
-
-
-def train_summary(record: Mapping[str, Any]) -> dict[str, Any]:
-    """A train run's summary from the model's sidecar ``record`` (:func:`src.train.train_seed`).
-
-    ``best/*``: the kept weights (the lowest validation loss's epoch; the last epoch without
-    early stopping) evaluated in eval mode on every split, and that epoch; ``final/*``: the
-    last epoch trained, as its history row logged it; ``epochs``: epochs run.
-    """
-    fit = record.get("fit") or {}
-    summary: dict[str, Any] = {f"best/{split}_{kind}": record[f"{split}_{kind}"]
-                               for split in ("train", "val", "test") for kind in ("loss", "acc")}
-    if fit:
-        summary.update({"best/epoch": fit["best_epoch"], "epochs": fit["epochs"]})
-    if fit.get("history"):
-        last = running_names(fit["history"][-1])
-        summary.update({f"final/{name}": last[name] for name in
-                        ("epoch", "val_loss", "val_acc", "train_loss_running", "train_acc_running")})
-    return summary
-
-
 class TrainLog:
     """A train run: per-epoch ``train/*`` and ``val/*`` against ``epoch``; summary: :func:`train_summary`."""
 
@@ -154,50 +117,6 @@ class TrainLog:
     def finish(self, record: Mapping[str, Any]) -> None:
         """``record``: the trained model's sidecar."""
         self.run.summary.update(train_summary(record))
-
-
-def fraction_remaining(result: SeedResult, number: int | None = None) -> float:
-    """Neurons (channels) alive in the pruned layers after iteration ``number`` over their widths."""
-    return sum(result.alive(number).values()) / sum(layer.width for layer in result.layers)
-
-
-def ended_with(record: IterationRecord) -> dict[str, float]:
-    """The metrics an iteration ended with: after retraining, else after the pass."""
-    return record.after_retrain if record.after_retrain is not None else record.after_prune
-
-
-def prune_summary(result: SeedResult) -> dict[str, Any]:
-    """A prune run's summary keys beyond the last history row.
-
-    ``baseline/*``: the trained model before pruning. ``final/*``: the last iteration, as it
-    ended (after retraining when there is retraining). ``best/*``: the iteration with the
-    highest validation accuracy as it ended (ties: the later, more pruned one; diverged ones
-    excluded), so the test set picks nothing. Each gives ``test_acc``, ``val_acc``,
-    ``parameters`` and ``macs``; ``final`` and ``best`` also ``iteration`` and ``fraction_remaining``.
-    """
-    def point(prefix: str, metrics: Mapping[str, float], parameters: int | None, macs: int | None,
-              record: IterationRecord | None = None) -> dict[str, Any]:
-        where = {} if record is None else {"iteration": record.iteration,
-                                           "fraction_remaining": fraction_remaining(result, record.iteration)}
-        values = {"test_acc": metrics.get("test_acc"), "val_acc": metrics.get("val_acc"),
-                  "parameters": parameters, "macs": macs, **where}
-        return {f"{prefix}/{name}": value for name, value in values.items() if value is not None}
-
-    summary = point("baseline", result.baseline, result.baseline_parameters, result.baseline_macs)
-    if not result.iterations:
-        return summary
-    final = result.iterations[-1]
-    summary.update(point("final", ended_with(final), final.parameters, final.macs, final))
-    ranked = [r for r in result.iterations if not r.diverged and not math.isnan(ended_with(r).get("val_acc", math.nan))]
-    if ranked:
-        best = max(ranked, key=lambda r: (ended_with(r)["val_acc"], r.iteration))
-        summary.update(point("best", ended_with(best), best.parameters, best.macs, best))
-    return summary
-
-
-def artifact_name(experiment: str, seed: int) -> str:
-    """``<experiment>-seed<S>-pruned`` in the characters W&B allows in an artifact name."""
-    return re.sub(r"[^A-Za-z0-9_.-]", "-", f"{experiment}-seed{seed}-pruned")
 
 
 class PruneLog:
