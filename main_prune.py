@@ -20,7 +20,8 @@ def main(argv=None) -> int:
     parser.add_argument("--output-dir", default="output",
                         help="results root; a finished search is read from <output-dir>/search/ (default: output/)")
     parser.add_argument("--export", action="store_true",
-                        help="also save each pruned model as a smaller dense model in output/<experiment>/exported/")
+                        help="also save each pruned model as a smaller dense model in output/<experiment>/exported/ "
+                             "(a W&B run with wandb.log_model also does, and logs it as an artifact)")
     parser.add_argument("--fresh", action="store_true",
                         help="replace this experiment's results that another run made (another config or trained "
                              "model) instead of stopping; results of this same run are kept and continued")
@@ -61,15 +62,18 @@ def main(argv=None) -> int:
         with wandb_run(cfg, mode if progress.remaining(p.iterations) else "disabled", job_type="prune",
                        name=f"{cfg.name}-seed{seed}", config=config, run_id=progress.run_id) as run:
             log = None if run is None else PruneLog(run, progress.iterations + 1, cfg.params.epochs)
-            done.append(prune_seed(model, cfg, seed, splits, device, path, out_dir,
-                                   on_epoch=log and log.retrain_epoch, on_iteration=log and log.iteration_done,
-                                   run_id=run and run.id))
-        if args.export:
-            path = out_dir / "exported" / f"seed{seed}.pt"
-            if cfg.model.uses_torch_pruning:
-                export_physical(model, cfg, pruning_history(out_dir, seed), path)
-            else:
-                export_seed(model, cfg, splits.test, path)
+            result = prune_seed(model, cfg, seed, splits, device, path, out_dir, on_epoch=log and log.retrain_epoch,
+                                on_iteration=log and log.iteration_done, run_id=run and run.id)
+            done.append(result)
+            log_model = log is not None and cfg.wandb.log_model
+            if args.export or log_model:
+                exported = out_dir / "exported" / f"seed{seed}.pt"
+                if cfg.model.uses_torch_pruning:
+                    export_physical(model, cfg, pruning_history(out_dir, seed), exported)
+                else:
+                    export_seed(model, cfg, splits.test, exported)
+                if log_model:
+                    log.model(exported, result)
     if not done:
         print("nothing was pruned")
         return 1

@@ -43,10 +43,7 @@ def main(argv=None) -> int:
             log = None if run is None else TrainLog(run)
             path = train_seed(cfg, seed, splits, device, args.models_dir, on_epoch=log and log.epoch)
             if log is not None and path.exists():
-                record = read_json(sidecar_path(path))
-                metrics = {f"{split}_{kind}": record[f"{split}_{kind}"]
-                           for split in ("train", "val", "test") for kind in ("loss", "acc")}
-                log.finish(record["fit"]["best_epoch"], record["fit"]["epochs"], metrics)
+                log.finish(read_json(sidecar_path(path)))
         if not path.exists():
             failed.append(seed)
     print(f"models are in {args.models_dir}/" + (f"; diverged seeds: {failed}" if failed else ""))

@@ -322,6 +322,7 @@ class WandbConfig:
     mode: str = "disabled"
     project: str = "cka_prune"
     entity: str | None = None
+    log_model: bool = False  # prune runs log the pruned model (the --export file) as a W&B artifact
 
 
 @dataclass(frozen=True)
@@ -812,6 +813,7 @@ def _read_wandb(s: _Section) -> WandbConfig:
         mode=s.choice("mode", d.mode, WANDB_MODES),
         project=s.get("project", d.project, lambda v: isinstance(v, str) and v != "", "must be a non-empty string"),
         entity=s.get("entity", d.entity, lambda v: v is None or isinstance(v, str), "must be a string"),
+        log_model=s.get("log_model", d.log_model, lambda v: isinstance(v, bool), "must be true or false"),
     )
     s.done()
     return cfg

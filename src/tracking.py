@@ -6,9 +6,10 @@ enough: the service then starts with error reporting on and contacts its telemet
 exit, which hangs for about 10 s where that host does not answer. Offline runs also turn
 error reporting off (``WANDB_ERROR_REPORTING=false``: the service starts with
 ``--no-observability``), so an offline run never waits on the network. In "disabled" mode
-wandb is never imported. Runs log the resolved config (:func:`run_config`); what each kind of
-run logs is in :class:`TrainLog`, :class:`PruneLog` and :class:`SearchLog`. The sweep backend runs
-the config's ``search`` section as a W&B sweep (:func:`run_wandb_search`).
+wandb is never imported. Runs log the resolved config (:func:`run_config`) and carry tags
+(:func:`src.run_summary.run_tags`); what each kind of run logs is in :class:`TrainLog`,
+:class:`PruneLog` and :class:`SearchLog`, the names and summaries in :mod:`src.run_summary`.
+The sweep backend runs the config's ``search`` section as a W&B sweep (:func:`run_wandb_search`).
 """
 
 from __future__ import annotations
@@ -26,10 +27,13 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 from urllib.parse import urlsplit
 
+from src.artifacts import sidecar_path
 from src.config import ExperimentConfig, with_overrides
 from src.errors import UserError
 from src.io import atomic_write_json, exclusive, read_json
 from src.results import SeedResult
+from src.run_summary import (artifact_name, fraction_remaining, prune_summary, run_tags, running_names,
+                             train_summary)
 from src.points import PROGRAM, Point, PointResult, Trainer, results_path
 from src.train import EpochCallback as EpochFn
 
@@ -88,8 +92,8 @@ def wandb_run(cfg: ExperimentConfig, mode: str, *, job_type: str, name: str, con
     import wandb
 
     run = wandb.init(project=cfg.wandb.project, entity=cfg.wandb.entity, job_type=job_type, name=name,
-                     group=cfg.name, config=config, id=run_id, resume="allow" if run_id else None,
-                     reinit="finish_previous")
+                     group=cfg.name, tags=run_tags(cfg, job_type), config=config, id=run_id,
+                     resume="allow" if run_id else None, reinit="finish_previous")
     try:
         yield run
     finally:
@@ -97,7 +101,7 @@ def wandb_run(cfg: ExperimentConfig, mode: str, *, job_type: str, name: str, con
 
 
 class TrainLog:
-    """A train run: per-epoch ``train/*`` and ``val/*`` against ``epoch``; summary = best epoch + test."""
+    """A train run: per-epoch ``train/*`` and ``val/*`` against ``epoch``; summary: :func:`train_summary`."""
 
     def __init__(self, run: Any):
         self.run = run
@@ -106,13 +110,13 @@ class TrainLog:
             run.define_metric(f"{prefix}/*", step_metric="epoch")
 
     def epoch(self, row: Mapping[str, float]) -> None:
-        self.run.log({"epoch": row["epoch"], "train/loss": row["train_loss"], "train/acc": row["train_acc"],
-                      "val/loss": row["val_loss"], "val/acc": row["val_acc"], "train/seconds": row["seconds"]})
+        self.run.log({"epoch": row["epoch"], "train/lr": row["lr"], "train/loss_running": row["train_loss"],
+                      "train/acc_running": row["train_acc"], "val/loss": row["val_loss"], "val/acc": row["val_acc"],
+                      "train/seconds": row["seconds"]})
 
-    def finish(self, best_epoch: int, epochs: int, metrics: Mapping[str, float]) -> None:
-        """``metrics``: ``{split}_{loss,acc}`` of the kept (best-epoch) weights."""
-        self.run.summary.update({"best_epoch": best_epoch, "epochs": epochs,
-                                 **{name.replace("_", "/", 1): value for name, value in metrics.items()}})
+    def finish(self, record: Mapping[str, Any]) -> None:
+        """``record``: the trained model's sidecar."""
+        self.run.summary.update(train_summary(record))
 
 
 class PruneLog:
@@ -132,21 +136,35 @@ class PruneLog:
         # (iteration - 1) * max_epochs + epoch: increasing, and the same after a resume.
         step = (self.iteration - 1) * self.max_epochs + int(row["epoch"])
         self.run.log({"retrain/step": step, "retrain/iteration": self.iteration,
-                      **{f"retrain/{k}": v for k, v in row.items()}})
+                      **{f"retrain/{k}": v for k, v in running_names(row).items()}})
 
     def iteration_done(self, result: SeedResult) -> None:
-        """The result's last iteration as one point of the pruning curve."""
+        """The result's last iteration as one point of the pruning curve; the summary of :func:`prune_summary`."""
         record = result.iterations[-1]
         alive = result.alive()
         stages = {"pruned": record.after_prune, "retrained": record.after_retrain or {}}
+        sizes = {"parameters": record.parameters, "macs": record.macs}
         row = {"prune/iteration": record.iteration,
-               "prune/fraction_remaining": sum(alive.values()) / sum(layer.width for layer in result.layers),
+               "prune/fraction_remaining": fraction_remaining(result),
+               **{f"prune/{name}": n for name, n in sizes.items() if n is not None},
                **{f"prune/alive/L{index}": n for index, n in alive.items()},
                **{f"prune/{split}_acc_{stage}": metrics[f"{split}_acc"] for stage, metrics in stages.items()
                   for split in ("test", "val") if f"{split}_acc" in metrics},
                **{f"prune/min_cka/L{step.index}": min(step.cka) for step in record.layers if step.cka}}
         self.run.log(row)
+        self.run.summary.update(prune_summary(result))
         self.iteration = record.iteration + 1
+
+    def model(self, path: Path, result: SeedResult) -> None:
+        """Log the exported pruned model at ``path`` and its sidecar as a ``model`` artifact whose
+        metadata is the run's :func:`prune_summary`."""
+        import wandb
+
+        artifact = wandb.Artifact(artifact_name(result.experiment, result.seed), type="model",
+                                  metadata=prune_summary(result))
+        for file in (path, sidecar_path(path)):
+            artifact.add_file(str(file))
+        self.run.log_artifact(artifact)
 
 
 class SearchLog:
@@ -158,7 +176,7 @@ class SearchLog:
         run.define_metric("*", step_metric="epoch")
 
     def __call__(self, row: Mapping[str, float]) -> None:
-        self.run.log(dict(row))
+        self.run.log(running_names(row))
 
 
 def logged_trainer(cfg: ExperimentConfig, train: Trainer, mode: str) -> Trainer:
@@ -188,11 +206,11 @@ def run_sweep_point(cfg: ExperimentConfig, train: Trainer) -> None:
     """One run of a W&B sweep: the agent's values, the full resolved config logged."""
     import wandb
 
-    run = wandb.init(job_type="search", group=cfg.name, config=run_config(cfg))
+    run = wandb.init(job_type="search", group=cfg.name, tags=run_tags(cfg, "search"), config=run_config(cfg))
     try:
         point = {p.name: run.config[p.name] for p in cfg.search.parameters}
         run.config.update(run_config(with_overrides(cfg, point)), allow_val_change=True)
-        result = train(point, run.log)
+        result = train(point, lambda row: run.log(running_names(row)))
         run.summary.update(asdict(result))
     finally:
         run.finish()

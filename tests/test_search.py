@@ -28,6 +28,7 @@ from src.points import PointResult, point_key, searched_config
 from src.search import LocalSearch, LostTrialFinder, SearchOptions, run_search
 from src.train import FitResult
 from tests.conftest import LRS, tiny_search_raw
+from tests.test_tracking import inspect
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = str(ROOT / "main_search.py")
@@ -441,7 +442,11 @@ def test_offline_run_logging_never_touches_the_network(tmp_path, stalling_proxy)
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
     assert connections == []
-    assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == 2
+    run_dirs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(run_dirs) == 2
+    for run_dir in run_dirs:
+        (record,) = [r["run"] for r in inspect(run_dir) if r["type"] == "run"]
+        assert record["job_type"] == "search" and record["tags"] == ["dataset:mnist-5k", "model:mlp"]
 
 
 class Unauthorized(http.server.BaseHTTPRequestHandler):
@@ -515,6 +520,7 @@ class FakeWandb:
     def init(self, **kwargs):
         # In a sweep, the agent's values win over the config passed to wandb.init.
         run = FakeRun({**kwargs.get("config", {}), **self.pending.pop(0)}, f"run{len(self.runs)}")
+        run.tags = kwargs.get("tags")
         self.runs.append(run)
         return run
 
@@ -538,6 +544,8 @@ def test_wandb_backend_sends_the_sweep_and_logs_each_run(tmp_path, monkeypatch, 
     assert len(fake.runs) == 2
     for run, lr in zip(fake.runs, [0.01, 0.001]):
         assert run.finished and [row["epoch"] for row in run.logged] == [1, 2]
+        assert run.tags == ["dataset:mnist-5k", "model:mlp"]
+        assert all("train_acc_running" in row and "train_acc" not in row for row in run.logged)
         assert run.config["params"] | {"lr": lr, "batch_size": 512, "epochs": 2, "patience": 2} == run.config["params"]
         assert run.config["params"]["optimizer"] == "adam"  # the resolved recipe, defaults included
         assert run.config["model"]["hidden_sizes"] == [8] and "_comment" not in run.config
@@ -546,3 +554,27 @@ def test_wandb_backend_sends_the_sweep_and_logs_each_run(tmp_path, monkeypatch, 
     # Running again joins the recorded sweep instead of creating another.
     assert main_search.main(argv + ["--trials", "1"]) == 0
     assert len(fake.sweeps) == 1 and fake.agents[-1] == {"sweep_id": "sweep1", "project": "cka_prune", "count": 1}
+
+
+def test_the_study_loads_in_optuna_by_the_name_the_docs_give(tmp_path, monkeypatch, capsys):
+    """docs/search.md's ``optuna.load_study`` example, run against a real search on mnist-5k
+    kept in its default journal and in an SQLite database."""
+    import main_search
+
+    config = tmp_path / "config" / "demo" / "cka.json"
+    config.parent.mkdir(parents=True)
+    write(config, tiny_search_raw({"lr": [0.01, 0.001]}))
+    monkeypatch.chdir(tmp_path)
+    for storage in ([], ["--storage", "sqlite:///search.db"]):
+        assert main_search.main(["config/demo/cka.json", *storage]) == 0
+    recorded = json.loads(Path("output/search/demo/cka.json").read_text())
+    name = recorded["study"]
+    headers = [line for line in capsys.readouterr().out.splitlines() if line.startswith("demo/cka: grid search")]
+    assert len(headers) == 2 and all(line.endswith(f", study {name}") for line in headers)
+    assert optuna.get_all_study_names(storage="sqlite:///search.db") == [name]
+    study = optuna.load_study(study_name=name, storage="sqlite:///search.db")
+    assert study.best_params == recorded["best"]["params"] and len(study.trials) == 2
+    page = (ROOT / "docs" / "search.md").read_text()
+    example = page.split("<!-- run by tests/test_search.py", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(example, "docs/search.md", "exec"), {})
+    assert capsys.readouterr().out == f"{study.best_params} {study.best_value}\n"
