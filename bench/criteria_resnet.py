@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from src import results  # noqa: E402
 from src.artifacts import output_dir  # noqa: E402
 from src.config import load_config  # noqa: E402
-from src.export import count_macs, count_parameters  # noqa: E402
 from src.models import build_model  # noqa: E402
 from src.pruning.physical import rebuild  # noqa: E402
+from src.pruning.shrink import network_size  # noqa: E402
 from src.pruning.strategy import example_input, pruning_history  # noqa: E402
 from src.report import label_color, figure_style  # noqa: E402
 
@@ -39,9 +39,9 @@ def seed_row(cfg, out_dir: Path, result: results.SeedResult) -> list[float]:
     last = result.iterations[-1].iteration
     trained, after_prune, after_retrain = (100 * result.test_acc(0, True), 100 * result.test_acc(last, False),
                                            100 * result.test_acc(last, True))
-    return [trained, after_prune, after_retrain, after_retrain - trained,
-            count_macs(original, shape) / count_macs(pruned, shape),
-            count_parameters(original) / count_parameters(pruned)]
+    (params_before, macs_before), (params_after, macs_after) = (network_size(m, shape) for m in (original, pruned))
+    return [trained, after_prune, after_retrain, after_retrain - trained, macs_before / macs_after,
+            params_before / params_after]
 
 
 def cell(values: np.ndarray) -> str:

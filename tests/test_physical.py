@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from src.export import count_macs
 from src.models import VGG, CifarResNet, lenet5
 from src.pruning.physical import physical_pass, rebuild
+from src.pruning.shrink import network_size
 from tests.test_tp_importance import RESNET8_GROUPS, trained_like_resnet8
 
 X = torch.rand(40, 1, 12, 12, generator=torch.Generator().manual_seed(0))
@@ -84,10 +84,13 @@ def test_physical_vgg_computes_what_the_masked_vgg_computes():
 
 
 def resnet8_counts(s1, b1, s2, b2, s3, b3, classes=10, size=12):
-    """Parameters and MACs of CifarResNet(depth=8) on 1 x size x size inputs, by hand.
+    """Parameters and MACs of CifarResNet(depth=8) on 1 x size x size inputs, by hand, as
+    Torch-Pruning counts them (:func:`src.pruning.shrink.network_size`).
 
-    s: a stage's residual width, b: its block's inner width. 3x3 convs, no bias; a BatchNorm
-    has 2 parameters per channel; stages at size, size/2, size/4 pixels.
+    s: a stage's residual width, b: its block's inner width. 3x3 convs, no bias, each followed by
+    a BatchNorm (2 parameters per channel, 2 MACs per element); stages at size, size/2, size/4
+    pixels. ReLU: 1 per element (the stem's, each block's inner and outer); the global average
+    pool: 1 per input element; the residual addition: 0; the Linear: ``in * out + out``.
     """
     h1, h2, h3 = size**2, (size // 2) ** 2, (size // 4) ** 2
     convs = [  # (in, out, kernel area, output pixels)
@@ -97,13 +100,14 @@ def resnet8_counts(s1, b1, s2, b2, s3, b3, classes=10, size=12):
     ]
     params = sum(i * o * k for i, o, k, _ in convs) + 2 * (s1 + b1 + s1 + b2 + 2 * s2 + b3 + 2 * s3)
     params += s3 * classes + classes
-    macs = sum(i * o * k * p for i, o, k, p in convs) + s3 * classes
+    relus = s1 * h1 + (b1 + s1) * h1 + (b2 + s2) * h2 + (b3 + s3) * h3
+    macs = sum(i * o * k * p + 2 * o * p for i, o, k, p in convs) + relus + s3 * h3 + s3 * classes + classes
     return params, macs
 
 
 def test_parameter_and_mac_counts_after_pruning_match_a_hand_count():
     model = trained_like_resnet8()
-    assert (sum(p.numel() for p in model.parameters()), count_macs(model, (1, 12, 12))) == resnet8_counts(4, 4, 8, 8, 16, 16)
+    assert network_size(model, (1, 12, 12)) == resnet8_counts(4, 4, 8, 8, 16, 16)
     result = physical_pass(model, "cka", 0.3, X[:1], X, iterative_steps=2)
     width = {"conv1": 4, "layer1.0.conv1": 4, "layer2.0.conv2": 8, "layer2.0.conv1": 8,
              "layer3.0.conv2": 16, "layer3.0.conv1": 16}
@@ -112,7 +116,7 @@ def test_parameter_and_mac_counts_after_pruning_match_a_hand_count():
         width[name] -= len(record.removed)
     assert list(width.values()) == [2, 2, 5, 5, 11, 11]  # floor(n (1 - 0.3)) kept after step 2
     counts = resnet8_counts(*width.values())
-    assert (sum(p.numel() for p in model.parameters()), count_macs(model, (1, 12, 12))) == counts
+    assert network_size(model, (1, 12, 12)) == counts
 
 
 def test_a_rebuilt_model_loads_the_pruned_checkpoint(tmp_path):

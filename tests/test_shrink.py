@@ -12,7 +12,7 @@ from src.config import load_config
 from src.errors import UserError
 from src.models import build_model, prunable_layers
 from src.pruning.masks import add_masks, remove_neurons
-from src.pruning.shrink import carry_back, remaining_size, shrunk
+from src.pruning.shrink import carry_back, network_size, remaining_size, shrunk
 from src.train import fit
 from tests.conftest import tiny_raw, untimed
 
@@ -93,16 +93,32 @@ def test_a_resumed_shrunk_run_equals_an_uninterrupted_one(write_config, tmp_path
 
 
 def test_the_remaining_size_is_that_of_the_surviving_neurons_dense_network(write_config):
+    """Torch-Pruning's count (:func:`network_size`): a Linear ``in * out + out``, a ReLU 1 per
+    output, dropout 0. Parameters: weights and biases."""
     cfg, masked = pruned_model(write_config)  # 784 -> 48 -> 32 -> 10, a third of each hidden layer removed
     a, b = 48 - 16, 32 - 10
-    assert remaining_size(masked, cfg.model) == (784 * a + a + a * b + b + b * 10 + 10, 784 * a + a * b + b * 10)
+    assert remaining_size(masked, cfg.model) == (784 * a + a + a * b + b + b * 10 + 10,
+                                                 (784 * a + a) + a + (a * b + b) + b + (b * 10 + 10))
     fresh = build_model(cfg.model)
-    assert remaining_size(fresh, cfg.model) == (sum(p.numel() for p in fresh.parameters()), 784 * 48 + 48 * 32 + 320)
+    assert remaining_size(fresh, cfg.model) == (784 * 48 + 48 + 48 * 32 + 32 + 32 * 10 + 10,
+                                                (784 * 48 + 48) + 48 + (48 * 32 + 32) + 32 + (32 * 10 + 10))
 
 
 def test_the_remaining_size_of_a_conv_network_counts_batch_norm_and_the_flattened_head(write_config):
+    """Per output element of a conv block: ``in * 9 + 1`` (conv and bias), 2 (BatchNorm), 1 (ReLU),
+    1 (max pooling, per input element); the head's Linears as above."""
     cfg, masked = pruned_model(write_config, CNN)  # conv 3x3: 1 -> 6 -> 8 (28 -> 26 -> 13 -> 11 -> 5), fc 12
     c1, c2, f = 6 - 2, 8 - 2, 12 - 4
     parameters = (9 * c1 + c1 + 2 * c1) + (c1 * 9 * c2 + c2 + 2 * c2) + (c2 * 25 * f + f) + (f * 10 + 10)
-    macs = 26 * 26 * c1 * 9 + 11 * 11 * c2 * c1 * 9 + c2 * 25 * f + f * 10
+    macs = (26 * 26 * c1 * (9 + 1 + 2 + 1 + 1) + 11 * 11 * c2 * (c1 * 9 + 1 + 2 + 1 + 1)
+            + (c2 * 25 * f + f) + f + (f * 10 + 10))
     assert remaining_size(masked, cfg.model) == (parameters, macs)
+
+
+def test_network_size_leaves_the_model_alone_and_counts_a_masked_weight_in_full(write_config):
+    cfg, masked = pruned_model(write_config)
+    masked.train()
+    before = copy.deepcopy(masked.state_dict())
+    parameters, _ = network_size(masked, (784,))
+    assert parameters == 784 * 48 + 48 + 48 * 32 + 32 + 32 * 10 + 10
+    assert masked.training and all(torch.equal(v, before[k]) for k, v in masked.state_dict().items())

@@ -1,7 +1,7 @@
 """Retraining on the physically smaller network (``prune.params.shrink``).
 
-After a pass, the masked model is exported to the dense network of the surviving widths
-(:func:`src.export.export_model`: each removed neuron's constant output, ``relu(bias)`` or its
+After a pass, the masked model is cut down to the dense network of the surviving widths
+(:func:`src.pruning.surgery.smaller_dense`: each removed neuron's constant output, ``relu(bias)`` or its
 BatchNorm'd value, is folded into the next layer's bias, exactly), that network is retrained,
 and its weights are carried back into the masked model (:func:`carry_back`), so the next pass,
 the checkpoints and the results see the same kind of model as with masked retraining.
@@ -19,30 +19,51 @@ bias), so the masked model computes exactly what the retrained small one does.
 from __future__ import annotations
 
 import torch
+import torch_pruning as tp
 from torch import nn
 
 from src.config import ModelConfig
-from src.export import count_macs, count_parameters, export_model, model_input_shape
 from src.models import Net, prunable_layers
 from src.pruning.masks import alive_neurons, refresh_weight
+from src.pruning.surgery import smaller_dense
 
 
 def shrunk(masked: Net, model_cfg: ModelConfig) -> Net:
     """The dense network of ``masked``'s surviving neurons, in train mode on ``masked``'s device."""
-    small, _, _ = export_model(masked, model_cfg)
-    return small.to(masked.output.weight.device).train()
+    return smaller_dense(masked, model_cfg).model.to(masked.output.weight.device).train()
+
+
+def model_input_shape(cfg: ModelConfig) -> tuple[int, ...]:
+    """The shape of one input sample: ``(input_size,)`` for an MLP, ``(C, H, W)`` otherwise."""
+    return (cfg.input_size,) if cfg.type == "mlp" else tuple(cfg.input_shape)
+
+
+def network_size(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]:
+    """Parameters and MACs of one ``input_shape`` sample, as Torch-Pruning counts them.
+
+    ``torch_pruning.utils.count_ops_and_params`` on an eval-mode copy (``model`` is left alone).
+    Parameters: every entry of ``model.parameters()`` (a masked weight counts in full; BatchNorm's
+    running statistics do not). MACs: per sample, summed over the modules it knows:
+    Linear ``in * out + out`` (one add per bias), Conv2d ``(in / groups * k_h * k_w + 1) * out``
+    per output position (the ``+ 1`` only with a bias), BatchNorm ``2`` per input element
+    (affine), ReLU ``1`` per output element, max/average pooling ``1`` per input element;
+    dropout, flatten and functional operations (a residual ``+``) count 0.
+    """
+    example = torch.zeros(1, *input_shape, device=next(model.parameters()).device)
+    with torch.no_grad():
+        macs, params = tp.utils.count_ops_and_params(model, example)
+    return int(params), int(macs)
 
 
 def remaining_size(model: nn.Module, model_cfg: ModelConfig) -> tuple[int, int]:
-    """Parameters and MACs per sample of the network a pruned ``model`` amounts to.
+    """Parameters and MACs per sample (:func:`network_size`) of the network a pruned ``model`` amounts to.
 
     A masked model counts as its smaller dense network (:func:`shrunk`: the surviving neurons'
     weights and biases, the removed ones' constants folded into the next biases); a physically
-    pruned (Torch-Pruning) model is already that network. Parameters: weights, biases and
-    BatchNorm's affine parameters; MACs: :func:`src.export.count_macs` (Linear and Conv2d).
+    pruned (Torch-Pruning) model is already that network.
     """
-    dense = model if model_cfg.uses_torch_pruning else export_model(model, model_cfg)[0]
-    return count_parameters(dense), count_macs(dense, model_input_shape(model_cfg))
+    dense = model if model_cfg.uses_torch_pruning else smaller_dense(model, model_cfg).model
+    return network_size(dense, model_input_shape(model_cfg))
 
 
 def carry_back(masked: Net, small: Net) -> None:
