@@ -67,6 +67,8 @@ from cka_prune.greedy import (TIE_RTOL, Groups, Search, _candidate_mask, _make_s
 
 # A column whose variance is at most this fraction of the largest one's is constant (a dead unit).
 DEAD_RTOL = 1e-20
+# A Cholesky pivot of C[K, K] + lam I at most this fraction of its largest diagonal: singular.
+SINGULAR_RTOL = 1e-12
 _SINGULAR = ("the kept units' covariance is singular (collinear inputs) and the ridge is 0; "
              "use a ridge > 0 (prune.params.compensate_ridge)")
 
@@ -103,6 +105,9 @@ def ridge_inverse(c_kk: np.ndarray, lam: float) -> np.ndarray:
         factor = scipy.linalg.cho_factor(h)
     except np.linalg.LinAlgError:
         raise ValueError(_SINGULAR) from None
+    pivots = np.diag(factor[0]) ** 2  # Cholesky pivots: one near 0 is a (numerically) collinear column
+    if h.size and np.min(pivots) <= SINGULAR_RTOL * np.max(np.diag(h)):
+        raise ValueError(_SINGULAR)
     s = scipy.linalg.cho_solve(factor, np.eye(h.shape[0]))
     return (s + s.T) / 2
 

@@ -415,3 +415,37 @@ def test_next_layer_streamed_covariance_matches_in_memory_activations(trained_ml
         picks.append(select(recs[1], params, np.ones(32, bool), (0,)))
     assert picks[0].removed == picks[1].removed
     np.testing.assert_allclose(picks[0].cka, picks[1].cka, rtol=1e-9)
+
+
+REFIT_PARAMS = [PruneParams(type="obs", rate=0.3), PruneParams(type="obs", stop_cka=0.9),
+                PruneParams(type="cka", target="refit", rate=0.3),
+                PruneParams(type="cka", target="refit", greedy="independent", rate=0.3),
+                PruneParams(type="l1", target="refit", rate=0.3)]
+
+
+def _assert_same_scores(choices):
+    """Scores within 1e-8 relative (obs: its costs, to 1e-8 of the largest, the literal refit's precision)."""
+    for index in choices["fast"]:
+        fast, ref = choices["fast"][index], choices["reference"][index]
+        atol = max([1e-8 * abs(s) for s in ref.scores] + [1e-12])
+        np.testing.assert_allclose(fast.scores, ref.scores, rtol=1e-8, atol=atol)
+
+
+@pytest.mark.parametrize("params", REFIT_PARAMS)
+def test_refit_criteria_engines_agree_on_a_trained_mlp(trained_mlp, mnist5k, params):
+    _, model = trained_mlp
+    choices = _select_both(model, mnist5k.val, params, [0, 1], already_pruned=[(0, [2, 9]), (1, [4])])
+    _assert_same(choices)
+    if params.type != "l1":  # l1's scores are its importances, the same in both
+        _assert_same_scores(choices)
+    assert not {2, 9} & set(choices["fast"][0].removed) and 4 not in choices["fast"][1].removed
+
+
+@pytest.mark.parametrize("params", REFIT_PARAMS[:1] + REFIT_PARAMS[2:3])
+def test_refit_criteria_engines_agree_on_a_cnns_last_conv(trained_cnn, mnist5k, params):
+    """The last conv layer: each channel owns H*W columns of the flattened input of the Linear layer."""
+    _, model = trained_cnn
+    choices = _select_both(model, mnist5k.val, params, [1, 2], already_pruned=[(1, [5])])
+    _assert_same(choices)
+    _assert_same_scores(choices)
+    assert 5 not in choices["fast"][1].removed
