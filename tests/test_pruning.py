@@ -449,3 +449,20 @@ def test_refit_criteria_engines_agree_on_a_cnns_last_conv(trained_cnn, mnist5k, 
     _assert_same(choices)
     _assert_same_scores(choices)
     assert 5 not in choices["fast"][1].removed
+
+
+@pytest.mark.parametrize("params", [{"type": "obs", "rate": 0.5, "samples": "all"},
+                                    {"type": "cka", "target": "refit", "rate": 0.5, "compensate_ridge": 0.01}])
+def test_refit_criteria_run_end_to_end(write_config, tmp_path, params):
+    config = write_config(prune={"strategy": "iterative", "params": {**params, "iterations": 2}, "modules": [0, 1]})
+    for script, extra in (("main_train.py", []), ("main_prune.py", ["--output-dir", str(tmp_path / "out")])):
+        proc = subprocess.run([sys.executable, str(ROOT / script), str(config), "--models-dir", str(tmp_path / "models"),
+                               *extra], capture_output=True, text=True, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "out/tiny/0.json").read_text())
+    assert result["complete"] and len(result["iterations"]) == 2
+    for iteration in result["iterations"]:
+        for layer in iteration["layers"]:
+            assert layer["engine"] == "fast" and len(layer["removed"]) == len(layer["scores"]) == len(layer["cka"]) > 0
+            if params["type"] == "obs":  # costs: rises of the refit's objective, never negative
+                assert all(score >= 0 for score in layer["scores"])
