@@ -59,7 +59,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import scipy.linalg
 
 from cka_prune.cka import feature_space_linear_cka, to_float64
 from cka_prune.greedy import (TIE_RTOL, Groups, Search, _candidate_mask, _make_search, _normalize_groups,
@@ -102,14 +101,14 @@ def ridge_inverse(c_kk: np.ndarray, lam: float) -> np.ndarray:
         h[dead, :], h[:, dead] = 0.0, 0.0
         h[dead, dead] = 1.0
     try:
-        factor = scipy.linalg.cho_factor(h)
+        lower = np.linalg.cholesky(h)
     except np.linalg.LinAlgError:
         raise ValueError(_SINGULAR) from None
-    pivots = np.diag(factor[0]) ** 2  # Cholesky pivots: one near 0 is a (numerically) collinear column
+    pivots = np.diag(lower) ** 2  # Cholesky pivots: one near 0 is a (numerically) collinear column
     if h.size and np.min(pivots) <= SINGULAR_RTOL * np.max(np.diag(h)):
         raise ValueError(_SINGULAR)
-    s = scipy.linalg.cho_solve(factor, np.eye(h.shape[0]))
-    return (s + s.T) / 2
+    inverse = np.linalg.solve(lower, np.eye(h.shape[0]))  # L^{-1}: S = L^{-T} L^{-1}
+    return inverse.T @ inverse
 
 
 def _check(cov: Any, weight: Any) -> tuple[np.ndarray, np.ndarray]:
