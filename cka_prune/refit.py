@@ -27,19 +27,25 @@ current refit weights (p, |K|); removing g raises the ridge objective by
     cost_g = J(K \\ g) - J(K) = tr(B_g D_g B_g^T),   B_g = B[:, g]  (m = 1: ||B[:, j]||^2 / S[j, j]),
 
 and after removing the cheapest, B' = U S' = B - B_g D_g S_g^T. O(p |K| m + |K|^2 m) per step.
-The greedy starts from the ridge refit of the alive units (at lam = 0, W itself), so the costs
-are the increases of the objective `compensate: "lstsq"` minimises.
+Why: J(K) = tr(Z^T Z) - tr(U S U^T) and the padded S' has zero row and column g, so U S' U^T =
+U S U^T - B_g D_g B_g^T. The greedy starts from the ridge refit of the alive units (at lam = 0
+and with the earlier-removed units' columns constant, W itself), so the costs are the rises of
+the objective `compensate: "lstsq"` minimises (which takes lam on the final kept set instead: the
+same at lam = 0).
 
 **refit CKA** (target "refit"). Score = linear CKA(Z, Zhat_K) = ||F||_F^2 / (||Z^T Z||_F ||M||_F)
-with F = Z^T Zhat = U S U^T and M = Zhat^T Zhat = U T U^T, T = S C[K, K] S (p, p) (at lam = 0,
-T = S, M = F and CKA = ||Z^T P_K Z||_F / ||Z^T Z||_F). With E = U T (p, |K|), T_g = T[:, g]
-(|K|, m), Gam_g = D_g T[g, g] D_g (m, m), removing g gives
+with F = Z^T Zhat = U S U^T and M = Zhat^T Zhat = U T U^T (p, p), T = S C[K, K] S (|K|, |K|)
+(at lam = 0, T = S, M = F and CKA = ||Z^T P_K Z||_F / ||Z^T Z||_F). With E = U T (p, |K|),
+T_g = T[:, g] = S C S_g (|K|, m) and Gam_g = D_g T[g, g] D_g (m, m), substituting S' into
+T' = S' C S', F' = U S' U^T and M' = U T' U^T (U's columns g meet the zero rows of S') gives
 
     T' = T - T_g D_g S_g^T - S_g D_g T_g^T + S_g Gam_g S_g^T
     F' = F - B_g D_g B_g^T
     M' = M + V_g Om_g V_g^T,   V_g = [E_g, B_g] (p, 2m),   Om_g = [[0, -D_g], [-D_g, Gam_g]]
 
-so every candidate is scored from m x m and 2m x 2m blocks:
+(m = 1: D_g = 1 / S[j, j], Gam_g = T[j, j] / S[j, j]^2, rank-one and rank-two terms), so with
+||X + Y||^2 = ||X||^2 + 2 <X, Y> + ||Y||^2 and <F, B_g D_g B_g^T> = tr(D_g B_g^T F B_g), every
+candidate is scored from m x m and 2m x 2m blocks:
 
     ||F'||^2 = ||F||^2 - 2 tr(D_g B_g^T F B_g) + tr(D_g B_g^T B_g D_g B_g^T B_g)
     ||M'||^2 = ||M||^2 + 2 tr(Om_g V_g^T M V_g) + tr(Om_g V_g^T V_g Om_g V_g^T V_g).

@@ -167,17 +167,21 @@ def test_random_baseline_is_seeded(trained_mlp, mnist5k):
     assert pick((0, 1, 1)) == pick((0, 1, 1)) and pick((0, 1, 1)) != pick((1, 1, 1))
 
 
-def test_streamed_covariance_matches_in_memory_activations(trained_mlp, mnist5k):
+@pytest.mark.parametrize("criterion, target", [("cka", "layer"), ("cka", "refit"), ("obs", "layer")])
+def test_streamed_covariance_matches_in_memory_activations(trained_mlp, mnist5k, criterion, target):
     _, model = trained_mlp
     layers = prunable_layers(model)
     picks = []
     for samples in ("all", len(mnist5k.val)):
-        params = PruneParams(type="cka", rate=0.3, samples=samples)
+        params = PruneParams(type=criterion, rate=0.3, samples=samples, target=target)
         recs = record_layers(model, layers, mnist5k.val, params, 128, torch.Generator().manual_seed(0), CPU)
         assert (recs[0].covariance is not None) == (samples == "all")
+        if (criterion, target) != ("cka", "layer"):  # the consumer's input: streamed too
+            assert (recs[0].consumer.covariance is not None) == (samples == "all")
         picks.append(select(recs[0], params, np.ones(48, bool), (0,)))
     assert picks[0].removed == picks[1].removed
     np.testing.assert_allclose(picks[0].cka, picks[1].cka, rtol=1e-9)
+    np.testing.assert_allclose(picks[0].scores, picks[1].scores, rtol=1e-9)
 
 
 def test_masks_survive_retraining(trained_mlp, mnist5k):
@@ -358,7 +362,7 @@ def test_logits_target_scores_the_network_output(trained_mlp, mnist5k):
 
 
 @pytest.mark.parametrize("greedy", ["conditional", "independent"])
-@pytest.mark.parametrize("target", ["layer", "next"])
+@pytest.mark.parametrize("target", ["layer", "next", "refit"])
 def test_global_allocation_engines_agree_and_spend_the_uniform_budget(trained_mlp, mnist5k, greedy, target):
     _, model = trained_mlp
     model = copy.deepcopy(model)
