@@ -74,8 +74,11 @@ from cka_prune.greedy import (TIE_RTOL, Groups, Search, _candidate_mask, _make_s
 DEAD_RTOL = 1e-20
 # A Cholesky pivot of C[K, K] + lam I at most this fraction of its largest diagonal: singular.
 SINGULAR_RTOL = 1e-12
-_SINGULAR = ("the kept units' covariance is singular (collinear inputs) and the ridge is 0; "
-             "use a ridge > 0 (prune.params.compensate_ridge)")
+_SINGULAR = "the kept units' covariance is singular (collinear inputs) and the ridge is 0; use a ridge > 0"
+
+
+class SingularError(ValueError):
+    """The refit is not unique: collinear kept inputs without a ridge."""
 
 
 def ridge_lambda(cov: np.ndarray, columns: np.ndarray, ridge: float) -> float:
@@ -109,10 +112,10 @@ def ridge_inverse(c_kk: np.ndarray, lam: float) -> np.ndarray:
     try:
         lower = np.linalg.cholesky(h)
     except np.linalg.LinAlgError:
-        raise ValueError(_SINGULAR) from None
+        raise SingularError(_SINGULAR) from None
     pivots = np.diag(lower) ** 2  # Cholesky pivots: one near 0 is a (numerically) collinear column
     if h.size and np.min(pivots) <= SINGULAR_RTOL * np.max(np.diag(h)):
-        raise ValueError(_SINGULAR)
+        raise SingularError(_SINGULAR)
     inverse = np.linalg.solve(lower, np.eye(h.shape[0]))  # L^{-1}: S = L^{-T} L^{-1}
     return inverse.T @ inverse
 

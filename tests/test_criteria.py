@@ -3,6 +3,7 @@ without variation are reported."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from fractions import Fraction
 
 import numpy as np
@@ -14,6 +15,7 @@ from cka_prune.cka import feature_space_linear_cka
 from src.config import ModelConfig, PruneParams
 from src.data import Split
 from src.models import build_model, prunable_layers
+from src.errors import UserError
 from src.pruning.criteria import NO_VARIATION, importance_for, removal_count, select
 from src.pruning.scoring import record_layers, taylor_importance
 
@@ -164,3 +166,15 @@ def test_a_baseline_with_the_refit_target_records_the_refit_damage():
     expected = [feature_space_linear_cka(z, _lstsq_fit(np.delete(a, choice.removed[: t + 1], axis=1), z))
                 for t in range(2)]
     np.testing.assert_allclose(choice.cka, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("params", [PruneParams(type="obs", rate=0.5, compensate_ridge=0.0),
+                                    PruneParams(type="cka", target="refit", rate=0.5, compensate_ridge=0.0)])
+def test_a_refit_without_ridge_on_collinear_inputs_is_a_config_error(params):
+    """On PIXELS the three hidden outputs are collinear with the intercept: only a ridge makes the refit unique."""
+    model = _model()
+    rec = record_layers(model, [prunable_layers(model)[0]], _split(), params, 4, torch.Generator().manual_seed(0),
+                        CPU)[0]
+    with pytest.raises(UserError, match="compensate_ridge: .*singular"):
+        select(rec, params, np.ones(3, dtype=bool), (0,))
+    assert len(select(rec, replace(params, compensate_ridge=1e-3), np.ones(3, dtype=bool), (0,)).removed) == 2

@@ -25,6 +25,8 @@ one budget over several layers (allocation "global").
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Callable, Protocol
@@ -37,9 +39,10 @@ from cka_prune.cka import cka, feature_space_linear_cka, gram_rbf, to_float64
 from cka_prune.greedy import (Search, allocate, cka_path, fast_search, interactions_from_activations,
                               interactions_from_covariance, next_layer_cka_path, next_layer_search,
                               reference_search, run_search)
-from cka_prune.refit import (obs_greedy, reference_obs_greedy, reference_refit_cka_path, reference_refit_search,
-                             refit_cka_path, refit_search)
+from cka_prune.refit import (SingularError, obs_greedy, reference_obs_greedy, reference_refit_cka_path,
+                             reference_refit_search, refit_cka_path, refit_search)
 from src.config import REFIT_CRITERIA, PruneParams
+from src.errors import UserError
 from src.pruning.scoring import ConsumerRecording, LayerRecording
 
 # The reason a layer is left alone when its representation cannot be scored.
@@ -124,6 +127,15 @@ def _engine(params: PruneParams) -> str:
     return "fast" if params.engine == "fast" and params.kernel == "linear" else "reference"
 
 
+@contextmanager
+def _ridge_needed() -> Iterator[None]:
+    """A refit without a unique solution is the config's ridge of 0: one line, exit 2."""
+    try:
+        yield
+    except SingularError as err:
+        raise UserError(f"prune.params.compensate_ridge: {err}") from None
+
+
 def select(rec: LayerRecording, params: PruneParams, alive: np.ndarray,
            random_seed: tuple[int, ...]) -> Selection:
     """Choose the neurons of one layer to remove in this pass (allocation "uniform").
@@ -131,6 +143,12 @@ def select(rec: LayerRecording, params: PruneParams, alive: np.ndarray,
     With stop_cka the pass also ends before the last alive neuron (independent greedy's
     individual scores can all stay above stop_cka).
     """
+    with _ridge_needed():
+        return _select(rec, params, alive, random_seed)
+
+
+def _select(rec: LayerRecording, params: PruneParams, alive: np.ndarray,
+            random_seed: tuple[int, ...]) -> Selection:
     alive_count = int(alive.sum())
     k = removal_count(params.rate, alive_count)
     k = max(alive_count - 1, 0) if k is None else k
@@ -175,10 +193,11 @@ def select_global(recs: list[LayerRecording], params: PruneParams, alives: list[
     engine = _engine(params)
     scored = [_varies(rec) for rec in recs]
     budget = sum(removal_count(params.rate, int(alive.sum())) for alive, ok in zip(alives, scored) if ok)
-    tools = [_cka_search(rec, params, alive) if ok else None for rec, alive, ok in zip(recs, alives, scored)]
-    allocate([tool[0] for tool in tools if tool is not None], budget)
-    return [Selection([], [], [], engine, skipped=NO_VARIATION) if tool is None
-            else _cka_selection(*tool, engine) for tool in tools]
+    with _ridge_needed():
+        tools = [_cka_search(rec, params, alive) if ok else None for rec, alive, ok in zip(recs, alives, scored)]
+        allocate([tool[0] for tool in tools if tool is not None], budget)
+        return [Selection([], [], [], engine, skipped=NO_VARIATION) if tool is None
+                else _cka_selection(*tool, engine) for tool in tools]
 
 
 def _cka_selection(search: Search, path: Path, engine: str) -> Selection:
