@@ -460,8 +460,8 @@ def test_refit_criteria_engines_agree_on_a_cnns_last_conv(trained_cnn, mnist5k, 
 def test_refit_criteria_run_end_to_end(write_config, tmp_path, params):
     config = write_config(prune={"strategy": "iterative", "params": {**params, "iterations": 2}, "modules": [0, 1]})
     for script, extra in (("main_train.py", []), ("main_prune.py", ["--output-dir", str(tmp_path / "out")])):
-        proc = subprocess.run([sys.executable, str(ROOT / script), str(config), "--models-dir", str(tmp_path / "models"),
-                               *extra], capture_output=True, text=True, cwd=tmp_path)
+        command = [sys.executable, str(ROOT / script), str(config), "--models-dir", str(tmp_path / "models"), *extra]
+        proc = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp_path / "out/tiny/0.json").read_text())
     assert result["complete"] and len(result["iterations"]) == 2

@@ -208,7 +208,7 @@ def _cka_selection(search: Search, path: Path, engine: str) -> Selection:
 
 def _fast_matrix(rec: LayerRecording, params: PruneParams) -> np.ndarray:
     """The fast engine's input: the interaction matrix M ("layer") or the covariance C ("next")."""
-    if rec.target in ("next", "refit"):
+    if rec.target == "next":
         if rec.covariance is not None:
             return rec.covariance
         x = to_float64(rec.outputs)
