@@ -2,15 +2,18 @@
 
 - :mod:`cka_prune.cka`: linear and RBF CKA, biased and debiased (NumPy, float64).
 - :mod:`cka_prune.greedy`: the greedy CKA pruning engines of one layer (``greedy_cka``).
+- :mod:`cka_prune.refit`: criteria that know the consumer's least-squares refit: structured OBS
+  (``obs_greedy``) and the CKA of the refit (``refit_search``), with literal reference loops.
 - :mod:`cka_prune.tp_importance`: ``CKAImportance`` for Torch-Pruning's pruners, and its
   own importances as baselines (``baseline_importance``).
 """
 
 from cka_prune.cka import cka, feature_space_linear_cka, gram_linear, gram_rbf
 from cka_prune.greedy import channel_groups, greedy_cka
+from cka_prune.refit import obs_greedy, refit_search
 from cka_prune.tp_importance import CKAImportance, baseline_importance
 
 __version__ = "0.1.0"
 
 __all__ = ["CKAImportance", "baseline_importance", "channel_groups", "cka", "feature_space_linear_cka",
-           "gram_linear", "gram_rbf", "greedy_cka", "__version__"]
+           "gram_linear", "gram_rbf", "greedy_cka", "obs_greedy", "refit_search", "__version__"]

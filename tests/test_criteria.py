@@ -3,6 +3,7 @@ without variation are reported."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from fractions import Fraction
 
 import numpy as np
@@ -10,9 +11,11 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from cka_prune.cka import feature_space_linear_cka
 from src.config import ModelConfig, PruneParams
 from src.data import Split
 from src.models import build_model, prunable_layers
+from src.errors import UserError
 from src.pruning.criteria import NO_VARIATION, importance_for, removal_count, select
 from src.pruning.scoring import record_layers, taylor_importance
 
@@ -113,3 +116,65 @@ def test_a_layer_without_variation_says_why():
         _, choice = _select(model, criterion)
         assert choice.removed == [] and choice.skipped == NO_VARIATION
     assert _select(_model(), "cka")[1].skipped is None
+
+
+# Twelve images on which the three hidden outputs of _model are not collinear.
+MORE_PIXELS = np.random.default_rng(0).integers(0, 256, (12, 4)).astype(np.uint8)
+
+
+def _refit_select(params: PruneParams):
+    model = _model()
+    layer = prunable_layers(model)[0]
+    rec = record_layers(model, [layer], _split(MORE_PIXELS), params, 12, torch.Generator().manual_seed(0), CPU)[0]
+    return model, rec, select(rec, params, np.ones(3, dtype=bool), (0,))
+
+
+def _lstsq_fit(a: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """The consumer's pre-activation refit from the columns ``a`` by numpy.linalg.lstsq, with an intercept."""
+    design = np.hstack([a, np.ones((len(a), 1))])
+    return design @ np.linalg.lstsq(design, z, rcond=None)[0]
+
+
+def test_obs_removes_the_unit_whose_lstsq_refit_loses_least():
+    model, rec, choice = _refit_select(PruneParams(type="obs", rate=0.5, compensate_ridge=0.0))
+    a = np.maximum(MORE_PIXELS[:, :3] / 255 * [1, 1, 2] + [-0.5, 0, 0.1], 0)  # the hidden outputs (_model)
+    np.testing.assert_allclose(rec.consumer.inputs.numpy(), a, rtol=1e-6, atol=1e-7)
+    assert rec.outputs.shape == (12, 3) and rec.target == "layer"  # the damage path's own representation
+    z = a @ model.output.weight.detach().double().numpy().T
+    full = np.sum((z - _lstsq_fit(a, z)) ** 2)  # 0 up to rounding
+    errors = [np.sum((z - _lstsq_fit(np.delete(a, j, axis=1), z)) ** 2) - full for j in range(3)]
+    assert choice.removed[0] == int(np.argmin(errors))
+    assert choice.scores[0] == pytest.approx(min(errors), rel=1e-5)
+    assert len(choice.removed) == 2 and len(choice.cka) == 2 and choice.cka[0] > choice.cka[1]
+
+
+def test_refit_target_scores_the_cka_of_the_lstsq_refit():
+    model, rec, choice = _refit_select(PruneParams(type="cka", target="refit", rate=0.5, compensate_ridge=0.0))
+    a = rec.consumer.inputs.double().numpy()
+    z = a @ model.output.weight.detach().double().numpy().T
+    first = [feature_space_linear_cka(z, _lstsq_fit(np.delete(a, j, axis=1), z)) for j in range(3)]
+    assert choice.removed[0] == int(np.argmax(first))
+    assert choice.scores[0] == pytest.approx(max(first), rel=1e-6)
+    assert choice.cka == choice.scores  # conditional greedy: the damage path is its scores
+
+
+def test_a_baseline_with_the_refit_target_records_the_refit_damage():
+    model, rec, choice = _refit_select(PruneParams(type="l1", target="refit", rate=0.5, compensate_ridge=0.0))
+    a = rec.consumer.inputs.double().numpy()
+    z = a @ model.output.weight.detach().double().numpy().T
+    assert choice.removed == [0, 1]  # the smallest incoming weight rows
+    expected = [feature_space_linear_cka(z, _lstsq_fit(np.delete(a, choice.removed[: t + 1], axis=1), z))
+                for t in range(2)]
+    np.testing.assert_allclose(choice.cka, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("params", [PruneParams(type="obs", rate=0.5, compensate_ridge=0.0),
+                                    PruneParams(type="cka", target="refit", rate=0.5, compensate_ridge=0.0)])
+def test_a_refit_without_ridge_on_collinear_inputs_is_a_config_error(params):
+    """On PIXELS the three hidden outputs are collinear with the intercept: only a ridge makes the refit unique."""
+    model = _model()
+    rec = record_layers(model, [prunable_layers(model)[0]], _split(), params, 4, torch.Generator().manual_seed(0),
+                        CPU)[0]
+    with pytest.raises(UserError, match="compensate_ridge: .*singular"):
+        select(rec, params, np.ones(3, dtype=bool), (0,))
+    assert len(select(rec, replace(params, compensate_ridge=1e-3), np.ones(3, dtype=bool), (0,)).removed) == 2

@@ -167,17 +167,21 @@ def test_random_baseline_is_seeded(trained_mlp, mnist5k):
     assert pick((0, 1, 1)) == pick((0, 1, 1)) and pick((0, 1, 1)) != pick((1, 1, 1))
 
 
-def test_streamed_covariance_matches_in_memory_activations(trained_mlp, mnist5k):
+@pytest.mark.parametrize("criterion, target", [("cka", "layer"), ("cka", "refit"), ("obs", "layer")])
+def test_streamed_covariance_matches_in_memory_activations(trained_mlp, mnist5k, criterion, target):
     _, model = trained_mlp
     layers = prunable_layers(model)
     picks = []
     for samples in ("all", len(mnist5k.val)):
-        params = PruneParams(type="cka", rate=0.3, samples=samples)
+        params = PruneParams(type=criterion, rate=0.3, samples=samples, target=target)
         recs = record_layers(model, layers, mnist5k.val, params, 128, torch.Generator().manual_seed(0), CPU)
         assert (recs[0].covariance is not None) == (samples == "all")
+        if (criterion, target) != ("cka", "layer"):  # the consumer's input: streamed too
+            assert (recs[0].consumer.covariance is not None) == (samples == "all")
         picks.append(select(recs[0], params, np.ones(48, bool), (0,)))
     assert picks[0].removed == picks[1].removed
     np.testing.assert_allclose(picks[0].cka, picks[1].cka, rtol=1e-9)
+    np.testing.assert_allclose(picks[0].scores, picks[1].scores, rtol=1e-9)
 
 
 def test_masks_survive_retraining(trained_mlp, mnist5k):
@@ -358,7 +362,7 @@ def test_logits_target_scores_the_network_output(trained_mlp, mnist5k):
 
 
 @pytest.mark.parametrize("greedy", ["conditional", "independent"])
-@pytest.mark.parametrize("target", ["layer", "next"])
+@pytest.mark.parametrize("target", ["layer", "next", "refit"])
 def test_global_allocation_engines_agree_and_spend_the_uniform_budget(trained_mlp, mnist5k, greedy, target):
     _, model = trained_mlp
     model = copy.deepcopy(model)
@@ -415,3 +419,54 @@ def test_next_layer_streamed_covariance_matches_in_memory_activations(trained_ml
         picks.append(select(recs[1], params, np.ones(32, bool), (0,)))
     assert picks[0].removed == picks[1].removed
     np.testing.assert_allclose(picks[0].cka, picks[1].cka, rtol=1e-9)
+
+
+REFIT_PARAMS = [PruneParams(type="obs", rate=0.3), PruneParams(type="obs", stop_cka=0.9),
+                PruneParams(type="cka", target="refit", rate=0.3),
+                PruneParams(type="cka", target="refit", greedy="independent", rate=0.3),
+                PruneParams(type="l1", target="refit", rate=0.3)]
+
+
+def _assert_same_scores(choices):
+    """Scores within 1e-8 relative (obs: its costs, to 1e-8 of the largest, the literal refit's precision)."""
+    for index in choices["fast"]:
+        fast, ref = choices["fast"][index], choices["reference"][index]
+        atol = max([1e-8 * abs(s) for s in ref.scores] + [1e-12])
+        np.testing.assert_allclose(fast.scores, ref.scores, rtol=1e-8, atol=atol)
+
+
+@pytest.mark.parametrize("params", REFIT_PARAMS)
+def test_refit_criteria_engines_agree_on_a_trained_mlp(trained_mlp, mnist5k, params):
+    _, model = trained_mlp
+    choices = _select_both(model, mnist5k.val, params, [0, 1], already_pruned=[(0, [2, 9]), (1, [4])])
+    _assert_same(choices)
+    if params.type != "l1":  # l1's scores are its importances, the same in both
+        _assert_same_scores(choices)
+    assert not {2, 9} & set(choices["fast"][0].removed) and 4 not in choices["fast"][1].removed
+
+
+@pytest.mark.parametrize("params", REFIT_PARAMS[:1] + REFIT_PARAMS[2:3])
+def test_refit_criteria_engines_agree_on_a_cnns_last_conv(trained_cnn, mnist5k, params):
+    """The last conv layer: each channel owns H*W columns of the flattened input of the Linear layer."""
+    _, model = trained_cnn
+    choices = _select_both(model, mnist5k.val, params, [1, 2], already_pruned=[(1, [5])])
+    _assert_same(choices)
+    _assert_same_scores(choices)
+    assert 5 not in choices["fast"][1].removed
+
+
+@pytest.mark.parametrize("params", [{"type": "obs", "rate": 0.5, "samples": "all"},
+                                    {"type": "cka", "target": "refit", "rate": 0.5, "compensate_ridge": 0.01}])
+def test_refit_criteria_run_end_to_end(write_config, tmp_path, params):
+    config = write_config(prune={"strategy": "iterative", "params": {**params, "iterations": 2}, "modules": [0, 1]})
+    for script, extra in (("main_train.py", []), ("main_prune.py", ["--output-dir", str(tmp_path / "out")])):
+        command = [sys.executable, str(ROOT / script), str(config), "--models-dir", str(tmp_path / "models"), *extra]
+        proc = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "out/tiny/0.json").read_text())
+    assert result["complete"] and len(result["iterations"]) == 2
+    for iteration in result["iterations"]:
+        for layer in iteration["layers"]:
+            assert layer["engine"] == "fast" and len(layer["removed"]) == len(layer["scores"]) == len(layer["cka"]) > 0
+            if params["type"] == "obs":  # costs: rises of the refit's objective, never negative
+                assert all(score >= 0 for score in layer["scores"])

@@ -12,7 +12,11 @@ recorded on the scoring samples:
   (Molchanov et al. 2019; `src.pruning.scoring.taylor_importance`); the smallest go first.
 
 CKA is a greedy search (``cka_prune.greedy``), conditional or independent, at the layer's
-own output or at a downstream target. Every criterion also records the CKA between the
+own output or at a downstream target; target "refit" scores the CKA of the consumer's ridge
+least-squares refit from the kept units (``cka_prune.refit``). ``obs`` (structured Optimal Brain
+Surgeon, ``cka_prune.refit.obs_greedy``) removes the units whose removal raises the refit's
+least-squares objective least. Both use the ridge lam = compensate_ridge x the mean variance of
+the alive units' outputs, fixed during the pass. Every criterion also records the CKA between the
 original and the pruned target representation after each removal, so damage curves compare
 across criteria. ``select`` prunes one layer at the configured rate; ``select_global`` spends
 one budget over several layers (allocation "global").
@@ -21,6 +25,8 @@ one budget over several layers (allocation "global").
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Callable, Protocol
@@ -33,8 +39,11 @@ from cka_prune.cka import cka, feature_space_linear_cka, gram_rbf, to_float64
 from cka_prune.greedy import (Search, allocate, cka_path, fast_search, interactions_from_activations,
                               interactions_from_covariance, next_layer_cka_path, next_layer_search,
                               reference_search, run_search)
-from src.config import PruneParams
-from src.pruning.scoring import LayerRecording
+from cka_prune.refit import (SingularError, obs_greedy, reference_obs_greedy, reference_refit_cka_path,
+                             reference_refit_search, refit_cka_path, refit_search)
+from src.config import REFIT_CRITERIA, PruneParams
+from src.errors import UserError
+from src.pruning.scoring import ConsumerRecording, LayerRecording
 
 # The reason a layer is left alone when its representation cannot be scored.
 NO_VARIATION = "no variation on the scoring samples (CKA undefined); layer left alone"
@@ -118,6 +127,15 @@ def _engine(params: PruneParams) -> str:
     return "fast" if params.engine == "fast" and params.kernel == "linear" else "reference"
 
 
+@contextmanager
+def _ridge_needed() -> Iterator[None]:
+    """A refit without a unique solution is the config's ridge of 0: one line, exit 2."""
+    try:
+        yield
+    except SingularError as err:
+        raise UserError(f"prune.params.compensate_ridge: {err}") from None
+
+
 def select(rec: LayerRecording, params: PruneParams, alive: np.ndarray,
            random_seed: tuple[int, ...]) -> Selection:
     """Choose the neurons of one layer to remove in this pass (allocation "uniform").
@@ -125,6 +143,12 @@ def select(rec: LayerRecording, params: PruneParams, alive: np.ndarray,
     With stop_cka the pass also ends before the last alive neuron (independent greedy's
     individual scores can all stay above stop_cka).
     """
+    with _ridge_needed():
+        return _select(rec, params, alive, random_seed)
+
+
+def _select(rec: LayerRecording, params: PruneParams, alive: np.ndarray,
+            random_seed: tuple[int, ...]) -> Selection:
     alive_count = int(alive.sum())
     k = removal_count(params.rate, alive_count)
     k = max(alive_count - 1, 0) if k is None else k
@@ -135,16 +159,28 @@ def select(rec: LayerRecording, params: PruneParams, alive: np.ndarray,
         search, path = _cka_search(rec, params, alive)
         run_search(search, k, params.stop_cka)
         return _cka_selection(search, path, engine)
-    path = _path(rec, params)
-    importance = importance_for(params.type, random_seed, rec)(rec.layer.block.layer).cpu().numpy()
-    order = [int(i) for i in np.argsort(importance, kind="stable") if alive[i]]
-    order = order[:k]
+    path = _path(rec, params, alive)
+    if params.type in REFIT_CRITERIA:
+        order, scores = _obs(rec.consumer, params, alive, k, engine)
+    else:
+        importance = importance_for(params.type, random_seed, rec)(rec.layer.block.layer).cpu().numpy()
+        order = [int(i) for i in np.argsort(importance, kind="stable") if alive[i]][:k]
+        scores = [None if params.type == "random" else float(importance[i]) for i in order]
     damage = path(order)
     if params.stop_cka is not None:
         keep = next((t for t, value in enumerate(damage) if value <= params.stop_cka), len(order))
-        order, damage = order[:keep], damage[:keep]
-    scores = [None if params.type == "random" else float(importance[i]) for i in order]
+        order, scores, damage = order[:keep], scores[:keep], damage[:keep]
     return Selection(order, scores, list(damage), engine)
+
+
+def _obs(consumer: ConsumerRecording, params: PruneParams, alive: np.ndarray, k: int,
+         engine: str) -> tuple[list[int], list[float]]:
+    """Structured OBS's removal order and costs (the rise of the refit's objective) by ``engine``."""
+    if engine == "reference":
+        return reference_obs_greedy(consumer.inputs, consumer.weight, k, consumer.groups, alive,
+                                    params.compensate_ridge)
+    return obs_greedy(consumer.centred_covariance(), consumer.weight, k, consumer.groups, alive,
+                      params.compensate_ridge)
 
 
 def select_global(recs: list[LayerRecording], params: PruneParams, alives: list[np.ndarray]) -> list[Selection]:
@@ -157,10 +193,11 @@ def select_global(recs: list[LayerRecording], params: PruneParams, alives: list[
     engine = _engine(params)
     scored = [_varies(rec) for rec in recs]
     budget = sum(removal_count(params.rate, int(alive.sum())) for alive, ok in zip(alives, scored) if ok)
-    tools = [_cka_search(rec, params, alive) if ok else None for rec, alive, ok in zip(recs, alives, scored)]
-    allocate([tool[0] for tool in tools if tool is not None], budget)
-    return [Selection([], [], [], engine, skipped=NO_VARIATION) if tool is None
-            else _cka_selection(*tool, engine) for tool in tools]
+    with _ridge_needed():
+        tools = [_cka_search(rec, params, alive) if ok else None for rec, alive, ok in zip(recs, alives, scored)]
+        allocate([tool[0] for tool in tools if tool is not None], budget)
+        return [Selection([], [], [], engine, skipped=NO_VARIATION) if tool is None
+                else _cka_selection(*tool, engine) for tool in tools]
 
 
 def _cka_selection(search: Search, path: Path, engine: str) -> Selection:
@@ -184,6 +221,15 @@ def _fast_matrix(rec: LayerRecording, params: PruneParams) -> np.ndarray:
 
 def _cka_search(rec: LayerRecording, params: PruneParams, alive: np.ndarray) -> tuple[Search, Path]:
     """The greedy search of the configured engine and target, and its damage path."""
+    if rec.target == "refit":
+        consumer, ridge = rec.consumer, params.compensate_ridge
+        if _engine(params) == "reference":
+            search = reference_refit_search(consumer.inputs, consumer.weight, consumer.groups, alive, ridge,
+                                            params.greedy)
+        else:
+            search = refit_search(consumer.centred_covariance(), consumer.weight, consumer.groups, alive, ridge,
+                                  params.greedy)
+        return search, _path(rec, params, alive)
     if _engine(params) == "reference":
         search = reference_search(rec.original(), rec.recompute, rec.layer.width, alive=alive,
                                   kernel=params.kernel, debiased=params.debiased, greedy=params.greedy)
@@ -196,8 +242,16 @@ def _cka_search(rec: LayerRecording, params: PruneParams, alive: np.ndarray) -> 
     return fast_search(matrix, alive, params.greedy), lambda order: cka_path(matrix, order)
 
 
-def _path(rec: LayerRecording, params: PruneParams) -> Path:
-    """CKA after each prefix of an order, by the configured engine."""
+def _path(rec: LayerRecording, params: PruneParams, alive: np.ndarray) -> Path:
+    """CKA after each prefix of an order, by the configured engine (target "refit": of the kept
+    units' refit, ``alive`` the units it starts from)."""
+    if rec.target == "refit":
+        consumer, ridge = rec.consumer, params.compensate_ridge
+        if _engine(params) == "reference":
+            return lambda order: reference_refit_cka_path(consumer.inputs, consumer.weight, order, consumer.groups,
+                                                          alive, ridge)
+        cov = consumer.centred_covariance()
+        return lambda order: refit_cka_path(cov, consumer.weight, order, consumer.groups, alive, ridge)
     if _engine(params) == "reference":
         return _reference_path(rec, params)
     matrix = _fast_matrix(rec, params)
@@ -210,7 +264,7 @@ def _path(rec: LayerRecording, params: PruneParams) -> Path:
 def _varies(rec: LayerRecording) -> bool:
     """Whether the preserved representation varies across the scoring samples."""
     if rec.covariance is not None:
-        if rec.target == "next":  # trace of Z's covariance W C W^T
+        if rec.target in ("next", "refit"):  # trace of Z's covariance W C W^T
             weight = to_float64(rec.next_weight)
             return bool(np.sum((weight @ rec.covariance) * weight) > 0)
         return bool(np.trace(rec.covariance) > 0)

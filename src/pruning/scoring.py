@@ -10,7 +10,12 @@ re-run the layer (and, for the targets "next" and "logits", what follows it). By
   flattened after a conv layer) and that layer's weight W, as they are at the start of the
   pass; the representation is Z = A W^T (the next layer's bias is a constant and drops out
   of centered CKA).
+- "refit": recorded as "next"; the representation is the least-squares refit of Z from the kept
+  units (`cka_prune.refit`).
 - "logits": the network's output.
+
+The criterion "obs" also reads the consumer (the next Linear layer's input A and weight W,
+`ConsumerRecording`), besides the layer's own representation for its damage path.
 
 With ``samples="all"``, the fast linear engine streams each Linear layer's covariance
 instead of keeping the activations. The baselines ``apoz`` and ``mean_activation`` read
@@ -29,7 +34,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from cka_prune.greedy import CovarianceAccumulator, channel_groups
-from src.config import PruneParams
+from src.config import REFIT_CRITERIA, PruneParams
 from src.data import Split, iterate_batches
 from src.models import Block, Net, PrunableLayer, next_layer
 from src.pruning.masks import neurons_zeroed
@@ -52,10 +57,35 @@ class ActivationStats:
 
 
 @dataclass
+class ConsumerRecording:
+    """The next Linear layer of a pruned layer, as the refit criteria read it.
+
+    inputs: (N, D) its input A (the pruned layer's post-activation output, flattened), or None
+        when only the covariance was streamed.
+    covariance: (D, D) centred float64 covariance of A when streamed, else None.
+    weight: (p, D) its weight W at the start of the pass.
+    groups: per neuron, its columns of A.
+    """
+
+    inputs: torch.Tensor | None
+    covariance: np.ndarray | None
+    weight: torch.Tensor
+    groups: list[np.ndarray]
+
+    def centred_covariance(self) -> np.ndarray:
+        """C = X^T X (D, D), X the column-centred A, float64."""
+        if self.covariance is not None:
+            return self.covariance
+        x = self.inputs.double()
+        x = x - x.mean(dim=0)
+        return (x.T @ x).numpy()
+
+
+@dataclass
 class LayerRecording:
     """One layer's view of the scoring samples.
 
-    target: "layer", "next" or "logits" (module docstring).
+    target: "layer", "next", "refit" or "logits" (module docstring).
     outputs: (N, D) the recorded representation: the layer's output (a conv channel owns H*W
         consecutive columns), the next layer's input A ("next") or the logits; None when only
         the covariance was streamed.
@@ -68,6 +98,7 @@ class LayerRecording:
         the layer's block).
     activation: post-ReLU statistics for the apoz and mean_activation baselines, else None.
     taylor: (n,) the taylor baseline's importance (`taylor_importance`), else None.
+    consumer: the next Linear layer's input and weight for target "refit" and type "obs", else None.
     """
 
     layer: PrunableLayer
@@ -82,15 +113,18 @@ class LayerRecording:
     eval_scope: nn.Module | None = None
     activation: ActivationStats | None = None
     taylor: np.ndarray | None = None
+    consumer: ConsumerRecording | None = None
 
     def original(self) -> torch.Tensor:
-        """The preserved representation before this pass: (N, D'), float64 for "next"."""
-        if self.target == "next":
+        """The preserved representation before this pass: (N, D'), float64 for "next" and "refit"."""
+        if self.target in ("next", "refit"):
             return self.outputs.double() @ self.next_weight.double().T
         return self.outputs
 
     def recompute(self, removed: list[int]) -> torch.Tensor:
         """The preserved representation with ``removed`` neurons' weights really zeroed: (N, D')."""
+        if self.target == "refit":
+            raise ValueError('target "refit" is a refit, not a recomputation (cka_prune.refit)')
         block = self.layer.block
         scope = self.eval_scope or block
         was_training = scope.training
@@ -134,11 +168,14 @@ def record_layers(model: Net, layers: list[PrunableLayer], split: Split, params:
     stream = (params.samples == "all" and params.engine == "fast" and params.kernel == "linear"
               and not params.debiased and params.target != "logits")
     need_stats = params.type in ("apoz", "mean_activation")
+    need_consumer = params.type in REFIT_CRITERIA  # besides the layer's own representation
     recordings = {layer.index: LayerRecording(layer, params.hook, params.target) for layer in layers}
     outputs: dict[int, list[torch.Tensor]] = {i: [] for i in recordings}
     inputs: dict[int, list[torch.Tensor]] = {i: [] for i in recordings}
     accumulators: dict[int, CovarianceAccumulator] = {}
     stats: dict[int, list[torch.Tensor]] = {i: [] for i in recordings}
+    consumed: dict[int, list[torch.Tensor]] = {i: [] for i in recordings}
+    consumer_accumulators: dict[int, CovarianceAccumulator] = {}
 
     handles = []
     for i, rec in recordings.items():
@@ -153,13 +190,16 @@ def record_layers(model: Net, layers: list[PrunableLayer], split: Split, params:
         if params.target == "layer":
             target = block.act if params.hook == "nonlinearity" else block.layer
             handles.append(target.register_forward_hook(lambda m, a, o, capture=capture: capture(o)))
-        elif params.target == "next":
+        elif params.target in ("next", "refit"):
             following = next_layer(model, i)
             rec.next_weight = following.weight.detach().clone()
             handles.append(following.register_forward_hook(lambda m, a, o, capture=capture: capture(a[0])))
         else:
             rec.downstream, rec.eval_scope = downstream(model, i), model
             handles.append(model.output.register_forward_hook(lambda m, a, o, capture=capture: capture(o)))
+        if need_consumer:
+            take = _capture(i, streams, consumed, consumer_accumulators)
+            handles.append(next_layer(model, i).register_forward_hook(lambda m, a, o, take=take: take(a[0])))
     was_training = model.training
     model.eval()
     try:
@@ -184,6 +224,10 @@ def record_layers(model: Net, layers: list[PrunableLayer], split: Split, params:
             rec.activation = ActivationStats(zeros / count, sums / count)
         if params.target != "logits":
             rec.groups = channel_groups(rec.layer.width, width // rec.layer.width)
+        if params.target == "refit":
+            rec.consumer = ConsumerRecording(rec.outputs, rec.covariance, rec.next_weight, rec.groups)
+        if need_consumer:
+            rec.consumer = _consumer(model, rec.layer, consumed[i], consumer_accumulators.get(i))
     if params.type == "taylor":
         if train is None:
             raise ValueError("record_layers: the taylor baseline needs the training split")
@@ -201,6 +245,16 @@ def _capture(i: int, streams: bool, outputs: dict[int, list[torch.Tensor]],
         else:
             outputs[i].append(flat)
     return capture
+
+
+def _consumer(model: Net, layer: PrunableLayer, inputs: list[torch.Tensor],
+              accumulator: CovarianceAccumulator | None) -> ConsumerRecording:
+    """The recorded input of ``layer``'s consumer (streamed or kept) with its weight and groups."""
+    weight = next_layer(model, layer.index).weight.detach().clone()
+    if accumulator is not None:
+        return ConsumerRecording(None, accumulator.centered(), weight, channel_groups(layer.width, 1))
+    kept = torch.cat(inputs)
+    return ConsumerRecording(kept, None, weight, channel_groups(layer.width, kept.shape[1] // layer.width))
 
 
 def _neuron_stats(activated: torch.Tensor) -> torch.Tensor:
