@@ -51,7 +51,8 @@ def add_device_options(parser: argparse.ArgumentParser) -> None:
 
 
 def apply_threads(threads: int | None) -> int:
-    """Set PyTorch's intra-op thread count (``--threads``, else :func:`default_threads`); return it.
+    """Set PyTorch's intra-op thread count and NumPy's BLAS threads (``--threads``, else
+    :func:`default_threads`); return it.
 
     torch's own default is one thread per core of the machine, which oversubscribes a machine
     shared with other processes or a Slurm allocation smaller than the node. Inter-op threads
@@ -59,9 +60,13 @@ def apply_threads(threads: int | None) -> int:
     only once per process.
     """
     import torch  # here, so that scripts can fail fast on a user error before torch loads
+    from threadpoolctl import threadpool_limits
 
     count = threads if threads is not None else default_threads()
     torch.set_num_threads(count)
+    # NumPy's BLAS would otherwise start a thread per core: small products (the greedy engines'
+    # rank-one updates) then run about ten times slower on a shared machine.
+    threadpool_limits(count, user_api="blas")
     return count
 
 

@@ -114,6 +114,21 @@ def test_threads_option_sets_torchs_thread_count(monkeypatch):
         torch.set_num_threads(before)
 
 
+def test_threads_option_caps_numpys_blas():
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    blas = [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
+    if not blas:
+        pytest.skip("this NumPy reports no BLAS thread pool to cap")
+    before = torch.get_num_threads()
+    try:
+        apply_threads(1)
+        assert {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"} == {1}
+    finally:
+        torch.set_num_threads(before)
+        threadpool_limits(max(pool["num_threads"] for pool in blas), user_api="blas")
+
+
 def test_threads_reach_the_training_process(write_config, tmp_path):
     # main_train prints torch's thread count, as the run used it.
     proc = subprocess.run([sys.executable, str(ROOT / "main_train.py"), str(write_config()), "--threads", "1",
