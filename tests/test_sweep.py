@@ -40,9 +40,10 @@ def points(result):
 
 
 @pytest.mark.parametrize("criterion", ["cka", "random"])
-def test_a_sweep_is_the_one_shot_runs_at_its_rates(write_config, run, tmp_path, criterion):
+def test_a_sweep_is_the_one_shot_runs_at_its_rates(write_config, run, tmp_path, criterion, capsys):
     config = write_config("tiny", prune=one_shot(rates=RATES[:2], type=criterion, retrain_epochs=1))
     assert run(main_train, config) == 0 and run(main_prune, config, out="sweep") == 0
+    assert "a sweep over rates [0.25, 0.5], each from the trained model" in capsys.readouterr().out
     sweep = stored(tmp_path, "sweep")
     assert [it.iteration for it in sweep.iterations] == [1, 2] and [it.rate for it in sweep.iterations] == RATES[:2]
     assert sweep.sweep and sweep.complete and sweep.planned_iterations == 2
