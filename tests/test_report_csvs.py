@@ -1,6 +1,7 @@
 """The report's CSV files: the long per-seed records, the gap intervals, the endpoint tests."""
 
 import csv
+import re
 
 import pytest
 
@@ -118,3 +119,4 @@ def test_a_sweep_is_reported_per_rate_from_the_trained_model(tmp_path):
     overlap = next(o for o in report.overlaps if o.iteration == 2 and o.layer == 0)
     assert overlap.rate == 0.5 and overlap.cumulative.mean == overlap.common.mean == pytest.approx(4 / 5)
     assert [p.name for p in paths.figures] == ["accuracy.png", "cka.png", "overlap.png"]
+    assert re.search(r"\| cka +\| 2 \(rate 0\.5\) \| +5 \(50\.0%\)", paths.markdown.read_text())
