@@ -40,9 +40,10 @@ def main(argv=None) -> int:
     device = select_device(args.device)
     splits = load_experiment_data(cfg, device)
     p = prune.params
-    budget = f"rate {p.rate}" if p.rate is not None else f"stop_cka {p.stop_cka}"
+    budget = (f"a sweep over rates {list(p.rates)}, each from the trained model" if p.rates is not None else
+              f"{p.iterations} x rate {p.rate}" if p.rate is not None else f"{p.iterations} x stop_cka {p.stop_cka}")
     where = "every Torch-Pruning group" if cfg.model.uses_torch_pruning else f"layers {list(prune.modules)}"
-    print(f"{cfg.name}: {prune.strategy} {p.type} pruning of {where}, {p.iterations} x {budget}, on {device}")
+    print(f"{cfg.name}: {prune.strategy} {p.type} pruning of {where}, {budget}, on {device}")
     if p.type == "cka" and p.engine == "fast" and p.kernel == "rbf":
         print("note: the fast engine computes linear CKA only; kernel rbf runs the reference engine")
     mode = resolve_mode(cfg, args.wandb)

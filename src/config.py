@@ -657,8 +657,8 @@ def _check_method(p: _Section, params: PruneParams) -> None:
     if params.allocation == "global" and params.type not in TP_CRITERIA:
         if params.type != "cka":
             p.fail(p.key("allocation"), f'"global" compares CKA damage across layers; it needs type "cka", got "{params.type}"')
-        if params.rate is None:
-            p.fail(p.key("allocation"), '"global" spends the budget of rate; it needs rate, not stop_cka')
+        if params.rate is None and params.rates is None:
+            p.fail(p.key("allocation"), '"global" spends the budget of rate; it needs rate or rates, not stop_cka')
         if params.target == "logits":
             p.fail(p.key("allocation"), '"global" needs target "layer" or "next"')
     if params.greedy != "conditional" and params.type != "cka":

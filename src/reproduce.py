@@ -10,6 +10,13 @@ bar over the whole plan (trainings + prune iterations, with an ETA) on a termina
 per step in a batch log, and at the end the paper's table (test accuracy per iteration, mean
 and min-max over seeds, per criterion) and the figure's path. What the steps print goes to
 ``<output>/<CONFIG_DIR name>/reproduce.log``.
+
+With ``--jobs N`` (N > 1) the steps run as child processes instead, N at a time, one thread
+each (as ``scripts/study.sh`` runs them with ``xargs -P``): first one ``main_train.py`` per model
+file to train (configs sharing a training share it), then one ``main_prune.py`` per config and
+seed. Each job's output is streamed to the console prefixed with its name (``[prune cka seed 1]``);
+a failed job (a diverged training exits 1) does not stop the others, and the run ends with one
+line naming every failed job (exit status 2), before the reports.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import torch
 from tqdm import tqdm
 
 from src import results
@@ -30,10 +38,14 @@ from src.cli import add_device_options, apply_threads, require_writable_dir, run
 from src.config import ExperimentConfig, load_config
 from src.data import Splits
 from src.errors import UserError
+from src.jobs import Job, failure_summary, run_jobs
 from src.pruning.strategy import discard_other_runs, prune_seed, saved_progress
 from src.points import search_dir, searched_config
 from src.report import build_report, paper_table, render_text, write_outputs
 from src.train import load_experiment_data, select_device, train_seed
+
+
+ROOT = Path(__file__).resolve().parents[1]  # where main_train.py and main_prune.py are
 
 
 @dataclass(frozen=True)
@@ -90,8 +102,11 @@ def _check_identities(configs: Sequence[ExperimentConfig], models_dir: Path, out
 
 
 def reproduce(directory: Path, models_dir: Path, output_root: Path, device_name: str | None, fresh: bool,
-              use_search: bool = True) -> None:
-    """Run the study and print its reports: one per trained-model family (configs sharing their models)."""
+              use_search: bool = True, jobs: int = 1) -> None:
+    """Run the study and print its reports: one per trained-model family (configs sharing their models).
+
+    ``jobs`` > 1: the trainings and prunes run as that many one-thread processes at a time.
+    """
     configs = load_study(directory, use_search, output_root)
     _check_identities(configs, models_dir, output_root, fresh)
     plan = make_plan(configs, models_dir, output_root)
@@ -101,7 +116,44 @@ def reproduce(directory: Path, models_dir: Path, output_root: Path, device_name:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     print(f"{directory}: {len(configs)} configs ({', '.join(cfg.name for cfg in configs)}), "
           f"{len(plan.trainings)} model(s) to train, {plan.iterations} prune iteration(s) to run, on {device}; "
-          f"details in {log_path}")
+          + (f"details in {log_path}" if jobs == 1 else f"{jobs} jobs at a time, their output below"))
+    started = time.perf_counter()
+    if jobs > 1:
+        _run_in_processes(plan, models_dir, output_root, device_name, fresh, use_search, jobs)
+    else:
+        _run_in_process(plan, models_dir, output_root, device, fresh, log_path)
+    _write_reports(configs, output_root, study_dir)
+    print(f"wall time {time.perf_counter() - started:.0f}s")
+
+
+def _run_in_processes(plan: Plan, models_dir: Path, output_root: Path, device_name: str | None, fresh: bool,
+                      use_search: bool, jobs: int) -> None:
+    """The plan as child processes, ``jobs`` at a time: the trainings, then a prune per config and seed
+    whose model exists; UserError naming the failed jobs."""
+    options = ("--models-dir", str(models_dir.resolve()), "--output-dir", str(output_root.resolve()),
+               "--threads", "1", "--wandb", "disabled", *(("--device", device_name) if device_name else ()),
+               *(() if use_search else ("--no-search-params",)))
+
+    def job(verb: str, script: str, cfg: ExperimentConfig, seed: int, *extra: str) -> Job:
+        return Job(f"{verb} {cfg.name} seed {seed}",
+                   (sys.executable, str(ROOT / script), str(cfg.source.resolve()), "--seed", str(seed), *options, *extra))
+
+    trained = run_jobs([job("train", "main_train.py", cfg, seed) for cfg, seed in plan.trainings], jobs, ROOT)
+    prunes = []
+    for cfg in plan.configs:
+        for seed in cfg.seeds:
+            if model_path(cfg, seed, models_dir).exists():
+                prunes.append(job("prune", "main_prune.py", cfg, seed, *(("--fresh",) if fresh else ())))
+            else:
+                print(f"{cfg.name} seed {seed}: no trained model (diverged?); not pruned")
+    summary = failure_summary([*trained, *run_jobs(prunes, jobs, ROOT)])
+    if summary is not None:
+        raise UserError(summary)
+
+
+def _run_in_process(plan: Plan, models_dir: Path, output_root: Path, device: torch.device, fresh: bool,
+                    log_path: Path) -> None:
+    """The plan in this process, one progress bar over its steps, the steps' output in ``log_path``."""
     interactive = sys.stderr.isatty()
     console = sys.stdout  # the steps' own output is redirected to the log
     bar = tqdm(total=plan.steps, unit="step", disable=not interactive, dynamic_ncols=True)
@@ -128,7 +180,7 @@ def reproduce(directory: Path, models_dir: Path, output_root: Path, device_name:
             with contextlib.redirect_stdout(log):
                 train_seed(cfg, seed, splits_of(cfg), device, models_dir)
             advance(f"trained {cfg.name} seed {seed}")
-        for cfg in configs:
+        for cfg in plan.configs:
             out_dir = output_dir(cfg, output_root)
             for seed in cfg.seeds:
                 path = model_path(cfg, seed, models_dir)
@@ -148,6 +200,10 @@ def reproduce(directory: Path, models_dir: Path, output_root: Path, device_name:
                 with contextlib.redirect_stdout(log):
                     prune_seed(load_model(path, cfg, device), cfg, seed, splits_of(cfg), device, path, out_dir,
                                on_iteration=on_iteration)
+
+
+def _write_reports(configs: Sequence[ExperimentConfig], output_root: Path, study_dir: Path) -> None:
+    """One report per trained-model family, with the paper's table printed."""
     families: dict[str, list[ExperimentConfig]] = {}
     for cfg in configs:
         families.setdefault(model_family(cfg), []).append(cfg)
@@ -158,7 +214,6 @@ def reproduce(directory: Path, models_dir: Path, output_root: Path, device_name:
         print(f"\n{family}: {', '.join(cfg.name for cfg in members)}")
         print(render_text(paper_table(report)))
         print(f"report: {paths.markdown}\nfigure: {paths.accuracy_figure}")
-    print(f"wall time {time.perf_counter() - started:.0f}s")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -170,14 +225,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output-dir", type=Path, default=Path("output"), help="results root (default: output/)")
     parser.add_argument("--no-search-params", action="store_true",
                         help="use the configs' own values, not those of a finished search")
+    parser.add_argument("--jobs", type=_job_count, default=1, metavar="N",
+                        help="run the trainings, then the prunes, as N one-thread processes at a time "
+                             "(default 1: everything in this process)")
     parser.add_argument("--fresh", action="store_true",
                         help="replace results that another run made (see main_prune.py --fresh) instead of stopping")
     args = parser.parse_args(argv)
     require_writable_dir(args.models_dir, "--models-dir")
     require_writable_dir(args.output_dir, "--output-dir")
     apply_threads(args.threads)
-    reproduce(args.config_dir, args.models_dir, args.output_dir, args.device, args.fresh, not args.no_search_params)
+    reproduce(args.config_dir, args.models_dir, args.output_dir, args.device, args.fresh, not args.no_search_params,
+              args.jobs)
     return 0
+
+
+def _job_count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
 
 
 if __name__ == "__main__":

@@ -28,10 +28,10 @@ from src.errors import UserError
 from src.io import atomic_write_json, read_json
 from src.provenance import Provenance
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # Schema 2 lacks the iterations' provenance, schemas 2 and 3 the sizes (parameters, MACs) of
-# the network; their records are read with those None.
-READABLE_SCHEMAS = (2, 3, SCHEMA_VERSION)
+# the network, schemas before 5 the sweep points' rates; their records are read with those None.
+READABLE_SCHEMAS = (2, 3, 4, SCHEMA_VERSION)
 Metrics = dict[str, float]  # {train,val,test}_{loss,acc} as src.train.evaluate_all returns them
 
 
@@ -139,6 +139,8 @@ class IterationRecord:
     ``provenance``: the code, libraries and device it ran with (None in schema 2 records).
     ``parameters``, ``macs``: the size of the pruned network, as the smaller dense network its
     surviving neurons make (:func:`src.pruning.shrink.remaining_size`); None before schema 4.
+    ``rate``: for a point of a sparsity sweep (``prune.params.rates``), the rate this one-shot pass
+    pruned the *trained* model at; None for an iteration that continues the previous one.
     """
 
     iteration: int
@@ -151,6 +153,7 @@ class IterationRecord:
     provenance: Provenance | None = None
     parameters: int | None = None
     macs: int | None = None
+    rate: float | None = None
 
     @property
     def diverged(self) -> bool:
@@ -211,18 +214,27 @@ class SeedResult:
         metrics = it.after_retrain if retrained else it.after_prune
         return None if metrics is None else metrics["test_acc"]
 
+    @property
+    def sweep(self) -> bool:
+        """Whether the iterations are the points of a sparsity sweep, each pruned from the trained model."""
+        return any(it.rate is not None for it in self.iterations)
+
+    def lineage(self, number: int | None = None) -> tuple[IterationRecord, ...]:
+        """The iterations whose removals the network after iteration ``number`` (default: the last one
+        done; 0: the trained model) carries: all up to it, or for a sweep point only that one."""
+        done = tuple(it for it in self.iterations if number is None or it.iteration <= number)
+        return done[-1:] if done and done[-1].rate is not None else done
+
     def alive(self, number: int | None = None) -> dict[int, int]:
         """Neurons alive per layer after iteration ``number`` (default: the last one done)."""
         alive = {layer.index: layer.width for layer in self.layers}
-        for it in self.iterations:
-            if number is not None and it.iteration > number:
-                break
+        for it in self.lineage(number):
             alive.update({step.index: step.alive_after for step in it.layers})
         return alive
 
     def removed_up_to(self, number: int, layer: int) -> set[int]:
-        return {n for it in self.iterations if it.iteration <= number
-                for step in it.layers if step.index == layer for n in step.removed}
+        """The layer's neurons missing after iteration ``number`` (see :meth:`lineage`)."""
+        return {n for it in self.lineage(number) for step in it.layers if step.index == layer for n in step.removed}
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

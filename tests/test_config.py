@@ -450,6 +450,9 @@ def test_compensation_and_sweep_keys():
     assert (params.compensate, params.compensate_ridge) == ("lstsq", 0.01)
     sweep = parse_config(prune_params(strategy="one_shot", rate=..., rates=[0.5, 0.9]), Path("x.json")).prune.params
     assert sweep.rates == (0.5, 0.9) and sweep.iterations == 2 and sweep.rate is None
+    spread = parse_config(prune_params(strategy="one_shot", rate=..., rates=[0.5], allocation="global"),
+                          Path("x.json")).prune.params
+    assert spread.allocation == "global" and spread.rates == (0.5,)  # each point spends its rate's budget
     obs = parse_config(prune_params(type="obs", compensate="bias"), Path("x.json")).prune.params
     assert obs.type == "obs" and obs.compensate == "bias"
     assert parse_config(prune_params(target="refit"), Path("x.json")).prune.params.target == "refit"

@@ -1,6 +1,7 @@
 """The report's CSV files: the long per-seed records, the gap intervals, the endpoint tests."""
 
 import csv
+import re
 
 import pytest
 
@@ -87,3 +88,35 @@ def test_long_csv_carries_the_network_size_after_each_iteration(tmp_path):
     records = layer_records(build_report([run], config_root=None))
     sizes = {r["iteration"]: (r["parameters"], r["macs"]) for r in records}
     assert sizes == {0: (1000, 900), 1: (900, 810), 2: (800, 720)}
+
+
+def test_a_sweep_is_reported_per_rate_from_the_trained_model(tmp_path):
+    """Point 2 (rate 0.5) of a sweep pruned the trained model: 5 of 10 and 4 of 8 remain, whatever point 1 removed."""
+    import dataclasses
+
+    from tests.report_helpers import iteration
+
+    folders = []
+    for criterion, shift in (("cka", 0), ("l1", 1)):
+        points = [dataclasses.replace(iteration(1, [[1 + shift, 2], [0, 1]], [10, 8], [[0.99, 0.97], [0.98]], 0.8, 0.88),
+                                      rate=0.2),
+                  dataclasses.replace(iteration(2, [[1, 2, 3, 4, 5 + shift], [0, 1, 2, 3]], [10, 8], [[0.9], [0.9]],
+                                                0.6, 0.8), rate=0.5)]
+        folder = tmp_path / criterion
+        write_result(folder, criterion, criterion, 0, 0.9, points)
+        folders.append(folder)
+    report = build_report(folders, config_root=None)
+    paths = write_outputs(report, tmp_path / "out")
+    rows = {(r["criterion"], r["iteration"]): r for r in _csv_rows(tmp_path / "out" / "iterations.csv")}
+    assert rows[("cka", "2")]["rate"] == "0.5" and rows[("cka", "1")]["rate"] == "0.2" and rows[("cka", "0")]["rate"] == ""
+    assert float(rows[("cka", "2")]["fraction_remaining"]) == pytest.approx(9 / 18)
+    assert float(rows[("cka", "2")]["L0_remaining"]) == 5 and float(rows[("cka", "1")]["L0_remaining"]) == 8
+    long = [r for r in layer_records(report) if r["criterion"] == "cka" and r["iteration"] == 2]
+    assert [(r["rate"], r["alive_before"], r["alive_after"]) for r in long] == [(0.5, 10, 5), (0.5, 8, 4)]
+    assert all(r["fraction_remaining"] == pytest.approx(0.5) for r in long)
+    gap = next(g for g in report.gaps if g.iteration == 2)
+    assert gap.fraction_reference == pytest.approx(0.5)
+    overlap = next(o for o in report.overlaps if o.iteration == 2 and o.layer == 0)
+    assert overlap.rate == 0.5 and overlap.cumulative.mean == overlap.common.mean == pytest.approx(4 / 5)
+    assert [p.name for p in paths.figures] == ["accuracy.png", "cka.png", "overlap.png"]
+    assert re.search(r"\| cka +\| 2 \(rate 0\.5\) \| +5 \(50\.0%\)", paths.markdown.read_text())

@@ -131,3 +131,41 @@ def test_fresh_replaces_the_results_of_a_model_trained_again_differently(tmp_pat
     assert "removed the result of another run" in capsys.readouterr().out
     new = results.load(tmp_path / "out/cka/0.json")
     assert new.model_sha256 != old.model_sha256 and len(new.iterations) == 1
+
+
+def test_jobs_in_parallel_processes_give_the_results_of_one_process(tmp_path, capsys):
+    folder = tmp_path / "pair"
+    folder.mkdir()
+    for criterion in ("cka", "random"):
+        raw = tiny_raw(prune={"strategy": "one_shot", "params": {"type": criterion, "rate": 0.3, "retrain_epochs": 1}},
+                       seeds=[0, 1])
+        (folder / f"{criterion}.json").write_text(json.dumps(raw))
+
+    def study(out, *extra):
+        return reproduce.main([str(folder), "--models-dir", str(tmp_path / out / "models"),
+                               "--output-dir", str(tmp_path / out), "--threads", "1", *extra])
+
+    assert study("one") == 0
+    capsys.readouterr()
+    assert study("two", "--jobs", "2") == 0
+    out = capsys.readouterr().out
+    assert "2 jobs at a time" in out and "[train cka seed 1]" in out and "[prune random seed 0]" in out
+    assert "[train random" not in out  # both configs share their trained models: each is trained once
+    assert len(list((tmp_path / "two/models").glob("*.pt"))) == 2
+    for criterion in ("cka", "random"):
+        for seed in (0, 1):
+            one, two = (results.load(tmp_path / run / criterion / f"{seed}.json") for run in ("one", "two"))
+            assert untimed(two)["iterations"] == untimed(one)["iterations"] and two.baseline == one.baseline
+    assert (tmp_path / "two/pair/report/accuracy.png").exists()
+
+
+def test_a_failed_job_is_named_in_one_line(tmp_path, capsys):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "cka.json").write_text(json.dumps(tiny_raw(seeds=[0])))
+    models = tmp_path / "models"
+    models.write_text("")  # a file: main_train.py refuses it (exit 2)
+    with pytest.raises(UserError, match=r"^1 of 1 jobs failed: train cka seed 0 \(exit 2\)$"):
+        reproduce.reproduce(folder, models, tmp_path / "out", None, False, jobs=2)
+    out = capsys.readouterr().out
+    assert "[train cka seed 0] error: --models-dir" in out and "cka seed 0: no trained model" in out

@@ -79,8 +79,8 @@ def test_a_run_whose_retraining_diverged_is_complete_where_it_stopped():
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda raw: raw.pop("schema"), "result schema 1, this version reads schemas 2, 3, 4"),
-    (lambda raw: raw.update(schema=5), "result schema 5"),
+    (lambda raw: raw.pop("schema"), "result schema 1, this version reads schemas 2, 3, 4, 5"),
+    (lambda raw: raw.update(schema=6), "result schema 6"),
     (lambda raw: raw["iterations"][0].pop("after_prune"), "not a result record"),
     (lambda raw: raw.update(colour="red"), "not a result record"),
 ])
@@ -116,7 +116,7 @@ def test_run_identity_covers_model_training_and_prune_but_not_iterations_or_data
     assert other_model.digest != base.digest and other_model.config_digest == base.config_digest
 
 
-BUDGET_KEYS = ("retrain_epochs", "retrain_lr", "retrain_dropout", "recalibrate_bn")
+BUDGET_KEYS = ("retrain_epochs", "retrain_lr", "retrain_dropout", "recalibrate_bn", "compensate", "compensate_ridge", "rates")
 
 
 def description_before_the_budget(cfg) -> dict:
@@ -181,4 +181,29 @@ def test_sizes_and_epochs_retrained_survive_the_file_and_older_records_read_with
         del raw["iterations"][0][key]
     (tmp_path / "4.json").write_text(json.dumps(raw))
     old = results.load(tmp_path / "4.json")
-    assert old.baseline_parameters is None and old.iterations[0].parameters is None and old.schema == 4
+    assert old.baseline_parameters is None and old.iterations[0].parameters is None and old.schema == results.SCHEMA_VERSION
+
+
+def test_sweep_points_keep_their_rate_and_count_from_the_trained_model(tmp_path):
+    first = a_result().iterations[0]
+    second = dataclasses.replace(first, iteration=2, rate=0.5, layers=(
+        LayerStep(0, 10, 5, (0, 1, 3, 7, 9), (None,) * 5, (), 0.0, "fast"), LayerStep(1, 6, 3, (0, 1, 2), (None,) * 3, (), 0.0, "fast")))
+    sweep = a_result(iterations=(dataclasses.replace(first, rate=0.2), second))
+    back = results.load(results.save(sweep, tmp_path))
+    assert results.same(back, sweep) and [it.rate for it in back.iterations] == [0.2, 0.5] and back.sweep
+    # point 2 was pruned from the trained model: point 1's removals are not in it
+    assert back.alive(2) == {0: 5, 1: 3} and back.alive(1) == {0: 8, 1: 6} and back.alive(0) == {0: 10, 1: 6}
+    assert back.removed_up_to(2, 0) == {0, 1, 3, 7, 9} and back.removed_up_to(1, 0) == {1, 3}
+    assert [it.iteration for it in back.lineage()] == [2]
+    cumulative = a_result(iterations=(first, dataclasses.replace(second, rate=None)))
+    assert not cumulative.sweep and cumulative.removed_up_to(2, 0) == {0, 1, 3, 7, 9}
+    assert [it.iteration for it in cumulative.lineage()] == [1, 2]
+
+
+def test_a_schema_4_record_is_read_with_no_sweep_rates(tmp_path):
+    raw = a_result().to_dict()
+    raw["schema"] = 4
+    del raw["iterations"][0]["rate"]
+    (tmp_path / "3.json").write_text(json.dumps(raw))
+    old = results.load(tmp_path / "3.json")
+    assert old.iterations[0].rate is None and not old.sweep and old.alive() == {0: 8, 1: 6}

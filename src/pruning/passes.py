@@ -95,10 +95,11 @@ def physical_prune_pass(model: nn.Module, cfg: ExperimentConfig, splits: Splits,
 
 
 def surviving_channels(result: SeedResult) -> dict[str, list[int]]:
-    """Per layer name, the trained model's indices of the channels still there, in their current order."""
+    """Per layer name, the trained model's indices of the channels still there after the result's
+    last iteration (a sweep point's alone: :meth:`SeedResult.lineage`), in their current order."""
     alive = {layer.name: list(range(layer.width)) for layer in result.layers}
     name = {layer.index: layer.name for layer in result.layers}
-    for it in result.iterations:
+    for it in result.lineage():
         for step in it.layers:
             gone = set(step.removed)
             alive[name[step.index]] = [c for c in alive[name[step.index]] if c not in gone]

@@ -22,6 +22,13 @@ every group's channels physically (:func:`physical_prune_pass`), results number 
 in the trained model, and the checkpoint keeps the pruning history, from which a resumed run
 rebuilds the pruned architecture.
 
+A sparsity sweep (``params.rates``, one_shot only) runs one one-shot prune per rate, each from the
+trained model: before point k the trained weights come back (fresh masks, or a fresh Torch-Pruning
+model whose history is only that point's pass), and the pass runs at ``rates[k-1]`` with the random
+choices of a one-shot run's iteration 1, so point k equals a separate one-shot run at that rate.
+Iteration k of the result records point k (``IterationRecord.rate``); a resumed sweep continues
+with the next rate from the trained model.
+
 A rerun continues only the same run (:func:`src.results.run_identity`): a result of another
 run under the same experiment name is never appended to (:class:`IdentityMismatch`).
 Raising ``iterations`` extends a finished run from its last checkpoint. Every iteration
@@ -34,6 +41,7 @@ report keeps the seed out of its statistics.
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -51,7 +59,7 @@ from src.errors import UserError, brief
 from src.io import atomic_torch_save
 from src.models import build_model, prunable_layers
 from src.pruning.budget import dropout_rate, recalibrate_batch_norm
-from src.pruning.masks import add_masks, load_masked_state, load_unmasked_state
+from src.pruning.masks import add_masks, ensure_mask, load_masked_state, load_unmasked_state
 from src.pruning.passes import physical_prune_pass, prune_pass
 from src.pruning.physical import group_roots, rebuild
 from src.pruning.shrink import carry_back, remaining_size, shrunk
@@ -248,6 +256,7 @@ def prune_seed(model: nn.Module, cfg: ExperimentConfig, seed: int, splits: Split
     prune = cfg.require_prune()
     planned = prune.params.iterations
     identity = results.run_identity(cfg, model_file)
+    trained = copy.deepcopy(model).to(device) if prune.params.rates is not None else None
     resumed = _resume(model, cfg, seed, identity, out_dir)
     result, history = resumed if resumed is not None else (None, [])
     model.to(device)
@@ -280,6 +289,9 @@ def prune_seed(model: nn.Module, cfg: ExperimentConfig, seed: int, splits: Split
     rewind_to = (load_rewind_state(model_file, prune.params.rewind_epoch)
                  if prune.params.retrain == "rewind" else None)
     for iteration in range(done + 1, planned + 1):
+        if trained is not None:  # a sweep point starts from the trained model
+            restore_trained(model, trained, cfg)
+            history = []
         try:
             record = run_iteration(model, cfg, splits, seed, iteration, device, evaluate, on_epoch, result, history,
                                    rewind_to)
@@ -312,32 +324,66 @@ def run_iteration(model: nn.Module, cfg: ExperimentConfig, splits: Splits, seed:
     """
     prune = cfg.require_prune()
     label = f"seed {seed} iteration {iteration}/{prune.params.iterations}"
+    point, draw = sweep_point(cfg, iteration)
     start = time.perf_counter()
     if cfg.model.uses_torch_pruning:
-        layers, done = physical_prune_pass(model, cfg, splits, seed, iteration, result)
+        # a sweep point prunes the trained model: none of the earlier points' removals are in it
+        before = result if prune.params.rates is None else replace(result, iterations=())
+        layers, done = physical_prune_pass(model, point, splits, seed, draw, before)
         history.extend(done)
     else:
-        layers = prune_pass(model, cfg, splits, seed, iteration, device)
+        layers = prune_pass(model, point, splits, seed, draw, device)
     scoring = time.perf_counter() - start
     if prune.params.recalibrate_bn:
         recalibrate_batch_norm(model, splits.train, cfg.params.batch_size,
-                               torch.Generator().manual_seed(seed * 100_003 + iteration), device)
+                               torch.Generator().manual_seed(seed * 100_003 + draw), device)
     after_prune = evaluate()
     alive = ", ".join(f"L{step.index} {step.alive_after}" for step in sorted(layers, key=lambda step: step.index))
     print(f"{label}: pruned to {alive} in {scoring:.2f}s; test acc {after_prune['test_acc']:.4f}")
     parameters, macs = remaining_size(model, cfg.model)
     record = IterationRecord(iteration=iteration, layers=tuple(layers), after_prune=after_prune,
-                             seconds_scoring=scoring, parameters=parameters, macs=macs)
+                             seconds_scoring=scoring, parameters=parameters, macs=macs,
+                             rate=None if prune.params.rates is None else point.require_prune().params.rate)
     if not prune.params.retrains:
         return record
     if rewind_to is not None:
         rewind(model, cfg, rewind_to, history)
-    fitted = retrain(model, cfg, splits, seed=seed * 1000 + iteration, device=device, on_epoch=on_epoch, label=label)
+    fitted = retrain(model, cfg, splits, seed=seed * 1000 + draw, device=device, on_epoch=on_epoch, label=label)
     record = replace(record, after_retrain=evaluate(),
                      retrain=RetrainSummary(fitted.epochs, fitted.best_epoch, fitted.diverged, fitted.seconds),
                      seconds_retraining=fitted.seconds)
     print(f"{label}: retrained {fitted.epochs} epochs; test acc {record.after_retrain['test_acc']:.4f}")
     return record
+
+
+def sweep_point(cfg: ExperimentConfig, iteration: int) -> tuple[ExperimentConfig, int]:
+    """The config the pass of ``iteration`` runs with, and the iteration its random choices derive from.
+
+    ``(cfg, iteration)``, except for point k of a sparsity sweep: ``cfg`` with ``rate`` =
+    ``rates[k-1]``, and 1, the random choices of a one-shot run's only iteration.
+    """
+    prune = cfg.require_prune()
+    if prune.params.rates is None:
+        return cfg, iteration
+    params = replace(prune.params, rate=prune.params.rates[iteration - 1])
+    return replace(cfg, prune=replace(prune, params=params)), 1
+
+
+def restore_trained(model: nn.Module, trained: nn.Module, cfg: ExperimentConfig) -> None:
+    """Make ``model`` (pruned) the ``trained`` one (unpruned, unmasked) again, in place.
+
+    A masked model takes every trained parameter and buffer under all-ones masks. A Torch-Pruning
+    model's layers have other shapes, so it takes a copy of ``trained``'s modules, parameters and
+    buffers (its ``__dict__``): callers holding ``model`` then hold the restored network.
+    """
+    if cfg.model.uses_torch_pruning:
+        model.__dict__.update(copy.deepcopy(trained).__dict__)
+        return
+    modules = cfg.require_prune().modules
+    layers = prunable_layers(model)
+    for index in modules:
+        ensure_mask(layers[index].block.layer).fill_(1)
+    load_unmasked_state(model, trained.state_dict(), modules)
 
 
 def rewind(model: nn.Module, cfg: ExperimentConfig, state: dict[str, torch.Tensor], history: list) -> None:

@@ -12,7 +12,7 @@ from typing import Iterable
 
 from src.report.records import Experiment, Pairing
 from src.report.stats import Interval, Stat, paired_interval
-from src.results import SeedResult
+from src.results import IterationRecord, SeedResult
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class IterationRow:
     min_cka: float | None  # smallest CKA accepted in this iteration, any seed and layer
     cka: dict[int, Stat] = field(default_factory=dict)  # layer -> CKA after the pass's last removal
     retrain_epochs: Stat | None = None  # epochs the retraining actually ran (early stopping)
+    rate: float | None = None  # a sparsity sweep's point: the rate every seed pruned the trained model at
 
 
 def iteration_rows(exp: Experiment) -> list[IterationRow]:
@@ -42,7 +43,7 @@ def iteration_rows(exp: Experiment) -> list[IterationRow]:
 
 
 def _row(exp: Experiment, number: int, seeds: list[SeedResult]) -> IterationRow:
-    alive = {s.seed: s.alive(number) for s in seeds}
+    alive = {s.seed: s.alive(number) for s in seeds}  # a sweep point's: counted from the trained model
     widths = {s.seed: {layer.index: layer.width for layer in s.layers} for s in seeds}
     layers = sorted({index for a in alive.values() for index in a})
     iterations = [it for s in seeds if (it := s.iteration(number)) is not None]
@@ -62,7 +63,14 @@ def _row(exp: Experiment, number: int, seeds: list[SeedResult]) -> IterationRow:
         cka={i: Stat.of(values) for i in layers
              if (values := [step.cka[-1] for step in steps if step.index == i and step.cka])},
         retrain_epochs=Stat.of([it.retrain.epochs for it in iterations if it.retrain is not None]),
+        rate=point_rate(iterations),
     )
+
+
+def point_rate(iterations: Iterable[IterationRecord]) -> float | None:
+    """The rate of a sweep point that ``iterations`` (one per seed) all are; None for other iterations."""
+    rates = {it.rate for it in iterations}
+    return rates.pop() if len(rates) == 1 else None
 
 
 def fraction_remaining(seed: SeedResult, number: int) -> float:
@@ -140,6 +148,7 @@ class OverlapRow:
     cumulative: Stat  # overlap_fraction of everything removed up to this iteration
     chance: Stat  # what two independent random choices would share: min(|A|, |B|) / alive_before
     chance_cumulative: Stat  # the same for the cumulative sets: min(|A|, |B|) / width
+    rate: float | None = None  # a sparsity sweep's point: its rate (its removals are all its network misses)
 
 
 def removal_overlaps(pairing: Pairing) -> list[OverlapRow]:
@@ -164,6 +173,7 @@ def removal_overlaps(pairing: Pairing) -> list[OverlapRow]:
                     min(len(set(step_a.removed)), len(set(step_b.removed))) / step_a.alive_before,
                     min(len(gone_a), len(gone_b)) / widths[a.seed][layer]))
             if per_seed:
+                rate = point_rate(it for a, b in pairing.pairs for it in (a.iteration(number), b.iteration(number)) if it)
                 rows.append(OverlapRow(first.label, pairing.second.label, number, layer,
-                                       *(Stat.of(values) for values in zip(*per_seed))))
+                                       *(Stat.of(values) for values in zip(*per_seed)), rate=rate))
     return rows

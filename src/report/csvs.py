@@ -30,8 +30,8 @@ def iteration_csv(report: Report) -> str:
     layers = sorted(report.layers)
     rows = []
     for row in report.rows:
-        out: dict[str, Any] = {"criterion": row.label, "iteration": row.iteration, "seeds": len(row.seeds),
-                               "fraction_remaining": row.fraction.mean}
+        out: dict[str, Any] = {"criterion": row.label, "iteration": row.iteration, "rate": row.rate,
+                               "seeds": len(row.seeds), "fraction_remaining": row.fraction.mean}
         for i in layers:
             out[f"L{i}_remaining"] = row.remaining[i].mean if i in row.remaining else None
             out[f"L{i}_fraction"] = row.layer_fraction[i].mean if i in row.layer_fraction else None
@@ -86,6 +86,8 @@ def layer_records(report: Report) -> list[dict[str, Any]]:
     retraining diverged (such seeds are listed here but enter no statistic). ``parameters``,
     ``macs``: the network's size after the iteration (the trained model's at 0; empty in records
     made before sizes were recorded), for comparisons at equal size, not only equal neurons.
+    ``rate``: for a point of a sparsity sweep, the rate it pruned the trained model at (its counts
+    and fractions are from the trained model, not from the previous point); empty otherwise.
     """
     records = []
     for exp in report.experiments:
@@ -100,7 +102,8 @@ def layer_records(report: Report) -> list[dict[str, Any]]:
                     step = None if it is None else it.step(layer.index)
                     records.append({
                         "seed": seed.seed, "criterion": exp.criterion, "label": exp.label, "experiment": exp.name,
-                        "run": seed.run.config_digest, "iteration": number, "layer": layer.index,
+                        "run": seed.run.config_digest, "iteration": number, "rate": None if it is None else it.rate,
+                        "layer": layer.index,
                         "width": layer.width,
                         "alive_before": alive[layer.index] if step is None else step.alive_before,
                         "alive_after": alive[layer.index],

@@ -108,9 +108,20 @@ def _percent_decimals(span: float) -> int:
     return 0 if span >= 0.05 else 1 if span >= 0.005 else 2
 
 
-def _integer_iterations(ax: Any) -> None:
-    from matplotlib.ticker import MaxNLocator
+def sweeps_only(report: Report) -> bool:
+    """Whether every run of the report is a sparsity sweep: its per-iteration figures then plot against
+    the sweep's rates (each point pruned the trained model at that rate), not the points' numbers."""
+    seeds = [s for exp in report.experiments for s in exp.seeds]
+    return bool(seeds) and all(s.sweep for s in seeds)
 
+
+def _point_axis(ax: Any, sweep: bool) -> None:
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
+
+    if sweep:
+        ax.xaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
+        ax.set_xlabel("sweep rate (removed from the trained model)")
+        return
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("iteration")
 
@@ -158,7 +169,7 @@ def _layer_axes(fig: Any, report: Report, layers: Sequence[int]) -> dict[int, An
     info = report.layers
     for ax, i in zip(axes, layers):
         ax.set_title(layer_title(info[i]))
-        _integer_iterations(ax)
+        _point_axis(ax, sweeps_only(report))
     return dict(zip(layers, axes))
 
 
@@ -171,6 +182,7 @@ def plot_cka(report: Report, path: Path, formats: Sequence[str] = ("png",)) -> l
     if not layers:
         return []
     styles = _styles(report)
+    sweep = sweeps_only(report)
     with rc_context(figure_style()):
         fig = Figure(figsize=(3.6 * len(layers) + 0.6, 3.2))
         axes = _layer_axes(fig, report, layers)
@@ -178,7 +190,7 @@ def plot_cka(report: Report, path: Path, formats: Sequence[str] = ("png",)) -> l
             for i, ax in axes.items():
                 rows = [r for r in report.rows if r.label == exp.label and i in r.cka]
                 if rows:
-                    _band(ax, [r.iteration for r in rows], [r.cka[i] for r in rows], exp.label, styles[exp.label])
+                    _band(ax, [r.rate if sweep else r.iteration for r in rows], [r.cka[i] for r in rows], exp.label, styles[exp.label])
         first = axes[layers[0]]
         first.set_ylabel("CKA(before, after)")
         fig.suptitle("CKA between each layer's output before and after the iteration's removals")
@@ -195,6 +207,7 @@ def plot_overlap(report: Report, path: Path, formats: Sequence[str] = ("png",)) 
         return []
     layers = sorted({o.layer for o in report.overlaps})
     styles = _styles(report)
+    sweep = sweeps_only(report)
     with rc_context(figure_style()):
         fig = Figure(figsize=(3.6 * len(layers) + 0.6, 3.2))
         axes = _layer_axes(fig, report, layers)
@@ -203,7 +216,7 @@ def plot_overlap(report: Report, path: Path, formats: Sequence[str] = ("png",)) 
                 rows = [o for o in report.overlaps if o.layer == i and (o.first, o.second) == (first, second)]
                 if not rows:
                     continue
-                x, pair = [o.iteration for o in rows], f"{first} & {second}"
+                x, pair = [o.rate if sweep else o.iteration for o in rows], f"{first} & {second}"
                 _band(ax, x, [o.common for o in rows], pair, styles[second])
                 ax.plot(x, [o.chance.mean for o in rows], color="0.45", linestyle=":",
                         label="two random choices (expected)")

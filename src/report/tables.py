@@ -54,7 +54,8 @@ def iteration_table(report: Report) -> Table:
     for row in report.rows:
         cells = [f"{_count(row.remaining[i])} ({_share(row.layer_fraction[i].mean)})" if i in row.remaining else ""
                  for i in layers]
-        rows.append((row.label, str(row.iteration), *cells, _share(row.fraction.mean), str(len(row.seeds)),
+        point = str(row.iteration) if row.rate is None else f"{row.iteration} (rate {row.rate:g})"
+        rows.append((row.label, point, *cells, _share(row.fraction.mean), str(len(row.seeds)),
                      _stat_cell(row.after_prune), _stat_cell(row.after_retrain),
                      "-" if row.retrain_epochs is None else f"{row.retrain_epochs.mean:.1f}",
                      "-" if row.min_cka is None else f"{row.min_cka:.4f}"))
@@ -63,7 +64,8 @@ def iteration_table(report: Report) -> Table:
         ("criterion", "iter", *(f"L{i} left" for i in layers), "remaining", "seeds",
          "pruned acc % [min, max]", "retrained acc % [min, max]", "epochs", "min CKA"),
         tuple(rows),
-        ("Iteration 0 is the trained model before pruning. Lx left: neurons remaining in layer x "
+        ("Iteration 0 is the trained model before pruning; a sweep's iteration k is its point at the rate "
+         "given, pruned from the trained model. Lx left: neurons remaining in layer x "
          "(% of its width); remaining: all pruned layers together. Accuracy: test accuracy right after "
          "pruning and after retraining, mean over seeds [min, max]. epochs: retraining epochs actually run "
          "(mean over seeds). min CKA: smallest CKA between a layer's "
