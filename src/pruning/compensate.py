@@ -227,13 +227,13 @@ def compensate(model: Net, index: int, target: ConsumerTarget, subset: Split, me
     alive = alive_neurons(prunable_layers(model)[index].block.layer)
     weight, bias = _effective_weight(module), module.bias.detach().double()
     m = moments(_row_pairs(module, target.inputs, current))
-    keep = alive.cpu().numpy().repeat(weight.shape[1] // alive.numel())
-    w0, b0 = target.weight.cpu().numpy(), target.bias.cpu().numpy()
+    w0, b0, w = (t.cpu().numpy() for t in (target.weight, target.bias, weight))
     if method == "bias":
-        new_weight, new_bias = weight.cpu().numpy(), bias_shift(w0, b0, weight.cpu().numpy(), m)
-    else:
-        new_weight, new_bias = ridge_refit(w0, b0, weight.cpu().numpy(), m, keep, ridge)
-    new_weight, new_bias = (torch.from_numpy(t).to(weight.device) for t in (new_weight, new_bias))
+        fitted = w, bias_shift(w0, b0, w, m)
+    else:  # a unit owns weight.shape[1] // units consecutive columns (1, H*W or kh*kw)
+        keep = alive.cpu().numpy().repeat(weight.shape[1] // alive.numel())
+        fitted = ridge_refit(w0, b0, w, m, keep, ridge)
+    new_weight, new_bias = (torch.from_numpy(t).to(weight.device) for t in fitted)
     before, after = _ErrorSums(), _ErrorSums()
     for a, h in _row_pairs(module, target.inputs, current):
         z = a.double() @ target.weight.T + target.bias
