@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+import main_prune
+import main_train
 from src import results
 from src.config import parse_config
 from src.export import model_input_shape
@@ -22,7 +24,7 @@ from src.pruning.passes import prune_pass
 from src.pruning.scoring import scoring_indices
 from src.pruning.shrink import shrunk
 from src.train import fit
-from tests.conftest import ROOT, tiny_raw
+from tests.conftest import ROOT, tiny_raw, untimed
 
 CPU = torch.device("cpu")
 CNN = {"type": "cnn", "conv_channels": [6, 8], "kernel_size": 3, "fc_sizes": [12], "batch_norm": True}
@@ -234,3 +236,18 @@ def test_a_run_with_compensation_records_its_reconstruction_errors(tmp_path):
         assert all(0 <= f.error_after < f.error_before for f in fits)
     saved = json.loads((tmp_path / "out" / "comp" / "0.json").read_text())
     assert saved["schema"] == results.SCHEMA_VERSION and "error_after" in saved["iterations"][0]["layers"][0]["compensation"]
+
+
+def test_a_resumed_compensated_run_equals_an_uninterrupted_one(write_config, tmp_path):
+    def prune(iterations, out):
+        config = write_config("tiny", prune={"modules": [0, 1], "params": {
+            "type": "cka", "iterations": iterations, "rate": 0.3, "compensate": "bias", "retrain_epochs": 1}})
+        common = [str(config), "--models-dir", str(tmp_path / "models")]
+        assert main_train.main(common) == 0 and main_prune.main(common + ["--output-dir", str(tmp_path / out)]) == 0
+        return results.load(tmp_path / out / "tiny" / "0.json")
+
+    prune(1, "cut")
+    resumed = prune(2, "cut")
+    whole = prune(2, "whole")
+    assert untimed(resumed) == untimed(whole)
+    assert all(step.compensation is not None for it in whole.iterations for step in it.layers)
