@@ -213,6 +213,13 @@ class PruneParams:
         """Whether each pass is followed by retraining."""
         return self.retrain is not None and self.retrain_epochs != 0
 
+    @property
+    def sequential(self) -> bool:
+        """Whether a pass prunes its layers one after another in forward order, each scored on the
+        network as the layers before it left it (src.pruning.passes), instead of all on the network
+        at the start of the pass."""
+        return self.compensate != "none" or self.type == "obs"
+
     def retraining(self, training: TrainParams) -> TrainParams:
         """The recipe retraining runs: ``training`` at ``retrain_lr``, for exactly ``retrain_epochs``
         epochs without early stopping when that is set."""

@@ -30,7 +30,8 @@ from src.provenance import Provenance
 
 SCHEMA_VERSION = 5
 # Schema 2 lacks the iterations' provenance, schemas 2 and 3 the sizes (parameters, MACs) of
-# the network, schemas before 5 the sweep points' rates; their records are read with those None.
+# the network, schemas before 5 the sweep points' rates and the layers' compensation; their
+# records are read with those None.
 READABLE_SCHEMAS = (2, 3, 4, SCHEMA_VERSION)
 Metrics = dict[str, float]  # {train,val,test}_{loss,acc} as src.train.evaluate_all returns them
 
@@ -105,12 +106,28 @@ class LayerInfo:
 
 
 @dataclass(frozen=True)
+class ConsumerFit:
+    """How the consumer of a pruned layer reproduces its pre-activation Z of the start of the pass
+    (``prune.params.compensate``, :mod:`src.pruning.compensate`).
+
+    ``consumer``: its module name; ``error_before``, ``error_after``: the relative error
+    ||Z_current - Z||_F / ||Z - mean(Z)||_F (centred denominator) on the fitting samples after
+    the layer was pruned, before and after the consumer was compensated.
+    """
+
+    consumer: str
+    error_before: float
+    error_after: float
+
+
+@dataclass(frozen=True)
 class LayerStep:
     """One layer in one pass; neuron indices are the layer's original ones.
 
     ``scores``: the criterion's value at each removal (None for random); ``cka``: CKA(layer
     output at the start of the pass, after) after each removal; ``skipped``: why the pass
-    removed nothing from this layer, when it could not score it.
+    removed nothing from this layer, when it could not score it; ``compensation``: its
+    consumer's fit with ``compensate`` (None without it, and before schema 5).
     """
 
     index: int
@@ -122,6 +139,7 @@ class LayerStep:
     seconds: float
     engine: str
     skipped: str | None = None
+    compensation: ConsumerFit | None = None
 
 
 @dataclass(frozen=True)
@@ -276,11 +294,16 @@ def _iteration(raw: dict[str, Any]) -> IterationRecord:
         **raw,
         "after_prune": _metrics(raw.get("after_prune"), f"{where}.after_prune"),
         "after_retrain": None if after_retrain is None else _metrics(after_retrain, f"{where}.after_retrain"),
-        "layers": tuple(LayerStep(**{**step, "removed": tuple(step["removed"]), "scores": tuple(step["scores"]),
-                                     "cka": tuple(step["cka"])}) for step in raw["layers"]),
+        "layers": tuple(_step(step) for step in raw["layers"]),
         "retrain": None if retrain is None else RetrainSummary(**retrain),
         "provenance": None if provenance is None else Provenance(**provenance),
     })
+
+
+def _step(raw: dict[str, Any]) -> LayerStep:
+    fit = raw.get("compensation")
+    return LayerStep(**{**raw, "removed": tuple(raw["removed"]), "scores": tuple(raw["scores"]),
+                        "cka": tuple(raw["cka"]), "compensation": None if fit is None else ConsumerFit(**fit)})
 
 
 def same(a: SeedResult | None, b: SeedResult | None) -> bool:

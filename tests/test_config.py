@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from src.config import SEARCHABLE, TrainParams, load_config, parse_config, with_overrides
+from src.config import SEARCHABLE, PruneParams, TrainParams, load_config, parse_config, with_overrides
 from src.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -483,3 +483,9 @@ def test_compensation_keys_at_their_defaults_keep_a_runs_identity():
     same = parse_config(prune_params(compensate="none"), Path("x.json")).prune.identity()
     assert plain == same and "compensate" not in plain and "rates" not in plain
     assert parse_config(prune_params(compensate="bias"), Path("x.json")).prune.identity() != plain
+
+
+def test_a_pass_is_sequential_with_compensation_or_obs_only():
+    assert not PruneParams().sequential and not PruneParams(type="l1").sequential
+    assert PruneParams(compensate="bias").sequential and PruneParams(compensate="lstsq").sequential
+    assert PruneParams(type="obs").sequential

@@ -116,7 +116,9 @@ def test_run_identity_covers_model_training_and_prune_but_not_iterations_or_data
     assert other_model.digest != base.digest and other_model.config_digest == base.config_digest
 
 
-BUDGET_KEYS = ("retrain_epochs", "retrain_lr", "retrain_dropout", "recalibrate_bn", "compensate", "compensate_ridge", "rates")
+# Keys added after runs were made (the budget, compensation, one_shot sweeps).
+BUDGET_KEYS = ("retrain_epochs", "retrain_lr", "retrain_dropout", "recalibrate_bn", "compensate", "compensate_ridge",
+               "rates")
 
 
 def description_before_the_budget(cfg) -> dict:
@@ -181,7 +183,22 @@ def test_sizes_and_epochs_retrained_survive_the_file_and_older_records_read_with
         del raw["iterations"][0][key]
     (tmp_path / "4.json").write_text(json.dumps(raw))
     old = results.load(tmp_path / "4.json")
-    assert old.baseline_parameters is None and old.iterations[0].parameters is None and old.schema == results.SCHEMA_VERSION
+    assert old.baseline_parameters is None and old.iterations[0].parameters is None
+    assert old.schema == results.SCHEMA_VERSION
+
+
+def test_a_layers_compensation_round_trips_and_older_records_read_without_it(tmp_path):
+    fit = results.ConsumerFit(consumer="hidden.1.layer", error_before=0.4, error_after=0.1)
+    step = dataclasses.replace(a_result().iterations[0].layers[0], compensation=fit)
+    result = a_result(iterations=(dataclasses.replace(a_result().iterations[0], layers=(step,)),))
+    back = results.load(results.save(result, tmp_path))
+    assert results.same(back, result) and back.iterations[0].layers[0].compensation == fit
+    raw = a_result().to_dict()
+    raw["schema"] = 4
+    for layer in raw["iterations"][0]["layers"]:
+        del layer["compensation"]
+    (tmp_path / "4.json").write_text(json.dumps(raw))
+    assert all(s.compensation is None for s in results.load(tmp_path / "4.json").iterations[0].layers)
 
 
 def test_sweep_points_keep_their_rate_and_count_from_the_trained_model(tmp_path):

@@ -1,6 +1,7 @@
 """One pruning pass over a seed's model: which neurons or channels go, and the records of what went.
 
-A masked model (MLP, CNN) loses neurons layer by layer (:func:`prune_pass`); a Torch-Pruning
+A masked model (MLP, CNN) loses neurons layer by layer (:func:`prune_pass`; with compensation
+or type "obs" one layer after another, :func:`sequential_prune_pass`); a Torch-Pruning
 model (ResNet, VGG, LeNet-5) loses every group's channels physically (:func:`physical_prune_pass`).
 """
 
@@ -8,17 +9,19 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 from torch import nn
 
 from src.config import ExperimentConfig
-from src.data import Splits, to_unit_float
-from src.models import Net, prunable_layers
-from src.pruning.criteria import select, select_global
+from src.data import Split, Splits, to_unit_float
+from src.models import Net, PrunableLayer, prunable_layers
+from src.pruning.compensate import compensate, consumer_targets
+from src.pruning.criteria import Selection, select, select_global
 from src.pruning.masks import alive_neurons, remove_neurons
 from src.pruning.physical import physical_pass
 from src.pruning.scoring import record_layers, scoring_indices
-from src.results import LayerStep, SeedResult
+from src.results import ConsumerFit, LayerStep, SeedResult
 
 
 def prune_pass(model: Net, cfg: ExperimentConfig, splits: Splits, seed: int, iteration: int,
@@ -27,10 +30,13 @@ def prune_pass(model: Net, cfg: ExperimentConfig, splits: Splits, seed: int, ite
 
     Every layer's neurons are chosen against the representations recorded at the start of
     the pass. With allocation "global" all layers are chosen together (one budget), and each
-    record's ``seconds`` is that joint selection's time.
+    record's ``seconds`` is that joint selection's time. A sequential pass
+    (:attr:`PruneParams.sequential`) goes to :func:`sequential_prune_pass`.
     """
     prune = cfg.require_prune()
     params = prune.params
+    if params.sequential:
+        return sequential_prune_pass(model, cfg, splits, seed, iteration, device)
     layers = [prunable_layers(model)[i] for i in prune.modules]
     generator = torch.Generator().manual_seed(seed * 100_003 + iteration)
     recordings = record_layers(model, layers, splits.val, params, cfg.params.batch_size, generator, device,
@@ -50,18 +56,61 @@ def prune_pass(model: Net, cfg: ExperimentConfig, splits: Splits, seed: int, ite
     for layer, alive, choice, elapsed in zip(layers, alives, choices, seconds):
         if choice.removed:
             remove_neurons(layer.block.layer, choice.removed)
-        records.append(LayerStep(
-            index=layer.index,
-            alive_before=int(alive.sum()),
-            alive_after=int(alive.sum()) - len(choice.removed),
-            removed=tuple(choice.removed),
-            scores=tuple(choice.scores),
-            cka=tuple(choice.cka),
-            seconds=elapsed,
-            engine=choice.engine,
-            skipped=choice.skipped,
-        ))
+        records.append(_step(layer, alive, choice, elapsed))
     return records
+
+
+def sequential_prune_pass(model: Net, cfg: ExperimentConfig, splits: Splits, seed: int, iteration: int,
+                          device: torch.device) -> list[LayerStep]:
+    """Prune the configured layers one after another in forward order; one record per layer.
+
+    Each layer is scored on the current network (the layers before it already pruned and their
+    consumers compensated), loses its neurons, and then, with ``compensate``, its consumer is
+    compensated towards that consumer's pre-activation at the start of the pass
+    (:mod:`src.pruning.compensate`). Scoring and fitting use the same samples: those
+    :func:`record_layers` draws, from the validation split.
+    """
+    prune = cfg.require_prune()
+    params, batch_size = prune.params, cfg.params.batch_size
+    layers = sorted((prunable_layers(model)[i] for i in prune.modules), key=lambda layer: layer.index)
+    draw = seed * 100_003 + iteration
+    index = scoring_indices(splits.val, params.samples, batch_size, torch.Generator().manual_seed(draw))
+    subset = Split(splits.val.images[index.to(splits.val.images.device)],
+                   splits.val.labels[index.to(splits.val.labels.device)])
+    targets = ({} if params.compensate == "none" else
+               consumer_targets(model, [layer.index for layer in layers], subset, batch_size, device))
+    records = []
+    for layer in layers:
+        recording = record_layers(model, [layer], splits.val, params, batch_size, torch.Generator().manual_seed(draw),
+                                  device, train=splits.train)[layer.index]
+        alive = alive_neurons(layer.block.layer).cpu().numpy()
+        start = time.perf_counter()
+        choice = select(recording, params, alive, (seed, iteration, layer.index))
+        elapsed = time.perf_counter() - start
+        if choice.removed:
+            remove_neurons(layer.block.layer, choice.removed)
+        fit = None
+        if targets:
+            fit = compensate(model, layer.index, targets[layer.index], subset, params.compensate,
+                             params.compensate_ridge, batch_size, device)
+        records.append(_step(layer, alive, choice, elapsed, fit))
+    return records
+
+
+def _step(layer: PrunableLayer, alive: np.ndarray, choice: Selection, elapsed: float,
+          fit: ConsumerFit | None = None) -> LayerStep:
+    return LayerStep(
+        index=layer.index,
+        alive_before=int(alive.sum()),
+        alive_after=int(alive.sum()) - len(choice.removed),
+        removed=tuple(choice.removed),
+        scores=tuple(choice.scores),
+        cka=tuple(choice.cka),
+        seconds=elapsed,
+        engine=choice.engine,
+        skipped=choice.skipped,
+        compensation=fit,
+    )
 
 
 def physical_prune_pass(model: nn.Module, cfg: ExperimentConfig, splits: Splits, seed: int, iteration: int,

@@ -88,6 +88,9 @@ def layer_records(report: Report) -> list[dict[str, Any]]:
     made before sizes were recorded), for comparisons at equal size, not only equal neurons.
     ``rate``: for a point of a sparsity sweep, the rate it pruned the trained model at (its counts
     and fractions are from the trained model, not from the previous point); empty otherwise.
+    ``compensation_error_before``/``_after``: with ``compensate``, the relative error of the layer's
+    consumer's pre-activation on the fitting samples after pruning, before and after compensation
+    (:class:`src.results.ConsumerFit`; empty without it).
     """
     records = []
     for exp in report.experiments:
@@ -100,6 +103,7 @@ def layer_records(report: Report) -> list[dict[str, Any]]:
                 after_retrain = seed.baseline if it is None else it.after_retrain
                 for layer in seed.layers:
                     step = None if it is None else it.step(layer.index)
+                    fit = None if step is None else step.compensation
                     records.append({
                         "seed": seed.seed, "criterion": exp.criterion, "label": exp.label, "experiment": exp.name,
                         "run": seed.run.config_digest, "iteration": number, "rate": None if it is None else it.rate,
@@ -118,6 +122,8 @@ def layer_records(report: Report) -> list[dict[str, Any]]:
                         "parameters": seed.baseline_parameters if it is None else it.parameters,
                         "macs": seed.baseline_macs if it is None else it.macs,
                         "skipped": None if step is None else step.skipped,
+                        "compensation_error_before": None if fit is None else fit.error_before,
+                        "compensation_error_after": None if fit is None else fit.error_after,
                         "diverged_at": seed.diverged_at,
                     })
     return records
