@@ -23,8 +23,8 @@ start=$(date +%s)
 
 # Every config shares the study's trained model per seed.
 seq 0 9 | xargs -P "$JOBS" -I{} "$PYTHON" main_train.py config/study-fmnist/cka.json --seed {} --threads 1
-# The longest configs first (iterative, then one epoch of retraining), so the processes end together.
-printf '%s\n' "$STUDY"/iterative-*/*.json "$STUDY"/e1*/*.json "$STUDY"/e0-*/*.json \
+# The one-shot cells without retraining first: the study's main question, and the cheapest.
+printf '%s\n' "$STUDY"/e0-*/*.json "$STUDY"/e1-nodrop-*/*.json "$STUDY"/e1-{none,bias,lstsq}/*.json "$STUDY"/iterative-*/*.json \
   | xargs -P "$JOBS" -I{} "$PYTHON" main_prune.py {} --threads 1
 
 # The per-seed records are committed with the report (docs/budget/records/<cell>/<criterion>/).
