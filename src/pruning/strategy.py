@@ -1,7 +1,8 @@
 """One-shot and iterative pruning of one seed's trained model, resumable.
 
-An iteration is: score and prune every layer of ``prune.modules`` (one pass; the layers'
-original activations are recorded once, at the start of the pass) -> evaluate -> retrain
+An iteration is: score and prune every layer of ``prune.modules`` (one pass,
+:mod:`src.pruning.passes`: the layers' activations recorded once at its start or, with
+compensation or obs, each layer in turn on the network its predecessors left) -> evaluate -> retrain
 (the ``params`` recipe, on the masked network or, with ``shrink``, on the smaller dense one)
 -> evaluate. With ``retrain`` "rewind" the surviving weights are first reset to those after
 epoch ``rewind_epoch`` of the original training (Frankle et al. 2020), removed neurons kept
