@@ -21,8 +21,12 @@ from src.results import LayerInfo
 
 CRITERION_COLORS = {"cka": "#0072B2", "l1": "#D55E00", "l2": "#009E73", "random": "#000000",
                     "apoz": "#CC79A7", "mean_activation": "#56B4E9", "taylor": "#E69F00",
+                    # obs and l2 are never compared in one study so far; obs takes l2's green.
+                    "obs": "#009E73",
                     # Torch-Pruning's importances take their counterparts' colours (BN scale: l2's).
                     "tp_l1": "#D55E00", "tp_bn": "#009E73", "tp_taylor": "#E69F00", "tp_random": "#000000"}
+# Variants drawn beside each other in one panel (the budget study's compute figure).
+LABEL_COLORS = {"cka-next": "#56B4E9", "cka-refit": "#882255"}
 FIGURE_FORMATS = ("png", "pdf", "svg")
 DPI = 150
 
@@ -39,8 +43,8 @@ def label_color(label: str) -> str:
     A name outside :data:`CRITERION_COLORS` (an experiment name, a new criterion) gets a hue from
     its sha256, so its colour depends on the name alone, never on its position in a report.
     """
-    if label in CRITERION_COLORS:
-        return CRITERION_COLORS[label]
+    if label in CRITERION_COLORS or label in LABEL_COLORS:
+        return CRITERION_COLORS.get(label) or LABEL_COLORS[label]
     hue = _name_hash(label) / 2**32
     red, green, blue = colorsys.hls_to_rgb(hue, 0.45, 0.7)
     return f"#{round(255 * red):02x}{round(255 * green):02x}{round(255 * blue):02x}"
@@ -82,14 +86,15 @@ def _band(ax: Any, x: Sequence[float], stats: Sequence[Stat], label: str, style:
     ax.plot(x, [s.mean for s in stats], label=label, **style)
 
 
-def _save_with_legend(fig: Any, axes: Iterable[Any], path: Path, formats: Sequence[str]) -> list[Path]:
+def _save_with_legend(fig: Any, axes: Iterable[Any], path: Path, formats: Sequence[str],
+                      title: str = "lines: mean over seeds; bands: min to max") -> list[Path]:
     """One legend for all panels, below them, where it covers no data."""
     entries = {label: handle for ax in axes for handle, label in zip(*ax.get_legend_handles_labels())}
     fig.tight_layout()
     if not entries:  # nothing drawn: every seed diverged or none has an iteration yet
         return _save(fig, path, formats)
     fig.legend(entries.values(), entries.keys(), loc="upper center", bbox_to_anchor=(0.5, 0.0),
-               ncol=min(len(entries), 4), frameon=False, title="lines: mean over seeds; bands: min to max")
+               ncol=min(len(entries), 4), frameon=False, title=title)
     return _save(fig, path, formats)
 
 

@@ -39,11 +39,12 @@ from src.report.aggregate import fraction_remaining
 from src.report.build import Report, ReportOptions, build_report
 from src.report.csvs import _csv
 from src.report.endpoints import MEAN, Endpoint, accuracy, parse_endpoint, seed_value
-from src.report.figures import FIGURE_FORMATS, _save_with_legend, figure_style, label_color
+from src.report.figures import FIGURE_FORMATS, _save_with_legend, figure_style, label_color, run_style
 from src.report.records import Experiment, load_experiment, with_unique_labels
 from src.results import SeedResult
 
 CKA_PREFIX = "cka"
+INTERVALS = "mean over seeds, bars: 95 % t-interval"
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,8 @@ class Point:
     """One criterion at one iteration of a cell, over its seeds."""
 
     cell: str
-    criterion: str
+    label: str         # the run's label in the cell (cka-next)
+    criterion: str     # its criterion (cka): the colour; variants differ in marker and line style
     iteration: int
     n: int
     neurons: float     # mean fraction of the pruned layers' neurons remaining
@@ -93,7 +95,7 @@ def points(cell: str, exp: Experiment) -> list[Point]:
             continue
         acc = mean_interval([accuracy(s, number) for s in seeds])
         out.append(Point(
-            cell, exp.label, number, len(seeds),
+            cell, exp.label, exp.criterion, number, len(seeds),
             float(np.mean([fraction_remaining(s, number) for s in seeds])),
             float(np.mean([s.iteration(number).parameters / s.baseline_parameters for s in seeds
                            if s.iteration(number).parameters and s.baseline_parameters] or [math.nan])),
@@ -194,34 +196,44 @@ def plot_panels(all_points: Sequence[Point], x: str, xlabel: str, path: Path,
         for cell in cells:
             budget, compensation = cell.rsplit("-", 1)
             ax = axes[rows.index(budget)][cols.index(compensation)]
-            for criterion in dict.fromkeys(p.criterion for p in all_points):
-                pts = [p for p in all_points if p.cell == cell and p.criterion == criterion]
+            for label in dict.fromkeys(p.label for p in all_points):
+                pts = [p for p in all_points if p.cell == cell and p.label == label]
                 if not pts:
                     continue
-                xs = [getattr(p, x) for p in pts]
-                ax.errorbar(xs, [100 * p.accuracy for p in pts],
+                ax.errorbar([getattr(p, x) for p in pts], [100 * p.accuracy for p in pts],
                             yerr=[[100 * (p.accuracy - p.low) for p in pts], [100 * (p.high - p.accuracy) for p in pts]],
-                            label=criterion, color=label_color(criterion), marker="o", capsize=2)
-            ax.set_xscale("log")
-            ax.invert_xaxis()
+                            label=label, capsize=2, **run_style(label, pts[0].criterion))
             ax.set_title(f"{budget}, compensate {compensation}")
-        for ax in axes[-1]:
-            ax.set_xlabel(xlabel)
-        for row in axes:
-            row[0].set_ylabel("test accuracy (%)")
-        return _save_with_legend(fig, axes.flat, path, formats)
+        _fraction_axis(axes.flat[0], sorted({getattr(p, x) for p in all_points}))
+        fig.supxlabel(xlabel)
+        fig.supylabel("test accuracy (%)")
+        return _save_with_legend(fig, axes.flat, path, formats, title=INTERVALS)
 
 
-def compute_points(experiments: Sequence[tuple[str, Experiment]], at: float) -> list[tuple[str, str, float, float, float, float, int]]:
-    """Per (group, criterion): mean seconds spent, accuracy mean and t-interval at the first iteration leaving
-    at most ``at`` of the neurons, and n."""
+
+def _fraction_axis(ax: Any, values: Sequence[float]) -> None:
+    """A log fraction axis (shared by the panels), most pruned on the right, ticks at the points' rounded values."""
+    from matplotlib.ticker import FixedLocator, NullLocator, PercentFormatter
+
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ticks = sorted({round(v, 2) for v in values if v > 0})
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+
+
+def compute_points(experiments: Sequence[tuple[str, Experiment]],
+                   at: float) -> list[tuple[str, str, str, float, float, float, float, int]]:
+    """Per (group, run): its label and criterion, mean seconds spent, accuracy mean and t-interval at the first
+    iteration leaving at most ``at`` of the neurons, and n."""
     endpoint = Endpoint("remaining", at)
     out = []
     for group, exp in experiments:
         values = [(v[0], seconds_spent(s, v[1])) for s in exp.seeds if (v := seed_value(s, endpoint, 0)) is not None]
         if values:
             acc = mean_interval([a for a, _ in values])
-            out.append((group, exp.label, float(np.mean([t for _, t in values])), *acc, len(values)))
+            out.append((group, exp.label, exp.criterion, float(np.mean([t for _, t in values])), *acc, len(values)))
     return out
 
 
@@ -230,9 +242,10 @@ def compare_group(folder: Path) -> str:
     return folder.parent.parent.name if folder.parent.name == "records" else folder.parent.name
 
 
-def plot_compute(rows: Sequence[tuple[str, str, float, float, float, float, int]], at: float, path: Path,
+def plot_compute(rows: Sequence[tuple[str, str, str, float, float, float, float, int]], at: float, path: Path,
                  formats: Sequence[str]) -> list[Path]:
-    """Accuracy at ``at`` remaining vs seconds spent (log x): a marker per group, a colour per criterion."""
+    """Accuracy at ``at`` remaining vs seconds spent (log x): a marker per group, a colour per run label
+    (variants such as cka-next get their own, unlike in the panels, where they share their criterion's)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -241,19 +254,19 @@ def plot_compute(rows: Sequence[tuple[str, str, float, float, float, float, int]
     groups = list(dict.fromkeys(r[0] for r in rows))
     with plt.rc_context(figure_style()):
         fig, ax = plt.subplots(figsize=(7.5, 4.5))
-        for group, criterion, seconds, acc, low, high, _ in rows:
+        for group, label, criterion, seconds, acc, low, high, _ in rows:
             ax.errorbar([seconds], [100 * acc], yerr=[[100 * (acc - low)], [100 * (high - acc)]],
-                        color=label_color(criterion), marker=markers[groups.index(group) % len(markers)],
+                        color=label_color(label), marker=markers[groups.index(group) % len(markers)],
                         linestyle="none", capsize=2)
         for i, group in enumerate(groups):
             ax.plot([], [], color="grey", marker=markers[i % len(markers)], linestyle="none", label=group)
-        for criterion in dict.fromkeys(r[1] for r in rows):
-            ax.plot([], [], color=label_color(criterion), linewidth=4, label=criterion)
-        if min(r[2] for r in rows) > 0:  # records of a run always spent time; hand-made ones may not
+        for label in dict.fromkeys(r[1] for r in rows):
+            ax.plot([], [], color=label_color(label), linewidth=4, label=label)
+        if min(r[3] for r in rows) > 0:  # records of a run always spent time; hand-made ones may not
             ax.set_xscale("log")
         ax.set_xlabel("seconds spent from the trained model (scoring, compensation, retraining; one CPU thread)")
         ax.set_ylabel(f"test accuracy at <= {at:.0%} of neurons left (%)")
-        return _save_with_legend(fig, [ax], path, formats)
+        return _save_with_legend(fig, [ax], path, formats, title=INTERVALS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
