@@ -699,8 +699,9 @@ def _check_prune_fits_model(s: _Section, p: _Section, params: PruneParams, model
         p.fail(p.key("type"), f"must be cka or one of {', '.join(TP_CRITERIA)} for a {model.type} model", params.type)
     if params.stop_cka is not None:
         p.fail(p.key("stop_cka"), f"does not apply to a {model.type} model (Torch-Pruning prunes by rate)")
-    if params.compensate != "none":
-        p.fail(p.key("compensate"), f'is not implemented for Torch-Pruning models (a {model.type}); use "none"')
+    if params.compensate == "bias" and model.type in ("resnet", "vgg"):
+        p.fail(p.key("compensate"), f'"bias" needs consumers with a bias; {model.type} convolutions have none '
+                                    '(BatchNorm follows): use "lstsq"')
     if params.hook != "module":
         p.fail(p.key("hook"), f"must be module for a {model.type} model", params.hook)
     for key, value, default in (("target", params.target, "layer"), ("greedy", params.greedy, "conditional"),
