@@ -2,7 +2,8 @@
 
 A masked model (MLP, CNN) loses neurons layer by layer (:func:`prune_pass`; with compensation
 or type "obs" one layer after another, :func:`sequential_prune_pass`); a Torch-Pruning
-model (ResNet, VGG, LeNet-5) loses every group's channels physically (:func:`physical_prune_pass`).
+model (ResNet, VGG, LeNet-5) loses every group's channels physically (:func:`physical_prune_pass`),
+and with compensation its consumers are refit after the whole pass.
 """
 
 from __future__ import annotations
