@@ -51,6 +51,9 @@ def test_each_resnet_consumer_is_a_literal_regression_on_its_current_input():
         bn.running_var.uniform_(0.5, 2.0)
     x = torch.randn(48, 1, 12, 12)
     original, passed = pruned_pair(model, x)
+    for group in passed.groups:  # one step: the removed channels are numbered as in the original
+        for name in group.layers:
+            assert passed.kept_outputs[name] == tuple(c for c in range(group.channels_before) if c not in group.removed)
     fits = compensate_pass(original, model, passed, x, "lstsq", 0.0, 16)
     before, now = dict(original.named_modules()), dict(model.named_modules())
     names = [name for name in now if name in fits]

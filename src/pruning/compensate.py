@@ -267,7 +267,7 @@ def rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def row_pairs(module: nn.Module, original: torch.Tensor,
-               current: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+              current: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Row blocks of (A, Â), a few samples at a time, so no (N*L, d) matrix is ever whole."""
     per_sample = rows(module, original[:1]).numel()
     step = max(1, CHUNK_ELEMENTS // per_sample)

@@ -21,8 +21,9 @@ A group the importance cannot score (Torch-Pruning's importance gives None: e.g.
 that do not vary, tp_bn of a group without BatchNorm) is left alone, and recorded as skipped.
 
 Each removed set is returned as a :class:`GroupRecord`, with the layers whose input channels
-it removed (its consumers, for ``compensate``: :mod:`src.pruning.physical_compensate`). A pass's ``history`` (Torch-Pruning's
-pruning history: layer name, output or input, indices) is plain JSON; replaying the
+it removed (its consumers, for ``compensate``: :mod:`src.pruning.physical_compensate`). A
+pass's ``history`` (Torch-Pruning's pruning history: layer name, output or input, indices; the
+group's root only) is plain JSON; replaying the
 histories of all passes on a freshly built model (:func:`rebuild`) gives the pruned
 architecture, into which a checkpoint's ``state_dict`` loads.
 """
