@@ -131,15 +131,15 @@ def physical_prune_pass(model: nn.Module, cfg: ExperimentConfig, splits: Splits,
     generator = torch.Generator().manual_seed(seed * 100_003 + iteration)
     index = scoring_indices(splits.val, params.samples, cfg.params.batch_size, generator).to(splits.val.images.device)
     x, y = to_unit_float(splits.val.images[index]).to(device), splits.val.labels[index].to(device)
-    original = copy.deepcopy(model) if params.compensate != "none" else None
+    at_start = copy.deepcopy(model) if params.compensate != "none" else None
     start = time.perf_counter()
     passed = physical_pass(model, params.type, params.rate, x[:1], x, labels=y, engine=params.engine,
                            kernel=params.kernel, debiased=params.debiased,
                            global_pruning=params.allocation == "global", seed=seed * 100_003 + iteration,
                            batch_size=cfg.params.batch_size)
     seconds = (time.perf_counter() - start) / max(len(passed.groups), 1)
-    fits = ({} if original is None else
-            compensate_pass(original, model, passed, x, params.compensate, params.compensate_ridge,
+    fits = ({} if at_start is None else
+            compensate_pass(at_start, model, passed, x, params.compensate, params.compensate_ridge,
                             cfg.params.batch_size))
     surviving = surviving_channels(result)
     number = {layer.name: layer.index for layer in result.layers}
