@@ -261,9 +261,14 @@ def rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The consumer's input rows (module docstring): (N, D) for a Linear, (N*L, C*kh*kw) for a Conv2d."""
     if isinstance(module, nn.Linear):
         return x.flatten(1)
-    unfolded = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=module.padding,
-                        stride=module.stride)  # (N, C*kh*kw, L)
-    return unfolded.transpose(1, 2).flatten(0, 1)
+    if module.dilation != (1, 1):
+        unfolded = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=module.padding,
+                            stride=module.stride)  # (N, C*kh*kw, L)
+        return unfolded.transpose(1, 2).flatten(0, 1)
+    # The same rows as F.unfold, from strided views: many times faster than its CPU im2col.
+    (kh, kw), (sh, sw), (ph, pw) = module.kernel_size, module.stride, module.padding
+    patches = F.pad(x, (pw, pw, ph, ph)).unfold(2, kh, sh).unfold(3, kw, sw)  # (N, C, H', W', kh, kw)
+    return patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, x.shape[1] * kh * kw)
 
 
 def row_pairs(module: nn.Module, original: torch.Tensor,
