@@ -574,7 +574,7 @@ def _read_prune(s: _Section, model: ModelConfig, training: TrainParams) -> Prune
         allocation=p.choice("allocation", d.allocation, ALLOCATIONS),
     )
     params = _read_budget(p, params, model, training)
-    params = _read_compensation(p, params, strategy, given)
+    params = _read_compensation(p, params, strategy, given, model)
     if params.rates is not None:
         if "iterations" in given:
             p.fail(p.key("iterations"), "does not apply with rates (one iteration per rate)")
@@ -634,16 +634,18 @@ def _read_budget(p: _Section, params: PruneParams, model: ModelConfig, training:
                    retrain_dropout=None if dropout == model.dropout_rate else dropout, recalibrate_bn=recalibrate)
 
 
-def _read_compensation(p: _Section, params: PruneParams, strategy: str, given: set[str]) -> PruneParams:
+def _read_compensation(p: _Section, params: PruneParams, strategy: str, given: set[str],
+                       model: ModelConfig) -> PruneParams:
     """``params`` with compensate, compensate_ridge and rates (a one_shot sparsity sweep); ``given``:
-    the keys the config sets."""
+    the keys the config sets. (A Torch-Pruning model compensates after the whole pass, so with
+    either allocation.)"""
     compensate = p.choice("compensate", params.compensate, COMPENSATIONS)
     ridge = p.get("compensate_ridge", params.compensate_ridge, lambda v: _is_number(v) and v >= 0,
                   "must be a number >= 0")
     if "compensate_ridge" in given and compensate != "lstsq" and params.type not in REFIT_CRITERIA \
             and params.target != "refit":
         p.fail(p.key("compensate_ridge"), 'applies to compensate "lstsq", type "obs" and target "refit" only')
-    if compensate != "none" and params.allocation != "uniform":
+    if compensate != "none" and params.allocation != "uniform" and not model.uses_torch_pruning:
         p.fail(p.key("compensate"), 'needs allocation "uniform" (compensated layers are pruned one after another)')
     rates = p.get("rates", None, lambda v: isinstance(v, list) and len(v) > 0 and all(_in_open_unit(r) for r in v)
                   and all(a < b for a, b in zip(v, v[1:])), "must be an increasing list of numbers in (0, 1)")
@@ -699,8 +701,9 @@ def _check_prune_fits_model(s: _Section, p: _Section, params: PruneParams, model
         p.fail(p.key("type"), f"must be cka or one of {', '.join(TP_CRITERIA)} for a {model.type} model", params.type)
     if params.stop_cka is not None:
         p.fail(p.key("stop_cka"), f"does not apply to a {model.type} model (Torch-Pruning prunes by rate)")
-    if params.compensate != "none":
-        p.fail(p.key("compensate"), f'is not implemented for Torch-Pruning models (a {model.type}); use "none"')
+    if params.compensate == "bias" and model.type in ("resnet", "vgg"):
+        p.fail(p.key("compensate"), f'"bias" needs consumers with a bias; {model.type} convolutions have none '
+                                    '(BatchNorm follows): use "lstsq"')
     if params.hook != "module":
         p.fail(p.key("hook"), f"must be module for a {model.type} model", params.hook)
     for key, value, default in (("target", params.target, "layer"), ("greedy", params.greedy, "conditional"),

@@ -126,8 +126,10 @@ class LayerStep:
 
     ``scores``: the criterion's value at each removal (None for random); ``cka``: CKA(layer
     output at the start of the pass, after) after each removal; ``skipped``: why the pass
-    removed nothing from this layer, when it could not score it; ``compensation``: its
-    consumer's fit with ``compensate`` (None without it, and before schema 5).
+    removed nothing from this layer, when it could not score it; ``compensation``: with
+    ``compensate``, its consumer's fit (a masked layer), or the fits of all its consumers, in
+    the model's module order (a Torch-Pruning group: a tuple, a JSON list; NaN errors for a
+    consumer left alone); None without it, and before schema 5.
     """
 
     index: int
@@ -139,7 +141,14 @@ class LayerStep:
     seconds: float
     engine: str
     skipped: str | None = None
-    compensation: ConsumerFit | None = None
+    compensation: ConsumerFit | tuple[ConsumerFit, ...] | None = None
+
+    @property
+    def fits(self) -> tuple[ConsumerFit, ...]:
+        """The consumers' fits, whichever path recorded them (() without compensation)."""
+        if self.compensation is None:
+            return ()
+        return self.compensation if isinstance(self.compensation, tuple) else (self.compensation,)
 
 
 @dataclass(frozen=True)
@@ -302,8 +311,10 @@ def _iteration(raw: dict[str, Any]) -> IterationRecord:
 
 def _step(raw: dict[str, Any]) -> LayerStep:
     fit = raw.get("compensation")
+    fits = (None if fit is None else tuple(ConsumerFit(**f) for f in fit) if isinstance(fit, list)
+            else ConsumerFit(**fit))
     return LayerStep(**{**raw, "removed": tuple(raw["removed"]), "scores": tuple(raw["scores"]),
-                        "cka": tuple(raw["cka"]), "compensation": None if fit is None else ConsumerFit(**fit)})
+                        "cka": tuple(raw["cka"]), "compensation": fits})
 
 
 def same(a: SeedResult | None, b: SeedResult | None) -> bool:

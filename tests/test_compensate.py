@@ -218,6 +218,19 @@ def test_a_conv_consumer_is_a_literal_regression_per_output_channel(mnist5k, pad
                                       weight[o, ~columns].astype(np.float32))
 
 
+@pytest.mark.parametrize("geometry", [dict(kernel_size=3, padding=1), dict(kernel_size=3, stride=2, padding=1),
+                                      dict(kernel_size=1, stride=2), dict(kernel_size=(5, 3), padding=(2, 0)),
+                                      dict(kernel_size=3, dilation=2)])
+def test_a_convs_rows_are_its_unfolded_input(geometry):
+    conv = torch.nn.Conv2d(3, 4, **geometry)
+    x = torch.randn(5, 3, 11, 9)
+    expected = torch.nn.functional.unfold(x, conv.kernel_size, dilation=conv.dilation, padding=conv.padding,
+                                          stride=conv.stride).transpose(1, 2).flatten(0, 1)
+    assert torch.equal(rows(conv, x), expected)
+    torch.testing.assert_close(rows(conv, x) @ conv.weight.flatten(1).T + conv.bias,
+                               conv(x).permute(0, 2, 3, 1).flatten(0, 2), atol=1e-5, rtol=1e-5)
+
+
 def test_a_run_with_compensation_records_its_reconstruction_errors(tmp_path):
     raw = tiny_raw(prune={"strategy": "iterative", "modules": [0, 1],
                           "params": {"type": "cka", "iterations": 2, "rate": 0.3, "compensate": "lstsq",

@@ -352,9 +352,21 @@ def test_zoo_models_default_to_the_datasets_shape_and_prune_every_group():
     ("prune.modules", [0], "prune.modules does not apply to a resnet model", ZOO),
     ("prune.params", {"type": "cka", "stop_cka": 0.9}, "prune.params.stop_cka does not apply to a resnet model", ZOO),
     ("prune.params.hook", "nonlinearity", 'prune.params.hook must be module for a resnet model, got "nonlinearity"', ZOO),
+    ("prune.params.compensate", "bias", 'prune.params.compensate "bias" needs consumers with a bias; resnet '
+                                        'convolutions have none (BatchNorm follows): use "lstsq"', ZOO),
+    ("model", {"type": "vgg", "depth": 11}, "vgg convolutions have none", edited("prune.params.compensate", "bias", ZOO)),
 ])
 def test_zoo_config_errors_are_one_line(path, value, expected, base):
     assert expected in error_of(edited(path, value, base))
+
+
+def test_zoo_models_take_compensation_bias_where_every_consumer_has_a_bias():
+    lstsq = parse_config(edited("prune.params.compensate", "lstsq", ZOO), Path("x.json")).prune.params
+    assert (lstsq.compensate, lstsq.recalibrate_bn) == ("lstsq", True)
+    joint = edited("prune.params", {"type": "tp_l1", "rate": 0.5, "allocation": "global", "compensate": "lstsq"}, ZOO)
+    assert parse_config(joint, Path("x.json")).prune.params.allocation == "global"  # compensated after the whole pass
+    lenet = edited("model", {"type": "lenet5"}, edited("prune.params.compensate", "bias", ZOO))
+    assert parse_config(lenet, Path("x.json")).prune.params.compensate == "bias"
 
 
 BN_CNN = edited("model", {"type": "cnn", "conv_channels": [6], "fc_sizes": [16], "batch_norm": True, "dropout_rate": 0.5})

@@ -201,6 +201,21 @@ def test_a_layers_compensation_round_trips_and_older_records_read_without_it(tmp
     assert all(s.compensation is None for s in results.load(tmp_path / "4.json").iterations[0].layers)
 
 
+def test_a_groups_consumer_fits_round_trip_as_a_tuple_and_a_single_fit_stays_one(tmp_path):
+    fits = (results.ConsumerFit("layer1.0.conv1", 0.5, 0.2), results.ConsumerFit("fc", 0.3, float("nan")))
+    single = results.ConsumerFit("hidden.1.layer", 0.4, 0.1)
+    first = a_result().iterations[0]
+    steps = tuple(dataclasses.replace(first.layers[0], compensation=fit) for fit in (fits, single))
+    result = a_result(iterations=(dataclasses.replace(first, layers=steps),))
+    back = results.load(results.save(result, tmp_path))
+    assert results.same(back, result)
+    group, layer = back.iterations[0].layers
+    assert isinstance(group.compensation, tuple) and group.fits[0] == fits[0] and group.fits[1].consumer == "fc"
+    assert layer.compensation == single and layer.fits == (single,) and first.layers[0].fits == ()
+    raw = json.loads(results.result_path(tmp_path, result.seed).read_text())["iterations"][0]["layers"]
+    assert isinstance(raw[0]["compensation"], list) and isinstance(raw[1]["compensation"], dict)
+
+
 def test_sweep_points_keep_their_rate_and_count_from_the_trained_model(tmp_path):
     first = a_result().iterations[0]
     second = dataclasses.replace(first, iteration=2, rate=0.5, layers=(

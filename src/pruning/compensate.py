@@ -84,7 +84,8 @@ CHUNK_ELEMENTS = 1 << 22
 class Moments:
     """First and second moments of the paired rows (A, Â), float64.
 
-    mean_a, mean_h: (d,) mean(A), mean(Â); cov_ah: (d, d) Σ(A, Â); cov_hh: (d, d) Σ(Â, Â).
+    mean_a: (d0,) mean(A); mean_h: (d,) mean(Â); cov_ah: (d0, d) Σ(A, Â); cov_hh: (d, d) Σ(Â, Â).
+    (d0 = d on the masked path; on the physical path A has the original network's columns.)
     """
 
     mean_a: np.ndarray
@@ -94,7 +95,7 @@ class Moments:
 
 
 def moments(pairs: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> Moments:
-    """:class:`Moments` of row blocks ``(a, h)`` (each (rows, d)), streamed.
+    """:class:`Moments` of row blocks ``(a, h)`` ((rows, d0), (rows, d)), streamed.
 
     Rows are shifted by the first block's means before the products are summed, so centring
     subtracts a small correction even for inputs with a large mean (ReLU outputs).
@@ -105,7 +106,7 @@ def moments(pairs: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> Moments:
         if shift_a is None:
             shift_a, shift_h = a.mean(dim=0), h.mean(dim=0)
             sum_a, sum_h = torch.zeros_like(shift_a), torch.zeros_like(shift_h)
-            gram_ah, gram_hh = a.new_zeros(a.shape[1], a.shape[1]), a.new_zeros(a.shape[1], a.shape[1])
+            gram_ah, gram_hh = a.new_zeros(a.shape[1], h.shape[1]), h.new_zeros(h.shape[1], h.shape[1])
         a, h = a - shift_a, h - shift_h
         sum_a += a.sum(dim=0)
         sum_h += h.sum(dim=0)
@@ -120,8 +121,15 @@ def moments(pairs: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> Moments:
     return Moments(*(t.cpu().numpy() for t in (mean_a + shift_a, mean_h + shift_h, cov_ah, cov_hh)))
 
 
+def about_zero(m: Moments) -> Moments:
+    """``m`` with the second moments taken about zero instead of the means, and zero means:
+    :func:`ridge_refit` on them is the fit without an intercept (module docstring)."""
+    return Moments(np.zeros_like(m.mean_a), np.zeros_like(m.mean_h), m.cov_ah + np.outer(m.mean_a, m.mean_h),
+                   m.cov_hh + np.outer(m.mean_h, m.mean_h))
+
+
 def bias_shift(target_weight: np.ndarray, target_bias: np.ndarray, weight: np.ndarray, m: Moments) -> np.ndarray:
-    """The best bias for ``weight`` (O, d): b' = mean(Z) - W mean(Â), Z = A W0^T + b0. (O,)"""
+    """The best bias for ``weight`` (O, d): b' = mean(Z) - W mean(Â), Z = A W0^T + b0 (W0: (O, d0)). (O,)"""
     return target_bias + target_weight @ m.mean_a - weight @ m.mean_h
 
 
@@ -129,7 +137,7 @@ def ridge_refit(target_weight: np.ndarray, target_bias: np.ndarray, weight: np.n
                 keep: np.ndarray, ridge: float) -> tuple[np.ndarray, np.ndarray]:
     """W', b' of "lstsq" (module docstring): the kept columns refit, the removed ones as in ``weight``.
 
-    target_weight, weight: (O, d) W0 and W; target_bias: (O,) b0; keep: bool (d,) the columns K.
+    target_weight: (O, d0) W0; weight: (O, d) W; target_bias: (O,) b0; keep: bool (d,) the columns K.
     """
     kept, removed = np.flatnonzero(keep), np.flatnonzero(~keep)
     refit = weight.copy()
@@ -142,7 +150,7 @@ def ridge_refit(target_weight: np.ndarray, target_bias: np.ndarray, weight: np.n
     return refit, bias_shift(target_weight, target_bias, refit, m)
 
 
-class _ErrorSums:
+class ErrorSums:
     """Streams ||current - original||_F^2 and the centred ||original - mean(original)||_F^2."""
 
     def __init__(self) -> None:
@@ -164,7 +172,7 @@ class _ErrorSums:
 
 def relative_error(current: torch.Tensor, original: torch.Tensor) -> float:
     """||current - original||_F / ||original - mean(original)||_F, means over the rows; (rows, O) each."""
-    sums = _ErrorSums()
+    sums = ErrorSums()
     sums.add(current.double(), original.double())
     return sums.relative()
 
@@ -226,7 +234,7 @@ def compensate(model: Net, index: int, target: ConsumerTarget, subset: Split, me
     current = block_outputs(model, [index], subset, batch_size, device)[index]
     alive = alive_neurons(prunable_layers(model)[index].block.layer)
     weight, bias = _effective_weight(module), module.bias.detach().double()
-    m = moments(_row_pairs(module, target.inputs, current))
+    m = moments(row_pairs(module, target.inputs, current))
     w0, b0, w = (t.cpu().numpy() for t in (target.weight, target.bias, weight))
     if method == "bias":
         fitted = w, bias_shift(w0, b0, w, m)
@@ -234,8 +242,8 @@ def compensate(model: Net, index: int, target: ConsumerTarget, subset: Split, me
         keep = alive.cpu().numpy().repeat(weight.shape[1] // alive.numel())
         fitted = ridge_refit(w0, b0, w, m, keep, ridge)
     new_weight, new_bias = (torch.from_numpy(t).to(weight.device) for t in fitted)
-    before, after = _ErrorSums(), _ErrorSums()
-    for a, h in _row_pairs(module, target.inputs, current):
+    before, after = ErrorSums(), ErrorSums()
+    for a, h in row_pairs(module, target.inputs, current):
         z = a.double() @ target.weight.T + target.bias
         before.add(h.double() @ weight.T + bias, z)
         after.add(h.double() @ new_weight.T + new_bias, z)
@@ -253,13 +261,18 @@ def rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The consumer's input rows (module docstring): (N, D) for a Linear, (N*L, C*kh*kw) for a Conv2d."""
     if isinstance(module, nn.Linear):
         return x.flatten(1)
-    unfolded = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=module.padding,
-                        stride=module.stride)  # (N, C*kh*kw, L)
-    return unfolded.transpose(1, 2).flatten(0, 1)
+    if module.dilation != (1, 1):
+        unfolded = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=module.padding,
+                            stride=module.stride)  # (N, C*kh*kw, L)
+        return unfolded.transpose(1, 2).flatten(0, 1)
+    # The same rows as F.unfold, from strided views: many times faster than its CPU im2col.
+    (kh, kw), (sh, sw), (ph, pw) = module.kernel_size, module.stride, module.padding
+    patches = F.pad(x, (pw, pw, ph, ph)).unfold(2, kh, sh).unfold(3, kw, sw)  # (N, C, H', W', kh, kw)
+    return patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, x.shape[1] * kh * kw)
 
 
-def _row_pairs(module: nn.Module, original: torch.Tensor,
-               current: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def row_pairs(module: nn.Module, original: torch.Tensor,
+              current: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Row blocks of (A, Â), a few samples at a time, so no (N*L, d) matrix is ever whole."""
     per_sample = rows(module, original[:1]).numel()
     step = max(1, CHUNK_ELEMENTS // per_sample)

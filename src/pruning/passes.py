@@ -2,11 +2,13 @@
 
 A masked model (MLP, CNN) loses neurons layer by layer (:func:`prune_pass`; with compensation
 or type "obs" one layer after another, :func:`sequential_prune_pass`); a Torch-Pruning
-model (ResNet, VGG, LeNet-5) loses every group's channels physically (:func:`physical_prune_pass`).
+model (ResNet, VGG, LeNet-5) loses every group's channels physically (:func:`physical_prune_pass`),
+and with compensation its consumers are refit after the whole pass.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 
 import numpy as np
@@ -20,6 +22,7 @@ from src.pruning.compensate import compensate, consumer_targets
 from src.pruning.criteria import Selection, select, select_global
 from src.pruning.masks import alive_neurons, remove_neurons
 from src.pruning.physical import physical_pass
+from src.pruning.physical_compensate import compensate_pass
 from src.pruning.scoring import record_layers, scoring_indices
 from src.results import ConsumerFit, LayerStep, SeedResult
 
@@ -117,18 +120,27 @@ def physical_prune_pass(model: nn.Module, cfg: ExperimentConfig, splits: Splits,
                         result: SeedResult) -> tuple[list[LayerStep], list]:
     """Prune every Torch-Pruning group of ``model`` once, physically; one record per group that lost
     channels (numbered as in the trained model) or was left alone (``skipped``, with the reason),
-    and the pass's pruning history."""
+    and the pass's pruning history.
+
+    With ``compensate`` the consumers of the removed channels are then compensated towards a copy
+    of the model at the start of the pass, on the scoring samples (:mod:`src.pruning.physical_compensate`);
+    each group's record holds the fits of its consumers (:attr:`LayerStep.compensation`, a tuple).
+    """
     params = cfg.require_prune().params
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed * 100_003 + iteration)
     index = scoring_indices(splits.val, params.samples, cfg.params.batch_size, generator).to(splits.val.images.device)
     x, y = to_unit_float(splits.val.images[index]).to(device), splits.val.labels[index].to(device)
+    at_start = copy.deepcopy(model) if params.compensate != "none" else None
     start = time.perf_counter()
     passed = physical_pass(model, params.type, params.rate, x[:1], x, labels=y, engine=params.engine,
                            kernel=params.kernel, debiased=params.debiased,
                            global_pruning=params.allocation == "global", seed=seed * 100_003 + iteration,
                            batch_size=cfg.params.batch_size)
     seconds = (time.perf_counter() - start) / max(len(passed.groups), 1)
+    fits = ({} if at_start is None else
+            compensate_pass(at_start, model, passed, x, params.compensate, params.compensate_ridge,
+                            cfg.params.batch_size))
     surviving = surviving_channels(result)
     number = {layer.name: layer.index for layer in result.layers}
     steps = []
@@ -139,7 +151,8 @@ def physical_prune_pass(model: nn.Module, cfg: ExperimentConfig, splits: Splits,
             index=number[group.root], alive_before=group.channels_before,
             alive_after=group.channels_before - len(removed), removed=removed,
             scores=group.cka if group.cka is not None else (None,) * len(removed), cka=group.cka or (),
-            seconds=seconds, engine=passed.engine, skipped=group.skipped))
+            seconds=seconds, engine=passed.engine, skipped=group.skipped,
+            compensation=tuple(fits[name] for name in group.consumers) if fits and group.consumers else None))
     return steps, passed.history
 
 

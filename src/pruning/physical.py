@@ -20,8 +20,10 @@ group is never emptied (as the masked path's global allocation never empties a l
 A group the importance cannot score (Torch-Pruning's importance gives None: e.g. CKA of outputs
 that do not vary, tp_bn of a group without BatchNorm) is left alone, and recorded as skipped.
 
-Each removed set is returned as a :class:`GroupRecord`. A pass's ``history`` (Torch-Pruning's
-pruning history: layer name, output or input, indices) is plain JSON; replaying the
+Each removed set is returned as a :class:`GroupRecord`, with the layers whose input channels
+it removed (its consumers, for ``compensate``: :mod:`src.pruning.physical_compensate`). A
+pass's ``history`` (Torch-Pruning's pruning history: layer name, output or input, indices; the
+group's root only) is plain JSON; replaying the
 histories of all passes on a freshly built model (:func:`rebuild`) gives the pruned
 architecture, into which a checkpoint's ``state_dict`` loads.
 """
@@ -57,6 +59,7 @@ class GroupRecord:
     removed: tuple[int, ...]
     cka: tuple[float, ...] | None
     skipped: str | None = None
+    consumers: tuple[str, ...] = ()  # the Conv2d/Linear layers whose input channels were removed
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,9 @@ class PassResult:
     groups: tuple[GroupRecord, ...]
     history: list[list[Any]]  # [layer name, output channels?, indices] per pruned group, in order
     engine: str  # what scored the groups: the CKA engine that ran ("fast", "reference") or "torch-pruning"
+    # per Conv2d/Linear layer that lost output channels: its channels at the start of the pass
+    # that remain, in their order now
+    kept_outputs: dict[str, tuple[int, ...]]
 
 
 class _Logged(tp.importance.Importance):
@@ -183,7 +189,7 @@ def physical_pass(model: nn.Module, importance: str, ratio: float, example_input
     names = {module: name for name, module in model.named_modules()}
     unscored = f"{importance} gives this group no importance; group left alone"
     reasons = scorer.skipped if isinstance(scorer, CKAImportance) else {}  # filled in as groups are scored
-    records = []
+    records, kept = [], {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for step in range(1, iterative_steps + 1):
@@ -196,7 +202,7 @@ def physical_pass(model: nn.Module, importance: str, ratio: float, example_input
                 logged.rank(list(pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
                                                           root_module_types=pruner.root_module_types)))
             for group in pruner.step(interactive=True):
-                records.append(_prune_group(group, step, names, logged, scorer))
+                records.append(_prune_group(group, step, names, logged, scorer, kept))
             records += [GroupRecord(step, names[root], _output_layers(group, names), _out_channels(root), (), None,
                                     skipped=reasons.get(root, unscored))
                         for root, group in logged.unscored.items()]
@@ -204,18 +210,36 @@ def physical_pass(model: nn.Module, importance: str, ratio: float, example_input
                 model.zero_grad(set_to_none=True)
     history = [[name, bool(out), [int(i) for i in idxs]] for name, out, idxs in pruner.pruning_history()]
     engine = scorer.engine if isinstance(scorer, CKAImportance) else "torch-pruning"
-    return PassResult(tuple(records), history, engine)
+    return PassResult(tuple(records), history, engine, {name: tuple(channels) for name, channels in kept.items()})
+
+
+_OUTPUT_HANDLERS = (tp.prune_conv_out_channels, tp.prune_depthwise_conv_out_channels, tp.prune_linear_out_channels)
+_INPUT_HANDLERS = (tp.prune_conv_in_channels, tp.prune_depthwise_conv_in_channels, tp.prune_linear_in_channels)
 
 
 def _output_layers(group: tp.Group, names: dict[nn.Module, str]) -> tuple[str, ...]:
     """The names of the group's Conv2d/Linear layers whose output channels it removes."""
-    return tuple(names[item.dep.target.module] for item in group
-                 if item.dep.handler in (tp.prune_conv_out_channels, tp.prune_depthwise_conv_out_channels,
-                                         tp.prune_linear_out_channels))
+    return tuple(names[item.dep.target.module] for item in group if item.dep.handler in _OUTPUT_HANDLERS)
+
+
+def _input_layers(group: tp.Group, names: dict[nn.Module, str]) -> tuple[str, ...]:
+    """The names of the group's Conv2d/Linear layers whose input channels it removes, in the model's order."""
+    found = {item.dep.target.module for item in group if item.dep.handler in _INPUT_HANDLERS}
+    return tuple(name for module, name in names.items() if module in found)
+
+
+def _track_outputs(group: tp.Group, names: dict[nn.Module, str], kept: dict[str, list[int]]) -> None:
+    """Drop the channels ``group`` removes (numbered as now) from ``kept``: per layer, its output
+    channels at the start of the pass that remain."""
+    for item in group:
+        if item.dep.handler in _OUTPUT_HANDLERS:
+            module, gone = item.dep.target.module, set(int(i) for i in item.idxs)
+            channels = kept.setdefault(names[module], list(range(_out_channels(module))))
+            channels[:] = [c for position, c in enumerate(channels) if position not in gone]
 
 
 def _prune_group(group: tp.Group, step: int, names: dict[nn.Module, str], logged: _Logged,
-                 scorer: tp.importance.Importance) -> GroupRecord:
+                 scorer: tp.importance.Importance, kept: dict[str, list[int]]) -> GroupRecord:
     root = group[0].dep.target.module
     pruned = [int(i) for i in group[0].idxs]
     layers = _output_layers(group, names)
@@ -225,11 +249,12 @@ def _prune_group(group: tp.Group, step: int, names: dict[nn.Module, str], logged
     cka = None
     if isinstance(scorer, CKAImportance) and scorer.scores[root].cka is not None:
         cka = scorer.scores[root].cka[:len(removed)]
+    _track_outputs(group, names, kept)
     try:
         group.prune()
     except Exception as err:  # a layer type Torch-Pruning cannot shrink
         raise UserError(f"model: Torch-Pruning cannot prune the group of {names[root]} ({brief(err)})") from err
-    return GroupRecord(step, names[root], layers, before, removed, cka)
+    return GroupRecord(step, names[root], layers, before, removed, cka, consumers=_input_layers(group, names))
 
 
 def _gradients(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int) -> None:

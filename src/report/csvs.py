@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from typing import Any
 
 from src.report.build import Report
 from src.report.stats import Interval, Stat
+from src.results import ConsumerFit
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:
@@ -90,7 +92,8 @@ def layer_records(report: Report) -> list[dict[str, Any]]:
     and fractions are from the trained model, not from the previous point); empty otherwise.
     ``compensation_error_before``/``_after``: with ``compensate``, the relative error of the layer's
     consumer's pre-activation on the fitting samples after pruning, before and after compensation
-    (:class:`src.results.ConsumerFit`; empty without it).
+    (:class:`src.results.ConsumerFit`; empty without it); for a Torch-Pruning group with several
+    consumers, its worst one's (largest error after; a consumer left alone, NaN, is the worst).
     """
     records = []
     for exp in report.experiments:
@@ -103,7 +106,7 @@ def layer_records(report: Report) -> list[dict[str, Any]]:
                 after_retrain = seed.baseline if it is None else it.after_retrain
                 for layer in seed.layers:
                     step = None if it is None else it.step(layer.index)
-                    fit = None if step is None else step.compensation
+                    fit = None if step is None else max(step.fits, default=None, key=_worst)
                     records.append({
                         "seed": seed.seed, "criterion": exp.criterion, "label": exp.label, "experiment": exp.name,
                         "run": seed.run.config_digest, "iteration": number, "rate": None if it is None else it.rate,
@@ -127,6 +130,10 @@ def layer_records(report: Report) -> list[dict[str, Any]]:
                         "diverged_at": seed.diverged_at,
                     })
     return records
+
+
+def _worst(fit: ConsumerFit) -> tuple[bool, float]:
+    return math.isnan(fit.error_after), fit.error_after
 
 
 def layers_csv(report: Report) -> str:
