@@ -647,6 +647,8 @@ def _read_compensation(p: _Section, params: PruneParams, strategy: str, given: s
         p.fail(p.key("compensate_ridge"), 'applies to compensate "lstsq", type "obs" and target "refit" only')
     if compensate != "none" and params.allocation != "uniform" and not model.uses_torch_pruning:
         p.fail(p.key("compensate"), 'needs allocation "uniform" (compensated layers are pruned one after another)')
+    if compensate != "none" and params.retrain == "rewind":
+        p.fail(p.key("compensate"), 'does not combine with retrain "rewind" (rewinding resets the refit weights)')
     rates = p.get("rates", None, lambda v: isinstance(v, list) and len(v) > 0 and all(_in_open_unit(r) for r in v)
                   and all(a < b for a, b in zip(v, v[1:])), "must be an increasing list of numbers in (0, 1)")
     if rates is not None and strategy != "one_shot":

@@ -475,6 +475,8 @@ def test_compensation_and_sweep_keys():
     (prune_params(compensate="lstsq", compensate_ridge=-1), "prune.params.compensate_ridge must be a number >= 0"),
     (prune_params(compensate_ridge=0.1), 'prune.params.compensate_ridge applies to compensate "lstsq"'),
     (prune_params(compensate="bias", allocation="global"), 'prune.params.compensate needs allocation "uniform"'),
+    (prune_params(compensate="lstsq", retrain="rewind", rewind_epoch=1),
+     'prune.params.compensate does not combine with retrain "rewind"'),
     (prune_params(rate=..., strategy="one_shot", rates=[0.9, 0.5]),
      "prune.params.rates must be an increasing list of numbers in (0, 1)"),
     (prune_params(rate=..., strategy="one_shot", rates=[0.5, 1.0]),
