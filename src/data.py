@@ -89,6 +89,10 @@ class Split:
         """The same split on ``device`` (no copy if it is already there)."""
         return Split(self.images.to(device), self.labels.to(device))
 
+    def take(self, index: torch.Tensor) -> Split:
+        """The samples at ``index`` (an index tensor on any device), in its order."""
+        return Split(self.images[index.to(self.images.device)], self.labels[index.to(self.labels.device)])
+
 
 @dataclass(frozen=True)
 class Splits:
@@ -180,11 +184,7 @@ def split_train_val(full: Split, val_split: float, seed: int) -> tuple[Split, Sp
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     val_index, _ = perm[:n_val].sort()
     train_index, _ = perm[n_val:].sort()
-    return _subset(full, train_index), _subset(full, val_index)
-
-
-def _subset(split: Split, index: torch.Tensor) -> Split:
-    return Split(split.images[index], split.labels[index])
+    return full.take(train_index), full.take(val_index)
 
 
 # ---------------------------------------------------------------- IDX (MNIST, Fashion-MNIST)

@@ -71,9 +71,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from src.data import Split, iterate_batches
+from src.data import Split
 from src.models import Net, next_layer, prunable_layers
 from src.pruning.masks import alive_neurons, refresh_weight
+from src.pruning.scoring import run_hooked
 from src.results import ConsumerFit
 
 # Rows x columns of float64 per chunk when streaming a consumer's input rows (32 MiB).
@@ -200,16 +201,7 @@ def block_outputs(model: Net, indices: list[int], subset: Split, batch_size: int
     outputs: dict[int, list[torch.Tensor]] = {i: [] for i in indices}
     handles = [blocks[i].register_forward_hook(lambda m, a, o, i=i: outputs[i].append(o.detach()))
                for i in indices]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for x, _ in iterate_batches(subset, max(batch_size, 1024), device=device):
-                model(x)
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
+    run_hooked(model, subset, batch_size, device, handles)
     return {i: torch.cat(chunks) for i, chunks in outputs.items()}
 
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from src.config import ExperimentConfig
-from src.data import Split, Splits, to_unit_float
+from src.data import Splits, to_unit_float
 from src.models import Net, PrunableLayer, prunable_layers
 from src.pruning.compensate import compensate, consumer_targets
 from src.pruning.criteria import Selection, select, select_global
@@ -78,8 +78,7 @@ def sequential_prune_pass(model: Net, cfg: ExperimentConfig, splits: Splits, see
     layers = sorted((prunable_layers(model)[i] for i in prune.modules), key=lambda layer: layer.index)
     draw = seed * 100_003 + iteration
     index = scoring_indices(splits.val, params.samples, batch_size, torch.Generator().manual_seed(draw))
-    subset = Split(splits.val.images[index.to(splits.val.images.device)],
-                   splits.val.labels[index.to(splits.val.labels.device)])
+    subset = splits.val.take(index)
     targets = ({} if params.compensate == "none" else
                consumer_targets(model, [layer.index for layer in layers], subset, batch_size, device))
     records = []

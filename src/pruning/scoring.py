@@ -163,7 +163,7 @@ def record_layers(model: Net, layers: list[PrunableLayer], split: Split, params:
     ``train``: the training split, which the taylor baseline needs (its gradients).
     """
     index = scoring_indices(split, params.samples, batch_size, generator)
-    subset = Split(split.images[index.to(split.images.device)], split.labels[index.to(split.labels.device)])
+    subset = split.take(index)
     need_inputs = params.engine == "reference" or params.kernel == "rbf"
     stream = (params.samples == "all" and params.engine == "fast" and params.kernel == "linear"
               and not params.debiased and params.target != "logits")
@@ -200,16 +200,7 @@ def record_layers(model: Net, layers: list[PrunableLayer], split: Split, params:
         if need_consumer:
             take = _capture(i, streams, consumed, consumer_accumulators)
             handles.append(next_layer(model, i).register_forward_hook(lambda m, a, o, take=take: take(a[0])))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for x, _ in iterate_batches(subset, max(batch_size, 1024), device=device):
-                model(x)
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
+    run_hooked(model, subset, batch_size, device, handles)
     for i, rec in recordings.items():
         if i in accumulators:
             rec.covariance = accumulators[i].centered()
@@ -234,6 +225,22 @@ def record_layers(model: Net, layers: list[PrunableLayer], split: Split, params:
         for i, values in taylor_importance(model, layers, train, batch_size, generator, device).items():
             recordings[i].taylor = values
     return recordings
+
+
+def run_hooked(model: nn.Module, subset: Split, batch_size: int, device: torch.device,
+               handles: list[torch.utils.hooks.RemovableHandle]) -> None:
+    """Run ``subset`` through ``model`` in eval mode without gradients, for what its hooks record;
+    the hooks (``handles``) are removed afterwards and the model's mode restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for x, _ in iterate_batches(subset, max(batch_size, 1024), device=device):
+                model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
 
 
 def _capture(i: int, streams: bool, outputs: dict[int, list[torch.Tensor]],
@@ -292,7 +299,7 @@ def taylor_importance(model: Net, layers: list[PrunableLayer], split: Split, bat
     """
     count = min(TAYLOR_BATCHES * batch_size, len(split))
     index = torch.randperm(len(split), generator=generator)[:count]
-    subset = Split(split.images[index.to(split.images.device)], split.labels[index.to(split.labels.device)])
+    subset = split.take(index)
     totals = {layer.index: torch.zeros(layer.width, dtype=torch.float64) for layer in layers}
     captured: dict[int, torch.Tensor] = {}
     handles = [layer.block.act.register_forward_hook(lambda m, a, o, i=layer.index: captured.__setitem__(i, o))
