@@ -47,6 +47,19 @@ def write_config(tmp_path):
     return write
 
 
+@pytest.fixture
+def run(tmp_path):
+    """Run main_train/main_prune in this process on dirs under tmp_path; return the exit code."""
+    import main_prune
+
+    def call(script, config, *extra, out="output"):
+        args = [str(config), "--models-dir", str(tmp_path / "models"), *extra]
+        if script is main_prune:
+            args += ["--output-dir", str(tmp_path / out)]
+        return script.main(args)
+    return call
+
+
 @pytest.fixture(scope="session")
 def mnist5k():
     from src.config import DataConfig

@@ -38,17 +38,6 @@ def prune_section(criterion="cka", iterations=2, rate=0.25, **params):
             "modules": [0, 1]}
 
 
-@pytest.fixture
-def run(tmp_path):
-    """Run main_train/main_prune in this process on dirs under tmp_path; return the exit code."""
-    def call(script, config, *extra, out="output"):
-        args = [str(config), "--models-dir", str(tmp_path / "models"), *extra]
-        if script is main_prune:
-            args += ["--output-dir", str(tmp_path / out)]
-        return script.main(args)
-    return call
-
-
 def stored(tmp_path, out="output", seed=0):
     return results.load(tmp_path / out / "tiny" / f"{seed}.json")
 

@@ -18,16 +18,6 @@ def one_shot(rate=None, rates=None, **params):
     return {"strategy": "one_shot", "params": {"type": "cka", **budget, **params}, "modules": [0, 1]}
 
 
-@pytest.fixture
-def run(tmp_path):
-    def call(script, config, *extra, out="output"):
-        args = [str(config), "--models-dir", str(tmp_path / "models"), *extra]
-        if script is main_prune:
-            args += ["--output-dir", str(tmp_path / out)]
-        return script.main(args)
-    return call
-
-
 def stored(tmp_path, out):
     return results.load(tmp_path / out / "tiny" / "0.json")
 
