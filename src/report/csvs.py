@@ -12,7 +12,7 @@ from src.report.stats import Interval, Stat
 from src.results import ConsumerFit
 
 
-def _csv(rows: list[dict[str, Any]]) -> str:
+def csv_text(rows: list[dict[str, Any]]) -> str:
     """The rows under a header of the first row's keys; empty without rows (every seed diverged)."""
     if not rows:
         return ""
@@ -42,7 +42,7 @@ def iteration_csv(report: Report) -> str:
         out["min_cka"] = row.min_cka
         out |= {f"L{i}_cka_mean": row.cka[i].mean if i in row.cka else None for i in layers}
         rows.append(out)
-    return _csv(rows)
+    return csv_text(rows)
 
 
 def _interval_columns(prefix: str, interval: Interval | None) -> dict[str, Any]:
@@ -53,7 +53,7 @@ def _interval_columns(prefix: str, interval: Interval | None) -> dict[str, Any]:
 
 def gap_csv(report: Report) -> str:
     """Gaps as fractions; ``*_ci_low``/``*_ci_high``: the 95 % interval of the mean gap (``*_ci_method``: t or BCa)."""
-    return _csv([{"reference": g.reference, "other": g.other, "iteration": g.iteration,
+    return csv_text([{"reference": g.reference, "other": g.other, "iteration": g.iteration,
                   "fraction_remaining_reference": g.fraction_reference, "fraction_remaining_other": g.fraction_other}
                  | _stat_columns("gap_pruned", g.after_prune) | _interval_columns("gap_pruned", g.ci_prune)
                  | _stat_columns("gap_retrained", g.after_retrain) | _interval_columns("gap_retrained", g.ci_retrain)
@@ -72,7 +72,7 @@ def endpoint_csv(report: Report) -> str:
                      "ci_low": None if s is None else s.low, "ci_high": None if s is None else s.high,
                      "p": None if s is None else s.p, "p_holm": t.p_holm, "significant": t.significant,
                      "seeds_for_80pct_power": None if s is None else s.seeds_needed})
-    return _csv(rows)
+    return csv_text(rows)
 
 
 def layer_records(report: Report) -> list[dict[str, Any]]:
@@ -137,11 +137,11 @@ def _worst(fit: ConsumerFit) -> tuple[bool, float]:
 
 
 def layers_csv(report: Report) -> str:
-    return _csv(layer_records(report))
+    return csv_text(layer_records(report))
 
 
 def overlap_csv(report: Report) -> str:
-    return _csv([{"first": o.first, "second": o.second, "iteration": o.iteration, "layer": o.layer,
+    return csv_text([{"first": o.first, "second": o.second, "iteration": o.iteration, "layer": o.layer,
                   "removed_mean": o.removed.mean} | _stat_columns("common", o.common)
                  | _stat_columns("cumulative", o.cumulative)
                  | {"chance_mean": o.chance.mean, "chance_cumulative_mean": o.chance_cumulative.mean}

@@ -86,7 +86,7 @@ def _band(ax: Any, x: Sequence[float], stats: Sequence[Stat], label: str, style:
     ax.plot(x, [s.mean for s in stats], label=label, **style)
 
 
-def _save_with_legend(fig: Any, axes: Iterable[Any], path: Path, formats: Sequence[str],
+def save_with_legend(fig: Any, axes: Iterable[Any], path: Path, formats: Sequence[str],
                       title: str = "lines: mean over seeds; bands: min to max") -> list[Path]:
     """One legend for all panels, below them, where it covers no data."""
     entries = {label: handle for ax in axes for handle, label in zip(*ax.get_legend_handles_labels())}
@@ -166,7 +166,7 @@ def plot_accuracy(report: Report, path: Path, formats: Sequence[str] = ("png",))
         axes[0].set_ylabel("test accuracy")
         axes[0].invert_xaxis()  # shared: pruning proceeds left to right in both panels
         fig.suptitle("Test accuracy vs. neurons remaining")
-        return _save_with_legend(fig, axes, path, formats)
+        return save_with_legend(fig, axes, path, formats)
 
 
 def _layer_axes(fig: Any, report: Report, layers: Sequence[int]) -> dict[int, Any]:
@@ -199,7 +199,7 @@ def plot_cka(report: Report, path: Path, formats: Sequence[str] = ("png",)) -> l
         first = axes[layers[0]]
         first.set_ylabel("CKA(before, after)")
         fig.suptitle("CKA between each layer's output before and after the iteration's removals")
-        return _save_with_legend(fig, axes.values(), path, formats)
+        return save_with_legend(fig, axes.values(), path, formats)
 
 
 def plot_overlap(report: Report, path: Path, formats: Sequence[str] = ("png",)) -> list[Path]:
@@ -230,7 +230,7 @@ def plot_overlap(report: Report, path: Path, formats: Sequence[str] = ("png",)) 
         first = axes[layers[0]]
         first.set_ylabel("removed in this iteration by both")
         fig.suptitle("Overlap of the neurons removed (same trained models)")
-        return _save_with_legend(fig, axes.values(), path, formats)
+        return save_with_legend(fig, axes.values(), path, formats)
 
 
 def _heatmap_title(index: int, width: int, alive: int, last: bool) -> str:

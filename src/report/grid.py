@@ -37,9 +37,9 @@ from src.errors import UserError
 from src.io import atomic_write_text
 from src.report.aggregate import fraction_remaining
 from src.report.build import Report, ReportOptions, build_report
-from src.report.csvs import _csv
+from src.report.csvs import csv_text
 from src.report.endpoints import MEAN, Endpoint, accuracy, parse_endpoint, seed_value
-from src.report.figures import FIGURE_FORMATS, _save_with_legend, figure_style, label_color, run_style
+from src.report.figures import FIGURE_FORMATS, figure_style, label_color, run_style, save_with_legend
 from src.report.records import Experiment, load_experiment, with_unique_labels
 from src.results import SeedResult
 
@@ -207,7 +207,7 @@ def plot_panels(all_points: Sequence[Point], x: str, xlabel: str, path: Path,
         _fraction_axis(axes.flat[0], sorted({getattr(p, x) for p in all_points}))
         fig.supxlabel(xlabel)
         fig.supylabel("test accuracy (%)")
-        return _save_with_legend(fig, axes.flat, path, formats, title=INTERVALS)
+        return save_with_legend(fig, axes.flat, path, formats, title=INTERVALS)
 
 
 
@@ -266,7 +266,7 @@ def plot_compute(rows: Sequence[tuple[str, str, str, float, float, float, float,
             ax.set_xscale("log")
         ax.set_xlabel("seconds spent from the trained model (scoring, compensation, retraining; one CPU thread)")
         ax.set_ylabel(f"test accuracy at <= {at:.0%} of neurons left (%)")
-        return _save_with_legend(fig, [ax], path, formats, title=INTERVALS)
+        return save_with_legend(fig, [ax], path, formats, title=INTERVALS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -287,9 +287,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     formats = tuple(args.format.split(","))
     args.out.mkdir(parents=True, exist_ok=True)
     all_points = [p for cell in cells for exp in cell.report.experiments for p in points(cell.name, exp)]
-    atomic_write_text(args.out / "grid-summary.csv", _csv([vars(p) for p in all_points]))
+    atomic_write_text(args.out / "grid-summary.csv", csv_text([vars(p) for p in all_points]))
     rows = [d for cell in cells if (d := decision(cell, endpoint)) is not None]
-    atomic_write_text(args.out / "decisions.csv", _csv([{**vars(d), "verdict": d.verdict} for d in rows]))
+    atomic_write_text(args.out / "decisions.csv", csv_text([{**vars(d), "verdict": d.verdict} for d in rows]))
     table = decisions_markdown(rows, endpoint.key)
     atomic_write_text(args.out / "decisions.md", table)
     print(table)
