@@ -1,7 +1,10 @@
 """cka_prune: structured pruning with Centered Kernel Alignment (CKA).
 
 - :mod:`cka_prune.cka`: linear and RBF CKA, biased and debiased (NumPy, float64).
-- :mod:`cka_prune.greedy`: the greedy CKA pruning engines of one layer (``greedy_cka``).
+- :mod:`cka_prune.greedy`: greedy CKA pruning of one layer (``greedy_cka``), and the engines' public API:
+  :mod:`cka_prune.search` (the greedy driver, global allocation), :mod:`cka_prune.reference` (the
+  literal loop), :mod:`cka_prune.interactions` and :mod:`cka_prune.fast` (the closed form for
+  linear CKA), :mod:`cka_prune.next_layer` (CKA at the next Linear layer's pre-activation).
 - :mod:`cka_prune.refit`: criteria that know the consumer's least-squares refit: structured OBS
   (``obs_greedy``) and the CKA of the refit (``refit_search``), with literal reference loops.
 - :mod:`cka_prune.tp_importance`: ``CKAImportance`` for Torch-Pruning's pruners, and its

@@ -67,7 +67,7 @@ from typing import Any
 import numpy as np
 
 from cka_prune.cka import feature_space_linear_cka, to_float64
-from cka_prune.greedy import (TIE_RTOL, Groups, Search, _candidate_mask, _make_search, _normalize_groups,
+from cka_prune.search import (TIE_RTOL, Groups, Search, _candidate_mask, _make_search, _normalize_groups,
                               _ratio)
 
 # A column whose variance is at most this fraction of the largest one's is constant (a dead unit).
@@ -348,7 +348,7 @@ def _refit_state(cov: Any, weight: Any, groups: Groups, alive: Any, ridge: float
 
 def refit_search(cov: Any, weight: Any, groups: Groups = None, alive: Any = None, ridge: float = 0.0,
                  greedy: str = "conditional") -> Search:
-    """The refit CKA's closed form as a Search (`cka_prune.greedy.run_search`, `allocate`).
+    """The refit CKA's closed form as a Search (`cka_prune.search.run_search`, `allocate`).
 
     cov (D, D) centred covariance of the consumer's input, weight (p, D), groups, alive and ridge
     as in `obs_greedy`. Scores: CKA(Z, Zhat) of the kept set after each candidate's removal.

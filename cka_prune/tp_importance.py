@@ -72,8 +72,9 @@ import torch_pruning as tp
 from torch import nn
 
 from cka_prune.cka import center_gram
-from cka_prune.greedy import (DEFAULT_MEMORY_BYTES, choose_route, fast_greedy_from_interactions,
-                              interactions_from_activations, reference_greedy)
+from cka_prune.fast import fast_greedy_from_interactions
+from cka_prune.interactions import DEFAULT_MEMORY_BYTES, choose_route, interactions_from_activations
+from cka_prune.reference import reference_greedy
 
 # Torch-Pruning's pruning functions of Conv2d/Linear layers by role. (A normalisation layer's
 # in- and out-channel functions are one and the same, so norms are told apart by type.)

@@ -1,4 +1,5 @@
-"""Tests for cka_prune/greedy.py: the fast engine must reproduce the literal reference loop."""
+"""Tests for the greedy engines (cka_prune/greedy.py and the modules it re-exports: search.py, reference.py,
+interactions.py, fast.py, next_layer.py): the fast engines must reproduce the literal reference loop."""
 
 from __future__ import annotations
 

@@ -36,11 +36,13 @@ import torch
 from torch import nn
 
 from cka_prune.cka import cka, feature_space_linear_cka, gram_rbf, to_float64
-from cka_prune.greedy import (Search, allocate, cka_path, fast_search, interactions_from_activations,
-                              interactions_from_covariance, next_layer_cka_path, next_layer_search,
-                              reference_search, run_search)
+from cka_prune.fast import cka_path, fast_search
+from cka_prune.interactions import interactions_from_activations, interactions_from_covariance
+from cka_prune.next_layer import next_layer_cka_path, next_layer_search
+from cka_prune.reference import reference_search
 from cka_prune.refit import (SingularError, obs_greedy, reference_obs_greedy, reference_refit_cka_path,
                              reference_refit_search, refit_cka_path, refit_search)
+from cka_prune.search import Search, allocate, run_search
 from src.config import REFIT_CRITERIA, PruneParams
 from src.errors import UserError
 from src.pruning.scoring import ConsumerRecording, LayerRecording
@@ -187,7 +189,7 @@ def select_global(recs: list[LayerRecording], params: PruneParams, alives: list[
     """Choose the neurons to remove in several layers with one budget (allocation "global").
 
     budget = sum over the layers that can be scored of round(rate * alive), the uniform
-    rate's total; spent by `cka_prune.greedy.allocate` (smallest relative drop of a layer's
+    rate's total; spent by `cka_prune.search.allocate` (smallest relative drop of a layer's
     own CKA first, never emptying a layer). One Selection per layer, in the order of ``recs``.
     """
     engine = _engine(params)

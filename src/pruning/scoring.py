@@ -33,7 +33,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from cka_prune.greedy import CovarianceAccumulator, channel_groups
+from cka_prune.greedy import channel_groups
+from cka_prune.interactions import CovarianceAccumulator
 from src.config import REFIT_CRITERIA, PruneParams
 from src.data import Split, iterate_batches
 from src.models import Block, Net, PrunableLayer, next_layer

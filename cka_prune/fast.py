@@ -1,0 +1,102 @@
+"""The fast engine: the exact greedy pass for linear CKA from the interaction matrix.
+
+With X the column-centered activations and K_g = X_g X_g^T the Gram of group g, linear CKA
+only needs the n x n interaction matrix (`cka_prune.interactions`)
+
+    M[g, h] = <K_g, K_h>_F                 (biased)
+    M[g, h] = N (N-3) HSIC_u(K_g, K_h)      (debiased; HSIC_u is bilinear)
+
+since for the kept set R, with m = M 1 and T = 1^T M 1,
+
+    CKA(A, A_R) = sum_{h in R} m[h] / sqrt(T * sum_{g,h in R} M[g, h]).
+
+The greedy pass then costs O(n) per step (`fast_greedy_from_interactions`), and gives the
+reference engine's removal order and scores (`cka_prune.reference`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from cka_prune.cka import to_float64
+from cka_prune.search import (_NO_VARIATION, Search, _candidate_mask, _check_budget, _make_search, _ratio,
+                              run_search)
+
+
+@dataclass
+class _FastState:
+    """num, den2 and r (see fast_greedy_from_interactions) for the current kept set."""
+
+    interactions: np.ndarray  # M (n, n)
+    m: np.ndarray             # M 1 (n,)
+    total: float              # T = 1^T M 1
+    diag: np.ndarray = field(init=False)
+    num: float = field(init=False)
+    den2: float = field(init=False)
+    r: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.diag = np.diag(self.interactions).copy()
+        self.num = self.den2 = self.total  # nothing removed yet: R = all groups
+        self.r = self.m.copy()
+
+    def scores(self, removed: list[int], candidates: np.ndarray) -> np.ndarray:
+        """(n,) score of removing each group next (meaningful for candidates only)."""
+        return _ratio(self.num - self.m, self.den2 - 2.0 * self.r + self.diag, self.total)
+
+    def remove(self, j: int) -> None:
+        self.num -= self.m[j]
+        self.den2 += self.diag[j] - 2.0 * self.r[j]
+        self.r -= self.interactions[j]  # row j = column j (M is symmetric)
+
+
+def fast_search(interactions: Any, alive: Any = None, greedy: str = "conditional") -> Search:
+    """The closed-form engine as a Search from the interaction matrix M (n, n), O(n) per step.
+
+    State for the kept set R: num = sum_{h in R} m[h], den2 = sum_{g,h in R} M[g, h],
+    r = M[:, R] 1 (m = M 1, T = 1^T M 1). Removing i gives
+        num_i = num - m[i],  den2_i = den2 - 2 r[i] + M[i, i],  score_i = num_i / sqrt(T den2_i).
+    """
+    m_mat = to_float64(interactions)
+    if m_mat.ndim != 2 or m_mat.shape[0] != m_mat.shape[1] or m_mat.shape[0] == 0:
+        raise ValueError(f"interactions must be a square (n, n) matrix, got shape {m_mat.shape}")
+    if not np.all(np.isfinite(m_mat)):
+        raise ValueError("interactions contain NaN or inf")
+    m = m_mat.sum(axis=0)
+    # Cheap O(n^2) symmetry check (row sums = column sums); a full M == M^T costs far more.
+    if not np.allclose(m, m_mat.sum(axis=1), rtol=1e-8, atol=1e-9 * np.abs(m).max()):
+        raise ValueError("interactions must be symmetric")
+    candidates = _candidate_mask(alive, m_mat.shape[0])
+    total = float(m.sum())
+    if not total > 0:
+        raise ValueError(_NO_VARIATION)
+    state = _FastState(m_mat, m, total)
+    return _make_search(candidates, state.scores, state.remove, greedy)
+
+
+def fast_greedy_from_interactions(interactions: Any, k: int | None, alive: Any = None,
+                                  stop_cka: float | None = None,
+                                  greedy: str = "conditional") -> tuple[list[int], list[float]]:
+    """Exact greedy pass from the interaction matrix M (n, n) (`fast_search`).
+
+    Returns (removed group indices in removal order, score at each removal).
+    """
+    search = fast_search(interactions, alive, greedy)
+    _check_budget(k, stop_cka, int(search.candidates.sum()))
+    return run_search(search, k, stop_cka)
+
+
+def cka_path(interactions: Any, order: Sequence[int]) -> list[float]:
+    """CKA(A, A with order[:t+1] removed) for each t: the damage curve of a given removal order."""
+    m_mat = to_float64(interactions)
+    m = m_mat.sum(axis=0)
+    state = _FastState(m_mat, m, float(m.sum()))
+    out = []
+    for j in order:
+        state.remove(int(j))
+        out.append(float(_ratio(state.num, state.den2, state.total)))
+    return out

@@ -1,0 +1,254 @@
+"""The greedy search shared by every engine: one driver, so stop and tie rules cannot drift.
+
+Conditional greedy (the default): with S the groups removed so far in this call, each step
+scores every alive candidate i by
+
+    score_i = CKA(A, A with the columns of S and i made constant)
+
+and removes the best (ties, i.e. scores within a relative 1e-10 of the best: lowest index).
+It stops after k removals, or before removing a group whose score is <= stop_cka.
+
+Independent greedy (greedy="independent"): every alive candidate is scored once, alone,
+
+    score_i = CKA(A, A with only the columns of i made constant),
+
+and the groups are removed in decreasing order of that score (ties as above). With stop_cka
+the pass stops before the first group, in that order, whose own score is <= stop_cka; the
+scores are the individual ones, not the CKA of the cumulative removals (`cka_path` gives
+that, `cka_prune.fast`).
+
+An engine is a `Search`: its step_scores (the score of removing each candidate next) and its
+state update on a removal. `run_search` steps one layer's search; `allocate` several.
+
+Global allocation (`allocate`): several layers' searches share one budget; each step removes,
+over all layers, the best candidate of the layer whose own CKA falls by the smallest relative
+amount (score / current CKA of that layer closest to 1; ties: the first layer). That is the
+greedy step for maximising sum_l log CKA_l, i.e. the product of the layers' CKAs: CKA is
+scale-free in [0, 1] whatever the layer's width or depth, a relative drop weighs a layer at
+0.5 losing 0.05 like one at 1.0 losing 0.1, and a layer's CKA approaching 0 costs without bound.
+No layer is emptied: a layer with one neuron left is no longer a candidate.
+
+Also here: the argument checks every engine shares, and `_ratio`, CKA from its closed-form
+numerator and squared denominator.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from cka_prune.cka import to_float64
+
+# Scores within this relative distance of the best are tied; the lowest index wins. Without it,
+# exactly tied candidates (e.g. dead columns) would be ordered by float noise, differently in
+# the two engines.
+TIE_RTOL = 1e-10
+# A pruned representation whose self-similarity is at most this fraction of the original's has
+# no variation left (only constant columns); its CKA (0/0) is taken as 0.
+DEGENERATE_RTOL = 1e-12
+
+_NO_VARIATION = ("activations have no variation across samples (or a debiased self-similarity "
+                 "<= 0); CKA is undefined")
+
+Groups = Sequence[Any] | None
+GREEDY = ("conditional", "independent")
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument checks
+
+
+def _check_activations(activations: Any, min_samples: int) -> np.ndarray:
+    x = to_float64(activations)
+    if x.ndim != 2:
+        raise ValueError(f"activations must have shape (N, D), got shape {x.shape}; "
+                         "flatten a Conv2d output to (N, C*H*W) and pass groups")
+    if x.shape[0] < min_samples or x.shape[1] < 1:
+        raise ValueError(f"activations need N >= {min_samples} samples and D >= 1 columns, "
+                         f"got shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("activations contain NaN or inf")
+    return x
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    """NumPy array of `x` (array, tensor or sequence), dtype kept."""
+    return np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x)
+
+
+def _normalize_groups(groups: Groups, n_columns: int) -> list[np.ndarray]:
+    """Groups as int index arrays that partition range(n_columns); None -> one per column."""
+    if groups is None:
+        return [np.array([j]) for j in range(n_columns)]
+    if isinstance(groups, np.ndarray) and groups.ndim == 2:  # (n, size): one row per group
+        groups = list(groups)
+    if isinstance(groups, (str, bytes)) or not isinstance(groups, Sequence):
+        raise ValueError(f"groups must be None or a list of column-index arrays, got {type(groups).__name__}")
+    out = []
+    for g, idx in enumerate(groups):
+        arr = _to_numpy(idx)
+        if arr.ndim != 1 or arr.size == 0 or not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(f"groups[{g}] must be a non-empty 1-D array of int column indices")
+        out.append(arr.astype(np.int64))
+    if not out:
+        raise ValueError("groups must not be empty")
+    flat = np.concatenate(out)
+    if flat.size != n_columns or not np.array_equal(np.sort(flat), np.arange(n_columns)):
+        raise ValueError(f"groups must partition the {n_columns} activation columns "
+                         "(every column in exactly one group)")
+    return out
+
+
+def _candidate_mask(alive: Any, n_groups: int) -> np.ndarray:
+    """Bool (n_groups,) mask of candidate groups from None, a bool mask or an index list."""
+    if alive is None:
+        return np.ones(n_groups, dtype=bool)
+    arr = _to_numpy(alive)
+    if arr.dtype == bool:
+        if arr.shape != (n_groups,):
+            raise ValueError(f"alive mask must have shape ({n_groups},), got {arr.shape}")
+        return arr.copy()
+    if arr.size == 0:
+        return np.zeros(n_groups, dtype=bool)
+    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError("alive must be a bool mask or a 1-D list of int group indices")
+    if arr.min() < 0 or arr.max() >= n_groups or np.unique(arr).size != arr.size:
+        raise ValueError(f"alive indices must be distinct and in [0, {n_groups}), got {arr.tolist()}")
+    mask = np.zeros(n_groups, dtype=bool)
+    mask[arr] = True
+    return mask
+
+
+def _check_budget(k: Any, stop_cka: Any, n_candidates: int) -> None:
+    if k is None and stop_cka is None:
+        raise ValueError("give k, stop_cka or both")
+    if k is not None:
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+            raise ValueError(f"k must be an int or None, got {k!r}")
+        if not 0 <= k <= n_candidates:
+            raise ValueError(f"k must be in [0, {n_candidates}] (the alive groups), got {k}")
+    if stop_cka is not None:
+        if isinstance(stop_cka, bool) or not isinstance(stop_cka, numbers.Real) or not np.isfinite(stop_cka):
+            raise ValueError(f"stop_cka must be a finite number or None, got {stop_cka!r}")
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The shared greedy driver (stop and tie rules for both engines)
+
+
+def choose(scores: np.ndarray, candidates: np.ndarray) -> int:
+    """Index of the best candidate; scores within TIE_RTOL (relative) of the best tie -> lowest index.
+
+    scores: (n,) float, read only where `candidates` (n,) bool is True.
+    """
+    best = np.max(scores[candidates])
+    tied = candidates & (scores >= best - TIE_RTOL * abs(best))
+    return int(np.flatnonzero(tied)[0])
+
+
+@dataclass
+class Search:
+    """One layer's greedy search, stepped by `run_search` (one layer) or `allocate` (several).
+
+    candidates: bool (n,), True where a group may still be removed.
+    step_scores(removed, candidates) -> (n,) score of removing each candidate next.
+    on_remove(j): updates the engine's state after group j is removed.
+    conditional: False for independent greedy, whose scores do not change between steps.
+    """
+
+    candidates: np.ndarray
+    step_scores: Callable[[list[int], np.ndarray], np.ndarray]
+    on_remove: Callable[[int], None]
+    conditional: bool = True
+    removed: list[int] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+
+    def best(self) -> tuple[int, float]:
+        """(group, score) of the best candidate now; there must be a candidate."""
+        step = self.step_scores(self.removed, self.candidates)
+        j = choose(step, self.candidates)
+        return j, float(step[j])
+
+    def take(self, j: int, score: float) -> None:
+        self.on_remove(j)
+        self.candidates[j] = False
+        self.removed.append(j)
+        self.scores.append(score)
+
+    @property
+    def level(self) -> float:
+        """What the next score is compared with: the current kept set's CKA (1 before any
+        removal), or 1 for independent greedy, whose scores are against the original."""
+        return self.scores[-1] if self.conditional and self.scores else 1.0
+
+
+def _make_search(candidates: np.ndarray, step_scores: Callable[[list[int], np.ndarray], np.ndarray],
+                 on_remove: Callable[[int], None], greedy: str) -> Search:
+    """A Search for `greedy` ('conditional' or 'independent') over an engine's step_scores."""
+    _check_choice("greedy", greedy, GREEDY)
+    if greedy == "conditional":
+        return Search(candidates.copy(), step_scores, on_remove)
+    first: list[np.ndarray] = []
+
+    def once(removed: list[int], cand: np.ndarray) -> np.ndarray:
+        if not first:  # every candidate alone against the original: no earlier removal applied
+            first.append(step_scores([], cand))
+        return first[0]
+    return Search(candidates.copy(), once, lambda j: None, conditional=False)
+
+
+def run_search(search: Search, k: int | None, stop_cka: float | None) -> tuple[list[int], list[float]]:
+    """Remove up to k groups (None: all candidates), stopping before a score <= stop_cka.
+
+    Returns (removed group indices in removal order, score at each removal).
+    """
+    limit = int(search.candidates.sum()) if k is None else k
+    while len(search.removed) < limit and search.candidates.any():
+        j, score = search.best()
+        if stop_cka is not None and score <= stop_cka:
+            break
+        search.take(j, score)
+    return list(search.removed), list(search.scores)
+
+
+def allocate(searches: Sequence[Search], budget: int) -> None:
+    """Spend exactly `budget` removals over several layers' searches (global allocation).
+
+    Each step takes, from the layer whose best candidate keeps the largest share of the
+    layer's current CKA (score / level; ties: the first layer), that candidate (module
+    docstring). A layer with one candidate left is never emptied. The searches record their
+    own removals and scores.
+    """
+    if isinstance(budget, bool) or not isinstance(budget, numbers.Integral) or budget < 0:
+        raise ValueError(f"budget must be an int >= 0, got {budget!r}")
+    capacity = sum(max(int(s.candidates.sum()) - 1, 0) for s in searches)
+    if budget > capacity:
+        raise ValueError(f"budget {budget} exceeds the {capacity} groups that can go without emptying a layer")
+
+    def best(search: Search) -> tuple[int, float] | None:
+        return search.best() if search.candidates.sum() > 1 else None
+
+    bests = [best(s) for s in searches]
+    for _ in range(budget):
+        # A layer whose CKA is already 0 loses nothing more: its share kept counts as 1.
+        kept = np.array([-np.inf if b is None else (b[1] / s.level if s.level > 0 else 1.0)
+                         for s, b in zip(searches, bests)])
+        layer = choose(kept, np.isfinite(kept))
+        searches[layer].take(*bests[layer])
+        bests[layer] = best(searches[layer])
+
+
+def _ratio(num: np.ndarray | float, den2: np.ndarray | float, total: float) -> np.ndarray:
+    """CKA = num / sqrt(total * den2), and 0 where den2 <= DEGENERATE_RTOL * total."""
+    num, den2 = np.asarray(num, dtype=np.float64), np.asarray(den2, dtype=np.float64)
+    ok = den2 > DEGENERATE_RTOL * total
+    return np.where(ok, num / np.sqrt(total * np.where(ok, den2, 1.0)), 0.0)
