@@ -114,8 +114,9 @@ def stub_repo(tmp_path_factory) -> Path:
     for name in WRAPPERS:
         shutil.copy2(ROOT / "scripts" / name, repo / "scripts" / name)
     (repo / "src").mkdir()
-    for name in ("__init__.py", "config.py", "errors.py"):
+    for name in ("__init__.py", "errors.py"):
         shutil.copy2(ROOT / "src" / name, repo / "src" / name)
+    shutil.copytree(ROOT / "src" / "config", repo / "src" / "config", ignore=shutil.ignore_patterns("__pycache__"))
     for entry in ("main_train.py", "main_prune.py", "main_search.py"):
         (repo / entry).write_text(STUB_ENTRY)
     (repo / "config" / "demo").mkdir(parents=True)

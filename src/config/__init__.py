@@ -1,0 +1,87 @@
+"""Experiment configs: JSON in, typed and validated dataclasses out.
+
+Everything a config can say is checked here, once, before any work starts. A mistake is
+reported as one line naming the file and the key path, e.g.
+``config/ex1/cka.json: params.lr must be a positive number, got "abc"``; the rest of the
+code trusts these objects. Keys starting with ``_`` are comments and are ignored.
+
+The package: ``options`` (the allowed values), ``schema`` (the dataclasses), ``reader`` (the
+key-by-key reader and value checks), and a reader per section: ``training`` (model, data,
+params), ``prune``, ``search`` (search and wandb). Everything other code uses is imported from here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from src.config.options import (ACTIVATION_CRITERIA, ALLOCATIONS, COMPENSATIONS, CRITERIA, DATASET_SHAPES,
+                                DATASETS, ENGINES, GREEDY_VARIANTS, HOOKS, KERNELS, MODEL_TYPES, OPTIMIZERS,
+                                REFIT_CRITERIA, RETRAIN_MODES, REWIND_EPOCHS, SCHEDULES, SEARCH_DISTRIBUTIONS,
+                                SEARCH_METHODS, SEARCH_METRICS, SEARCHABLE, SEED_MAX, STRATEGIES, TARGETS,
+                                TP_CRITERIA, VGG_DEPTHS, WANDB_MODES, ZOO_DEFAULTS, ZOO_TYPES)
+from src.config.prune import _read_prune
+from src.config.reader import _Section, is_seed
+from src.config.schema import (DataConfig, ExperimentConfig, Hyperband, ModelConfig, PruneConfig, PruneParams,
+                               SearchConfig, SearchParameter, TrainParams, WandbConfig)
+from src.config.search import _read_search, _read_wandb
+from src.config.training import _read_data, _read_model, _read_params
+from src.errors import UserError
+
+__all__ = [
+    "ACTIVATION_CRITERIA", "ALLOCATIONS", "COMPENSATIONS", "CRITERIA", "DATASET_SHAPES", "DATASETS", "ENGINES",
+    "GREEDY_VARIANTS", "HOOKS", "KERNELS", "MODEL_TYPES", "OPTIMIZERS", "REFIT_CRITERIA", "RETRAIN_MODES",
+    "REWIND_EPOCHS", "SCHEDULES", "SEARCH_DISTRIBUTIONS", "SEARCH_METHODS", "SEARCH_METRICS", "SEARCHABLE",
+    "SEED_MAX", "STRATEGIES", "TARGETS", "TP_CRITERIA", "VGG_DEPTHS", "WANDB_MODES", "ZOO_DEFAULTS", "ZOO_TYPES",
+    "DataConfig", "ExperimentConfig", "Hyperband", "ModelConfig", "PruneConfig", "PruneParams", "SearchConfig",
+    "SearchParameter", "TrainParams", "WandbConfig",
+    "is_seed", "load_config", "parse_config", "with_overrides",
+]
+
+
+def parse_config(raw: Any, source: Path) -> ExperimentConfig:
+    """Validate a parsed JSON document; raise :class:`UserError` on the first problem."""
+    top = _Section(source, "", raw)
+    data = _read_data(top.section("data"))
+    model = _read_model(top.section("model"), data.dataset)
+    params = _read_params(top.section("params"))
+    prune = _read_prune(top.section("prune"), model, params) if "prune" in top.values else None
+    search = _read_search(top.section("search"))
+    wandb = _read_wandb(top.section("wandb"))
+    seeds = top.get("seeds", [0], lambda v: isinstance(v, list) and len(v) > 0 and all(map(is_seed, v)),
+                    f"must be a non-empty list of integers in [0, {SEED_MAX}]")
+    if len(set(seeds)) != len(seeds):
+        top.fail("seeds", "must not repeat a seed", seeds)
+    top.done()
+    return ExperimentConfig(
+        source=source, model=model, data=data, params=params, seeds=tuple(seeds),
+        prune=prune, search=search, wandb=wandb, raw=raw,
+    )
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and validate a JSON experiment config."""
+    source = Path(path)
+    try:
+        text = source.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{source}: config file not found") from None
+    except OSError as err:
+        raise UserError(f"{source}: cannot read config file ({err.strerror})") from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"{source}: not a UTF-8 text file (byte {err.start} is 0x{err.object[err.start]:02x}); save it as UTF-8 JSON") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{source}: not valid JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
+    return parse_config(raw, source)
+
+
+def with_overrides(cfg: ExperimentConfig, values: dict[str, Any]) -> ExperimentConfig:
+    """A copy of ``cfg`` with searchable parameters (``SEARCHABLE`` names) replaced, re-validated."""
+    raw = json.loads(json.dumps(cfg.raw))
+    for name, value in values.items():
+        section, key = SEARCHABLE[name]
+        raw.setdefault(section, {})[key] = value
+    return parse_config(raw, cfg.source)
