@@ -6,7 +6,8 @@ from src.artifacts import ModelFileError, load_model, model_path, output_dir
 from src.cli import add_seed_options, apply_threads, base_parser, require_writable_dir, run, selected_seeds
 from src.config import load_config
 from src.export import export_physical, export_seed
-from src.pruning.strategy import discard_other_runs, prune_seed, pruning_history, saved_progress, summary_table
+from src.pruning.resume import discard_other_runs, pruning_history, saved_progress
+from src.pruning.strategy import prune_seed, summary_table
 from src.report import write_report
 from src.points import search_dir, searched_config
 from src.tracking import PruneLog, resolve_mode, run_config, wandb_run

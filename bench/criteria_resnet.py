@@ -25,7 +25,8 @@ from src.config import load_config  # noqa: E402
 from src.models import build_model  # noqa: E402
 from src.pruning.physical import rebuild  # noqa: E402
 from src.pruning.shrink import network_size  # noqa: E402
-from src.pruning.strategy import example_input, pruning_history  # noqa: E402
+from src.pruning.resume import pruning_history  # noqa: E402
+from src.pruning.strategy import example_input  # noqa: E402
 from src.report import label_color, figure_style  # noqa: E402
 
 COLUMNS = ("trained acc %", "pruned acc %", "fine-tuned acc %", "change (pp)", "MACs speed-up", "params speed-up")

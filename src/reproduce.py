@@ -39,7 +39,8 @@ from src.config import ExperimentConfig, load_config
 from src.data import Splits
 from src.errors import UserError
 from src.jobs import Job, failure_summary, run_jobs
-from src.pruning.strategy import discard_other_runs, prune_seed, saved_progress
+from src.pruning.resume import discard_other_runs, saved_progress
+from src.pruning.strategy import prune_seed
 from src.points import search_dir, searched_config
 from src.report import build_report, paper_table, render_text, write_outputs
 from src.train import load_experiment_data, select_device, train_seed

@@ -79,7 +79,7 @@ def test_a_folder_without_a_prune_config_is_one_line(tmp_path, capsys):
 
 
 def test_fresh_replaces_the_results_of_a_training_the_config_no_longer_asks_for(tmp_path, capsys):
-    from src.pruning.strategy import IdentityMismatch
+    from src.pruning.resume import IdentityMismatch
 
     folder = tmp_path / "study"
     folder.mkdir()

@@ -1,9 +1,7 @@
-"""Prune runs end to end on the bundled data: identity, extension, repair, strategies."""
+"""Prune runs end to end on the bundled data: strategies, retraining, rewinding, the physical path."""
 
 import dataclasses
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -21,116 +19,10 @@ from src.config import load_config
 from src.errors import UserError
 from src.data import load_splits, to_unit_float
 from src.export import load_exported
+from src.pruning.resume import checkpoint_path, saved_progress
 from src.pruning.scoring import scoring_indices
-from src.pruning.strategy import IdentityMismatch, checkpoint_path
-from tests.conftest import ROOT, tiny_raw, untimed
-
-
-def edit(config, **sections):
-    """Rewrite ``config`` (a tiny_raw file) with ``sections`` replaced, as a user editing it would."""
-    raw = json.loads(config.read_text())
-    raw.update(sections)
-    config.write_text(json.dumps(raw))
-
-
-def prune_section(criterion="cka", iterations=2, rate=0.25, **params):
-    return {"strategy": "iterative", "params": {"type": criterion, "iterations": iterations, "rate": rate, **params},
-            "modules": [0, 1]}
-
-
-def stored(tmp_path, out="output", seed=0):
-    return results.load(tmp_path / out / "tiny" / f"{seed}.json")
-
-
-def test_editing_the_config_and_rerunning_never_mixes_runs(write_config, run, tmp_path):
-    config = write_config("tiny", prune=prune_section("cka", iterations=2, rate=0.25))
-    assert run(main_train, config) == 0 and run(main_prune, config) == 0
-    first = (tmp_path / "output/tiny/0.json").read_bytes()
-
-    edit(config, prune=prune_section("l1", iterations=3, rate=0.5))
-    with pytest.raises(IdentityMismatch) as err:
-        run(main_prune, config)
-    assert 'prune.params.type: "cka" -> "l1"' in str(err.value) and "prune.params.rate: 0.25 -> 0.5" in str(err.value)
-    assert "iterations" not in str(err.value) and "--fresh" in str(err.value)
-    assert (tmp_path / "output/tiny/0.json").read_bytes() == first  # nothing appended, nothing rewritten
-
-    assert run(main_prune, config, "--fresh") == 0
-    l1 = stored(tmp_path)
-    assert l1.criterion == "l1" and l1.planned_iterations == 3 and len(l1.iterations) == 3 and l1.complete
-    assert l1.iterations[0].layers[0].alive_before == 48 and l1.iterations[0].layers[0].alive_after == 24
-    assert l1.run.description["prune"]["params"]["type"] == "l1"
-
-    # Other training parameters: another trained model, which the result must not be appended to either.
-    edit(config, params={**tiny_raw()["params"], "lr": 0.001})
-    assert run(main_train, config) == 0
-    with pytest.raises(IdentityMismatch, match=r"training\.params\.lr: 0\.002 -> 0\.001"):
-        run(main_prune, config)
-    assert run(main_prune, config, "--fresh") == 0
-    retrained = stored(tmp_path)
-    assert retrained.model_file == str(model_path(load_config(config), 0, tmp_path / "models"))
-    assert retrained.model_file != l1.model_file and retrained.model_sha256 != l1.model_sha256
-
-
-def test_a_changed_model_file_is_a_different_run(write_config, run, tmp_path):
-    config = write_config("tiny")
-    run(main_train, config)
-    run(main_prune, config)
-    path = model_path(load_config(config), 0, tmp_path / "models")
-    state = torch.load(path, weights_only=True)
-    state["hidden.0.layer.bias"] += 1.0  # as if trained again elsewhere
-    torch.save(state, path)
-    with pytest.raises(IdentityMismatch, match="model_sha256"):
-        run(main_prune, config)
-
-
-def test_a_mismatch_is_one_line_with_exit_status_2(write_config, run, tmp_path):
-    config = write_config("tiny")
-    run(main_train, config)
-    run(main_prune, config)
-    edit(config, prune=prune_section("random"))
-    proc = subprocess.run([sys.executable, str(ROOT / "main_prune.py"), str(config), "--models-dir",
-                           str(tmp_path / "models"), "--output-dir", str(tmp_path / "output")],
-                          capture_output=True, text=True, cwd=tmp_path)
-    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
-    assert 'prune.params.type: "cka" -> "random"' in proc.stderr and proc.stdout == ""
-
-
-def test_raising_iterations_extends_a_finished_run(write_config, run, tmp_path, capsys):
-    config = write_config("tiny", prune=prune_section(iterations=2))
-    run(main_train, config)
-    run(main_prune, config)
-    two = stored(tmp_path)
-    edit(config, prune=prune_section(iterations=3))
-    capsys.readouterr()
-    assert run(main_prune, config) == 0
-    assert "extending after iteration 2 of 3" in capsys.readouterr().out
-    three = stored(tmp_path)
-    assert three.planned_iterations == 3 and three.complete and len(three.iterations) == 3
-    assert three.iterations[:2] == two.iterations and three.run == two.run
-    assert run(main_prune, config, out="whole") == 0  # three iterations without stopping
-    assert untimed(stored(tmp_path, "whole")) == untimed(three)
-
-
-@pytest.mark.parametrize("damage", ["missing", "truncated", "behind"])
-def test_a_result_file_behind_its_checkpoint_is_repaired(write_config, run, tmp_path, capsys, damage):
-    config = write_config("tiny", prune=prune_section(iterations=2))
-    run(main_train, config)
-    run(main_prune, config)
-    path, finished = tmp_path / "output/tiny/0.json", stored(tmp_path)
-    if damage == "missing":
-        path.unlink()
-    elif damage == "truncated":
-        path.write_text(path.read_text()[:100])
-    else:  # killed between the checkpoint and the result write of iteration 2
-        raw = json.loads(path.read_text())
-        raw["iterations"] = raw["iterations"][:1]
-        path.write_text(json.dumps(raw))
-    capsys.readouterr()
-    assert run(main_prune, config) == 0
-    out = capsys.readouterr().out
-    assert "repaired from its checkpoint (2 iterations)" in out and "already pruned (2 iterations)" in out
-    assert results.same(stored(tmp_path), finished)
-
+from tests.conftest import ROOT, untimed
+from tests.strategy_helpers import edit, prune_section, stored
 
 def test_moving_the_data_does_not_retrain(write_config, run, tmp_path, monkeypatch):
     trainings = []
@@ -293,7 +185,7 @@ def test_a_diverged_retraining_stops_the_seed_cleanly(write_config, run, tmp_pat
     assert "retraining diverged in iteration 1; this seed's run stops here" in capsys.readouterr().out
     result = stored(tmp_path)
     assert len(result.iterations) == 1 and result.diverged_at == 1 and result.complete
-    assert src.pruning.strategy.saved_progress(tmp_path / "output" / "tiny", 0).remaining(4) == 0
+    assert saved_progress(tmp_path / "output" / "tiny", 0).remaining(4) == 0
     assert run(main_prune, config) == 0  # a rerun does not prune NaN weights
     assert "stopped at iteration 1, where retraining diverged" in capsys.readouterr().out
     assert untimed(stored(tmp_path)) == untimed(result)

@@ -7,7 +7,7 @@ import main_prune
 import main_train
 import src.pruning.strategy
 from src import results
-from src.pruning.strategy import checkpoint_path
+from src.pruning.resume import checkpoint_path
 from tests.conftest import untimed
 
 RATES = [0.25, 0.5, 0.75]

@@ -19,7 +19,8 @@ from src.artifacts import model_path, sidecar_path
 from src.config import WandbConfig, load_config, parse_config
 from src.errors import UserError
 from src.models import build_model
-from src.pruning.strategy import prune_seed, saved_progress
+from src.pruning.resume import saved_progress
+from src.pruning.strategy import prune_seed
 from src.tracking import PruneLog
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,11 +12,10 @@ removed; "finetune" retrains the pruned weights as they are. The retraining budg
 statistics are re-estimated after the pass, before it is evaluated; each iteration records the
 epochs run and the pruned network's size.
 
-After every iteration a checkpoint (masked weights + the result so far) is written, then
-the result JSON (:mod:`src.results`), both atomically; a JSON left behind its checkpoint (a
-run killed between the two writes) is repaired from the checkpoint on the next run. Every
-random choice of an iteration derives from (seed, iteration), so a run resumed from a
-checkpoint gives the same result as one that never stopped.
+After every iteration a checkpoint and the result JSON are written (:mod:`src.pruning.resume`:
+what a rerun continues, and when it refuses to). Every random choice of an iteration derives
+from (seed, iteration), so a run resumed from a checkpoint gives the same result as one that
+never stopped.
 
 Models of the zoo (ResNet, VGG, LeNet-5) go through Torch-Pruning instead: a pass removes
 every group's channels physically (:func:`physical_prune_pass`), results number channels as
@@ -30,10 +29,8 @@ choices of a one-shot run's iteration 1, so point k equals a separate one-shot r
 Iteration k of the result records point k (``IterationRecord.rate``); a resumed sweep continues
 with the next rate from the trained model.
 
-A rerun continues only the same run (:func:`src.results.run_identity`): a result of another
-run under the same experiment name is never appended to (:class:`IdentityMismatch`).
-Raising ``iterations`` extends a finished run from its last checkpoint. Every iteration
-records its provenance (:mod:`src.provenance`); a run continued under another one says so.
+Every iteration records its provenance (:mod:`src.provenance`); a run continued under
+another one says so.
 
 A retraining that diverges (a non-finite training loss) ends the seed's run after that
 iteration is recorded: its weights are not finite, so there is nothing left to prune, and the
@@ -46,7 +43,7 @@ import copy
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import torch
 from tabulate import tabulate
@@ -56,13 +53,12 @@ from src import provenance, results
 from src.artifacts import load_rewind_state
 from src.config import ExperimentConfig
 from src.data import Splits
-from src.errors import UserError, brief
-from src.io import atomic_torch_save
 from src.models import build_model, prunable_layers
 from src.pruning.budget import dropout_rate, recalibrate_batch_norm
 from src.pruning.masks import add_masks, ensure_mask, load_masked_state, load_unmasked_state
 from src.pruning.passes import physical_prune_pass, prune_pass
 from src.pruning.physical import group_roots, rebuild
+from src.pruning.resume import checkpoint_to_continue, save_progress
 from src.pruning.shrink import carry_back, remaining_size, shrunk
 from src.results import IterationRecord, LayerInfo, RetrainSummary, RunIdentity, SeedResult
 from src.train import FitResult, evaluate_all, fit
@@ -70,158 +66,19 @@ from src.train import FitResult, evaluate_all, fit
 EpochCallback = Callable[[dict[str, float]], None]
 
 
-def checkpoint_path(out_dir: Path, seed: int) -> Path:
-    return Path(out_dir) / "checkpoints" / f"seed{seed}.pt"
-
-
-class IdentityMismatch(UserError):
-    """A result on disk was made by another run than the one asked for."""
-
-
-def check_same_run(previous: SeedResult, identity: RunIdentity, where: Path) -> None:
-    """Raise :class:`IdentityMismatch`, naming what changed, unless ``previous`` is of run ``identity``."""
-    if previous.run.digest == identity.digest:
-        return
-    changes = results.identity_changes(previous.run.description, identity.description)
-    raise IdentityMismatch(
-        f"{where} is the result of another run ({'; '.join(changes)}); rerun with --fresh to replace it, "
-        "or give the config another name to keep both")
-
-
-def _read_checkpoint(path: Path) -> dict | None:
-    """``{"state_dict", "result"}`` of a checkpoint, None if there is none; ValueError if unusable."""
-    if not path.exists():
-        return None
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        return {"state_dict": saved["state_dict"], "result": SeedResult.from_dict(saved["result"]),
-                "history": saved.get("history", []), "wandb_run_id": saved.get("wandb_run_id")}
-    except Exception as err:  # torch raises many types for a bad file; all mean "unusable"
-        raise ValueError(f"{path}: unusable checkpoint ({brief(err)})") from None
-
-
-def _read_result(path: Path) -> SeedResult | None:
-    """The result JSON at ``path``, None if there is none; ValueError if unreadable."""
-    if not path.exists():
-        return None
-    try:
-        return results.load(path)
-    except UserError as err:
-        raise ValueError(str(err)) from None
-
-
-def _stored(out_dir: Path, seed: int, report: Callable[[str], None]) -> tuple[dict | None, SeedResult | None]:
-    """The seed's checkpoint and result JSON; an unusable file counts as absent, after ``report``-ing it."""
-    stored = []
-    for read, path in ((_read_checkpoint, checkpoint_path(out_dir, seed)),
-                       (_read_result, results.result_path(out_dir, seed))):
-        try:
-            stored.append(read(path))
-        except ValueError as err:
-            report(str(err))
-            stored.append(None)
-    return stored[0], stored[1]
-
-
-def _stored_seeds(out_dir: Path) -> list[int]:
-    files = [*results.seed_files(out_dir), *Path(out_dir, "checkpoints").glob("seed*.pt")]
-    return sorted({int(p.stem.removeprefix("seed")) for p in files if p.stem.removeprefix("seed").isdigit()})
-
-
-def discard_other_runs(out_dir: Path, cfg: ExperimentConfig, model_files: dict[int, Path], replace: bool) -> None:
-    """Check, before any work, that ``out_dir`` holds only results of the run asked for.
-
-    ``model_files``: the trained model of each seed about to be pruned; one not trained yet is
-    checked by the config alone (its model is to come). A stored result of another config (any
-    seed) or of another trained model (these seeds) raises :class:`IdentityMismatch`; with
-    ``replace``, the results of these seeds that another run made are deleted instead (their
-    checkpoint, result and exported model), whether or not their new model exists yet, and
-    other seeds' are left to their own jobs.
-    """
-    identities = {seed: results.run_identity(cfg, path) for seed, path in model_files.items() if path.exists()}
-    current = results.RunIdentity.of(results.config_description(cfg)).digest
-    for seed in _stored_seeds(out_dir):
-        saved, written = _stored(out_dir, seed, report=lambda message: None)
-        for previous, where in ((saved and saved["result"], checkpoint_path(out_dir, seed)),
-                                (written, results.result_path(out_dir, seed))):
-            if previous is None:
-                continue
-            expected = identities.get(seed)
-            same = previous.run.digest == expected.digest if expected else previous.run.config_digest == current
-            if same:
-                continue
-            if not replace:
-                check_same_run(previous, expected or _config_only(cfg, previous), where)
-            if seed in model_files:
-                for path in (checkpoint_path(out_dir, seed), results.result_path(out_dir, seed),
-                             Path(out_dir, "exported", f"seed{seed}.pt")):
-                    path.unlink(missing_ok=True)
-                print(f"seed {seed}: removed the result of another run ({where})")
-                break
-
-
-def _config_only(cfg: ExperimentConfig, previous: SeedResult) -> RunIdentity:
-    """This config's identity with ``previous``'s model: for naming what changed in the config alone."""
-    return results.RunIdentity.of({**results.config_description(cfg),
-                                   "model_sha256": previous.run.description.get("model_sha256")})
-
-
 def _resume(model: nn.Module, cfg: ExperimentConfig, seed: int, identity: RunIdentity,
             out_dir: Path) -> tuple[SeedResult, list] | None:
     """The result to continue and the physical pruning history so far (the pruned state restored
-    into ``model``), or None to start afresh.
-
-    The checkpoint is the truth: a result JSON that is missing, unreadable or behind it is
-    rewritten from it. A result JSON without its checkpoint cannot be continued.
-    """
-    json_path = results.result_path(out_dir, seed)
-    saved, written = _stored(out_dir, seed, report=lambda message: print(f"seed {seed}: {message}"))
-    for previous, where in ((saved and saved["result"], checkpoint_path(out_dir, seed)), (written, json_path)):
-        if previous is not None:
-            check_same_run(previous, identity, where)
+    into ``model``), or None to start afresh (:func:`src.pruning.resume.checkpoint_to_continue`)."""
+    saved = checkpoint_to_continue(seed, identity, out_dir)
     if saved is None:
-        if written is not None:
-            print(f"seed {seed}: {json_path} has no checkpoint to continue from; pruning this seed again")
         return None
-    result = saved["result"]
-    if not results.same(written, result):
-        results.save(result, out_dir)
-        print(f"seed {seed}: {json_path} repaired from its checkpoint ({len(result.iterations)} iterations)")
     if cfg.model.uses_torch_pruning:
         rebuild(model, example_input(cfg, model), saved["history"])
         model.load_state_dict(saved["state_dict"])
     else:
         load_masked_state(model, saved["state_dict"], cfg.require_prune().modules)
-    return result, saved["history"]
-
-
-class Progress(NamedTuple):
-    """A seed's checkpoint: iterations done, whether its run stopped at a divergence, its W&B run id."""
-
-    iterations: int
-    stopped: bool
-    run_id: str | None
-
-    def remaining(self, planned: int) -> int:
-        return 0 if self.stopped else max(planned - self.iterations, 0)
-
-
-def saved_progress(out_dir: Path, seed: int) -> Progress:
-    """The progress of a seed's checkpoint; none done without a usable one."""
-    try:
-        saved = _read_checkpoint(checkpoint_path(out_dir, seed))
-    except ValueError:  # unusable: prune_seed starts this seed over
-        saved = None
-    if saved is None:
-        return Progress(0, False, None)
-    result = saved["result"]
-    return Progress(len(result.iterations), result.diverged_at is not None, saved["wandb_run_id"])
-
-
-def pruning_history(out_dir: Path, seed: int) -> list:
-    """The physical pruning history of a seed's last checkpoint ([] for masked models)."""
-    saved = _read_checkpoint(checkpoint_path(out_dir, seed))
-    return [] if saved is None else saved["history"]
+    return saved["result"], saved["history"]
 
 
 def example_input(cfg: ExperimentConfig, model: nn.Module) -> torch.Tensor:
@@ -302,10 +159,7 @@ def prune_seed(model: nn.Module, cfg: ExperimentConfig, seed: int, splits: Split
                                f"({iteration - 1} iterations of this seed are saved)")
             raise
         result = result.with_iteration(record)
-        atomic_torch_save(checkpoint_path(out_dir, seed),
-                          {"state_dict": model.state_dict(), "result": result.to_dict(), "history": history,
-                           "wandb_run_id": run_id})
-        results.save(result, out_dir)
+        save_progress(out_dir, seed, model.state_dict(), result, history, run_id)
         if on_iteration is not None:
             on_iteration(result)
         if record.diverged:
