@@ -1,4 +1,4 @@
-"""Criteria that know about the least-squares refit of the consumer (the next Linear layer).
+"""The least-squares refit of the consumer (the next Linear layer), and the CKA of that refit.
 
 Setting. A (N, D) is the consumer's input (the pruned layer's post-activation output, flattened;
 a conv channel owns a group of H*W columns), X = A - mean(A) its centred form, C = X^T X (D, D),
@@ -21,17 +21,8 @@ S_g = S[:, g] (|K|, m) and D_g = (S[g, g])^{-1} (m, m):
 
     S' = S - S_g D_g S_g^T        (row and column g of S' are 0: S' is S_{K\\g} padded)
 
-**obs** (structured OBS; Hassibi & Stork 1993, Frantar & Alistarh 2022). B = U S are the
-current refit weights (p, |K|); removing g raises the ridge objective by
-
-    cost_g = J(K \\ g) - J(K) = tr(B_g D_g B_g^T),   B_g = B[:, g]  (m = 1: ||B[:, j]||^2 / S[j, j]),
-
-and after removing the cheapest, B' = U S' = B - B_g D_g S_g^T. O(p |K| m + |K|^2 m) per step.
-Why: J(K) = tr(Z^T Z) - tr(U S U^T) and the padded S' has zero row and column g, so U S' U^T =
-U S U^T - B_g D_g B_g^T. The greedy starts from the ridge refit of the alive units (at lam = 0
-and with the earlier-removed units' columns constant, W itself), so the costs are the rises of
-the objective `compensate: "lstsq"` minimises (which takes lam on the final kept set instead: the
-same at lam = 0).
+B = U S are the current refit weights (p, |K|), B_g = B[:, g]. Structured OBS (:mod:`cka_prune.obs`)
+builds on this setting and the helpers here: it removes the groups whose removal raises J least.
 
 **refit CKA** (target "refit"). Score = linear CKA(Z, Zhat_K) = ||F||_F^2 / (||Z^T Z||_F ||M||_F)
 with F = Z^T Zhat = U S U^T and M = Zhat^T Zhat = U T U^T (p, p), T = S C[K, K] S (|K|, |K|)
@@ -67,8 +58,7 @@ from typing import Any
 import numpy as np
 
 from cka_prune.cka import feature_space_linear_cka, to_float64
-from cka_prune.search import (TIE_RTOL, Groups, Search, _candidate_mask, _make_search, _normalize_groups,
-                              _ratio)
+from cka_prune.search import Groups, Search, _candidate_mask, _make_search, _normalize_groups, _ratio
 
 # A column whose variance is at most this fraction of the largest one's is constant (a dead unit).
 DEAD_RTOL = 1e-20
@@ -120,7 +110,7 @@ def ridge_inverse(c_kk: np.ndarray, lam: float) -> np.ndarray:
     return inverse.T @ inverse
 
 
-def _check(cov: Any, weight: Any) -> tuple[np.ndarray, np.ndarray]:
+def check(cov: Any, weight: Any) -> tuple[np.ndarray, np.ndarray]:
     c, w = to_float64(cov), to_float64(weight)
     if c.ndim != 2 or c.shape[0] != c.shape[1] or c.shape[0] == 0:
         raise ValueError(f"cov must be a square (D, D) matrix, got shape {c.shape}")
@@ -131,7 +121,7 @@ def _check(cov: Any, weight: Any) -> tuple[np.ndarray, np.ndarray]:
     return c, w
 
 
-def _centred_covariance(activations: Any) -> tuple[np.ndarray, np.ndarray]:
+def centred_covariance(activations: Any) -> tuple[np.ndarray, np.ndarray]:
     a = to_float64(activations)
     if a.ndim != 2 or a.shape[0] < 2:
         raise ValueError(f"activations must have shape (N, D) with N >= 2, got {a.shape}")
@@ -139,67 +129,18 @@ def _centred_covariance(activations: Any) -> tuple[np.ndarray, np.ndarray]:
     return a, x.T @ x
 
 
-def _blocks(matrix: np.ndarray, positions: np.ndarray) -> np.ndarray:
+def blocks(matrix: np.ndarray, positions: np.ndarray) -> np.ndarray:
     """(a, m, m): matrix[g, g] for each row g of positions (a, m)."""
     return matrix[positions[:, :, None], positions[:, None, :]]
 
 
-def _cross(left: np.ndarray, right: np.ndarray, positions: np.ndarray) -> np.ndarray:
+def cross(left: np.ndarray, right: np.ndarray, positions: np.ndarray) -> np.ndarray:
     """(a', m, m): left[:, g]^T right[:, g] for each row g of positions (a', m); left, right (p, a*m),
     the alive groups' columns consecutive (`layout`), so the reshape is a view."""
     p, width = left.shape
     m = positions.shape[1]
     blocks = np.einsum("pgi,pgj->gij", left.reshape(p, width // m, m), right.reshape(p, width // m, m))
     return blocks[positions[:, 0] // m]
-
-
-def _cheapest(costs: np.ndarray, live: np.ndarray, scale: float) -> int:
-    """Lowest-cost live index; costs within TIE_RTOL x scale (the objective's size) tie -> lowest index."""
-    best = np.min(costs[live])
-    return int(np.flatnonzero(live & (costs <= best + TIE_RTOL * scale))[0])
-
-
-# ---------------------------------------------------------------------------------------------
-# obs
-
-
-def obs_greedy(cov: Any, weight: Any, k: int, groups: Groups = None, alive: Any = None,
-               ridge: float = 0.0) -> tuple[list[int], list[float]]:
-    """Structured OBS, closed form (module docstring): remove k groups, cheapest first.
-
-    cov: (D, D) centred covariance C of the consumer's input; weight: (p, D) the consumer's W;
-    groups: the columns of each unit (None: one per column); alive: the candidates (bool (n,) or
-    ids); ridge: lam relative to mean(diag C) over the alive columns.
-    Returns (removed group ids in order, the increase of the ridge objective J at each removal).
-    """
-    c, w = _check(cov, weight)
-    ids, columns, positions, _ = layout(groups, c.shape[0], alive)
-    _check_k(k, ids.size)
-    s = ridge_inverse(c[np.ix_(columns, columns)], ridge_lambda(c, columns, ridge))
-    b = w @ c[:, columns] @ s
-    scale = float(np.sum((w @ c) * w))
-    live = np.ones(ids.size, dtype=bool)
-    removed, costs = [], []
-    for _ in range(k):
-        cost = np.full(ids.size, np.inf)
-        d = np.linalg.inv(_blocks(s, positions[live]))
-        cost[live] = np.einsum("gij,gji->g", d, _cross(b, b, positions[live]))
-        g = _cheapest(cost, live, scale)
-        pos = positions[g]
-        d_g = np.linalg.inv(s[np.ix_(pos, pos)])
-        s_g = s[:, pos]
-        b -= b[:, pos] @ d_g @ s_g.T
-        s -= s_g @ d_g @ s_g.T
-        s[pos, :], s[:, pos], b[:, pos] = 0.0, 0.0, 0.0
-        live[g] = False
-        removed.append(int(ids[g]))
-        costs.append(float(cost[g]))
-    return removed, costs
-
-
-def _check_k(k: int, n_alive: int) -> None:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k <= n_alive:
-        raise ValueError(f"k must be an int in [0, {n_alive}] (the alive groups), got {k!r}")
 
 
 def ridge_fit(inputs: np.ndarray, targets: np.ndarray, lam: float) -> tuple[np.ndarray, float]:
@@ -218,37 +159,6 @@ def ridge_fit(inputs: np.ndarray, targets: np.ndarray, lam: float) -> tuple[np.n
     coef, *_ = np.linalg.lstsq(design, rhs, rcond=None)
     fitted = design[:n] @ coef
     return fitted, float(np.sum((targets - fitted) ** 2) + lam * np.sum(coef[:q] ** 2))
-
-
-def reference_obs_greedy(activations: Any, weight: Any, k: int, groups: Groups = None, alive: Any = None,
-                         ridge: float = 0.0) -> tuple[list[int], list[float]]:
-    """`obs_greedy` as a literal loop: each step refits the consumer without each candidate
-    (`ridge_fit` on the raw activations (N, D)) and removes the one whose objective grows least."""
-    a, c = _centred_covariance(activations)
-    w = _check(c, weight)[1]
-    ids, columns, positions, _ = layout(groups, c.shape[0], alive)
-    _check_k(k, ids.size)
-    lam = ridge_lambda(c, columns, ridge)
-    z = a @ w.T
-    scale = float(np.sum((w @ c) * w))
-    live = np.ones(ids.size, dtype=bool)
-
-    def objective(keep: np.ndarray) -> float:
-        return ridge_fit(a[:, columns[positions[keep].ravel()]], z, lam)[1]
-
-    current = objective(live)
-    removed, costs = [], []
-    for _ in range(k):
-        value = np.full(ids.size, np.inf)
-        for g in np.flatnonzero(live):
-            keep = live.copy()
-            keep[g] = False
-            value[g] = objective(keep)
-        g = _cheapest(value - current, live, scale)
-        removed.append(int(ids[g]))
-        costs.append(float(value[g] - current))
-        live[g], current = False, float(value[g])
-    return removed, costs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,13 +188,13 @@ class _RefitState:
         out = np.full(self.local.size, -np.inf)
         local = self.local[np.flatnonzero(candidates)]
         pos = self.positions[local]
-        d = np.linalg.inv(_blocks(self.s, pos))
-        gam = d @ _blocks(self.t, pos) @ d
-        btb = _cross(self.b, self.b, pos)
-        num = (np.sum(self.f ** 2) - 2 * _trace(d @ _cross(self.b, self.fb, pos))
+        d = np.linalg.inv(blocks(self.s, pos))
+        gam = d @ blocks(self.t, pos) @ d
+        btb = cross(self.b, self.b, pos)
+        num = (np.sum(self.f ** 2) - 2 * _trace(d @ cross(self.b, self.fb, pos))
                + _trace(d @ btb @ d @ btb))
-        vtv = _stack(_cross(self.e, self.e, pos), _cross(self.e, self.b, pos), btb)
-        vtmv = _stack(_cross(self.e, self.me, pos), _cross(self.e, self.mb, pos), _cross(self.b, self.mb, pos))
+        vtv = _stack(cross(self.e, self.e, pos), cross(self.e, self.b, pos), btb)
+        vtmv = _stack(cross(self.e, self.me, pos), cross(self.e, self.mb, pos), cross(self.b, self.mb, pos))
         zero = np.zeros_like(d)
         om = np.concatenate([np.concatenate([zero, -d], axis=2), np.concatenate([-d, gam], axis=2)], axis=1)
         den = np.sum(self.m ** 2) + 2 * _trace(om @ vtmv) + _trace(om @ vtv @ om @ vtv)
@@ -339,7 +249,7 @@ def _stack(top_left: np.ndarray, top_right: np.ndarray, bottom_right: np.ndarray
 
 
 def _refit_state(cov: Any, weight: Any, groups: Groups, alive: Any, ridge: float) -> _RefitState:
-    c, w = _check(cov, weight)
+    c, w = check(cov, weight)
     state = _RefitState(c, w, groups, alive, ridge)
     if not state.total > 0:
         raise ValueError("the consumer's pre-activation has no variation; CKA is undefined")
@@ -351,7 +261,7 @@ def refit_search(cov: Any, weight: Any, groups: Groups = None, alive: Any = None
     """The refit CKA's closed form as a Search (`cka_prune.search.run_search`, `allocate`).
 
     cov (D, D) centred covariance of the consumer's input, weight (p, D), groups, alive and ridge
-    as in `obs_greedy`. Scores: CKA(Z, Zhat) of the kept set after each candidate's removal.
+    as in `cka_prune.obs.obs_greedy`. Scores: CKA(Z, Zhat) of the kept set after each candidate's removal.
     """
     state = _refit_state(cov, weight, groups, alive, ridge)
     candidates = np.zeros(state.local.size, dtype=bool)
@@ -374,8 +284,8 @@ class _ReferenceRefit:
     """Literal refit CKA: refit by `ridge_fit` on the raw activations (N, D), then CKA(Z, Zhat)."""
 
     def __init__(self, activations: Any, weight: Any, groups: Groups, alive: Any, ridge: float):
-        self.a, c = _centred_covariance(activations)
-        w = _check(c, weight)[1]
+        self.a, c = centred_covariance(activations)
+        w = check(c, weight)[1]
         self.ids, self.columns, self.positions, self.n = layout(groups, c.shape[0], alive)
         self.lam = ridge_lambda(c, self.columns, ridge)
         self.z = self.a @ w.T

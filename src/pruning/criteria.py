@@ -14,7 +14,7 @@ recorded on the scoring samples:
 CKA is a greedy search (``cka_prune.greedy``), conditional or independent, at the layer's
 own output or at a downstream target; target "refit" scores the CKA of the consumer's ridge
 least-squares refit from the kept units (``cka_prune.refit``). ``obs`` (structured Optimal Brain
-Surgeon, ``cka_prune.refit.obs_greedy``) removes the units whose removal raises the refit's
+Surgeon, ``cka_prune.obs.obs_greedy``) removes the units whose removal raises the refit's
 least-squares objective least. Both use the ridge lam = compensate_ridge x the mean variance of
 the alive units' outputs, fixed during the pass. Every criterion also records the CKA between the
 original and the pruned target representation after each removal, so damage curves compare
@@ -40,8 +40,9 @@ from cka_prune.fast import cka_path, fast_search
 from cka_prune.interactions import interactions_from_activations, interactions_from_covariance
 from cka_prune.next_layer import next_layer_cka_path, next_layer_search
 from cka_prune.reference import reference_search
-from cka_prune.refit import (SingularError, obs_greedy, reference_obs_greedy, reference_refit_cka_path,
-                             reference_refit_search, refit_cka_path, refit_search)
+from cka_prune.obs import obs_greedy, reference_obs_greedy
+from cka_prune.refit import (SingularError, reference_refit_cka_path, reference_refit_search, refit_cka_path,
+                             refit_search)
 from cka_prune.search import Search, allocate, run_search
 from src.config import REFIT_CRITERIA, PruneParams
 from src.errors import UserError

@@ -1,0 +1,57 @@
+"""Tests for cka_prune/obs.py: structured OBS against literal refits, and small hand checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cka_prune.obs import obs_greedy, reference_obs_greedy
+from tests.refit_helpers import CASES, cov, data
+
+
+def _scale(a: np.ndarray, w: np.ndarray) -> float:
+    return float(np.sum(((a - a.mean(axis=0)) @ w.T) ** 2))
+
+
+@pytest.mark.parametrize("ridge", [0.0, 1e-3, 0.1])
+@pytest.mark.parametrize("case", CASES)
+def test_obs_fast_equals_literal_refits(case: dict, ridge: float) -> None:
+    a, w, groups = data(**case)
+    alive = np.ones(len(groups), dtype=bool)
+    alive[0] = False  # removed in an earlier pass: never a candidate
+    k = int(alive.sum()) - 1
+    fast = obs_greedy(cov(a), w, k, groups, alive, ridge)
+    reference = reference_obs_greedy(a, w, k, groups, alive, ridge)
+    assert fast[0] == reference[0]
+    assert 0 not in fast[0]
+    # The literal cost is a difference of two objectives of size ~ ||Z||^2, so it is exact to that scale.
+    np.testing.assert_allclose(fast[1], reference[1], rtol=1e-8, atol=1e-10 * _scale(a, w))
+
+
+def test_obs_cost_is_the_lstsq_error_increase() -> None:
+    """lam = 0, one unit: the cost is ||Z - refit||^2 without the unit, refit by numpy.linalg.lstsq."""
+    a, w, _ = data(n=30, units=4, p=3, seed=1)
+    removed, costs = obs_greedy(cov(a), w, 1, ridge=0.0)
+    z = a @ w.T
+    rest = np.delete(a, removed[0], axis=1)
+    design = np.hstack([rest, np.ones((30, 1))])
+    residual = z - design @ np.linalg.lstsq(design, z, rcond=None)[0]
+    assert costs[0] == pytest.approx(float(np.sum(residual ** 2)), rel=1e-9)
+    # ... and the formula ||W[:, j]||^2 / [C^{-1}]_jj of the centred covariance.
+    cost = [np.sum(w[:, j] ** 2) / np.linalg.inv(cov(a))[j, j] for j in range(4)]
+    assert removed[0] == int(np.argmin(cost))
+    assert costs[0] == pytest.approx(min(cost), rel=1e-9)
+
+
+def test_collinear_inputs_without_ridge_are_an_error() -> None:
+    a, w, _ = data(units=5)
+    a = np.hstack([a, a[:, :1] * 2.0])
+    with pytest.raises(ValueError, match="singular"):
+        obs_greedy(cov(a), np.hstack([w, w[:, :1]]), 1, ridge=0.0)
+
+
+@pytest.mark.parametrize("k", [-1, 10, 1.5])
+def test_obs_rejects_a_bad_k(k) -> None:
+    a, w, groups = data()
+    with pytest.raises(ValueError, match="k must"):
+        obs_greedy(cov(a), w, k, groups)
