@@ -298,8 +298,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     plot_panels(all_points, "parameters", "fraction of the parameters remaining (log)",
                 args.out / "accuracy-vs-parameters", formats)
     compared = [(cell.name, exp) for cell in cells for exp in cell.report.experiments]
-    compared += [(compare_group(exp.directory), exp)
-                 for exp in with_unique_labels([load_experiment(folder) for folder in args.compare])]
+    # Labels are made unique within each compared group only: the group is the marker, so the same
+    # criterion keeps its colour across groups.
+    groups: dict[str, list[Path]] = {}
+    for folder in args.compare:
+        groups.setdefault(compare_group(folder), []).append(folder)
+    compared += [(group, exp) for group, folders in groups.items()
+                 for exp in with_unique_labels([load_experiment(folder) for folder in folders])]
     plot_compute(compute_points(compared, args.at), args.at, args.out / "accuracy-vs-compute", formats)
     print(f"wrote {args.out}")
     return 0
