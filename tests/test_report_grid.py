@@ -7,7 +7,7 @@ from scipy import stats
 from report_helpers import iteration, write_result
 from src.report.build import ReportOptions, build_report
 from src.report.endpoints import Endpoint, MEAN
-from src.report.grid import Cell, compare_group, decision, main, mean_interval, seconds_spent
+from src.report.grid import Cell, compare_group, compared_experiments, decision, main, mean_interval, seconds_spent
 from src.report.stats import holm
 
 # Per criterion, per seed: test accuracy after iterations 1 and 2 (retrained).
@@ -71,6 +71,15 @@ def test_mean_interval_is_the_t_interval():
 def test_compare_group_names_committed_records_by_their_study(tmp_path):
     assert compare_group(tmp_path / "study" / "records" / "cka") == "study"
     assert compare_group(tmp_path / "budget" / "iterative-none" / "cka") == "iterative-none"
+
+
+def test_a_criterion_keeps_its_label_across_compared_groups_and_is_told_apart_within_one(tmp_path):
+    for cell in ("iterative-none", "iterative-lstsq"):
+        write_cell(tmp_path / "budget", cell, {"cka": ACCURACY["cka"], "l1": ACCURACY["cka"]})
+    folders = [tmp_path / "budget" / cell / name for cell in ("iterative-none", "iterative-lstsq") for name in ("cka", "l1")]
+    labelled = [(group, exp.label) for group, exp in compared_experiments(folders)]
+    assert labelled == [("iterative-none", "cka"), ("iterative-none", "l1"),
+                        ("iterative-lstsq", "cka"), ("iterative-lstsq", "l1")]
 
 
 def test_the_command_writes_the_summary_decisions_and_figures(tmp_path, capsys):

@@ -242,6 +242,16 @@ def compare_group(folder: Path) -> str:
     return folder.parent.parent.name if folder.parent.name == "records" else folder.parent.name
 
 
+def compared_experiments(folders: Sequence[Path]) -> list[tuple[str, Experiment]]:
+    """Each folder's experiment with its group; labels are made unique within a group only (the group
+    is the marker), so a criterion keeps its colour across groups."""
+    groups: dict[str, list[Path]] = {}
+    for folder in folders:
+        groups.setdefault(compare_group(folder), []).append(folder)
+    return [(group, exp) for group, members in groups.items()
+            for exp in with_unique_labels([load_experiment(folder) for folder in members])]
+
+
 def plot_compute(rows: Sequence[tuple[str, str, str, float, float, float, float, int]], at: float, path: Path,
                  formats: Sequence[str]) -> list[Path]:
     """Accuracy at ``at`` remaining vs seconds spent (log x): a marker per group, a colour per run label
@@ -298,13 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     plot_panels(all_points, "parameters", "fraction of the parameters remaining (log)",
                 args.out / "accuracy-vs-parameters", formats)
     compared = [(cell.name, exp) for cell in cells for exp in cell.report.experiments]
-    # Labels are made unique within each compared group only: the group is the marker, so the same
-    # criterion keeps its colour across groups.
-    groups: dict[str, list[Path]] = {}
-    for folder in args.compare:
-        groups.setdefault(compare_group(folder), []).append(folder)
-    compared += [(group, exp) for group, folders in groups.items()
-                 for exp in with_unique_labels([load_experiment(folder) for folder in folders])]
+    compared += compared_experiments(args.compare)
     plot_compute(compute_points(compared, args.at), args.at, args.out / "accuracy-vs-compute", formats)
     print(f"wrote {args.out}")
     return 0
