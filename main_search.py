@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     import optuna
 
     from src.points import DataTrainer, check_points
-    from src.search import SearchOptions, run_search
+    from src.lr_search import SearchOptions, run_lr_search
     from src.tracking import check_wandb_reachable, logged_trainer, run_sweep_point, run_wandb_search
 
     apply_threads(args.threads)
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
         return run_wandb_search(cfg, args.sweep_id, args.trials, args.output_dir, train)
     options = SearchOptions(storage=args.storage, trials=args.trials, wait=not args.no_wait,
                             heartbeat=args.heartbeat, write_config=args.write_config, output_root=args.output_dir)
-    return run_search(cfg, options, logged_trainer(cfg, train, resolve_mode(cfg, args.wandb)))
+    return run_lr_search(cfg, options, logged_trainer(cfg, train, resolve_mode(cfg, args.wandb)))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 - :mod:`cka_prune.cka`: linear and RBF CKA, biased and debiased (NumPy, float64).
 - :mod:`cka_prune.greedy`: greedy CKA pruning of one layer (``greedy_cka``), and the engines' public API:
-  :mod:`cka_prune.search` (the greedy driver, global allocation), :mod:`cka_prune.reference` (the
+  :mod:`cka_prune.greedy_search` (the greedy driver, global allocation), :mod:`cka_prune.reference` (the
   literal loop), :mod:`cka_prune.interactions` and :mod:`cka_prune.fast` (the closed form for
   linear CKA), :mod:`cka_prune.next_layer` (CKA at the next Linear layer's pre-activation).
 - :mod:`cka_prune.refit`: the consumer's least-squares refit and the CKA of the refit

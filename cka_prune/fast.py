@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from cka_prune.cka import to_float64
-from cka_prune.search import (_NO_VARIATION, Search, _candidate_mask, _check_budget, _make_search, _ratio,
-                              run_search)
+from cka_prune.checks import NO_VARIATION, candidate_mask, check_budget, ratio
+from cka_prune.greedy_search import Search, make_search, run_search
 
 
 @dataclass
@@ -46,7 +46,7 @@ class _FastState:
 
     def scores(self, removed: list[int], candidates: np.ndarray) -> np.ndarray:
         """(n,) score of removing each group next (meaningful for candidates only)."""
-        return _ratio(self.num - self.m, self.den2 - 2.0 * self.r + self.diag, self.total)
+        return ratio(self.num - self.m, self.den2 - 2.0 * self.r + self.diag, self.total)
 
     def remove(self, j: int) -> None:
         self.num -= self.m[j]
@@ -70,12 +70,12 @@ def fast_search(interactions: Any, alive: Any = None, greedy: str = "conditional
     # Cheap O(n^2) symmetry check (row sums = column sums); a full M == M^T costs far more.
     if not np.allclose(m, m_mat.sum(axis=1), rtol=1e-8, atol=1e-9 * np.abs(m).max()):
         raise ValueError("interactions must be symmetric")
-    candidates = _candidate_mask(alive, m_mat.shape[0])
+    candidates = candidate_mask(alive, m_mat.shape[0])
     total = float(m.sum())
     if not total > 0:
-        raise ValueError(_NO_VARIATION)
+        raise ValueError(NO_VARIATION)
     state = _FastState(m_mat, m, total)
-    return _make_search(candidates, state.scores, state.remove, greedy)
+    return make_search(candidates, state.scores, state.remove, greedy)
 
 
 def fast_greedy_from_interactions(interactions: Any, k: int | None, alive: Any = None,
@@ -86,7 +86,7 @@ def fast_greedy_from_interactions(interactions: Any, k: int | None, alive: Any =
     Returns (removed group indices in removal order, score at each removal).
     """
     search = fast_search(interactions, alive, greedy)
-    _check_budget(k, stop_cka, int(search.candidates.sum()))
+    check_budget(k, stop_cka, int(search.candidates.sum()))
     return run_search(search, k, stop_cka)
 
 
@@ -98,5 +98,5 @@ def cka_path(interactions: Any, order: Sequence[int]) -> list[float]:
     out = []
     for j in order:
         state.remove(int(j))
-        out.append(float(_ratio(state.num, state.den2, state.total)))
+        out.append(float(ratio(state.num, state.den2, state.total)))
     return out

@@ -1,7 +1,7 @@
 """Greedy CKA pruning of one layer from its activations: `greedy_cka`, and the public API.
 
 The search (conditional or independent greedy, its stop and tie rules, global allocation over
-several layers) is `cka_prune.search`.
+several layers) is `cka_prune.greedy_search`.
 
 A group is one output column (a Linear neuron) or several (a Conv2d channel's H*W columns of
 the flattened (N, C*H*W) output). Zeroing a group's incoming weights makes its columns constant
@@ -26,14 +26,14 @@ from typing import Any
 
 import numpy as np
 
+from cka_prune.checks import (DEGENERATE_RTOL, Groups, candidate_mask, check_activations, check_budget, check_choice,
+                              normalize_groups)
 from cka_prune.fast import cka_path, fast_greedy_from_interactions, fast_search
 from cka_prune.interactions import (DEFAULT_MEMORY_BYTES, CovarianceAccumulator, choose_route,
                                     interactions_from_activations, interactions_from_covariance)
 from cka_prune.next_layer import _check_weight, fast_next_greedy, next_layer_cka_path, next_layer_search
 from cka_prune.reference import Recompute, constant_columns, reference_greedy, reference_search
-from cka_prune.search import (DEGENERATE_RTOL, GREEDY, TIE_RTOL, Groups, Search, _candidate_mask,
-                              _check_activations, _check_budget, _check_choice, _normalize_groups, allocate,
-                              choose, run_search)
+from cka_prune.greedy_search import GREEDY, TIE_RTOL, Search, allocate, choose, run_search
 
 __all__ = ["DEFAULT_MEMORY_BYTES", "DEGENERATE_RTOL", "GREEDY", "TIE_RTOL", "CovarianceAccumulator", "Groups",
            "Recompute", "Search", "allocate", "channel_groups", "choose", "choose_route", "cka_path",
@@ -64,21 +64,21 @@ def greedy_cka(activations: Any, k: int | None, groups: Groups = None, engine: s
     debiased: unbiased HSIC (Song et al. 2012) instead of the biased estimator.
     alive: bool mask (n,) or group indices of the candidates; the others were pruned earlier
         (constant columns) and are never chosen.
-    greedy: 'conditional' or 'independent' (`cka_prune.search`).
+    greedy: 'conditional' or 'independent' (`cka_prune.greedy_search`).
     next_weight: None, or (p, D) the next Linear layer's weight W: CKA is then measured at
         Z = activations W^T (activations being that layer's input). The fast engine needs
         biased CKA and one column per group.
     Returns (removed group indices in removal order, CKA score at each removal).
     """
-    _check_choice("engine", engine, ("fast", "reference"))
-    _check_choice("kernel", kernel, ("linear", "rbf"))
-    _check_choice("greedy", greedy, GREEDY)
+    check_choice("engine", engine, ("fast", "reference"))
+    check_choice("kernel", kernel, ("linear", "rbf"))
+    check_choice("greedy", greedy, GREEDY)
     if not isinstance(debiased, bool):
         raise ValueError(f"debiased must be a bool, got {debiased!r}")
-    x = _check_activations(activations, 4 if debiased else 2)
-    group_list = _normalize_groups(groups, x.shape[1])
-    candidates = _candidate_mask(alive, len(group_list))
-    _check_budget(k, stop_cka, int(candidates.sum()))
+    x = check_activations(activations, 4 if debiased else 2)
+    group_list = normalize_groups(groups, x.shape[1])
+    candidates = candidate_mask(alive, len(group_list))
+    check_budget(k, stop_cka, int(candidates.sum()))
     weight = None if next_weight is None else _check_weight(next_weight, x.shape[1])
     if engine == "fast" and kernel == "rbf":
         warnings.warn("greedy_cka: the fast engine does not support kernel='rbf' (RBF CKA is not a "

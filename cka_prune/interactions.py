@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from cka_prune.cka import center_gram, to_float64
-from cka_prune.search import Groups, _check_activations, _check_choice, _normalize_groups
+from cka_prune.checks import Groups, check_activations, check_choice, normalize_groups
 
 # Default memory bound for one interaction-matrix computation (covariance route: a few D x D
 # float64 matrices; Gram route: a chunk of flattened N x N Grams).
@@ -110,7 +110,7 @@ def interactions_from_covariance(cov: Any, groups: Groups = None) -> np.ndarray:
     g = to_float64(cov)
     if g.ndim != 2 or g.shape[0] != g.shape[1]:
         raise ValueError(f"cov must be a square (D, D) matrix, got shape {g.shape}")
-    layout = _layout(_normalize_groups(groups, g.shape[0]))
+    layout = _layout(normalize_groups(groups, g.shape[0]))
     if layout.perm is not None:
         g = g[np.ix_(layout.perm, layout.perm)]
     return _block_sums(g * g, layout)
@@ -202,9 +202,9 @@ def interactions_from_activations(activations: Any, groups: Groups = None, *, de
     columns drop out, and HSIC_u is unchanged by it. route: 'covariance', 'gram' or 'auto'
     (`choose_route`).
     """
-    _check_choice("route", route, ("auto", "covariance", "gram"))
-    x = _check_activations(activations, 4 if debiased else 2)
-    group_list = _normalize_groups(groups, x.shape[1])
+    check_choice("route", route, ("auto", "covariance", "gram"))
+    x = check_activations(activations, 4 if debiased else 2)
+    group_list = normalize_groups(groups, x.shape[1])
     if route == "auto":
         route = choose_route(x.shape[0], x.shape[1], len(group_list), debiased, memory_bytes)
     x = x - x.mean(axis=0)

@@ -41,8 +41,8 @@ from typing import Any
 import numpy as np
 
 from cka_prune.cka import to_float64
-from cka_prune.search import (_NO_VARIATION, Search, _candidate_mask, _check_budget, _make_search, _ratio,
-                              run_search)
+from cka_prune.checks import NO_VARIATION, candidate_mask, check_budget, ratio
+from cka_prune.greedy_search import Search, make_search, run_search
 
 
 def _check_weight(weight: Any, n_columns: int) -> np.ndarray:
@@ -100,7 +100,7 @@ class _NextLayerState:
         t_g_t = sgs - d * gs_ii + d * d * g_ii / 4
         den2 = self.den2 - 4.0 * e_gsg_t + 2.0 * (e_g_t * e_g_t + g_ii * t_g_t)
         num = self.num - 2.0 * self.q + np.diag(self.q_mat)
-        return _ratio(num, den2, self.total)
+        return ratio(num, den2, self.total)
 
     def remove(self, j: int) -> None:
         self.num += self.q_mat[j, j] - 2.0 * self.q[j]
@@ -112,7 +112,7 @@ class _NextLayerState:
         self.den2 = float(np.sum(self.gs * self.gs.T))
 
     def cka(self) -> float:
-        return float(_ratio(self.num, self.den2, self.total))
+        return float(ratio(self.num, self.den2, self.total))
 
 
 def next_layer_search(cov: Any, weight: Any, alive: Any = None, greedy: str = "conditional") -> Search:
@@ -123,11 +123,11 @@ def next_layer_search(cov: Any, weight: Any, alive: Any = None, greedy: str = "c
     weight: (p, n) the next Linear layer's weight W.
     """
     c, w = _check_next(cov, weight)
-    candidates = _candidate_mask(alive, c.shape[0])
+    candidates = candidate_mask(alive, c.shape[0])
     state = _NextLayerState(c, w.T @ w)
     if not state.total > 0:
-        raise ValueError(_NO_VARIATION)
-    return _make_search(candidates, state.scores, state.remove, greedy)
+        raise ValueError(NO_VARIATION)
+    return make_search(candidates, state.scores, state.remove, greedy)
 
 
 def fast_next_greedy(cov: Any, weight: Any, k: int | None, alive: Any = None, stop_cka: float | None = None,
@@ -137,7 +137,7 @@ def fast_next_greedy(cov: Any, weight: Any, k: int | None, alive: Any = None, st
     Returns (removed neuron indices in removal order, score at each removal).
     """
     search = next_layer_search(cov, weight, alive, greedy)
-    _check_budget(k, stop_cka, int(search.candidates.sum()))
+    check_budget(k, stop_cka, int(search.candidates.sum()))
     return run_search(search, k, stop_cka)
 
 

@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from cka_prune.refit import blocks, centred_covariance, check, cross, layout, ridge_fit, ridge_inverse, ridge_lambda
-from cka_prune.search import TIE_RTOL, Groups
+from cka_prune.checks import Groups
+from cka_prune.greedy_search import TIE_RTOL
 
 
 def obs_greedy(cov: Any, weight: Any, k: int, groups: Groups = None, alive: Any = None,

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from cka_prune.cka import center_gram, gram_linear, gram_rbf, to_float64
-from cka_prune.search import (_NO_VARIATION, Search, _candidate_mask, _check_activations, _check_budget,
-                              _check_choice, _make_search, _ratio, run_search)
+from cka_prune.checks import NO_VARIATION, candidate_mask, check_activations, check_budget, check_choice, ratio
+from cka_prune.greedy_search import Search, make_search, run_search
 
 Recompute = Callable[[list[int]], Any]
 
@@ -37,18 +37,18 @@ def reference_search(original: Any, recompute: Recompute, n_groups: int, *, aliv
     Score = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)) from cka_prune.cka's Grams and centering (kernel
     linear or rbf, biased or unbiased HSIC); 0 when the recomputed output has no variation left.
     """
-    _check_choice("kernel", kernel, ("linear", "rbf"))
-    x = _check_activations(original, 4 if debiased else 2)
+    check_choice("kernel", kernel, ("linear", "rbf"))
+    x = check_activations(original, 4 if debiased else 2)
     if isinstance(n_groups, bool) or not isinstance(n_groups, numbers.Integral) or n_groups < 1:
         raise ValueError(f"n_groups must be a positive int, got {n_groups!r}")
-    candidates = _candidate_mask(alive, n_groups)
+    candidates = candidate_mask(alive, n_groups)
     gram = gram_linear if kernel == "linear" else gram_rbf
     # CKA = <Kc, Lc>_F / sqrt(<Kc, Kc>_F <Lc, Lc>_F) as in cka_prune.cka.cka, with the original's
     # centered Gram Kc computed once instead of once per candidate.
     kc = center_gram(gram(x), unbiased=debiased)
     kk = float(np.vdot(kc, kc))
     if not kk > 0:
-        raise ValueError(_NO_VARIATION)
+        raise ValueError(NO_VARIATION)
 
     def score(removed: list[int]) -> float:
         y = to_float64(recompute(removed))
@@ -57,7 +57,7 @@ def reference_search(original: Any, recompute: Recompute, n_groups: int, *, aliv
         if np.all(y == y[0]):  # no variation left (and no RBF bandwidth): CKA taken as 0
             return 0.0
         lc = center_gram(gram(y), unbiased=debiased)
-        return float(_ratio(np.vdot(kc, lc), np.vdot(lc, lc), kk))
+        return float(ratio(np.vdot(kc, lc), np.vdot(lc, lc), kk))
 
     def step_scores(removed: list[int], cand: np.ndarray) -> np.ndarray:
         out = np.full(n_groups, -np.inf)
@@ -65,7 +65,7 @@ def reference_search(original: Any, recompute: Recompute, n_groups: int, *, aliv
             out[i] = score(removed + [int(i)])
         return out
 
-    return _make_search(candidates, step_scores, lambda j: None, greedy)
+    return make_search(candidates, step_scores, lambda j: None, greedy)
 
 
 def reference_greedy(original: Any, recompute: Recompute, n_groups: int, k: int | None, *,
@@ -78,7 +78,7 @@ def reference_greedy(original: Any, recompute: Recompute, n_groups: int, k: int 
     """
     search = reference_search(original, recompute, n_groups, alive=alive, kernel=kernel,
                               debiased=debiased, greedy=greedy)
-    _check_budget(k, stop_cka, int(search.candidates.sum()))
+    check_budget(k, stop_cka, int(search.candidates.sum()))
     return run_search(search, k, stop_cka)
 
 

@@ -58,7 +58,8 @@ from typing import Any
 import numpy as np
 
 from cka_prune.cka import feature_space_linear_cka, to_float64
-from cka_prune.search import Groups, Search, _candidate_mask, _make_search, _normalize_groups, _ratio
+from cka_prune.checks import Groups, candidate_mask, normalize_groups, ratio
+from cka_prune.greedy_search import Search, make_search
 
 # A column whose variance is at most this fraction of the largest one's is constant (a dead unit).
 DEAD_RTOL = 1e-20
@@ -83,10 +84,10 @@ def layout(groups: Groups, n_columns: int, alive: Any) -> tuple[np.ndarray, np.n
     each alive group's positions within ``columns`` (a, m), and the number of groups n.
 
     Groups must have one size m (a Linear unit: 1; a conv channel: H*W)."""
-    group_list = _normalize_groups(groups, n_columns)
+    group_list = normalize_groups(groups, n_columns)
     if len({len(g) for g in group_list}) != 1:
         raise ValueError("groups must all have the same number of columns")
-    ids = np.flatnonzero(_candidate_mask(alive, len(group_list)))
+    ids = np.flatnonzero(candidate_mask(alive, len(group_list)))
     m = len(group_list[0])
     columns = np.concatenate([group_list[g] for g in ids]) if ids.size else np.zeros(0, dtype=np.int64)
     return ids, columns, np.arange(ids.size * m).reshape(ids.size, m), len(group_list)
@@ -198,7 +199,7 @@ class _RefitState:
         zero = np.zeros_like(d)
         om = np.concatenate([np.concatenate([zero, -d], axis=2), np.concatenate([-d, gam], axis=2)], axis=1)
         den = np.sum(self.m ** 2) + 2 * _trace(om @ vtmv) + _trace(om @ vtv @ om @ vtv)
-        out[np.flatnonzero(candidates)] = _ratio(num, den, self.total)
+        out[np.flatnonzero(candidates)] = ratio(num, den, self.total)
         return out
 
     def remove(self, j: int) -> None:
@@ -231,7 +232,7 @@ class _RefitState:
         self.live[g] = False
 
     def cka(self) -> float:
-        return float(_ratio(np.sum(self.f ** 2), np.sum(self.m ** 2), self.total))
+        return float(ratio(np.sum(self.f ** 2), np.sum(self.m ** 2), self.total))
 
 
 def _sym(x: np.ndarray) -> np.ndarray:
@@ -258,7 +259,7 @@ def _refit_state(cov: Any, weight: Any, groups: Groups, alive: Any, ridge: float
 
 def refit_search(cov: Any, weight: Any, groups: Groups = None, alive: Any = None, ridge: float = 0.0,
                  greedy: str = "conditional") -> Search:
-    """The refit CKA's closed form as a Search (`cka_prune.search.run_search`, `allocate`).
+    """The refit CKA's closed form as a Search (`cka_prune.greedy_search.run_search`, `allocate`).
 
     cov (D, D) centred covariance of the consumer's input, weight (p, D), groups, alive and ridge
     as in `cka_prune.obs.obs_greedy`. Scores: CKA(Z, Zhat) of the kept set after each candidate's removal.
@@ -266,7 +267,7 @@ def refit_search(cov: Any, weight: Any, groups: Groups = None, alive: Any = None
     state = _refit_state(cov, weight, groups, alive, ridge)
     candidates = np.zeros(state.local.size, dtype=bool)
     candidates[state.ids] = True
-    return _make_search(candidates, state.scores, state.remove, greedy)
+    return make_search(candidates, state.scores, state.remove, greedy)
 
 
 def refit_cka_path(cov: Any, weight: Any, order: Sequence[int], groups: Groups = None, alive: Any = None,
@@ -315,7 +316,7 @@ def reference_refit_search(activations: Any, weight: Any, groups: Groups = None,
     ref = _ReferenceRefit(activations, weight, groups, alive, ridge)
     candidates = np.zeros(ref.n, dtype=bool)
     candidates[ref.ids] = True
-    return _make_search(candidates, ref.step_scores, lambda j: None, greedy)
+    return make_search(candidates, ref.step_scores, lambda j: None, greedy)
 
 
 def reference_refit_cka_path(activations: Any, weight: Any, order: Sequence[int], groups: Groups = None,

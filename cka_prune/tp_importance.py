@@ -71,6 +71,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from cka_prune.checks import NO_VARIATION
 from cka_prune.cka import center_gram
 from cka_prune.fast import fast_greedy_from_interactions
 from cka_prune.interactions import DEFAULT_MEMORY_BYTES, choose_route, interactions_from_activations
@@ -80,7 +81,6 @@ from cka_prune.reference import reference_greedy
 # in- and out-channel functions are one and the same, so norms are told apart by type.)
 OUTPUT_FNS = (tp.prune_conv_out_channels, tp.prune_depthwise_conv_out_channels, tp.prune_linear_out_channels)
 CONSUMER_FNS = (tp.prune_conv_in_channels, tp.prune_depthwise_conv_in_channels, tp.prune_linear_in_channels)
-NO_VARIATION = "no variation on the scoring samples (CKA undefined)"
 NORMALIZERS = (None, "mean", "max", "sum", "standarization", "gaussian")
 Normalizer = str | Callable[[torch.Tensor], torch.Tensor] | None
 

@@ -1,4 +1,4 @@
-"""Search points, whichever backend searches them (Optuna here in ``src.search``, W&B in ``src.tracking``).
+"""Search points, whichever backend searches them (Optuna here in ``src.lr_search``, W&B in ``src.tracking``).
 
 A *point* is a dict of searched values (``{"lr": 0.01}``); its model is the config with them
 filled in, trained with ``search.seed``. A search's results (``output/search/<experiment>.json``)

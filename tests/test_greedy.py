@@ -271,8 +271,8 @@ def test_next_layer_fast_rejects_what_it_cannot_do() -> None:
 
 # Where each name of cka_prune.greedy.__all__ is defined (the split of the engines into modules).
 DEFINED_IN = {
-    "cka_prune.search": ["DEGENERATE_RTOL", "GREEDY", "TIE_RTOL", "Groups", "Search", "allocate", "choose",
-                         "run_search"],
+    "cka_prune.checks": ["DEGENERATE_RTOL", "Groups"],
+    "cka_prune.greedy_search": ["GREEDY", "TIE_RTOL", "Search", "allocate", "choose", "run_search"],
     "cka_prune.reference": ["Recompute", "constant_columns", "reference_greedy", "reference_search"],
     "cka_prune.interactions": ["DEFAULT_MEMORY_BYTES", "CovarianceAccumulator", "choose_route",
                                "interactions_from_activations", "interactions_from_covariance"],

@@ -1,4 +1,4 @@
-"""Tests for cka_prune/search.py (the greedy driver): the tie rule and global allocation over several layers."""
+"""Tests for cka_prune/greedy_search.py (the greedy driver): the tie rule and global allocation over several layers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from cka_prune.fast import fast_search
 from cka_prune.greedy import greedy_cka
 from cka_prune.interactions import interactions_from_activations
-from cka_prune.search import Search, allocate, choose
+from cka_prune.greedy_search import Search, allocate, choose
 from tests.greedy_helpers import activations
 
 

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cka_prune.checks import NO_VARIATION as CKA_UNDEFINED
 from cka_prune.cka import cka, feature_space_linear_cka, gram_rbf, to_float64
 from cka_prune.fast import cka_path, fast_search
 from cka_prune.interactions import interactions_from_activations, interactions_from_covariance
@@ -43,13 +44,13 @@ from cka_prune.reference import reference_search
 from cka_prune.obs import obs_greedy, reference_obs_greedy
 from cka_prune.refit import (SingularError, reference_refit_cka_path, reference_refit_search, refit_cka_path,
                              refit_search)
-from cka_prune.search import Search, allocate, run_search
+from cka_prune.greedy_search import Search, allocate, run_search
 from src.config import REFIT_CRITERIA, PruneParams
 from src.errors import UserError
 from src.pruning.scoring import ConsumerRecording, LayerRecording
 
 # The reason a layer is left alone when its representation cannot be scored.
-NO_VARIATION = "no variation on the scoring samples (CKA undefined); layer left alone"
+NO_VARIATION = f"{CKA_UNDEFINED}; layer left alone"
 
 Path = Callable[[list[int]], list[float]]
 
@@ -190,7 +191,7 @@ def select_global(recs: list[LayerRecording], params: PruneParams, alives: list[
     """Choose the neurons to remove in several layers with one budget (allocation "global").
 
     budget = sum over the layers that can be scored of round(rate * alive), the uniform
-    rate's total; spent by `cka_prune.search.allocate` (smallest relative drop of a layer's
+    rate's total; spent by `cka_prune.greedy_search.allocate` (smallest relative drop of a layer's
     own CKA first, never emptying a layer). One Selection per layer, in the order of ``recs``.
     """
     engine = _engine(params)

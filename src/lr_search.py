@@ -289,7 +289,7 @@ class LocalSearch:
             time.sleep(self.options.poll)
 
 
-def run_search(cfg: ExperimentConfig, options: SearchOptions, train: Trainer) -> int:
+def run_lr_search(cfg: ExperimentConfig, options: SearchOptions, train: Trainer) -> int:
     """Run, join or finish the config's search on the local backend and print its table; return the exit status."""
     check_points(cfg)
     location = options.storage or str(results_path(cfg, options.output_root, ".journal"))

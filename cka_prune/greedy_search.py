@@ -28,8 +28,7 @@ scale-free in [0, 1] whatever the layer's width or depth, a relative drop weighs
 0.5 losing 0.05 like one at 1.0 losing 0.1, and a layer's CKA approaching 0 costs without bound.
 No layer is emptied: a layer with one neuron left is no longer a candidate.
 
-Also here: the argument checks every engine shares, and `_ratio`, CKA from its closed-form
-numerator and squared denominator.
+The argument checks every engine shares are `cka_prune.checks`.
 """
 
 from __future__ import annotations
@@ -37,112 +36,17 @@ from __future__ import annotations
 import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
-from cka_prune.cka import to_float64
+from cka_prune.checks import check_choice
 
 # Scores within this relative distance of the best are tied; the lowest index wins. Without it,
 # exactly tied candidates (e.g. dead columns) would be ordered by float noise, differently in
 # the two engines.
 TIE_RTOL = 1e-10
-# A pruned representation whose self-similarity is at most this fraction of the original's has
-# no variation left (only constant columns); its CKA (0/0) is taken as 0.
-DEGENERATE_RTOL = 1e-12
 
-_NO_VARIATION = ("activations have no variation across samples (or a debiased self-similarity "
-                 "<= 0); CKA is undefined")
-
-Groups = Sequence[Any] | None
 GREEDY = ("conditional", "independent")
-
-
-# ---------------------------------------------------------------------------------------------
-# Argument checks
-
-
-def _check_activations(activations: Any, min_samples: int) -> np.ndarray:
-    x = to_float64(activations)
-    if x.ndim != 2:
-        raise ValueError(f"activations must have shape (N, D), got shape {x.shape}; "
-                         "flatten a Conv2d output to (N, C*H*W) and pass groups")
-    if x.shape[0] < min_samples or x.shape[1] < 1:
-        raise ValueError(f"activations need N >= {min_samples} samples and D >= 1 columns, "
-                         f"got shape {x.shape}")
-    if not np.all(np.isfinite(x)):
-        raise ValueError("activations contain NaN or inf")
-    return x
-
-
-def _to_numpy(x: Any) -> np.ndarray:
-    """NumPy array of `x` (array, tensor or sequence), dtype kept."""
-    return np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x)
-
-
-def _normalize_groups(groups: Groups, n_columns: int) -> list[np.ndarray]:
-    """Groups as int index arrays that partition range(n_columns); None -> one per column."""
-    if groups is None:
-        return [np.array([j]) for j in range(n_columns)]
-    if isinstance(groups, np.ndarray) and groups.ndim == 2:  # (n, size): one row per group
-        groups = list(groups)
-    if isinstance(groups, (str, bytes)) or not isinstance(groups, Sequence):
-        raise ValueError(f"groups must be None or a list of column-index arrays, got {type(groups).__name__}")
-    out = []
-    for g, idx in enumerate(groups):
-        arr = _to_numpy(idx)
-        if arr.ndim != 1 or arr.size == 0 or not np.issubdtype(arr.dtype, np.integer):
-            raise ValueError(f"groups[{g}] must be a non-empty 1-D array of int column indices")
-        out.append(arr.astype(np.int64))
-    if not out:
-        raise ValueError("groups must not be empty")
-    flat = np.concatenate(out)
-    if flat.size != n_columns or not np.array_equal(np.sort(flat), np.arange(n_columns)):
-        raise ValueError(f"groups must partition the {n_columns} activation columns "
-                         "(every column in exactly one group)")
-    return out
-
-
-def _candidate_mask(alive: Any, n_groups: int) -> np.ndarray:
-    """Bool (n_groups,) mask of candidate groups from None, a bool mask or an index list."""
-    if alive is None:
-        return np.ones(n_groups, dtype=bool)
-    arr = _to_numpy(alive)
-    if arr.dtype == bool:
-        if arr.shape != (n_groups,):
-            raise ValueError(f"alive mask must have shape ({n_groups},), got {arr.shape}")
-        return arr.copy()
-    if arr.size == 0:
-        return np.zeros(n_groups, dtype=bool)
-    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError("alive must be a bool mask or a 1-D list of int group indices")
-    if arr.min() < 0 or arr.max() >= n_groups or np.unique(arr).size != arr.size:
-        raise ValueError(f"alive indices must be distinct and in [0, {n_groups}), got {arr.tolist()}")
-    mask = np.zeros(n_groups, dtype=bool)
-    mask[arr] = True
-    return mask
-
-
-def _check_budget(k: Any, stop_cka: Any, n_candidates: int) -> None:
-    if k is None and stop_cka is None:
-        raise ValueError("give k, stop_cka or both")
-    if k is not None:
-        if isinstance(k, bool) or not isinstance(k, numbers.Integral):
-            raise ValueError(f"k must be an int or None, got {k!r}")
-        if not 0 <= k <= n_candidates:
-            raise ValueError(f"k must be in [0, {n_candidates}] (the alive groups), got {k}")
-    if stop_cka is not None:
-        if isinstance(stop_cka, bool) or not isinstance(stop_cka, numbers.Real) or not np.isfinite(stop_cka):
-            raise ValueError(f"stop_cka must be a finite number or None, got {stop_cka!r}")
-
-
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-
-
-# ---------------------------------------------------------------------------------------------
-# The shared greedy driver (stop and tie rules for both engines)
 
 
 def choose(scores: np.ndarray, candidates: np.ndarray) -> int:
@@ -191,10 +95,10 @@ class Search:
         return self.scores[-1] if self.conditional and self.scores else 1.0
 
 
-def _make_search(candidates: np.ndarray, step_scores: Callable[[list[int], np.ndarray], np.ndarray],
+def make_search(candidates: np.ndarray, step_scores: Callable[[list[int], np.ndarray], np.ndarray],
                  on_remove: Callable[[int], None], greedy: str) -> Search:
     """A Search for `greedy` ('conditional' or 'independent') over an engine's step_scores."""
-    _check_choice("greedy", greedy, GREEDY)
+    check_choice("greedy", greedy, GREEDY)
     if greedy == "conditional":
         return Search(candidates.copy(), step_scores, on_remove)
     first: list[np.ndarray] = []
@@ -245,10 +149,3 @@ def allocate(searches: Sequence[Search], budget: int) -> None:
         layer = choose(kept, np.isfinite(kept))
         searches[layer].take(*bests[layer])
         bests[layer] = best(searches[layer])
-
-
-def _ratio(num: np.ndarray | float, den2: np.ndarray | float, total: float) -> np.ndarray:
-    """CKA = num / sqrt(total * den2), and 0 where den2 <= DEGENERATE_RTOL * total."""
-    num, den2 = np.asarray(num, dtype=np.float64), np.asarray(den2, dtype=np.float64)
-    ok = den2 > DEGENERATE_RTOL * total
-    return np.where(ok, num / np.sqrt(total * np.where(ok, den2, 1.0)), 0.0)

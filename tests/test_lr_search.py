@@ -20,12 +20,12 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from src import io, points, search, tracking
+from src import io, lr_search, points, tracking
 from src.config import load_config, parse_config
 from src.errors import UserError
 from src.tracking import check_wandb_reachable
 from src.points import PointResult, point_key, searched_config
-from src.search import LocalSearch, LostTrialFinder, SearchOptions, run_search
+from src.lr_search import LocalSearch, LostTrialFinder, SearchOptions, run_lr_search
 from src.train import FitResult
 from tests.conftest import LRS, tiny_search_raw
 from tests.test_tracking import inspect
@@ -159,17 +159,17 @@ def test_each_distribution_becomes_its_optuna_suggestion():
     cfg = parse_config(raw, Path("c.json"))
     study = optuna.create_study()
     trial = study.ask()
-    point = search.suggest(trial, cfg.search)
+    point = lr_search.suggest(trial, cfg.search)
     assert trial.distributions == {"lr": FloatDistribution(1e-5, 1e-1, log=True),
                                    "dropout_rate": FloatDistribution(0.0, 0.5),
                                    "batch_size": IntDistribution(32, 256)}
     assert 1e-5 <= point["lr"] <= 1e-1 and isinstance(point["batch_size"], int)
     raw["search"] = WANDB_DOC_SWEEPS[0]
     trial = optuna.create_study().ask()
-    search.suggest(trial, parse_config(raw, Path("c.json")).search)
+    lr_search.suggest(trial, parse_config(raw, Path("c.json")).search)
     assert trial.distributions["batch_size"] == CategoricalDistribution([16, 32, 64])
     assert trial.distributions["epochs"] == CategoricalDistribution([5])
-    pruner = search.make_pruner(parse_config({**raw, "search": WANDB_DOC_SWEEPS[3]}, Path("c.json")).search, 50)
+    pruner = lr_search.make_pruner(parse_config({**raw, "search": WANDB_DOC_SWEEPS[3]}, Path("c.json")).search, 50)
     assert isinstance(pruner, optuna.pruners.HyperbandPruner)
 
 
@@ -185,7 +185,7 @@ def test_a_diverged_point_is_recorded_and_the_search_goes_on(tmp_path, monkeypat
 
     monkeypatch.setattr(points, "fit", fit_diverging_at_large_lr)
     cfg = load_config(write(tmp_path / "c.json", tiny_search_raw({"lr": [0.1, 0.01]})))
-    assert run_search(cfg, SearchOptions(output_root=tmp_path / "out"), points.DataTrainer(cfg, "cpu")) == 0
+    assert run_lr_search(cfg, SearchOptions(output_root=tmp_path / "out"), points.DataTrainer(cfg, "cpu")) == 0
     table = capsys.readouterr().out
     assert any(line.split()[:2] == ["0.1", "inf"] and line.endswith("diverged") for line in table.splitlines())
     assert "best: lr=0.01" in table
@@ -199,9 +199,9 @@ def test_results_and_best_config_survive_a_rerun(tmp_path, capsys):
     cfg = load_config(write(tmp_path / "c.json", tiny_search_raw({"lr": LRS})))
     options = SearchOptions(output_root=tmp_path / "out", write_config=tmp_path / "best.json")
     first, second = CountingTrainer(), CountingTrainer()
-    assert run_search(cfg, options, first) == 0
+    assert run_lr_search(cfg, options, first) == 0
     table = capsys.readouterr().out.split("\n\n", 1)[1]
-    assert run_search(cfg, options, second) == 0
+    assert run_lr_search(cfg, options, second) == 0
     assert len(first.calls) == len(LRS) and second.calls == []
     assert capsys.readouterr().out.split("\n\n", 1)[1] == table
     best_lines = [line for line in table.splitlines() if line.startswith("*")]
@@ -213,7 +213,7 @@ def test_results_and_best_config_survive_a_rerun(tmp_path, capsys):
 
 def test_every_epoch_is_reported_to_optuna(tmp_path):
     cfg = load_config(write(tmp_path / "c.json", tiny_search_raw({"lr": LRS})))
-    run_search(cfg, SearchOptions(output_root=tmp_path / "out"), CountingTrainer())
+    run_lr_search(cfg, SearchOptions(output_root=tmp_path / "out"), CountingTrainer())
     trials = journal_trials(tmp_path / "out" / "c.journal")
     assert len(trials) == len(LRS) and all(t.state == TrialState.COMPLETE for t in trials)
     for trial in trials:
@@ -232,14 +232,14 @@ def test_bayes_over_a_log_range_trains_run_cap_points(tmp_path, kind):
     cfg = load_config(write(tmp_path / "c.json", raw))
     trainer = CountingTrainer()
     options = SearchOptions(output_root=tmp_path / "out", storage=storage)
-    assert run_search(cfg, options, trainer) == 0
+    assert run_lr_search(cfg, options, trainer) == 0
     assert len(trainer.calls) == 6
     trials = journal_trials(storage or tmp_path / "out" / "c.journal")
     assert all(t.distributions["lr"] == FloatDistribution(1e-4, 1e-1, log=True) for t in trials)
     assert len({t.params["lr"] for t in trials}) == 6
     doc = json.loads((tmp_path / "out" / "c.json").read_text())
     assert doc["complete"] and len(doc["points"]) == 6
-    assert run_search(cfg, options, trainer) == 0
+    assert run_lr_search(cfg, options, trainer) == 0
     assert len(trainer.calls) == 6  # a finished search trains nothing new
 
 
@@ -247,7 +247,7 @@ def test_write_config_waits_for_a_finished_search(tmp_path):
     cfg = load_config(write(tmp_path / "c.json", tiny_search_raw({"lr": LRS})))
     options = SearchOptions(output_root=tmp_path / "out", write_config=tmp_path / "best.json",
                             trials=2)
-    assert run_search(cfg, options, CountingTrainer()) == 1
+    assert run_lr_search(cfg, options, CountingTrainer()) == 1
     assert not (tmp_path / "best.json").exists()
 
 
@@ -256,9 +256,9 @@ def test_training_uses_a_finished_search_of_the_same_identity(tmp_path):
     out = tmp_path / "out"
     unused = (cfg, f"lr=0.01 from {cfg.source} (no finished search of these settings in {out})")
     assert searched_config(cfg, True, out) == unused
-    run_search(cfg, SearchOptions(output_root=out, trials=2), CountingTrainer())
+    run_lr_search(cfg, SearchOptions(output_root=out, trials=2), CountingTrainer())
     assert searched_config(cfg, True, out) == unused  # not finished
-    run_search(cfg, SearchOptions(output_root=out), CountingTrainer())
+    run_lr_search(cfg, SearchOptions(output_root=out), CountingTrainer())
     used, line = searched_config(cfg, True, out)
     assert used.params.lr == 0.001 and line == f"lr=0.001 from the search in {out}/c.json"
     assert searched_config(cfg, False, out)[0].params.lr == 0.01
@@ -338,7 +338,7 @@ def test_a_file_system_without_locks_is_an_error_not_a_fallback(tmp_path, monkey
     monkeypatch.setattr(io.fcntl, "flock", no_locks)
     cfg = load_config(write(tmp_path / "c.json", tiny_search_raw({"lr": LRS})))
     with pytest.raises(UserError, match="cannot lock .*use --storage with a database URL"):
-        run_search(cfg, SearchOptions(output_root=tmp_path / "out"), CountingTrainer())
+        run_lr_search(cfg, SearchOptions(output_root=tmp_path / "out"), CountingTrainer())
 
 
 # ---------------------------------------------------------------- real processes
@@ -575,6 +575,6 @@ def test_the_study_loads_in_optuna_by_the_name_the_docs_give(tmp_path, monkeypat
     study = optuna.load_study(study_name=name, storage="sqlite:///search.db")
     assert study.best_params == recorded["best"]["params"] and len(study.trials) == 2
     page = (ROOT / "docs" / "search.md").read_text()
-    example = page.split("<!-- run by tests/test_search.py", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    example = page.split("<!-- run by tests/test_lr_search.py", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     exec(compile(example, "docs/search.md", "exec"), {})
     assert capsys.readouterr().out == f"{study.best_params} {study.best_value}\n"
