@@ -20,6 +20,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 from tqdm import tqdm
 
+from src import provenance
 from src.artifacts import ModelFileError, load_model, model_path, rewind_path, save_model, sidecar_path
 from src.augment import augment_batch
 from src.config import REWIND_EPOCHS, ExperimentConfig, TrainParams
@@ -296,10 +297,13 @@ def checkpoint_path(path: Path) -> Path:
     return path.with_suffix(".ckpt")
 
 
-def _record(cfg: ExperimentConfig, seed: int, fit_result: FitResult | None) -> dict:
+def _record(cfg: ExperimentConfig, seed: int, fit_result: FitResult | None, device: torch.device) -> dict:
+    """The sidecar: what trained the model, how it went, and (``provenance``) the code, libraries
+    and CPU kernels of the process that trained it; None for a model only re-evaluated here."""
     return {"seed": seed, "config": cfg.training_identity(), "source": str(cfg.source),
             "fit": None if fit_result is None else fit_result.to_dict(),
-            "diverged": fit_result is not None and fit_result.diverged}
+            "diverged": fit_result is not None and fit_result.diverged,
+            "provenance": None if fit_result is None else asdict(provenance.current(device))}
 
 
 def _early_weights(path: Path) -> dict[int, dict[str, torch.Tensor]]:
@@ -359,7 +363,7 @@ def train_seed(cfg: ExperimentConfig, seed: int, splits: Splits, device: torch.d
             if sidecar_path(path).exists():
                 print(f"seed {seed}: model exists, skipping ({path})")
             else:
-                record = _record(cfg, seed, None) | evaluate_all(model, splits, cfg.params.batch_size, device)
+                record = _record(cfg, seed, None, device) | evaluate_all(model, splits, cfg.params.batch_size, device)
                 atomic_write_json(sidecar_path(path), record)
                 print(f"seed {seed}: model exists but its sidecar was missing; re-evaluated it and wrote "
                       f"{sidecar_path(path)} (the training history is lost)")
@@ -369,7 +373,7 @@ def train_seed(cfg: ExperimentConfig, seed: int, splits: Splits, device: torch.d
     model = build_model(cfg.model)
     result = fit(model, splits, cfg.params, seed=seed, device=device,
                  on_epoch=_keeping_early_weights(model, path, checkpoint.exists(), on_epoch), label=f"seed {seed}", checkpoint=checkpoint)
-    record = _record(cfg, seed, result)
+    record = _record(cfg, seed, result, device)
     if result.diverged:
         diverged_path = path.with_suffix(".diverged.json")
         atomic_write_json(diverged_path, record)
