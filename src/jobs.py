@@ -15,7 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence, TextIO
+from typing import Mapping, Sequence, TextIO
 
 
 @dataclass(frozen=True)
@@ -46,14 +46,19 @@ def failure_summary(outcomes: Sequence[Outcome]) -> str | None:
     return f"{len(failed)} of {len(outcomes)} jobs failed: {listing}"
 
 
-def run_jobs(jobs: Sequence[Job], parallel: int, cwd: Path, out: TextIO | None = None) -> list[Outcome]:
+def run_jobs(jobs: Sequence[Job], parallel: int, cwd: Path, out: TextIO | None = None,
+             env: Mapping[str, str] | None = None) -> list[Outcome]:
     """Run ``jobs``, at most ``parallel`` at a time, in ``cwd``; their outcomes in the order of ``jobs``.
+
+    Each job's environment is this process's with ``env`` set on top (variables read when a
+    library loads, such as :data:`src.provenance.PORTABLE_KERNELS`, reach a job only this way).
 
     Each line a job prints (stdout and stderr together, unbuffered) goes to ``out`` as
     ``[name] line`` as soon as it is printed, whole lines only, so concurrent jobs never interleave
     within a line. ``out`` defaults to ``sys.stdout`` as it is when called.
     """
     out = out or sys.stdout
+    environment = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
     lock = threading.Lock()
     running: set[subprocess.Popen] = set()
     stopping = threading.Event()
@@ -64,7 +69,7 @@ def run_jobs(jobs: Sequence[Job], parallel: int, cwd: Path, out: TextIO | None =
             if stopping.is_set():
                 return Outcome(job, -1, 0.0)
             proc = subprocess.Popen(job.command, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                    stderr=subprocess.STDOUT, text=True, env=environment)
             running.add(proc)
         try:
             for line in proc.stdout:

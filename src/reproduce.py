@@ -17,6 +17,11 @@ file to train (configs sharing a training share it), then one ``main_prune.py`` 
 seed. Each job's output is streamed to the console prefixed with its name (``[prune cka seed 1]``);
 a failed job (a diverged training exits 1) does not stop the others, and the run ends with one
 line naming every failed job (exit status 2), before the reports.
+
+With ``--portable-kernels`` the steps run as child processes (one at a time without ``--jobs``)
+with :data:`src.provenance.PORTABLE_KERNELS` in their environment: the CPU kernels are chosen
+when torch loads, so this process, which has loaded it, cannot change its own. The models and
+records then say so in their provenance (``docs/reproducibility.md``).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from src.config import ExperimentConfig, load_config
 from src.data import Splits
 from src.errors import UserError
 from src.jobs import Job, failure_summary, run_jobs
+from src.provenance import PORTABLE_KERNELS, kernel_settings
 from src.pruning.resume import discard_other_runs, saved_progress
 from src.pruning.strategy import prune_seed
 from src.points import search_dir, searched_config
@@ -103,10 +109,11 @@ def _check_identities(configs: Sequence[ExperimentConfig], models_dir: Path, out
 
 
 def reproduce(directory: Path, models_dir: Path, output_root: Path, device_name: str | None, fresh: bool,
-              use_search: bool = True, jobs: int = 1) -> None:
+              use_search: bool = True, jobs: int = 1, portable: bool = False) -> None:
     """Run the study and print its reports: one per trained-model family (configs sharing their models).
 
-    ``jobs`` > 1: the trainings and prunes run as that many one-thread processes at a time.
+    ``jobs`` > 1: the trainings and prunes run as that many one-thread processes at a time;
+    ``portable``: as processes (``jobs`` at a time) with :data:`PORTABLE_KERNELS` set.
     """
     configs = load_study(directory, use_search, output_root)
     _check_identities(configs, models_dir, output_root, fresh)
@@ -115,12 +122,15 @@ def reproduce(directory: Path, models_dir: Path, output_root: Path, device_name:
     study_dir = output_root / directory.name
     log_path = study_dir / "reproduce.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    in_processes = jobs > 1 or portable
+    kernels = " with portable kernels" if portable else ""
     print(f"{directory}: {len(configs)} configs ({', '.join(cfg.name for cfg in configs)}), "
           f"{len(plan.trainings)} model(s) to train, {plan.iterations} prune iteration(s) to run, on {device}; "
-          + (f"details in {log_path}" if jobs == 1 else f"{jobs} jobs at a time, their output below"))
+          + (f"{jobs} job{'s' if jobs > 1 else ''} at a time{kernels}, their output below" if in_processes else f"details in {log_path}"))
     started = time.perf_counter()
-    if jobs > 1:
-        _run_in_processes(plan, models_dir, output_root, device_name, fresh, use_search, jobs)
+    if in_processes:
+        _run_in_processes(plan, models_dir, output_root, device_name, fresh, use_search, jobs,
+                          PORTABLE_KERNELS if portable else {})
     else:
         _run_in_process(plan, models_dir, output_root, device, fresh, log_path)
     _write_reports(configs, output_root, study_dir)
@@ -128,9 +138,9 @@ def reproduce(directory: Path, models_dir: Path, output_root: Path, device_name:
 
 
 def _run_in_processes(plan: Plan, models_dir: Path, output_root: Path, device_name: str | None, fresh: bool,
-                      use_search: bool, jobs: int) -> None:
-    """The plan as child processes, ``jobs`` at a time: the trainings, then a prune per config and seed
-    whose model exists; UserError naming the failed jobs."""
+                      use_search: bool, jobs: int, env: dict[str, str]) -> None:
+    """The plan as child processes, ``jobs`` at a time, with ``env`` set in their environment: the trainings,
+    then a prune per config and seed whose model exists; UserError naming the failed jobs."""
     options = ("--models-dir", str(models_dir.resolve()), "--output-dir", str(output_root.resolve()),
                "--threads", "1", "--wandb", "disabled", *(("--device", device_name) if device_name else ()),
                *(() if use_search else ("--no-search-params",)))
@@ -139,7 +149,7 @@ def _run_in_processes(plan: Plan, models_dir: Path, output_root: Path, device_na
         return Job(f"{verb} {cfg.name} seed {seed}",
                    (sys.executable, str(ROOT / script), str(cfg.source.resolve()), "--seed", str(seed), *options, *extra))
 
-    trained = run_jobs([job("train", "main_train.py", cfg, seed) for cfg, seed in plan.trainings], jobs, ROOT)
+    trained = run_jobs([job("train", "main_train.py", cfg, seed) for cfg, seed in plan.trainings], jobs, ROOT, env=env)
     prunes = []
     for cfg in plan.configs:
         for seed in cfg.seeds:
@@ -147,7 +157,7 @@ def _run_in_processes(plan: Plan, models_dir: Path, output_root: Path, device_na
                 prunes.append(job("prune", "main_prune.py", cfg, seed, *(("--fresh",) if fresh else ())))
             else:
                 print(f"{cfg.name} seed {seed}: no trained model (diverged?); not pruned")
-    summary = failure_summary([*trained, *run_jobs(prunes, jobs, ROOT)])
+    summary = failure_summary([*trained, *run_jobs(prunes, jobs, ROOT, env=env)])
     if summary is not None:
         raise UserError(summary)
 
@@ -229,6 +239,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--jobs", type=_job_count, default=1, metavar="N",
                         help="run the trainings, then the prunes, as N one-thread processes at a time "
                              "(default 1: everything in this process)")
+    parser.add_argument("--portable-kernels", action="store_true",
+                        help=f"run the steps as child processes with portable CPU kernels "
+                             f"({kernel_settings(PORTABLE_KERNELS)}; slower; see docs/reproducibility.md)")
     parser.add_argument("--fresh", action="store_true",
                         help="replace results that another run made (see main_prune.py --fresh) instead of stopping")
     args = parser.parse_args(argv)
@@ -236,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     require_writable_dir(args.output_dir, "--output-dir")
     apply_threads(args.threads)
     reproduce(args.config_dir, args.models_dir, args.output_dir, args.device, args.fresh, not args.no_search_params,
-              args.jobs)
+              args.jobs, args.portable_kernels)
     return 0
 
 

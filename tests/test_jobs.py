@@ -21,3 +21,15 @@ def test_jobs_stream_prefixed_lines_and_report_their_exit_status():
     assert sorted(lines) == ["[bad b] oops", "[ok a] one", "[ok a] two"] and lines.index("[ok a] one") < lines.index("[ok a] two")
     assert failure_summary(outcomes) == "1 of 3 jobs failed: bad b (exit 3)"
     assert failure_summary(outcomes[:1]) is None
+
+
+def test_env_reaches_every_job_on_top_of_this_process_environment(monkeypatch):
+    monkeypatch.setenv("INHERITED", "kept")
+    monkeypatch.setenv("MKL_CBWR", "AUTO")
+    show = python("import os; print(os.environ['INHERITED'], os.environ['MKL_CBWR'])")
+    out = io.StringIO()
+    run_jobs([Job("a", show), Job("b", show)], 2, ROOT, out, env={"MKL_CBWR": "COMPATIBLE"})
+    assert sorted(out.getvalue().splitlines()) == ["[a] kept COMPATIBLE", "[b] kept COMPATIBLE"]
+    out = io.StringIO()
+    run_jobs([Job("c", show)], 1, ROOT, out)
+    assert out.getvalue() == "[c] kept AUTO\n"

@@ -169,3 +169,23 @@ def test_a_failed_job_is_named_in_one_line(tmp_path, capsys):
         reproduce.reproduce(folder, models, tmp_path / "out", None, False, jobs=2)
     out = capsys.readouterr().out
     assert "[train cka seed 0] error: --models-dir" in out and "cka seed 0: no trained model" in out
+
+
+def test_portable_kernels_reach_the_child_processes_and_their_records(tmp_path, capsys):
+    from src.artifacts import model_path
+    from src.config import load_config
+    from src.provenance import PORTABLE_KERNELS, kernel_settings
+
+    folder = tmp_path / "portable"
+    folder.mkdir()
+    raw = tiny_raw(params={"lr": 0.002, "batch_size": 128, "epochs": 1},
+                   prune={"strategy": "one_shot", "params": {"type": "cka", "rate": 0.3, "retrain": False}})
+    (folder / "cka.json").write_text(json.dumps(raw))
+    models, out = tmp_path / "models", tmp_path / "out"
+    assert reproduce.main([str(folder), "--models-dir", str(models), "--output-dir", str(out), "--portable-kernels"]) == 0
+    assert "1 job at a time with portable kernels" in capsys.readouterr().out  # no --jobs: still a child process
+    settings = kernel_settings({**os.environ, **PORTABLE_KERNELS})
+    sidecar = json.loads(model_path(load_config(folder / "cka.json"), 0, models).with_suffix(".json").read_text())
+    assert sidecar["provenance"]["cpu_capability"] == "DEFAULT" and sidecar["provenance"]["kernel_settings"] == settings
+    pruned = results.load(out / "cka/0.json").iterations[0].provenance
+    assert pruned.cpu_capability == "DEFAULT" and pruned.kernel_settings == settings
