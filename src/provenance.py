@@ -9,7 +9,8 @@ The same torch on another CPU runs other kernels: ATen picks its vectorised code
 AVX2, ...) when it loads, MKL and oneDNN pick theirs by CPU, and a trained model differs in
 its last bits, which training amplifies (``docs/reproducibility.md``). So the record names the
 CPU, the kernels chosen and the variables that choose them; :data:`PORTABLE_KERNELS` are the
-settings that make those choices the same on every x86-64 CPU.
+settings that make those choices the same on every x86-64 CPU (which, measured, still need not
+give the same model on two of them).
 """
 
 from __future__ import annotations
