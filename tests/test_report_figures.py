@@ -60,3 +60,11 @@ def test_every_figure_in_every_format(runs, tmp_path):
     assert sorted(p.name for p in (tmp_path / "cli").glob("accuracy.*")) == ["accuracy.svg"]
     with pytest.raises(UserError, match="--format: 'jpg' is not a figure format"):
         main([str(runs[0]), "--format", "png,jpg"])
+
+
+def test_a_figure_made_again_is_the_same_file(runs, tmp_path):
+    """No creation date in a PDF or SVG: regenerating a committed report leaves unchanged figures unchanged."""
+    report = build_report(list(runs), config_root=None)
+    first = write_outputs(report, tmp_path / "a", formats=("pdf", "svg")).figures
+    second = write_outputs(report, tmp_path / "b", formats=("pdf", "svg")).figures
+    assert [p.read_bytes() for p in first] == [p.read_bytes() for p in second]
