@@ -35,7 +35,8 @@ def test_options_reach_the_report(tmp_path, capsys):
     assert "BCa" in text and "accuracy at iteration 2" in text and "accuracy at <= 50.0% remaining" in text
     assert "| l1 - l2 " in text  # every pair, not only each against the first
     assert main([*map(str, folders), "--out", str(tmp_path / "fixed"), "--fixed-endpoint", "iteration:2"]) == 0
-    assert "The endpoint fixed before the run: the test accuracy at iteration 2." in (tmp_path / "fixed" / "report.md").read_text()
+    fixed = (tmp_path / "fixed" / "report.md").read_text()
+    assert "The endpoint fixed before the run: the test accuracy at iteration 2." in fixed
     methods = {(row["reference"], row["other"], row["iteration"]): row["gap_retrained_ci_method"]
                for row in csv.DictReader((out / "gap.csv").read_text().splitlines())}
     assert methods["cka", "l1", "1"] == "BCa" and methods["cka", "l2", "0"] == ""  # l2: one seed, no interval

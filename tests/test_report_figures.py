@@ -42,7 +42,8 @@ def test_variants_of_a_criterion_share_its_colour_and_differ_in_marker_or_line()
     looks = {(s["marker"], s["linestyle"]) for s in [plain, *variants]}
     assert len(looks) == 5
     number = _name_number("cka-next")  # the marker and line style come from the label's digest
-    assert run_style("cka-next", "cka") == {"color": CRITERION_COLORS["cka"], "marker": ("s", "^", "D", "v", "P", "X")[number % 6],
+    assert run_style("cka-next", "cka") == {"color": CRITERION_COLORS["cka"],
+                                            "marker": ("s", "^", "D", "v", "P", "X")[number % 6],
                                             "linestyle": ("--", "-.", ":")[number // 6 % 3]}
 
 

@@ -123,7 +123,8 @@ def test_a_missing_compared_folder_is_one_line_and_exit_2_before_anything_is_wri
                            "--compare", str(absent), "--out", str(tmp_path / "out")],
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 2
-    assert done.stderr == f"error: {absent}: no such directory (expected an output/<experiment>/ folder written by main_prune.py)\n"
+    assert done.stderr == (f"error: {absent}: no such directory "
+                           "(expected an output/<experiment>/ folder written by main_prune.py)\n")
     assert not (tmp_path / "out").exists()
 
 
