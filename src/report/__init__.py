@@ -28,7 +28,7 @@ The parts: :mod:`.records` (folders, the run, pairing), :mod:`.notes` (provenanc
 layers), :mod:`.stats` (intervals, paired t, Holm, power), :mod:`.aggregate` (rows, gaps,
 overlaps), :mod:`.endpoints` (per-seed endpoints and their tests), :mod:`.build` (the report),
 :mod:`.tables`, :mod:`.csvs`, :mod:`.figures`, :mod:`.cli` (the command), :mod:`.grid` (a grid study's
-cells side by side).
+cells side by side), :mod:`.committed` (the committed studies' reports, made again).
 """
 
 from src.report.aggregate import GapRow, IterationRow, OverlapRow, overlap_fraction
