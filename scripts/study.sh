@@ -37,11 +37,7 @@ for config in "$STUDY"/*.json; do
   mkdir -p "docs/study/records/$name"
   cp output/study-fmnist/"$name"/[0-9]*.json "docs/study/records/$name/"
 done
-# cka is the reference that every other config is compared with.
-others=()
-for config in "$STUDY"/*.json; do
-  name=$(basename "$config" .json)
-  [ "$name" = cka ] || others+=("docs/study/records/$name")
-done
-"$PYTHON" -m src.report docs/study/records/cka "${others[@]}" --out docs/study --format png,pdf
+# The report (cka, the reference, against every other config) and the all-pairs tests, as
+# src/report/committed.py lists them.
+"$PYTHON" -m src.report.committed study-fmnist
 echo "wall time $(( $(date +%s) - start ))s with $JOBS processes ($(nproc) CPUs)" | tee docs/study/wall-time.txt

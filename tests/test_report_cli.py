@@ -18,7 +18,8 @@ def test_cli_prints_tables_and_exits_2_on_bad_input(runs, tmp_path, capsys):
     assert "Accuracy gap between criteria" in printed and "Endpoint tests" in printed
     assert printed.rstrip().endswith(f"figure: {tmp_path / 'cli' / 'accuracy.png'}")
     for args, message in (([str(tmp_path / "absent")], "no such directory"),
-                          ([str(runs[0]), "--endpoint", "iteration:0"], "--endpoint iteration:0")):
+                          ([str(runs[0]), "--endpoint", "iteration:0"], "--endpoint iteration:0"),
+                          ([str(runs[0]), "--fixed-endpoint", "mean:1"], "--fixed-endpoint mean:1")):
         done = subprocess.run([sys.executable, "-m", "src.report", *args], cwd=ROOT, capture_output=True, text=True)
         assert done.returncode == 2
         assert done.stderr.count("\n") == 1 and message in done.stderr
@@ -33,6 +34,9 @@ def test_options_reach_the_report(tmp_path, capsys):
     text = (out / "report.md").read_text()
     assert "BCa" in text and "accuracy at iteration 2" in text and "accuracy at <= 50.0% remaining" in text
     assert "| l1 - l2 " in text  # every pair, not only each against the first
+    assert main([*map(str, folders), "--out", str(tmp_path / "fixed"), "--fixed-endpoint", "iteration:2"]) == 0
+    fixed = (tmp_path / "fixed" / "report.md").read_text()
+    assert "The endpoint fixed before the run: the test accuracy at iteration 2." in fixed
     methods = {(row["reference"], row["other"], row["iteration"]): row["gap_retrained_ci_method"]
                for row in csv.DictReader((out / "gap.csv").read_text().splitlines())}
     assert methods["cka", "l1", "1"] == "BCa" and methods["cka", "l2", "0"] == ""  # l2: one seed, no interval

@@ -1,5 +1,6 @@
 """Per-seed endpoints, their paired t-tests and Holm correction: the only source of significance marks."""
 
+import csv
 import math
 
 import pytest
@@ -7,7 +8,8 @@ from scipy import stats
 
 from src.errors import UserError
 from src.report import ReportOptions, build_report, gap_table
-from src.report.endpoints import Endpoint, parse_endpoint, seed_value
+from src.report.csvs import endpoint_csv
+from src.report.endpoints import MEAN, Endpoint, parse_endpoint, parse_fixed_endpoint, seed_value
 from src.report.tables import endpoint_table
 from src.results import SeedResult
 from tests.report_helpers import seeds_with_gaps, simple, write_result
@@ -103,3 +105,43 @@ def test_n_is_the_iterations_every_paired_seed_completed(tmp_path):
     assert test.name == "mean accuracy over iterations 1-2" and test.seeds == (0, 1)
     one = build_report([cka, l1], config_root=None, options=ReportOptions(endpoints=(Endpoint("iteration", 3),)))
     assert one.endpoints[1].seeds == (0,) and one.endpoints[1].test is None  # one pair: too few for a test
+
+
+def test_only_the_endpoint_fixed_before_the_run_is_marked_and_the_rest_is_called_descriptive(tmp_path):
+    """A one-shot study fixes the accuracy at one point; its mean over the sweep is descriptive, however small its p."""
+    gaps = [0.02, 0.03, 0.025, 0.035, 0.028]
+    folders = list(seeds_with_gaps(tmp_path, gaps, iterations=3))
+    report = build_report(folders, config_root=None, options=ReportOptions(fixed=Endpoint("iteration", 2)))
+    at_two, mean = report.endpoints
+    assert (at_two.endpoint, at_two.fixed, mean.endpoint, mean.fixed) == (Endpoint("iteration", 2), True, MEAN, False)
+    assert at_two.p_holm < 0.05 and mean.p_holm < 0.05  # both clear, ...
+    assert at_two.significant and not mean.significant  # ... but only the fixed one is a finding
+    table = endpoint_table(report)
+    assert [row[6].endswith("*") for row in table.rows] == [True, False]
+    note = table.notes[0]
+    assert "The endpoint fixed before the run: the test accuracy at iteration 2." in note
+    assert "Descriptive, not findings (no mark, whatever their p): the mean test accuracy over iterations 1-N" in note
+    assert "fixed before looking" not in note and "an uncorrected alpha 0.05" in note
+    sentence = next(n for n in table.notes if n.startswith("cka - l1, mean accuracy"))
+    assert "descriptive (not the endpoint fixed before the run)" in sentence and "better" not in sentence
+    rows = list(csv.DictReader(endpoint_csv(report).splitlines()))
+    assert [(r["endpoint"], r["fixed"], r["significant"]) for r in rows] == [
+        ("iteration:2", "True", "True"), ("mean", "False", "False")]
+
+
+def test_by_default_the_mean_is_fixed_and_an_asked_endpoint_is_descriptive(tmp_path):
+    folders = list(seeds_with_gaps(tmp_path, [0.02, 0.03, 0.025, 0.035, 0.028], iterations=3))
+    report = build_report(folders, config_root=None, options=ReportOptions(endpoints=(Endpoint("iteration", 2),)))
+    assert [(t.endpoint, t.significant) for t in report.endpoints] == [(MEAN, True), (Endpoint("iteration", 2), False)]
+    assert endpoint_table(report).notes[0].startswith(
+        "One number per seed, after retraining where the run retrains, else after pruning. The endpoint fixed before "
+        "the run: the mean test accuracy over iterations 1-N (the area under the accuracy-vs-iteration curve; N: the "
+        "iterations every paired seed completed). Descriptive, not findings (no mark, whatever their p): the test "
+        "accuracy at iteration 2.")
+
+
+def test_parse_fixed_endpoint():
+    assert parse_fixed_endpoint("mean") == MEAN
+    assert parse_fixed_endpoint("remaining:0.1") == Endpoint("remaining", 0.1)
+    with pytest.raises(UserError, match="--fixed-endpoint iteration:0: give iteration:K"):
+        parse_fixed_endpoint("iteration:0")

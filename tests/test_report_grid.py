@@ -1,10 +1,14 @@
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from scipy import stats
 
-from report_helpers import iteration, write_result
+from report_helpers import ROOT, iteration, write_result
+from src.cli import run
+from src.report.cli import main as report_main
 from src.report.build import ReportOptions, build_report
 from src.report.endpoints import Endpoint, MEAN
 from src.report.grid import Cell, compare_group, compared_experiments, decision, main, mean_interval, seconds_spent
@@ -96,9 +100,47 @@ def test_the_command_writes_the_summary_decisions_and_figures(tmp_path, capsys):
     assert "| e1-lstsq | cka" in capsys.readouterr().out
 
 
+def _refused(argv, capsys) -> str:
+    """What the command prints when run as ``python3 -m src.report.grid``: one stderr line, exit status 2."""
+    with pytest.raises(SystemExit) as exit_:
+        run(main, argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    return err
+
+
 def test_a_missing_cell_is_one_line_and_exit_2(tmp_path, capsys):
     (tmp_path / "records" / "e0-none").mkdir(parents=True)
-    with pytest.raises(SystemExit) as exit_:
-        main([str(tmp_path / "records"), "--out", str(tmp_path / "out")])
-    assert exit_.value.code == 2
-    assert "no criterion folders" in capsys.readouterr().err
+    assert "no criterion folders" in _refused([str(tmp_path / "records"), "--out", str(tmp_path / "out")], capsys)
+
+
+def test_a_missing_compared_folder_is_one_line_and_exit_2_before_anything_is_written(tmp_path):
+    """As a command, through the user-error boundary every entry point shares."""
+    write_cell(tmp_path / "records", "e0-none")
+    absent = tmp_path / "study" / "records" / "cka"
+    done = subprocess.run([sys.executable, "-W", "ignore", "-m", "src.report.grid", str(tmp_path / "records"),
+                           "--compare", str(absent), "--out", str(tmp_path / "out")],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr == (f"error: {absent}: no such directory "
+                           "(expected an output/<experiment>/ folder written by main_prune.py)\n")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_figure_formats_are_the_reports(tmp_path, capsys):
+    """Both commands refuse a format matplotlib could write but the report does not offer, in the same words."""
+    write_cell(tmp_path / "records", "e0-none")
+    grid_error = _refused([str(tmp_path / "records"), "--format", "png,jpg", "--out", str(tmp_path / "out")], capsys)
+    with pytest.raises(SystemExit):
+        run(report_main, [str(tmp_path / "records" / "e0-none" / "cka"), "--format", "png,jpg",
+                          "--out", str(tmp_path / "report")])
+    assert "--format: 'jpg' is not a figure format" in grid_error
+    assert capsys.readouterr().err == grid_error
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_endpoint_names_the_option(tmp_path, capsys):
+    write_cell(tmp_path / "records", "e0-none")
+    assert "--endpoint iteration:0: give iteration:K" in _refused(
+        [str(tmp_path / "records"), "--endpoint", "iteration:0", "--out", str(tmp_path / "out")], capsys)

@@ -7,8 +7,9 @@ Each RESULT_DIR is an ``output/<experiment>/`` folder written by main_prune.py, 
   (mean, min, max over seeds), the retraining epochs run, the smallest CKA accepted;
 - with several folders, per pair (each against the first; every pair with ``--all-pairs``),
   over the seeds that pruned the same trained model: the accuracy gap at every iteration with
-  a descriptive 95 % t-interval; the paired t-test of per-seed endpoints (the mean accuracy over
-  iterations, and any ``--endpoint``), Holm-corrected over the pairs, with the seeds a test would
+  a descriptive 95 % t-interval; the paired t-test of per-seed endpoints (the one the study fixed
+  before its run, ``--fixed-endpoint``, default the mean accuracy over iterations; the mean and
+  any ``--endpoint`` descriptively), Holm-corrected over the pairs, with the seeds a test would
   need at 80 % power; and the neurons the two removed in common.
 
 Outputs (under --out; default ``<dir>/report`` for one folder, ``output/report/<a>_vs_<b>``
@@ -26,15 +27,16 @@ different provenance. Iteration 0 is the trained model before pruning.
 The parts: :mod:`.records` (folders, the run, pairing), :mod:`.notes` (provenance, skipped
 layers), :mod:`.stats` (intervals, paired t, Holm, power), :mod:`.aggregate` (rows, gaps,
 overlaps), :mod:`.endpoints` (per-seed endpoints and their tests), :mod:`.build` (the report),
-:mod:`.tables`, :mod:`.csvs`, :mod:`.figures`, :mod:`.cli` (the command).
+:mod:`.tables`, :mod:`.csvs`, :mod:`.figures`, :mod:`.cli` (the command), :mod:`.grid` (a grid study's
+cells side by side), :mod:`.committed` (the committed studies' reports, made again).
 """
 
 from src.report.aggregate import GapRow, IterationRow, OverlapRow, overlap_fraction
 from src.report.build import DEFAULT_CONFIG_ROOT, Report, ReportOptions, build_report
-from src.report.cli import ReportPaths, default_out_dir, main, parse_formats, write_outputs, write_report
+from src.report.cli import ReportPaths, default_out_dir, main, write_outputs, write_report
 from src.report.csvs import layer_records
 from src.report.endpoints import Endpoint, EndpointTest, parse_endpoint
-from src.report.figures import CRITERION_COLORS, figure_style, label_color, run_style
+from src.report.figures import CRITERION_COLORS, figure_style, label_color, parse_formats, run_style
 from src.report.records import Experiment, Pairing, load_experiment, pair_seeds
 from src.report.stats import Interval, PairedT, Stat, holm, paired_interval, paired_t, seeds_needed
 from src.report.tables import Table, gap_table, paper_table, render_markdown, render_text, report_text

@@ -1,4 +1,5 @@
-"""The command: python3 -m src.report RESULT_DIR... [--out DIR] [--endpoint ...] [--all-pairs] [--bootstrap]."""
+"""The command: python3 -m src.report RESULT_DIR... [--out DIR] [--fixed-endpoint ...] [--endpoint ...] [--all-pairs]
+[--bootstrap]."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from src.errors import UserError
 from src.io import atomic_write_text
 from src.report.build import DEFAULT_CONFIG_ROOT, Report, ReportOptions, build_report
 from src.report.csvs import endpoint_csv, gap_csv, iteration_csv, layers_csv, overlap_csv
-from src.report.endpoints import parse_endpoint
-from src.report.figures import FIGURE_FORMATS, plot_accuracy, plot_cka, plot_heatmaps, plot_overlap
+from src.report.endpoints import MEAN, parse_endpoint, parse_fixed_endpoint
+from src.report.figures import parse_formats, plot_accuracy, plot_cka, plot_heatmaps, plot_overlap
 from src.report.tables import report_markdown, report_text
 
 DEFAULT_OUTPUT_ROOT = Path("output")
@@ -33,16 +34,6 @@ def default_out_dir(report: Report) -> Path:
     if len(report.experiments) == 1:
         return report.experiments[0].directory / "report"
     return DEFAULT_OUTPUT_ROOT / "report" / "_vs_".join(exp.name.replace("/", "-") for exp in report.experiments)
-
-
-def parse_formats(text: str) -> tuple[str, ...]:
-    """``png,pdf`` -> ("png", "pdf"); UserError naming the option for anything else."""
-    formats = tuple(dict.fromkeys(part.strip().lower() for part in text.split(",")))
-    unknown = [f for f in formats if f not in FIGURE_FORMATS]
-    if unknown or not formats:
-        raise UserError(f"--format: {', '.join(map(repr, unknown)) or repr(text)} is not a figure format; "
-                        f"give one or more of {', '.join(FIGURE_FORMATS)}, separated by commas")
-    return formats
 
 
 def write_outputs(report: Report, out_dir: Path, formats: Sequence[str] = ("png",),
@@ -114,10 +105,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config-root", type=Path, default=DEFAULT_CONFIG_ROOT,
                         help="where to find <experiment>.json: the planned seeds, and the run to report when a "
                              "folder holds several (default: config/)")
+    parser.add_argument("--fixed-endpoint", default=MEAN, type=parse_fixed_endpoint, metavar="KIND:VALUE",
+                        help="the endpoint the study fixed before its run, the only one whose tests are marked "
+                             "significant: mean (the mean accuracy over iterations, default), iteration:K or "
+                             "remaining:F")
     parser.add_argument("--endpoint", action="append", default=[], type=parse_endpoint, metavar="KIND:VALUE",
-                        help="also test the accuracy at iteration:K or at remaining:F (the first iteration leaving at "
-                             "most a fraction F of the neurons); repeatable. The mean accuracy over iterations is "
-                             "always tested")
+                        help="also test, descriptively, the accuracy at iteration:K or at remaining:F (the first "
+                             "iteration leaving at most a fraction F of the neurons); repeatable. The mean accuracy "
+                             "over iterations is always tested")
     parser.add_argument("--all-pairs", action="store_true",
                         help="compare every pair of folders (default: each against the first)")
     parser.add_argument("--bootstrap", action="store_true",
@@ -132,7 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="the heatmap's samples: the first N of the validation split (default: 1000)")
     args = parser.parse_args(argv)
     formats = parse_formats(args.format)
-    options = ReportOptions(tuple(dict.fromkeys(args.endpoint)), args.all_pairs, args.bootstrap)
+    options = ReportOptions(endpoints=tuple(dict.fromkeys(args.endpoint)), fixed=args.fixed_endpoint,
+                            all_pairs=args.all_pairs, bootstrap=args.bootstrap)
     report = build_report(args.result_dirs, args.config_root, options)
     out_dir = args.out if args.out is not None else default_out_dir(report)
     extra = ([] if args.heatmap is None else

@@ -61,7 +61,10 @@ def gap_csv(report: Report) -> str:
 
 
 def endpoint_csv(report: Report) -> str:
-    """One row per pair and endpoint: the paired t-test of reference - other, Holm-adjusted p, seeds for 80 % power."""
+    """One row per pair and endpoint: the paired t-test of reference - other, Holm-adjusted p, seeds for 80 % power.
+
+    ``fixed``: the endpoint was fixed before the run; ``significant`` (Holm p < 0.05) only on it.
+    """
     rows = []
     for t in report.endpoints:
         s = t.test
@@ -70,7 +73,7 @@ def endpoint_csv(report: Report) -> str:
                      "seeds": " ".join(map(str, t.seeds)),
                      "mean_difference": None if s is None else s.mean, "sd_difference": None if s is None else s.sd,
                      "ci_low": None if s is None else s.low, "ci_high": None if s is None else s.high,
-                     "p": None if s is None else s.p, "p_holm": t.p_holm, "significant": t.significant,
+                     "p": None if s is None else s.p, "p_holm": t.p_holm, "fixed": t.fixed, "significant": t.significant,
                      "seeds_for_80pct_power": None if s is None else s.seeds_needed})
     return csv_text(rows)
 

@@ -1,6 +1,6 @@
 """Per-seed endpoints and their paired tests: what the report's significance marks rest on.
 
-An endpoint is one number per seed, fixed for the whole report before looking at the gaps:
+An endpoint is one number per seed:
 
 - ``mean`` (the default, always reported): the area under the accuracy-vs-iteration curve,
   i.e. the seed's mean test accuracy over iterations 1..N, where N is the last iteration every
@@ -12,7 +12,10 @@ An endpoint is one number per seed, fixed for the whole report before looking at
 Accuracy is after retraining where the run retrains, else after pruning. For each pair of runs
 and each endpoint, the paired t-test of reference - other over the seeds that pruned the same
 trained model; the p-values of one endpoint over all pairs of the report are one family,
-Holm-corrected. A difference is called significant only where its Holm-adjusted p < 0.05.
+Holm-corrected. One endpoint is the study's own, fixed before its run (``mean`` unless the study
+declared another): a difference is called significant only on it, where its Holm-adjusted
+p < 0.05. The other endpoints' tests are descriptive: a reader who picks among several endpoints
+after seeing them has made more comparisons than any family corrects for.
 """
 
 from __future__ import annotations
@@ -45,8 +48,8 @@ class Endpoint:
 MEAN = Endpoint("mean")
 
 
-def parse_endpoint(text: str) -> Endpoint:
-    """``iteration:K`` (K >= 1) or ``remaining:F`` (0 < F <= 1); UserError naming --endpoint otherwise."""
+def parse_endpoint(text: str, option: str = "--endpoint") -> Endpoint:
+    """``iteration:K`` (K >= 1) or ``remaining:F`` (0 < F <= 1); UserError naming ``option`` otherwise."""
     kind, _, value = text.partition(":")
     try:
         number = float(value)
@@ -56,8 +59,13 @@ def parse_endpoint(text: str) -> Endpoint:
         return Endpoint("iteration", int(number))
     if kind == "remaining" and 0 < number <= 1:
         return Endpoint("remaining", number)
-    raise UserError(f"--endpoint {text}: give iteration:K (K >= 1, the accuracy after iteration K) or "
+    raise UserError(f"{option} {text}: give iteration:K (K >= 1, the accuracy after iteration K) or "
                     "remaining:F (0 < F <= 1, the accuracy at the first iteration leaving at most F of the neurons)")
+
+
+def parse_fixed_endpoint(text: str, option: str = "--fixed-endpoint") -> Endpoint:
+    """``mean`` or what :func:`parse_endpoint` accepts: the endpoint a study fixed before its run."""
+    return MEAN if text == "mean" else parse_endpoint(text, option)
 
 
 def accuracy(seed: SeedResult, number: int) -> float | None:
@@ -93,7 +101,8 @@ class EndpointTest:
     """The paired t-test of one endpoint for one pair of runs (``test`` None below two paired seeds).
 
     ``iterations``: where the values were read (``mean``: [N]); ``p_holm``: Holm-adjusted over
-    all pairs of the report for this endpoint.
+    all pairs of the report for this endpoint; ``fixed``: the endpoint is the one fixed before the
+    run, the only one whose tests can be significant.
     """
 
     reference: str
@@ -103,10 +112,11 @@ class EndpointTest:
     iterations: tuple[int, ...]
     test: PairedT | None
     p_holm: float | None = None
+    fixed: bool = True
 
     @property
     def significant(self) -> bool:
-        return self.p_holm is not None and self.p_holm < ALPHA
+        return self.fixed and self.p_holm is not None and self.p_holm < ALPHA
 
     @property
     def name(self) -> str:
@@ -132,14 +142,15 @@ def endpoint_test(pairing: Pairing, endpoint: Endpoint, n: int) -> EndpointTest:
                         paired_t([va[0] - vb[0] for _, va, vb in values]))
 
 
-def endpoint_tests(pairings: Sequence[Pairing], endpoints: Sequence[Endpoint]) -> list[EndpointTest]:
-    """Every pair on every endpoint, Holm-corrected per endpoint over the pairs."""
+def endpoint_tests(pairings: Sequence[Pairing], fixed: Endpoint,
+                   descriptive: Sequence[Endpoint] = ()) -> list[EndpointTest]:
+    """Every pair on the fixed endpoint, then on each descriptive one, Holm-corrected per endpoint over the pairs."""
     n = common_iterations(pairings)
     out = []
-    for endpoint in endpoints:
+    for endpoint in dict.fromkeys((fixed, *descriptive)):
         family = [endpoint_test(p, endpoint, n) for p in pairings]
         adjusted = holm([None if t.test is None else t.test.p for t in family])
-        out += [replace(t, p_holm=p) for t, p in zip(family, adjusted)]
+        out += [replace(t, p_holm=p, fixed=endpoint == fixed) for t, p in zip(family, adjusted)]
     return out
 
 
@@ -158,6 +169,9 @@ def endpoint_sentence(t: EndpointTest, family_size: int) -> str:
     if s.p is None:
         return f"{head}: {found}, every seed's difference equal: no t-test."
     family = f"Holm-adjusted over the {family_size} pair(s) tested on this endpoint,"
+    if not t.fixed:
+        return (f"{head}: {found}; descriptive (not the endpoint fixed before the run): paired t p = {s.p:.3g}, "
+                f"{family} p = {t.p_holm:.3g}.")
     if t.significant:
         leader = t.reference if s.mean > 0 else t.other
         return f"{head}: {found}; {leader} is better: paired t p = {s.p:.3g}, {family} p = {t.p_holm:.3g} < {ALPHA}."

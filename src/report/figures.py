@@ -14,6 +14,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from src.errors import UserError
 from src.io import atomic_write_bytes
 from src.report.build import Report
 from src.report.stats import Stat
@@ -31,10 +32,21 @@ FIGURE_FORMATS = ("png", "pdf", "svg")
 DPI = 150
 
 
+def parse_formats(text: str) -> tuple[str, ...]:
+    """``png,pdf`` -> ("png", "pdf"); UserError naming the option for anything else."""
+    formats = tuple(dict.fromkeys(part.strip().lower() for part in text.split(",")))
+    unknown = [f for f in formats if f not in FIGURE_FORMATS]
+    if unknown or not formats:
+        raise UserError(f"--format: {', '.join(map(repr, unknown)) or repr(text)} is not a figure format; "
+                        f"give one or more of {', '.join(FIGURE_FORMATS)}, separated by commas")
+    return formats
+
+
 def figure_style() -> dict[str, Any]:
     return {"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "legend.fontsize": 9,
             "xtick.labelsize": 9, "ytick.labelsize": 9, "axes.spines.top": False, "axes.spines.right": False,
-            "axes.grid": True, "grid.alpha": 0.3, "lines.linewidth": 1.6, "lines.markersize": 4}
+            "axes.grid": True, "grid.alpha": 0.3, "lines.linewidth": 1.6, "lines.markersize": 4,
+            "svg.hashsalt": "cka-prune"}  # an SVG's element ids from a fixed salt, not a random one
 
 
 def label_color(label: str) -> str:
@@ -98,12 +110,16 @@ def save_with_legend(fig: Any, axes: Iterable[Any], path: Path, formats: Sequenc
     return _save(fig, path, formats)
 
 
+# Without a creation date (and with fixed SVG ids) a figure made again from the same records is the same file.
+UNDATED = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}
+
+
 def _save(fig: Any, path: Path, formats: Sequence[str]) -> list[Path]:
     """``path`` (without suffix) in each of ``formats``, each file written atomically."""
     written = []
     for fmt in formats:
         buffer = io.BytesIO()
-        fig.savefig(buffer, format=fmt, dpi=DPI, bbox_inches="tight")
+        fig.savefig(buffer, format=fmt, dpi=DPI, bbox_inches="tight", metadata=UNDATED.get(fmt))
         written.append(atomic_write_bytes(path.with_suffix(f".{fmt}"), buffer.getvalue()))
     return written
 

@@ -28,18 +28,19 @@ import argparse
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from scipy import stats
 
+from src.cli import run
 from src.errors import UserError
 from src.io import atomic_write_text
 from src.report.aggregate import fraction_remaining
 from src.report.build import Report, ReportOptions, build_report
 from src.report.csvs import csv_text
-from src.report.endpoints import MEAN, Endpoint, accuracy, parse_endpoint, seed_value
-from src.report.figures import FIGURE_FORMATS, figure_style, label_color, run_style, save_with_legend
+from src.report.endpoints import MEAN, Endpoint, accuracy, parse_fixed_endpoint, seed_value
+from src.report.figures import FIGURE_FORMATS, figure_style, label_color, parse_formats, run_style, save_with_legend
 from src.report.records import Experiment, load_experiment, with_unique_labels
 from src.results import SeedResult
 
@@ -111,7 +112,7 @@ def load_cells(root: Path, names: Sequence[str] | None, endpoint: Endpoint) -> l
         criteria = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
         if not criteria:
             raise UserError(f"{folder}: no criterion folders (expected {root}/<cell>/<criterion>/<seed>.json)")
-        options = ReportOptions(endpoints=() if endpoint == MEAN else (endpoint,), all_pairs=True)
+        options = ReportOptions(fixed=endpoint, all_pairs=True)
         cells.append(Cell(folder.name, build_report(criteria, config_root=None, options=options)))
     return cells
 
@@ -283,18 +284,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m src.report.grid", description=__doc__.split("\n\n")[0])
     parser.add_argument("root", type=Path, help="<root>/<cell>/<criterion>/<seed>.json")
     parser.add_argument("--cells", help="comma-separated cell folders, in panel order (default: all, sorted)")
-    parser.add_argument("--endpoint", default="mean", help="the cells' endpoint: mean (default), iteration:K, remaining:F")
+    parser.add_argument("--endpoint", default=MEAN, type=lambda text: parse_fixed_endpoint(text, "--endpoint"),
+                        help="the cells' endpoint, fixed before the run: mean (default), iteration:K, remaining:F")
     parser.add_argument("--compare", type=Path, nargs="*", default=[], help="result folders for the compute figure")
     parser.add_argument("--at", type=float, default=0.1, help="fraction of neurons left for the compute figure [0.1]")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--format", default="png", help=f"comma-separated figure formats ({', '.join(FIGURE_FORMATS)})")
     args = parser.parse_args(argv)
-    try:
-        endpoint = MEAN if args.endpoint == "mean" else parse_endpoint(args.endpoint)
-        cells = load_cells(args.root, args.cells.split(",") if args.cells else None, endpoint)
-    except UserError as err:
-        parser.exit(2, f"error: {err}\n")
-    formats = tuple(args.format.split(","))
+    formats = parse_formats(args.format)
+    endpoint = args.endpoint
+    cells = load_cells(args.root, args.cells.split(",") if args.cells else None, endpoint)
+    compared = [(cell.name, exp) for cell in cells for exp in cell.report.experiments]
+    compared += compared_experiments(args.compare)
     args.out.mkdir(parents=True, exist_ok=True)
     all_points = [p for cell in cells for exp in cell.report.experiments for p in points(cell.name, exp)]
     atomic_write_text(args.out / "grid-summary.csv", csv_text([vars(p) for p in all_points]))
@@ -307,12 +308,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.out / "accuracy-vs-neurons", formats)
     plot_panels(all_points, "parameters", "fraction of the parameters remaining (log)",
                 args.out / "accuracy-vs-parameters", formats)
-    compared = [(cell.name, exp) for cell in cells for exp in cell.report.experiments]
-    compared += compared_experiments(args.compare)
     plot_compute(compute_points(compared, args.at), args.at, args.out / "accuracy-vs-compute", formats)
     print(f"wrote {args.out}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run(main)

@@ -19,6 +19,7 @@ and no p is given; a zero-width interval is never evidence by itself.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -26,6 +27,7 @@ import numpy as np
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
+from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 CONFIDENCE = 0.95
 ALPHA = 0.05
@@ -129,9 +131,16 @@ def seeds_needed(mean: float, sd: float, power: float = POWER, alpha: float = AL
         return None
     effect = abs(mean) / sd
     solver = TTestPower()
-    if solver.power(effect_size=effect, nobs=2, alpha=alpha, alternative="two-sided") >= power:
-        return 2  # the root finder fails for effects this large
-    n = solver.solve_power(effect_size=effect, nobs=None, alpha=alpha, power=power, alternative="two-sided")
+    # For effects large enough that 2 or 3 seeds suffice, statsmodels' power is NaN (scipy's noncentral
+    # t cdf far in the lower tail) and its root finder fails: those n are checked directly, the lower
+    # tail P(T < -c) read as P(T > c) at noncentrality -nc, which scipy computes.
+    for n in (2, 3):
+        critical, nc = stats.t.ppf(1 - alpha / 2, n - 1), effect * math.sqrt(n)
+        if stats.nct.sf(critical, n - 1, nc) + stats.nct.sf(critical, n - 1, -nc) >= power:
+            return n
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        n = solver.solve_power(effect_size=effect, nobs=None, alpha=alpha, power=power, alternative="two-sided")
     return None if n is None or math.isnan(n) else math.ceil(n - 1e-9)
 
 

@@ -10,7 +10,7 @@ from typing import Sequence
 from tabulate import tabulate
 
 from src.report.build import Report
-from src.report.endpoints import EndpointTest, endpoint_sentence
+from src.report.endpoints import Endpoint, EndpointTest, endpoint_sentence
 from src.report.stats import ALPHA, BOOTSTRAP_MIN_SEEDS, CONFIDENCE, POWER, Interval, Stat
 
 NOTE_WIDTH = 100  # characters per line of the notes under a printed table
@@ -148,6 +148,31 @@ def significance_sentences(tests: Sequence[EndpointTest]) -> list[str]:
     return [endpoint_sentence(t, sizes[t.endpoint]) for t in tests]
 
 
+def endpoint_words(endpoint: Endpoint) -> str:
+    """What one seed's number is on ``endpoint``, in words."""
+    if endpoint.kind == "mean":
+        return ("the mean test accuracy over iterations 1-N (the area under the accuracy-vs-iteration curve; "
+                "N: the iterations every paired seed completed)")
+    if endpoint.kind == "iteration":
+        return f"the test accuracy at iteration {endpoint.value:g}"
+    return f"the test accuracy at the first iteration leaving at most {endpoint.value:.1%} of the neurons"
+
+
+def endpoint_note(tests: Sequence[EndpointTest]) -> str:
+    """Which endpoint was fixed before the run (the only one marked) and which are descriptive."""
+    fixed = next(t.endpoint for t in tests if t.fixed)
+    descriptive = list(dict.fromkeys(t.endpoint for t in tests if not t.fixed))
+    others = ("" if not descriptive else
+              f" Descriptive, not findings (no mark, whatever their p): {'; '.join(map(endpoint_words, descriptive))}.")
+    return (f"One number per seed, after retraining where the run retrains, else after pruning. The endpoint fixed "
+            f"before the run: {endpoint_words(fixed)}.{others} Per pair of runs, the two-sided paired t-test of "
+            "reference - other over the n seeds that pruned the same trained model; Holm correction over all pairs "
+            f"of this report, one family per endpoint. * : Holm p < {ALPHA} on the fixed endpoint (the only "
+            f"significance mark of this report). seeds for {POWER:.0%} power: the paired seeds a two-sided t-test at "
+            f"an uncorrected alpha {ALPHA} needs to detect the observed mean difference, given the observed SD of "
+            "the differences.")
+
+
 def endpoint_table(report: Report) -> Table | None:
     if not report.endpoints:
         return None
@@ -155,14 +180,7 @@ def endpoint_table(report: Report) -> Table | None:
         "Endpoint tests",
         ("pair", "endpoint", "n", "mean diff pp", "95% CI pp", "p", "Holm p", f"seeds for {POWER:.0%} power"),
         tuple(_endpoint_row(t) for t in report.endpoints),
-        ("One number per seed, fixed before looking at the gaps: the mean test accuracy over iterations 1-N "
-         "(the area under the accuracy-vs-iteration curve; N: the iterations every paired seed completed), and any "
-         "--endpoint asked for; after retraining where the run retrains, else after pruning. Per pair of runs, the "
-         "two-sided paired t-test of reference - other over the n seeds that pruned the same trained model; Holm "
-         f"correction over all pairs of this report, one family per endpoint. * : Holm p < {ALPHA} (the only "
-         f"significance mark of this report). seeds for {POWER:.0%} power: the paired seeds a two-sided t-test at "
-         f"alpha {ALPHA} needs to detect the observed mean difference, given the observed SD of the differences.",
-         *significance_sentences(report.endpoints)))
+        (endpoint_note(report.endpoints), *significance_sentences(report.endpoints)))
 
 
 def overlap_table(report: Report) -> Table | None:
