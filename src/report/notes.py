@@ -15,8 +15,10 @@ from src.provenance import Provenance
 from src.report.records import Experiment, seed_list
 from src.results import SeedResult
 
-# What makes the numbers: code and libraries. Device and threads vary between machines of one study.
-CODE_FIELDS = ("commit", "dirty", "python", "torch", "numpy", "torch_pruning")
+# What makes the numbers: code, libraries and the CPU kernels they run (docs/reproducibility.md: the
+# same code trains another model with other kernels). Device and threads vary between machines of one
+# study without changing the numbers.
+CODE_FIELDS = ("commit", "dirty", "python", "torch", "numpy", "torch_pruning", "cpu_capability", "kernel_settings")
 
 
 def _ranges(numbers: Sequence[int]) -> str:
@@ -62,7 +64,7 @@ def seed_provenance_note(exp: Experiment, seed: SeedResult) -> str | None:
 
 
 def provenance_notes(experiments: Sequence[Experiment]) -> list[str]:
-    """Seeds whose iterations differ in provenance, then whether the compared seeds differ in code or libraries."""
+    """Seeds whose iterations differ in provenance, then whether the compared seeds differ in code, libraries or kernels."""
     notes = [note for exp in experiments for seed in exp.all_seeds
              if (note := seed_provenance_note(exp, seed)) is not None]
     groups: dict[str, tuple[dict[str, Any] | None, dict[str, list[int]]]] = {}
@@ -78,7 +80,7 @@ def provenance_notes(experiments: Sequence[Experiment]) -> list[str]:
         keys = _differing([code for code, _ in groups.values()], CODE_FIELDS)
         parts = [f"{_describe(code, keys)} ({'; '.join(f'{label} seed(s) {seed_list(s)}' for label, s in who.items())})"
                  for code, who in groups.values()]
-        notes.append("the compared results were made with different code or library versions: " + " | ".join(parts))
+        notes.append("the compared results were made with different code, library versions or CPU kernels: " + " | ".join(parts))
     return notes
 
 
