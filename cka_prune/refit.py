@@ -12,9 +12,10 @@ intercept (the bias takes the means, so only centred quantities enter):
 U = W C[:, K] (p, |K|). lam = ridge x mean(diag C) over the columns alive at the start, fixed
 during a pass (`ridge_lambda`). A column with zero variance (a dead unit) has a zero row and
 column in C; with lam = 0 its row and column of C[K, K] + lam I are replaced by those of the
-identity, which gives it a zero coefficient and changes nothing else (the pseudo-inverse's
-answer; "zero" is up to DEAD_RTOL x the largest variance, as centring a constant column leaves
-rounding); any other singularity at lam = 0 is an error.
+identity times the largest variance (the inputs' scale: the result does not depend on their units),
+which gives it a zero coefficient and changes nothing else (the pseudo-inverse's answer; "zero" is
+up to DEAD_RTOL x the largest variance, as centring a constant column leaves rounding); any other
+singularity at lam = 0 is an error.
 
 Removing a group g (m columns) from K is a block downdate of S (Schur complement), with
 S_g = S[:, g] (|K|, m) and D_g = (S[g, g])^{-1} (m, m):
@@ -94,12 +95,15 @@ def layout(groups: Groups, n_columns: int, alive: Any) -> tuple[np.ndarray, np.n
 
 
 def ridge_inverse(c_kk: np.ndarray, lam: float) -> np.ndarray:
-    """S = (C[K, K] + lam I)^{-1} (|K|, |K|), zero-variance columns' diagonal set to 1 when lam = 0."""
+    """S = (C[K, K] + lam I)^{-1} (|K|, |K|); when lam = 0 a zero-variance column's row and column are
+    those of the identity times the largest variance (a placeholder on the inputs' scale, so that the
+    relative singularity test below does not depend on the activations' units)."""
     h = c_kk + lam * np.eye(c_kk.shape[0])
     if lam == 0:  # centring leaves a constant column at rounding level, not always at exactly 0
-        dead = np.diag(c_kk) <= DEAD_RTOL * max(float(np.max(np.diag(c_kk), initial=0.0)), 1e-300)
+        largest = float(np.max(np.diag(c_kk), initial=0.0))
+        dead = np.diag(c_kk) <= DEAD_RTOL * max(largest, 1e-300)
         h[dead, :], h[:, dead] = 0.0, 0.0
-        h[dead, dead] = 1.0
+        h[dead, dead] = largest if largest > 0 else 1.0
     try:
         lower = np.linalg.cholesky(h)
     except np.linalg.LinAlgError:

@@ -43,6 +43,21 @@ def test_obs_cost_is_the_lstsq_error_increase() -> None:
     assert costs[0] == pytest.approx(min(cost), rel=1e-9)
 
 
+@pytest.mark.parametrize("ridge", [0.0, 1e-3])
+@pytest.mark.parametrize("scale", [1e7, 1e-7])
+@pytest.mark.parametrize("case", [dict(dead=3), dict(m=4, units=6, dead_column=9)])
+def test_obs_does_not_depend_on_the_activations_scale(case: dict, scale: float, ridge: float) -> None:
+    """With a dead (constant) column among the kept ones, activations scaled by s give the same order and
+    costs scaled by s^2 (the objective's units), in the closed form and the literal refits alike."""
+    a, w, groups = data(**case)
+    k = len(groups) - 1
+    for engine, inputs in ((obs_greedy, cov), (reference_obs_greedy, lambda x: x)):
+        unit = engine(inputs(a), w, k, groups, None, ridge)
+        scaled = engine(inputs(a * scale), w, k, groups, None, ridge)
+        assert scaled[0] == unit[0]
+        np.testing.assert_allclose(np.array(scaled[1]) / scale**2, unit[1], rtol=1e-7, atol=1e-10 * _scale(a, w))
+
+
 def test_collinear_inputs_without_ridge_are_an_error() -> None:
     a, w, _ = data(units=5)
     a = np.hstack([a, a[:, :1] * 2.0])
