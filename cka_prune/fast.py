@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from cka_prune.cka import to_float64
-from cka_prune.checks import NO_VARIATION, candidate_mask, check_budget, ratio
+from cka_prune.checks import NO_VARIATION, candidate_mask, check_budget, check_order, ratio
 from cka_prune.greedy_search import Search, make_search, run_search
 
 
@@ -93,10 +93,11 @@ def fast_greedy_from_interactions(interactions: Any, k: int | None, alive: Any =
 def cka_path(interactions: Any, order: Sequence[int]) -> list[float]:
     """CKA(A, A with order[:t+1] removed) for each t: the damage curve of a given removal order."""
     m_mat = to_float64(interactions)
+    ids = check_order(order, m_mat.shape[0])
     m = m_mat.sum(axis=0)
     state = _FastState(m_mat, m, float(m.sum()))
     out = []
-    for j in order:
-        state.remove(int(j))
+    for j in ids:
+        state.remove(j)
         out.append(float(ratio(state.num, state.den2, state.total)))
     return out

@@ -59,7 +59,7 @@ from typing import Any
 import numpy as np
 
 from cka_prune.cka import feature_space_linear_cka, to_float64
-from cka_prune.checks import Groups, candidate_mask, normalize_groups, ratio
+from cka_prune.checks import Groups, candidate_mask, check_order, normalize_groups, ratio
 from cka_prune.greedy_search import Search, make_search
 
 # A column whose variance is at most this fraction of the largest one's is constant (a dead unit).
@@ -279,8 +279,8 @@ def refit_cka_path(cov: Any, weight: Any, order: Sequence[int], groups: Groups =
     """CKA(Z, Zhat) after each prefix of ``order`` (alive group ids): a damage curve at the refit."""
     state = _refit_state(cov, weight, groups, alive, ridge)
     out = []
-    for j in order:
-        state.remove(int(j))
+    for j in check_order(order, state.local.size, state.local >= 0):
+        state.remove(j)
         out.append(state.cka())
     return out
 
@@ -327,4 +327,5 @@ def reference_refit_cka_path(activations: Any, weight: Any, order: Sequence[int]
                              alive: Any = None, ridge: float = 0.0) -> list[float]:
     """`refit_cka_path` by refitting after each prefix of ``order``."""
     ref = _ReferenceRefit(activations, weight, groups, alive, ridge)
-    return [ref.cka([int(j) for j in order[: t + 1]]) for t in range(len(order))]
+    ids = check_order(order, ref.n, ref.local >= 0)
+    return [ref.cka(ids[: t + 1]) for t in range(len(ids))]
