@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cka_prune.obs import obs_greedy, reference_obs_greedy
+from cka_prune.greedy_search import run_search
+from cka_prune.obs import obs_greedy, obs_search, reference_obs_greedy, reference_obs_search
 from tests.refit_helpers import CASES, cov, data
 
 
@@ -56,6 +57,21 @@ def test_obs_does_not_depend_on_the_activations_scale(case: dict, scale: float, 
         scaled = engine(inputs(a * scale), w, k, groups, None, ridge)
         assert scaled[0] == unit[0]
         np.testing.assert_allclose(np.array(scaled[1]) / scale**2, unit[1], rtol=1e-7, atol=1e-10 * _scale(a, w))
+
+
+@pytest.mark.parametrize("engine", ["closed form", "literal"])
+def test_obs_runs_on_the_shared_driver_with_ties_on_the_objective_scale(engine: str) -> None:
+    """Two dead units: centring unit 2's constant 0.1 leaves rounding (a cost of ~1e-63, not 0), unit 5's
+    0.25 is exact (cost 0). Both cost nothing on the objective's scale, so they tie -> the lower index."""
+    a, w, groups = data()
+    a[:, 2], a[:, 5] = 0.1, 0.25
+    if engine == "closed form":
+        search, (removed, costs) = obs_search(cov(a), w, groups), obs_greedy(cov(a), w, 4, groups)
+        assert costs[0] > costs[1] == 0.0  # the tie, not the cost, puts unit 2 first
+    else:
+        search, (removed, costs) = reference_obs_search(a, w, groups), reference_obs_greedy(a, w, 4, groups)
+    assert removed[:2] == [2, 5] and max(abs(c) for c in costs[:2]) < 1e-10 * _scale(a, w)
+    assert run_search(search, 4, None) == (removed, [-c for c in costs])
 
 
 def test_collinear_inputs_without_ridge_are_an_error() -> None:
