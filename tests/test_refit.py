@@ -70,7 +70,8 @@ def test_refit_cka_does_not_depend_on_the_activations_scale(case: dict, scale: f
     k = len(groups) - 1
 
     def run(s: float) -> tuple[list[int], list[float], list[float], list[float], list[float]]:
-        fast, reference = refit_search(cov(a * s), w, groups, None, ridge), reference_refit_search(a * s, w, groups, None, ridge)
+        fast = refit_search(cov(a * s), w, groups, None, ridge)
+        reference = reference_refit_search(a * s, w, groups, None, ridge)
         run_search(fast, k, None)
         run_search(reference, k, None)
         order = fast.removed[::-1]
