@@ -5,6 +5,7 @@ caller writing its own engine read the same rules).
 - ``normalize_groups``: groups as int index arrays that partition the columns.
 - ``candidate_mask``: the candidate groups from None, a bool mask or an index list.
 - ``check_budget``, ``check_choice``: k / stop_cka and an option's value.
+- ``check_order``: a given removal order (of a damage path): distinct, in range, alive.
 - ``ratio``: CKA from its closed-form numerator and squared denominator, 0 where nothing varies.
 """
 
@@ -101,6 +102,23 @@ def check_budget(k: Any, stop_cka: Any, n_candidates: int) -> None:
     if stop_cka is not None:
         if isinstance(stop_cka, bool) or not isinstance(stop_cka, numbers.Real) or not np.isfinite(stop_cka):
             raise ValueError(f"stop_cka must be a finite number or None, got {stop_cka!r}")
+
+
+def check_order(order: Any, n_groups: int, alive: np.ndarray | None = None) -> list[int]:
+    """`order` as a list of int group ids, each in [0, n_groups), at most once, and alive where the
+    bool mask `alive` (n_groups,) is given; else ValueError. A negative id is refused, not counted
+    from the end: it would silently remove another group."""
+    arr = to_numpy(order)
+    if arr.size == 0:
+        return []
+    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"order must be a 1-D list of int group indices, got {order!r}")
+    ids = [int(j) for j in arr]
+    bad = [j for j in ids if not 0 <= j < n_groups or (alive is not None and not alive[j])]
+    if bad or len(set(ids)) != len(ids):
+        where = f"alive groups {np.flatnonzero(alive).tolist()}" if alive is not None else f"[0, {n_groups})"
+        raise ValueError(f"order must list distinct groups among the {where}, got {ids}")
+    return ids
 
 
 def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:

@@ -63,7 +63,10 @@ def gram_rbf(x: Any, threshold: float = 1.0) -> np.ndarray:
 
     The bandwidth is sigma = threshold * (median distance), taken as
     sigma^2 = threshold^2 * median_ij ||x_i - x_j||^2 over all N^2 pairs (diagonal included),
-    the convention of Kornblith et al.
+    the convention of Kornblith et al. When that median is 0 (at least half the pairs are
+    identical rows, e.g. most samples pruned to the same constant output), it is taken over the
+    nonzero squared distances instead (the pairs of distinct rows), so that the bandwidth keeps
+    the scale of the distances that exist; every row identical (no distance at all) is an error.
 
     x: (N, D) features -> (N, N).
     """
@@ -75,8 +78,11 @@ def gram_rbf(x: Any, threshold: float = 1.0) -> np.ndarray:
     sq_dist = np.maximum(sq_norms[:, None] + sq_norms[None, :] - 2.0 * dots, 0.0)
     sq_median = float(np.median(sq_dist))
     if sq_median <= 0.0:
-        raise ValueError("gram_rbf: median squared distance is 0 (mostly identical rows); "
-                         "the bandwidth is undefined")
+        nonzero = sq_dist[sq_dist > 0.0]
+        if nonzero.size == 0:
+            raise ValueError("gram_rbf: every row is identical (no nonzero distance to take the median of); "
+                             "the bandwidth is undefined")
+        sq_median = float(np.median(nonzero))
     return np.exp(-sq_dist / (2.0 * threshold**2 * sq_median))
 
 

@@ -23,8 +23,12 @@ from typing import Any
 import numpy as np
 
 from cka_prune.cka import to_float64
-from cka_prune.checks import NO_VARIATION, candidate_mask, check_budget, ratio
+from cka_prune.checks import NO_VARIATION, candidate_mask, check_budget, check_order, ratio
 from cka_prune.greedy_search import Search, make_search, run_search
+
+
+# Largest |M - M^T| accepted, relative to M's largest entry.
+SYMMETRY_RTOL = 1e-9
 
 
 @dataclass
@@ -54,6 +58,19 @@ class _FastState:
         self.r -= self.interactions[j]  # row j = column j (M is symmetric)
 
 
+def _check_interactions(interactions: Any) -> np.ndarray:
+    """M as a finite, square, symmetric float64 matrix (n, n). Symmetry within SYMMETRY_RTOL of M's
+    largest entry: the routes sum the same products in different orders."""
+    m_mat = to_float64(interactions)
+    if m_mat.ndim != 2 or m_mat.shape[0] != m_mat.shape[1] or m_mat.shape[0] == 0:
+        raise ValueError(f"interactions must be a square (n, n) matrix, got shape {m_mat.shape}")
+    if not np.all(np.isfinite(m_mat)):
+        raise ValueError("interactions contain NaN or inf")
+    if np.max(np.abs(m_mat - m_mat.T)) > SYMMETRY_RTOL * np.max(np.abs(m_mat)):
+        raise ValueError("interactions must be symmetric")
+    return m_mat
+
+
 def fast_search(interactions: Any, alive: Any = None, greedy: str = "conditional") -> Search:
     """The closed-form engine as a Search from the interaction matrix M (n, n), O(n) per step.
 
@@ -61,15 +78,8 @@ def fast_search(interactions: Any, alive: Any = None, greedy: str = "conditional
     r = M[:, R] 1 (m = M 1, T = 1^T M 1). Removing i gives
         num_i = num - m[i],  den2_i = den2 - 2 r[i] + M[i, i],  score_i = num_i / sqrt(T den2_i).
     """
-    m_mat = to_float64(interactions)
-    if m_mat.ndim != 2 or m_mat.shape[0] != m_mat.shape[1] or m_mat.shape[0] == 0:
-        raise ValueError(f"interactions must be a square (n, n) matrix, got shape {m_mat.shape}")
-    if not np.all(np.isfinite(m_mat)):
-        raise ValueError("interactions contain NaN or inf")
+    m_mat = _check_interactions(interactions)
     m = m_mat.sum(axis=0)
-    # Cheap O(n^2) symmetry check (row sums = column sums); a full M == M^T costs far more.
-    if not np.allclose(m, m_mat.sum(axis=1), rtol=1e-8, atol=1e-9 * np.abs(m).max()):
-        raise ValueError("interactions must be symmetric")
     candidates = candidate_mask(alive, m_mat.shape[0])
     total = float(m.sum())
     if not total > 0:
@@ -92,11 +102,12 @@ def fast_greedy_from_interactions(interactions: Any, k: int | None, alive: Any =
 
 def cka_path(interactions: Any, order: Sequence[int]) -> list[float]:
     """CKA(A, A with order[:t+1] removed) for each t: the damage curve of a given removal order."""
-    m_mat = to_float64(interactions)
+    m_mat = _check_interactions(interactions)
+    ids = check_order(order, m_mat.shape[0])
     m = m_mat.sum(axis=0)
     state = _FastState(m_mat, m, float(m.sum()))
     out = []
-    for j in order:
-        state.remove(int(j))
+    for j in ids:
+        state.remove(j)
         out.append(float(ratio(state.num, state.den2, state.total)))
     return out

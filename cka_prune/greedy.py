@@ -16,7 +16,8 @@ Two engines give the same removal order and scores:
   (`fast_greedy_from_interactions`, `cka_prune.fast`). At the next Linear layer's
   pre-activation: `fast_next_greedy`, O(n^2) per step (`cka_prune.next_layer`).
 
-The engines' public names are re-exported here.
+The layer engines' public names are re-exported here (every engine, the refit CKA and OBS
+included: `cka_prune.engines`).
 """
 
 from __future__ import annotations

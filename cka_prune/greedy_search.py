@@ -18,7 +18,9 @@ scores are the individual ones, not the CKA of the cumulative removals (`cka_pat
 that, `cka_prune.fast`).
 
 An engine is a `Search`: its step_scores (the score of removing each candidate next) and its
-state update on a removal. `run_search` steps one layer's search; `allocate` several.
+state update on a removal. `run_search` steps one layer's search; `allocate` several. Every
+engine goes through it, OBS included (`cka_prune.obs.obs_search`: its scores are minus the
+objective's rise, its ties relative to the objective's scale rather than to the best score).
 
 Global allocation (`allocate`): several layers' searches share one budget; each step removes,
 over all layers, the best candidate of the layer whose own CKA falls by the smallest relative
@@ -49,13 +51,15 @@ TIE_RTOL = 1e-10
 GREEDY = ("conditional", "independent")
 
 
-def choose(scores: np.ndarray, candidates: np.ndarray) -> int:
-    """Index of the best candidate; scores within TIE_RTOL (relative) of the best tie -> lowest index.
+def choose(scores: np.ndarray, candidates: np.ndarray, tie_scale: float | None = None) -> int:
+    """Index of the best candidate; scores within TIE_RTOL x tie_scale of the best tie -> lowest index.
 
-    scores: (n,) float, read only where `candidates` (n,) bool is True.
+    scores: (n,) float, read only where `candidates` (n,) bool is True. tie_scale: the scores' scale
+    (None: the best score's own size, for CKA; an engine whose best score can be 0 while the others
+    carry rounding of a larger quantity, e.g. OBS's costs, gives that quantity's size).
     """
     best = np.max(scores[candidates])
-    tied = candidates & (scores >= best - TIE_RTOL * abs(best))
+    tied = candidates & (scores >= best - TIE_RTOL * (abs(best) if tie_scale is None else tie_scale))
     return int(np.flatnonzero(tied)[0])
 
 
@@ -67,19 +71,21 @@ class Search:
     step_scores(removed, candidates) -> (n,) score of removing each candidate next.
     on_remove(j): updates the engine's state after group j is removed.
     conditional: False for independent greedy, whose scores do not change between steps.
+    tie_scale: the scale ties are relative to (`choose`; None: the best score's).
     """
 
     candidates: np.ndarray
     step_scores: Callable[[list[int], np.ndarray], np.ndarray]
     on_remove: Callable[[int], None]
     conditional: bool = True
+    tie_scale: float | None = None
     removed: list[int] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
 
     def best(self) -> tuple[int, float]:
         """(group, score) of the best candidate now; there must be a candidate."""
         step = self.step_scores(self.removed, self.candidates)
-        j = choose(step, self.candidates)
+        j = choose(step, self.candidates, self.tie_scale)
         return j, float(step[j])
 
     def take(self, j: int, score: float) -> None:

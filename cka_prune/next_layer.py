@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from cka_prune.cka import to_float64
-from cka_prune.checks import NO_VARIATION, candidate_mask, check_budget, ratio
+from cka_prune.checks import NO_VARIATION, candidate_mask, check_budget, check_order, ratio
 from cka_prune.greedy_search import Search, make_search, run_search
 
 
@@ -144,9 +144,10 @@ def fast_next_greedy(cov: Any, weight: Any, k: int | None, alive: Any = None, st
 def next_layer_cka_path(cov: Any, weight: Any, order: Sequence[int]) -> list[float]:
     """CKA(Z, Z with order[:t+1] removed) for each t, Z = A W^T: the damage curve at the next layer."""
     c, w = _check_next(cov, weight)
+    ids = check_order(order, c.shape[0])
     state = _NextLayerState(c, w.T @ w)
     out = []
-    for j in order:
-        state.remove(int(j))
+    for j in ids:
+        state.remove(j)
         out.append(state.cka())
     return out

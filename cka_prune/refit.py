@@ -12,9 +12,10 @@ intercept (the bias takes the means, so only centred quantities enter):
 U = W C[:, K] (p, |K|). lam = ridge x mean(diag C) over the columns alive at the start, fixed
 during a pass (`ridge_lambda`). A column with zero variance (a dead unit) has a zero row and
 column in C; with lam = 0 its row and column of C[K, K] + lam I are replaced by those of the
-identity, which gives it a zero coefficient and changes nothing else (the pseudo-inverse's
-answer; "zero" is up to DEAD_RTOL x the largest variance, as centring a constant column leaves
-rounding); any other singularity at lam = 0 is an error.
+identity times the largest variance (the inputs' scale: the result does not depend on their units),
+which gives it a zero coefficient and changes nothing else (the pseudo-inverse's answer; "zero" is
+up to DEAD_RTOL x the largest variance, as centring a constant column leaves rounding); any other
+singularity at lam = 0 is an error.
 
 Removing a group g (m columns) from K is a block downdate of S (Schur complement), with
 S_g = S[:, g] (|K|, m) and D_g = (S[g, g])^{-1} (m, m):
@@ -58,7 +59,7 @@ from typing import Any
 import numpy as np
 
 from cka_prune.cka import feature_space_linear_cka, to_float64
-from cka_prune.checks import Groups, candidate_mask, normalize_groups, ratio
+from cka_prune.checks import Groups, candidate_mask, check_order, normalize_groups, ratio
 from cka_prune.greedy_search import Search, make_search
 
 # A column whose variance is at most this fraction of the largest one's is constant (a dead unit).
@@ -94,12 +95,15 @@ def layout(groups: Groups, n_columns: int, alive: Any) -> tuple[np.ndarray, np.n
 
 
 def ridge_inverse(c_kk: np.ndarray, lam: float) -> np.ndarray:
-    """S = (C[K, K] + lam I)^{-1} (|K|, |K|), zero-variance columns' diagonal set to 1 when lam = 0."""
+    """S = (C[K, K] + lam I)^{-1} (|K|, |K|); when lam = 0 a zero-variance column's row and column are
+    those of the identity times the largest variance (a placeholder on the inputs' scale, so that the
+    relative singularity test below does not depend on the activations' units)."""
     h = c_kk + lam * np.eye(c_kk.shape[0])
     if lam == 0:  # centring leaves a constant column at rounding level, not always at exactly 0
-        dead = np.diag(c_kk) <= DEAD_RTOL * max(float(np.max(np.diag(c_kk), initial=0.0)), 1e-300)
+        largest = float(np.max(np.diag(c_kk), initial=0.0))
+        dead = np.diag(c_kk) <= DEAD_RTOL * max(largest, 1e-300)
         h[dead, :], h[:, dead] = 0.0, 0.0
-        h[dead, dead] = 1.0
+        h[dead, dead] = largest if largest > 0 else 1.0
     try:
         lower = np.linalg.cholesky(h)
     except np.linalg.LinAlgError:
@@ -275,8 +279,8 @@ def refit_cka_path(cov: Any, weight: Any, order: Sequence[int], groups: Groups =
     """CKA(Z, Zhat) after each prefix of ``order`` (alive group ids): a damage curve at the refit."""
     state = _refit_state(cov, weight, groups, alive, ridge)
     out = []
-    for j in order:
-        state.remove(int(j))
+    for j in check_order(order, state.local.size, state.local >= 0):
+        state.remove(j)
         out.append(state.cka())
     return out
 
@@ -323,4 +327,5 @@ def reference_refit_cka_path(activations: Any, weight: Any, order: Sequence[int]
                              alive: Any = None, ridge: float = 0.0) -> list[float]:
     """`refit_cka_path` by refitting after each prefix of ``order``."""
     ref = _ReferenceRefit(activations, weight, groups, alive, ridge)
-    return [ref.cka([int(j) for j in order[: t + 1]]) for t in range(len(order))]
+    ids = check_order(order, ref.n, ref.local >= 0)
+    return [ref.cka(ids[: t + 1]) for t in range(len(ids))]

@@ -411,7 +411,7 @@ class CKAImportance(tp.importance.Importance):
             x, _ = self.representation(group)
             return reference_greedy(x.numpy(), lambda removed: self.recompute(group, removed), n, n,
                                     kernel=self.kernel, debiased=self.debiased)
-        except ValueError as err:  # CKA undefined on these samples: debiased self-similarity <= 0, RBF bandwidth 0
+        except ValueError as err:  # CKA undefined on these samples: debiased self-similarity <= 0
             raise _Skip(str(err)) from err
 
     @torch.no_grad()

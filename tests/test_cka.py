@@ -147,8 +147,17 @@ def test_rejects_bad_shapes() -> None:
         cka(np.ones((4, 3)), np.ones((4, 3)))
     with pytest.raises(ValueError, match="N >= 4"):
         center_gram(np.eye(3), unbiased=True)
-    with pytest.raises(ValueError, match="median"):
+    with pytest.raises(ValueError, match="every row is identical"):
         gram_rbf(np.ones((6, 2)))
+
+
+def test_rbf_bandwidth_over_the_nonzero_distances_when_most_rows_are_identical() -> None:
+    # 7 identical rows of 10: 49 + 3 of the 100 pairs at distance 0, so the median over all pairs is 0.
+    x = np.vstack([np.zeros((7, 2)), [[1.0, 0.0], [0.0, 2.0], [3.0, 1.0]]])
+    sq = ((x[:, None, :] - x[None, :, :]) ** 2).sum(axis=-1)
+    assert np.median(sq) == 0.0
+    sigma2 = np.median(sq[sq > 0]) * 0.5**2
+    np.testing.assert_allclose(gram_rbf(x, 0.5), np.exp(-sq / (2 * sigma2)), rtol=1e-12)
 
 
 @pytest.mark.parametrize("kernel", ["linear", "rbf"])

@@ -286,9 +286,18 @@ def test_a_model_on_cuda_is_scored_as_on_the_cpu(engine, monkeypatch):
 
 def test_samples_on_which_cka_is_undefined_are_a_warning_not_an_abort():
     model = image_model(SharedConv)
-    x = torch.cat([torch.ones(7, 3, 6, 6), torch.zeros(1, 3, 6, 6)])  # most pairs identical: RBF bandwidth 0
+    # Four samples, one unlike the others: the debiased self-similarity is <= 0, CKA is undefined.
+    x = torch.cat([torch.ones(3, 3, 6, 6), torch.zeros(1, 3, 6, 6)])
+    removed, warned = prune_once(model, x, CKAImportance(engine="reference", debiased=True))
+    assert removed == {} and len(warned) == 1 and "the group of shared" in warned[0]
+    assert "CKA is undefined" in warned[0]
+
+
+def test_rbf_on_mostly_identical_samples_is_scored():
+    model = image_model(SharedConv)
+    x = torch.cat([torch.ones(7, 3, 6, 6), torch.zeros(1, 3, 6, 6)])  # most pairs identical: median distance 0
     removed, warned = prune_once(model, x, CKAImportance(kernel="rbf"))
-    assert removed == {} and len(warned) == 1 and "the group of shared" in warned[0] and "median" in warned[0]
+    assert warned == [] and len(removed["shared"]) == 4
 
 
 def test_a_missing_recording_names_the_layer_by_its_path():

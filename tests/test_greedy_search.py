@@ -19,6 +19,14 @@ def test_choose_tie_rule() -> None:
     assert choose(scores, np.array([True, False, True, False])) == 2
 
 
+def test_choose_ties_relative_to_a_given_scale() -> None:
+    # A best score of 0 ties nothing but exact zeros on its own scale; on the scores' scale (1e6) it ties
+    # what is rounding there (1e-7 < 1e-10 * 1e6), not what is a real difference (1e-3).
+    scores = np.array([-1e-3, -1e-7, 0.0])
+    assert choose(scores, np.ones(3, dtype=bool)) == 2
+    assert choose(scores, np.ones(3, dtype=bool), tie_scale=1e6) == 1
+
+
 def _searches(widths: list[int], seed: int, greedy: str = "conditional") -> list[Search]:
     return [fast_search(interactions_from_activations(activations(n=30, d=w, seed=seed + i)), greedy=greedy)
             for i, w in enumerate(widths)]

@@ -1,6 +1,7 @@
 """The installable library: `pip install .` gives `cka_prune` alone, and the README's example runs."""
 
 import contextlib
+import email.parser
 import io
 import re
 import shutil
@@ -9,6 +10,8 @@ import sys
 import sysconfig
 import textwrap
 from pathlib import Path
+
+from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = "<!-- torch-pruning-example"
@@ -95,12 +98,22 @@ def test_pip_install_gives_cka_prune_and_not_the_harness(tmp_path):
     (purelib / "project-env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     clone = tmp_path / "clone"  # what the build needs, so that no build files land in the checkout
     clone.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, clone / name)
     shutil.copytree(ROOT / "cka_prune", clone / "cka_prune", ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", str(clone)],
                    check=True, cwd=tmp_path)
     assert sorted(p.name for p in purelib.iterdir() if not p.name.endswith((".pth", ".dist-info"))) == ["cka_prune"]
+    assert (purelib / "cka_prune" / "py.typed").is_file()  # type checkers read the package's annotations
+    dist_info = next(purelib.glob("cka_prune-*.dist-info"))
+    metadata = email.parser.Parser().parsestr((dist_info / "METADATA").read_text())
+    assert metadata["License-Expression"] == "MIT" and (dist_info / "licenses" / "LICENSE").is_file()
+    assert "Typing :: Typed" in metadata.get_all("Classifier")
+    requires = {Requirement(r).name: Requirement(r) for r in metadata.get_all("Requires-Dist")}
+    # CKAImportance reads Torch-Pruning internals: the tested minor version only.
+    assert "1.6.1" in requires["torch-pruning"].specifier and "1.7.0" not in requires["torch-pruning"].specifier
+    assert metadata.get_all("Provides-Extra") == ["test"]
+    assert {name for name, r in requires.items() if r.marker} == {"pytest", "ckatorch", "torch-cka"}
 
     user = tmp_path / "user"
     user.mkdir()

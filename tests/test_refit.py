@@ -60,6 +60,31 @@ def test_dead_unit_costs_nothing_and_goes_first() -> None:
     assert search.scores[0] == pytest.approx(1.0, rel=1e-12)  # at lam = 0 the alive units reproduce Z
 
 
+@pytest.mark.parametrize("ridge", [0.0, 1e-3])
+@pytest.mark.parametrize("scale", [1e7, 1e-7])
+@pytest.mark.parametrize("case", [dict(dead=3), dict(m=4, units=6, dead_column=9)])
+def test_refit_cka_does_not_depend_on_the_activations_scale(case: dict, scale: float, ridge: float) -> None:
+    """With a dead (constant) column among the kept ones, scaling the activations changes neither the
+    order nor the CKA scores (CKA is scale-free), in the closed form and the literal refits alike."""
+    a, w, groups = data(**case)
+    k = len(groups) - 1
+
+    def run(s: float) -> tuple[list[int], list[float], list[float], list[float], list[float]]:
+        fast = refit_search(cov(a * s), w, groups, None, ridge)
+        reference = reference_refit_search(a * s, w, groups, None, ridge)
+        run_search(fast, k, None)
+        run_search(reference, k, None)
+        order = fast.removed[::-1]
+        return (fast.removed, reference.removed, fast.scores, reference.scores,
+                refit_cka_path(cov(a * s), w, order, groups, None, ridge)
+                + reference_refit_cka_path(a * s, w, order, groups, None, ridge))
+
+    unit, scaled = run(1.0), run(scale)
+    assert scaled[0] == unit[0] and scaled[1] == unit[1]
+    for got, expected in zip(scaled[2:], unit[2:]):
+        np.testing.assert_allclose(got, expected, rtol=1e-8, atol=1e-12)
+
+
 def test_ridge_fit_matches_the_normal_equations() -> None:
     a, w, _ = data(n=30, units=5, p=3)
     z = a @ w.T
