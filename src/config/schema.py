@@ -161,6 +161,12 @@ class PruneParams:
         at the start of the pass."""
         return self.compensate != "none" or self.type == "obs"
 
+    @property
+    def scoring_engine(self) -> str:
+        """The engine that scores and records damage: "fast" computes linear CKA only, so kernel
+        "rbf" runs the reference engine whatever ``engine`` says."""
+        return "fast" if self.engine == "fast" and self.kernel == "linear" else "reference"
+
     def retraining(self, training: TrainParams) -> TrainParams:
         """The recipe retraining runs: ``training`` at ``retrain_lr``, for exactly ``retrain_epochs``
         epochs without early stopping when that is set."""
