@@ -7,6 +7,7 @@ from src.cli import add_seed_options, apply_threads, base_parser, require_writab
 from src.config import ExperimentConfig, load_config
 from src.errors import UserError
 from src.export import export_physical, export_seed
+from src.pruning.description import run_description
 from src.pruning.resume import discard_other_runs, pruning_history, saved_progress
 from src.pruning.strategy import prune_seed, summary_table
 from src.report import write_report
@@ -43,12 +44,7 @@ def main(argv=None) -> int:
     device = select_device(args.device)
     splits = load_experiment_data(cfg, device)
     p = prune.params
-    budget = (f"a sweep over rates {list(p.rates)}, each from the trained model" if p.rates is not None else
-              f"{p.iterations} x rate {p.rate}" if p.rate is not None else f"{p.iterations} x stop_cka {p.stop_cka}")
-    where = "every Torch-Pruning group" if cfg.model.uses_torch_pruning else f"layers {list(prune.modules)}"
-    print(f"{cfg.name}: {prune.strategy} {p.type} pruning of {where}, {budget}, on {device}")
-    if p.type == "cka" and p.engine == "fast" and p.kernel == "rbf":
-        print("note: the fast engine computes linear CKA only; kernel rbf runs the reference engine")
+    print("\n".join(run_description(cfg, str(device))))
     mode = resolve_mode(cfg, args.wandb)
     done = []
     for seed, path in models.items():
