@@ -23,7 +23,8 @@ from torch.nn import functional as F
 from src.config import REFIT_CRITERIA, PruneParams
 from src.data import Split, iterate_batches
 from src.models import Net, PrunableLayer
-from src.pruning.targets import TARGETS, ConsumerRecording, Target, Taps
+from src.pruning.taps import Taps
+from src.pruning.targets import TARGETS, ConsumerRecording, Target
 
 # Training batches that score the taylor baseline ("a few", Molchanov et al. 2019).
 TAYLOR_BATCHES = 4

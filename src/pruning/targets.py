@@ -1,8 +1,8 @@
 """The representation a pass preserves: one small object per target.
 
 Each target is recorded from the one scoring forward pass (``record``: it registers the hooks
-it needs on a `Taps`, and once the pass has run builds itself from what they captured), and
-then answers, for one layer:
+it needs on a `src.pruning.taps.Taps`, and once the pass has run builds itself from what they
+captured), and then answers, for one layer:
 
 - ``varies()``: whether the representation varies across the scoring samples (CKA is
   undefined otherwise);
@@ -40,48 +40,16 @@ from cka_prune.cka import cka, feature_space_linear_cka, gram_rbf, to_float64
 from cka_prune.fast import cka_path, fast_search
 from cka_prune.greedy import channel_groups
 from cka_prune.greedy_search import Search
-from cka_prune.interactions import CovarianceAccumulator, interactions_from_activations, interactions_from_covariance
+from cka_prune.interactions import interactions_from_activations, interactions_from_covariance
 from cka_prune.next_layer import next_layer_cka_path, next_layer_search
 from cka_prune.reference import reference_search
 from cka_prune.refit import reference_refit_cka_path, reference_refit_search, refit_cka_path, refit_search
 from src.config import PruneParams
 from src.models import Block, Net, PrunableLayer, next_layer
 from src.pruning.masks import neurons_zeroed
+from src.pruning.taps import Taps
 
 Path = Callable[[list[int]], list[float]]
-# What a hook captured over the pass: (N, D) kept in memory, or (D, D) streamed centred covariance.
-Captured = Callable[[], tuple[torch.Tensor | None, np.ndarray | None]]
-
-
-class Taps:
-    """The forward hooks of one scoring pass and what each captures from every batch."""
-
-    def __init__(self) -> None:
-        self.handles: list[torch.utils.hooks.RemovableHandle] = []
-
-    def hook(self, module: nn.Module, hook: Callable) -> None:
-        self.handles.append(module.register_forward_hook(hook))
-
-    def flat(self, module: nn.Module, streams: bool, *, of_input: bool = False) -> Captured:
-        """``module``'s output (or input) flattened to (N, D) on the CPU; with ``streams`` only its
-        centred float64 covariance is kept (`CovarianceAccumulator`)."""
-        kept: list[torch.Tensor] = []
-        accumulator = CovarianceAccumulator()
-
-        def capture(m: nn.Module, a: tuple, o: torch.Tensor) -> None:
-            flat = (a[0] if of_input else o).detach().flatten(1).cpu()
-            if streams:
-                accumulator.update(flat)
-            else:
-                kept.append(flat)
-        self.hook(module, capture)
-        return lambda: (None, accumulator.centered()) if streams else (torch.cat(kept), None)
-
-    def inputs(self, module: nn.Module) -> Callable[[], torch.Tensor]:
-        """``module``'s input (N, ...) as it is, for the reference engine to re-run it."""
-        kept: list[torch.Tensor] = []
-        self.hook(module, lambda m, a, o: kept.append(a[0].detach()))
-        return lambda: torch.cat(kept)
 
 
 def _groups(layer: PrunableLayer, values: torch.Tensor | None, covariance: np.ndarray | None) -> list[np.ndarray]:
