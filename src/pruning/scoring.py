@@ -112,7 +112,7 @@ def record_samples(model: Net, layers: list[PrunableLayer], samples: ScoringSamp
     recordings = {}
     for layer in layers:
         target = targets[layer.index]()
-        consumer = consumers[layer.index]() if layer.index in consumers else getattr(target, "consumer", None)
+        consumer = consumers[layer.index]() if layer.index in consumers else target.consumer
         recordings[layer.index] = LayerRecording(layer, target, consumer, measured.get(layer.index))
     return recordings
 

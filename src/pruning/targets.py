@@ -105,6 +105,7 @@ class Target(Protocol):
     name: ClassVar[str]
     layer: PrunableLayer
     covariance: np.ndarray | None  # the streamed covariance of what was recorded, None when kept
+    consumer: ConsumerRecording | None  # the next Linear layer, for the targets that read it
 
     @classmethod
     def record(cls, model: Net, layer: PrunableLayer, params: PruneParams, taps: Taps,
@@ -183,6 +184,7 @@ class LayerTarget(Rerun):
     covariance (D, D); groups: per neuron, its columns."""
 
     name: ClassVar[str] = "layer"
+    consumer: ClassVar[None] = None
     layer: PrunableLayer
     hook: str
     outputs: torch.Tensor | None
@@ -322,6 +324,7 @@ class LogitsTarget(Rerun):
 
     name: ClassVar[str] = "logits"
     covariance: ClassVar[None] = None  # never streamed
+    consumer: ClassVar[None] = None
     layer: PrunableLayer
     outputs: torch.Tensor
     inputs: torch.Tensor | None
