@@ -58,3 +58,10 @@ def test_a_fixed_retraining_budget():
     text = describe(retrain_epochs=2, retrain_lr=0.01)
     assert "after each pass: retrain (finetune) 2 epochs at lr 0.01" in text
     assert "no retraining" in describe(retrain=False)
+
+
+def test_retraining_without_early_stopping_says_no_patience():
+    raw = tiny_raw()
+    raw["params"]["patience"] = None
+    text = "\n".join(run_description(parse_config(raw, Path("config/tiny.json")), "cpu"))
+    assert "after each pass: retrain (finetune) 3 epochs at lr 0.002" in text

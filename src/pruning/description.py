@@ -59,7 +59,7 @@ def _after_pass(cfg: ExperimentConfig, p: PruneParams) -> list[str]:
     if not p.retrains:
         return items + ["no retraining"]
     recipe = p.retraining(cfg.params)
-    epochs = f"{recipe.epochs} epochs" if p.retrain_epochs is not None else \
-        f"up to {recipe.epochs} epochs, early-stopped (patience {recipe.patience})"
+    epochs = (f"{recipe.epochs} epochs" if recipe.patience is None else
+              f"up to {recipe.epochs} epochs, early-stopped (patience {recipe.patience})")
     rewind = f" from epoch {p.rewind_epoch}" if p.retrain == "rewind" else ""
     return items + [f"retrain ({p.retrain}{rewind}) {epochs} at lr {recipe.lr}"]
