@@ -52,10 +52,12 @@ def _zero(layer: torch.nn.Module, neurons: list[int]) -> None:
         layer.weight[neurons] = 0
 
 
-def _read(model, index: int, target: str, x: torch.Tensor) -> np.ndarray:
-    """From a plain forward run of ``model``: the layer's output ("layer"), the consumer's input A
-    ("next", "refit") or the logits, flattened, float64."""
-    module = {"layer": prunable_layers(model)[index].block.layer, "next": next_layer(model, index),
+def _read(model, index: int, target: str, x: torch.Tensor, hook: str) -> np.ndarray:
+    """From a plain forward run of ``model``: the layer's output ("layer"; after BatchNorm and ReLU
+    with ``hook`` "nonlinearity"), the consumer's input A ("next", "refit") or the logits, flattened,
+    float64."""
+    block = prunable_layers(model)[index].block
+    module = {"layer": block.act if hook == "nonlinearity" else block.layer, "next": next_layer(model, index),
               "refit": next_layer(model, index)}.get(target)
     seen = []
     handle = None if module is None else module.register_forward_hook(
@@ -73,14 +75,14 @@ def _refit(a: np.ndarray, z: np.ndarray) -> np.ndarray:
     return design @ np.linalg.lstsq(design, z, rcond=None)[0]
 
 
-def _literal_cka(model, index: int, target: str, x: torch.Tensor, removed: list[int]) -> float:
+def _literal_cka(model, index: int, target: str, x: torch.Tensor, removed: list[int], hook: str = "module") -> float:
     """CKA between ``target`` in ``model`` and in a copy with ``removed`` neurons' weights zeroed.
 
     "next": Z = A W^T, W the consumer's weight in ``model``; "refit": Z and its refit from the
     pruned network's A (a zeroed neuron's columns are constant there, so drop out of the fit)."""
     pruned_model = copy.deepcopy(model)
     _zero(prunable_layers(pruned_model)[index].block.layer, removed)
-    original, pruned = _read(model, index, target, x), _read(pruned_model, index, target, x)
+    original, pruned = _read(model, index, target, x, hook), _read(pruned_model, index, target, x, hook)
     if target in ("next", "refit"):
         weight = next_layer(model, index).weight.detach().double().numpy()
         z = original @ weight.T
@@ -115,14 +117,14 @@ PARAMS = [(model, index, target, engine, samples)
           for samples in ((None, "all") if engine == "fast" else (None,))]
 
 
-def _recorded(model_cfg, index, target, engine, samples, greedy="conditional"):
+def _recorded(model_cfg, index, target, engine, samples, greedy="conditional", hook="module"):
     """The network as a plain copy (the reference engine masks the one it re-runs), the samples, the
     params, the layer's recording and its alive neurons."""
     model = _network(model_cfg, index)
     plain = copy.deepcopy(model)
     split = _samples(model_cfg)
     params = PruneParams(type="cka", rate=0.5, target=target, engine=engine, samples=samples, greedy=greedy,
-                         compensate_ridge=0.0)
+                         hook=hook, compensate_ridge=0.0)
     # samples None: one batch of len(split), i.e. every sample in order, kept; "all": streamed (Linear)
     rec = record_layers(model, [prunable_layers(model)[index]], split, params, len(split),
                         torch.Generator().manual_seed(0), CPU)[index]
@@ -152,6 +154,16 @@ def test_the_search_is_the_literal_greedy(model_cfg, index, target, engine, samp
     removed, scores = _literal_greedy(lambda s: _literal_cka(model, index, target, x, s), candidates, k, greedy)
     assert list(search.removed) == removed
     np.testing.assert_allclose(search.scores, scores, rtol=1e-6)
+
+
+@pytest.mark.parametrize("engine", ["fast", "reference"])
+def test_the_nonlinearity_hook_reads_the_output_after_batch_norm_and_relu(engine):
+    model, x, params, rec, alive = _recorded(CNN, 0, "layer", engine, None, hook="nonlinearity")
+    path = rec.target.path(params, alive)
+    for removed in (0, 1):  # of the two alive channels; removing both leaves a constant
+        expected = _literal_cka(model, 0, "layer", x, [removed], "nonlinearity")
+        assert path([removed])[0] == pytest.approx(expected, rel=1e-6)
+        assert expected != pytest.approx(_literal_cka(model, 0, "layer", x, [removed]), rel=1e-3)  # not the module's
 
 
 def test_logits_refuses_the_fast_engine():
