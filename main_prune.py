@@ -4,8 +4,10 @@ from pathlib import Path
 
 from src.artifacts import ModelFileError, load_model, model_path, output_dir
 from src.cli import add_seed_options, apply_threads, base_parser, require_writable_dir, run, selected_seeds
-from src.config import load_config
+from src.config import ExperimentConfig, load_config
+from src.errors import UserError
 from src.export import export_physical, export_seed
+from src.pruning.description import run_description
 from src.pruning.resume import discard_other_runs, pruning_history, saved_progress
 from src.pruning.strategy import prune_seed, summary_table
 from src.report import write_report
@@ -36,17 +38,13 @@ def main(argv=None) -> int:
     apply_threads(args.threads)
     out_dir = output_dir(cfg, Path(args.output_dir))
     models = {seed: model_path(cfg, seed, Path(args.models_dir)) for seed in seeds}
+    require_a_model(cfg, models)  # before the dataset, whose absence would hide this
     discard_other_runs(out_dir, cfg, models, replace=args.fresh)
     print(f"training parameters: {searched}")
     device = select_device(args.device)
     splits = load_experiment_data(cfg, device)
     p = prune.params
-    budget = (f"a sweep over rates {list(p.rates)}, each from the trained model" if p.rates is not None else
-              f"{p.iterations} x rate {p.rate}" if p.rate is not None else f"{p.iterations} x stop_cka {p.stop_cka}")
-    where = "every Torch-Pruning group" if cfg.model.uses_torch_pruning else f"layers {list(prune.modules)}"
-    print(f"{cfg.name}: {prune.strategy} {p.type} pruning of {where}, {budget}, on {device}")
-    if p.type == "cka" and p.engine == "fast" and p.kernel == "rbf":
-        print("note: the fast engine computes linear CKA only; kernel rbf runs the reference engine")
+    print("\n".join(run_description(cfg, str(device))))
     mode = resolve_mode(cfg, args.wandb)
     done = []
     for seed, path in models.items():
@@ -84,6 +82,15 @@ def main(argv=None) -> int:
     report = write_report([out_dir], out_dir / "report")
     print(f"report: {report.markdown}\nfigure: {report.accuracy_figure}")
     return 0
+
+
+def require_a_model(cfg: ExperimentConfig, models: dict[int, Path]) -> None:
+    """Stop when no selected seed has a trained model; a seed without one is skipped otherwise."""
+    missing = [path for path in models.values() if not path.exists()]
+    if len(missing) == len(models):
+        seeds = ", ".join(map(str, models))
+        where = missing[0] if len(missing) == 1 else f"{missing[0].parent}/ (e.g. {missing[0].name})"
+        raise UserError(f"no trained model for seed {seeds} at {where}; run main_train.py {cfg.source} first")
 
 
 if __name__ == "__main__":

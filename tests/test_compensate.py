@@ -20,7 +20,7 @@ from src.models import build_model, prunable_layers
 from src.pruning.compensate import (block_outputs, bias_shift, compensate, consumer_targets, moments, relative_error,
                                     ridge_refit, rows)
 from src.pruning.masks import add_masks, remove_neurons
-from src.pruning.passes import prune_pass
+from src.pruning.passes import pass_seed, prune_pass
 from src.pruning.scoring import scoring_indices
 from src.pruning.shrink import shrunk
 from src.train import fit
@@ -113,7 +113,7 @@ def trained_mlp(mnist5k, tmp_path_factory):
 
 
 def fitting_samples(cfg, splits, seed=0, iteration=1) -> Split:
-    generator = torch.Generator().manual_seed(seed * 100_003 + iteration)
+    generator = torch.Generator().manual_seed(pass_seed(seed, iteration))
     index = scoring_indices(splits.val, cfg.prune.params.samples, cfg.params.batch_size, generator)
     return Split(splits.val.images[index], splits.val.labels[index])
 

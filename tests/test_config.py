@@ -1,13 +1,15 @@
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
 
 from src.config import SEARCHABLE, PruneParams, TrainParams, load_config, parse_config, with_overrides
 from src.errors import UserError
+from src.results import config_description
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "config").rglob("*.json"))
@@ -503,3 +505,38 @@ def test_a_pass_is_sequential_with_compensation_or_obs_only():
     assert not PruneParams().sequential and not PruneParams(type="l1").sequential
     assert PruneParams(compensate="bias").sequential and PruneParams(compensate="lstsq").sequential
     assert PruneParams(type="obs").sequential
+
+
+def _committed_records():
+    """(experiment, run description) of every result record committed under docs/, the budget
+    study's packed ones included."""
+    docs = ROOT / "docs"
+    for path in sorted(docs.glob("*/records/*/*.json")):
+        record = json.loads(path.read_text())
+        yield record["experiment"], record["run"]["description"]
+    with tarfile.open(docs / "budget" / "records.tar.xz") as packed:
+        for member in packed.getmembers():
+            if member.isfile() and member.name.endswith(".json"):
+                record = json.loads(packed.extractfile(member).read())
+                yield record["experiment"], record["run"]["description"]
+
+
+def test_committed_configs_keep_the_run_identity_of_their_committed_records():
+    """A config read now describes the run its committed records were made by (the model's hash aside)."""
+    described, compared = {}, 0
+    for experiment, description in _committed_records():
+        if experiment not in described:
+            described[experiment] = json.loads(json.dumps(config_description(load_config(ROOT / "config" / f"{experiment}.json"))))
+        assert {k: v for k, v in description.items() if k != "model_sha256"} == described[experiment], experiment
+        compared += 1
+    assert compared > 900 and len(described) > 100  # ex1-fmnist, study and budget records all read
+
+
+@pytest.mark.parametrize("model, recalibrate", [({"type": "mlp"}, False),
+                                                ({"type": "cnn", "conv_channels": [4], "batch_norm": True}, True)])
+def test_an_unset_prune_key_takes_the_one_default_for_the_model(model, recalibrate):
+    raw = {"model": model, "prune": {"params": {"rate": 0.5}}, "seeds": [0]}
+    cfg = parse_config(raw, Path("x.json"))
+    assert cfg.prune.params == replace(PruneParams.defaults_for(cfg.model), rate=0.5)
+    assert cfg.prune.params.recalibrate_bn is recalibrate
+    assert "recalibrate_bn" not in PruneParams(rate=0.5).identity()  # False: left out of identities, as before

@@ -54,7 +54,7 @@ def _select(model, criterion: str, split: Split | None = None, rate: float = 0.5
 
 def test_apoz_removes_the_most_often_zero_first():
     rec, choice = _select(_model(), "apoz")
-    np.testing.assert_allclose(rec.activation.zero_fraction, [0.5, 0.75, 0.0])
+    np.testing.assert_allclose(rec.measured, 1 - np.array([0.5, 0.75, 0.0]))  # 1 - APoZ
     assert choice.removed == [1, 0]
     assert choice.scores == pytest.approx([0.25, 0.5])  # 1 - APoZ
     assert len(choice.cka) == 2 and choice.cka[0] > choice.cka[1]
@@ -62,7 +62,7 @@ def test_apoz_removes_the_most_often_zero_first():
 
 def test_mean_activation_removes_the_smallest_mean_first():
     rec, choice = _select(_model(), "mean_activation")
-    np.testing.assert_allclose(rec.activation.mean, [0.2, 0.25, 0.3], rtol=1e-6)
+    np.testing.assert_allclose(rec.measured, [0.2, 0.25, 0.3], rtol=1e-6)
     assert choice.removed == [0, 1]
     assert choice.scores == pytest.approx([0.2, 0.25], rel=1e-6)
 
@@ -73,10 +73,10 @@ def test_taylor_is_the_squared_gate_gradient_per_batch():
         model.output.weight[:, 1] = 0.0  # neuron 1 cannot change the loss: importance 0
     split = _split(np.concatenate([PIXELS, PIXELS[::-1] // 2]), [0, 1, 1, 0, 1, 1, 0, 0])
     layer = prunable_layers(model)[0]
-    got = taylor_importance(model, [layer], split, 4, torch.Generator().manual_seed(5), CPU)[0]
-    # The definition, independently: a gate g multiplying the neurons' outputs, dL/dg at g = 1,
-    # squared per batch, averaged over the batches (the same random batches).
     order = torch.randperm(8, generator=torch.Generator().manual_seed(5))
+    got = taylor_importance(model, [layer], split.take(order), 4, CPU)[0]
+    # The definition, independently: a gate g multiplying the neurons' outputs, dL/dg at g = 1,
+    # squared per batch, averaged over the batches.
     expected = np.zeros(3)
     for batch in (order[:4], order[4:]):
         gate = torch.ones(3, requires_grad=True)
@@ -139,7 +139,7 @@ def test_obs_removes_the_unit_whose_lstsq_refit_loses_least():
     model, rec, choice = _refit_select(PruneParams(type="obs", rate=0.5, compensate_ridge=0.0))
     a = np.maximum(MORE_PIXELS[:, :3] / 255 * [1, 1, 2] + [-0.5, 0, 0.1], 0)  # the hidden outputs (_model)
     np.testing.assert_allclose(rec.consumer.inputs.numpy(), a, rtol=1e-6, atol=1e-7)
-    assert rec.outputs.shape == (12, 3) and rec.target == "layer"  # the damage path's own representation
+    assert rec.target.outputs.shape == (12, 3) and rec.target.name == "layer"  # the damage path's own representation
     z = a @ model.output.weight.detach().double().numpy().T
     full = np.sum((z - _lstsq_fit(a, z)) ** 2)  # 0 up to rounding
     errors = [np.sum((z - _lstsq_fit(np.delete(a, j, axis=1), z)) ** 2) - full for j in range(3)]

@@ -254,11 +254,11 @@ def test_an_interrupted_run_resumes_to_the_same_results(write_config, tmp_path):
     assert untimed(json.loads((tmp_path / "cut/tiny/0.json").read_text())) == untimed(b)
 
 
-def test_missing_model_is_skipped_with_a_message(write_config, tmp_path):
+def test_missing_model_is_one_line_exit_2(write_config, tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "main_prune.py"), str(write_config()), "--models-dir",
                            str(tmp_path / "none"), "--output-dir", str(tmp_path / "out")],
                           capture_output=True, text=True, cwd=tmp_path)
-    assert "no trained model" in proc.stdout and proc.returncode == 1
+    assert "no trained model" in proc.stderr and proc.returncode == 2
 
 
 @pytest.mark.parametrize("prune, expected", [

@@ -19,6 +19,7 @@ from src.config import load_config
 from src.errors import UserError
 from src.data import load_splits, to_unit_float
 from src.export import load_exported
+from src.pruning.passes import pass_seed
 from src.pruning.resume import checkpoint_path, saved_progress
 from src.pruning.scoring import scoring_indices
 from tests.conftest import ROOT, untimed
@@ -66,7 +67,7 @@ def test_rbf_kernel_at_model_level_records_the_literal_cka(write_config, run, tm
     cfg = load_config(config)
     model = load_model(model_path(cfg, 0, tmp_path / "models"), cfg).eval()
     val = load_splits(cfg.data).val
-    index = scoring_indices(val, 64, cfg.params.batch_size, torch.Generator().manual_seed(0 * 100_003 + 1))
+    index = scoring_indices(val, 64, cfg.params.batch_size, torch.Generator().manual_seed(pass_seed(0, 1)))
     with torch.no_grad():
         inputs = model.hidden[0](to_unit_float(val.images[index]).flatten(1))
         layer = model.hidden[1].layer
@@ -336,7 +337,7 @@ def recalibrated(model, cfg, splits, seed=0, iteration=1):
     """``model`` with its BatchNorm statistics re-estimated as iteration ``iteration`` of seed ``seed`` does."""
     from src.pruning.budget import recalibrate_batch_norm
     recalibrate_batch_norm(model, splits.train, cfg.params.batch_size,
-                           torch.Generator().manual_seed(seed * 100_003 + iteration), torch.device("cpu"))
+                           torch.Generator().manual_seed(pass_seed(seed, iteration)), torch.device("cpu"))
     return model
 
 

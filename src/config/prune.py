@@ -14,13 +14,14 @@ from src.config.reader import _in_open_unit, _int_list, _is_int, _is_number, _po
 from src.config.schema import ModelConfig, PruneConfig, PruneParams, TrainParams
 
 
-def _read_retrain(p: _Section, training_epochs: int) -> tuple[str | None, int | None]:
-    """``retrain`` and ``rewind_epoch``; JSON true is "finetune" (the meaning it had as a bool), false is None."""
-    value = p.get("retrain", "finetune", lambda v: isinstance(v, bool) or v in RETRAIN_MODES,
+def _read_retrain(p: _Section, d: PruneParams, training_epochs: int) -> tuple[str | None, int | None]:
+    """``retrain`` and ``rewind_epoch`` (defaults ``d``); JSON true is "finetune" (the meaning it had as a
+    bool), false is None."""
+    value = p.get("retrain", d.retrain, lambda v: isinstance(v, bool) or v in RETRAIN_MODES,
                   'must be "finetune", "rewind" or false (true means "finetune")')
     mode = "finetune" if value is True else None if value is False else value
     last = min(REWIND_EPOCHS, training_epochs)
-    epoch = p.get("rewind_epoch", None, lambda v: _is_int(v) and 0 <= v <= last,
+    epoch = p.get("rewind_epoch", d.rewind_epoch, lambda v: _is_int(v) and 0 <= v <= last,
                   f"must be an integer in [0, {last}]: 0 is the initialisation, k the weights after epoch k; "
                   f"training keeps epochs up to min({REWIND_EPOCHS}, params.epochs)")
     if mode == "rewind" and epoch is None:
@@ -31,16 +32,16 @@ def _read_retrain(p: _Section, training_epochs: int) -> tuple[str | None, int | 
 
 
 def _read_prune(s: _Section, model: ModelConfig, training: TrainParams) -> PruneConfig:
-    strategy = s.choice("strategy", "iterative", STRATEGIES)
+    strategy = s.choice("strategy", PruneConfig.strategy, STRATEGIES)
     p = s.section("params")
     given = set(p.values)
-    d = PruneParams()
-    retrain, rewind_epoch = _read_retrain(p, training.epochs)
+    d = PruneParams.defaults_for(model)  # the one place a default lives
+    retrain, rewind_epoch = _read_retrain(p, d, training.epochs)
     params = PruneParams(
         type=p.choice("type", d.type, CRITERIA + ACTIVATION_CRITERIA + REFIT_CRITERIA + TP_CRITERIA),
         iterations=p.get("iterations", d.iterations, _positive_int, "must be an integer >= 1"),
-        rate=p.get("rate", None, _in_open_unit, "must be a number in (0, 1)"),
-        stop_cka=p.get("stop_cka", None, lambda v: _is_number(v) and 0 <= v < 1, "must be a number in [0, 1)"),
+        rate=p.get("rate", d.rate, _in_open_unit, "must be a number in (0, 1)"),
+        stop_cka=p.get("stop_cka", d.stop_cka, lambda v: _is_number(v) and 0 <= v < 1, "must be a number in [0, 1)"),
         engine=p.choice("engine", d.engine, ENGINES),
         kernel=p.choice("kernel", d.kernel, KERNELS),
         debiased=p.get("debiased", d.debiased, lambda v: isinstance(v, bool), "must be true or false"),
@@ -54,8 +55,8 @@ def _read_prune(s: _Section, model: ModelConfig, training: TrainParams) -> Prune
         target=p.choice("target", d.target, TARGETS),
         allocation=p.choice("allocation", d.allocation, ALLOCATIONS),
     )
-    params = _read_budget(p, params, model, training)
-    params = _read_compensation(p, params, strategy, given, model)
+    params = _read_budget(p, params, d, model, training)
+    params = _read_compensation(p, params, d, strategy, given, model)
     if params.rates is not None:
         if "iterations" in given:
             p.fail(p.key("iterations"), "does not apply with rates (one iteration per rate)")
@@ -89,10 +90,12 @@ def _read_prune(s: _Section, model: ModelConfig, training: TrainParams) -> Prune
     return PruneConfig(strategy=strategy, params=params, modules=tuple(sorted(modules)))
 
 
-def _read_budget(p: _Section, params: PruneParams, model: ModelConfig, training: TrainParams) -> PruneParams:
+def _read_budget(p: _Section, params: PruneParams, d: PruneParams, model: ModelConfig,
+                 training: TrainParams) -> PruneParams:
     """``params`` with the retraining budget's keys: retrain_epochs, retrain_lr, retrain_dropout,
-    recalibrate_bn. A rate or dropout equal to the training's is stored as None (the same run)."""
-    epochs = p.get("retrain_epochs", None, lambda v: _is_int(v) and v >= 0, "must be an integer >= 0 (0: no retraining)")
+    recalibrate_bn (defaults ``d``). A rate or dropout equal to the training's is stored as None
+    (the same run)."""
+    epochs = p.get("retrain_epochs", d.retrain_epochs, lambda v: _is_int(v) and v >= 0, "must be an integer >= 0 (0: no retraining)")
     if epochs is not None and params.retrain is None:
         p.fail(p.key("retrain_epochs"), "needs retraining, but retrain is false")
     if epochs == 0 and params.retrain == "rewind":
@@ -101,27 +104,27 @@ def _read_budget(p: _Section, params: PruneParams, model: ModelConfig, training:
         p.fail(p.key("retrain_epochs"), f"must be > params.warmup_epochs ({training.warmup_epochs}): "
                                         f"retraining runs the params recipe's schedule", epochs)
     retrains = replace(params, retrain_epochs=epochs).retrains
-    lr = p.get("retrain_lr", None, lambda v: _is_number(v) and v > 0, "must be a positive number")
-    dropout = p.get("retrain_dropout", None, lambda v: _is_number(v) and 0 <= v < 1, "must be a number in [0, 1)")
+    lr = p.get("retrain_lr", d.retrain_lr, lambda v: _is_number(v) and v > 0, "must be a positive number")
+    dropout = p.get("retrain_dropout", d.retrain_dropout, lambda v: _is_number(v) and 0 <= v < 1, "must be a number in [0, 1)")
     for key, value in (("retrain_lr", lr), ("retrain_dropout", dropout)):
         if value is not None and not retrains:
             p.fail(p.key(key), "applies to retraining, but there is none (retrain false or retrain_epochs 0)")
     if dropout is not None and not model.has_dropout:
         p.fail(p.key("retrain_dropout"), "needs a model with dropout (model.dropout_rate > 0 and hidden Linear layers)")
-    recalibrate = p.get("recalibrate_bn", model.has_batch_norm, lambda v: isinstance(v, bool), "must be true or false")
+    recalibrate = p.get("recalibrate_bn", d.recalibrate_bn, lambda v: isinstance(v, bool), "must be true or false")
     if recalibrate and not model.has_batch_norm:
         p.fail(p.key("recalibrate_bn"), f"needs a model with BatchNorm; this {model.type} has none")
     return replace(params, retrain_epochs=epochs, retrain_lr=None if lr == training.lr else lr,
                    retrain_dropout=None if dropout == model.dropout_rate else dropout, recalibrate_bn=recalibrate)
 
 
-def _read_compensation(p: _Section, params: PruneParams, strategy: str, given: set[str],
+def _read_compensation(p: _Section, params: PruneParams, d: PruneParams, strategy: str, given: set[str],
                        model: ModelConfig) -> PruneParams:
-    """``params`` with compensate, compensate_ridge and rates (a one_shot sparsity sweep); ``given``:
-    the keys the config sets. (A Torch-Pruning model compensates after the whole pass, so with
-    either allocation.)"""
-    compensate = p.choice("compensate", params.compensate, COMPENSATIONS)
-    ridge = p.get("compensate_ridge", params.compensate_ridge, lambda v: _is_number(v) and v >= 0,
+    """``params`` with compensate, compensate_ridge and rates (a one_shot sparsity sweep; defaults
+    ``d``); ``given``: the keys the config sets. (A Torch-Pruning model compensates after the whole
+    pass, so with either allocation.)"""
+    compensate = p.choice("compensate", d.compensate, COMPENSATIONS)
+    ridge = p.get("compensate_ridge", d.compensate_ridge, lambda v: _is_number(v) and v >= 0,
                   "must be a number >= 0")
     if "compensate_ridge" in given and compensate != "lstsq" and params.type not in REFIT_CRITERIA \
             and params.target != "refit":
@@ -130,7 +133,7 @@ def _read_compensation(p: _Section, params: PruneParams, strategy: str, given: s
         p.fail(p.key("compensate"), 'needs allocation "uniform" (compensated layers are pruned one after another)')
     if compensate != "none" and params.retrain == "rewind":
         p.fail(p.key("compensate"), 'does not combine with retrain "rewind" (rewinding resets the refit weights)')
-    rates = p.get("rates", None, lambda v: isinstance(v, list) and len(v) > 0 and all(_in_open_unit(r) for r in v)
+    rates = p.get("rates", d.rates, lambda v: isinstance(v, list) and len(v) > 0 and all(_in_open_unit(r) for r in v)
                   and all(a < b for a, b in zip(v, v[1:])), "must be an increasing list of numbers in (0, 1)")
     if rates is not None and strategy != "one_shot":
         p.fail(p.key("rates"), 'applies to strategy "one_shot" only (each rate is pruned from the trained model)')

@@ -139,8 +139,8 @@ class PruneParams:
     retrain_epochs: int | None = None
     retrain_lr: float | None = None        # None: params.lr
     retrain_dropout: float | None = None   # None: the model's dropout_rate
-    # Re-estimate BatchNorm statistics after each pass, before evaluating it. The reader
-    # defaults it to true for models with BatchNorm; False is the behaviour before it existed.
+    # Re-estimate BatchNorm statistics after each pass, before evaluating it. A config's default
+    # is `defaults_for` its model's (true with BatchNorm); False is the behaviour before it existed.
     recalibrate_bn: bool = False
     # Compensation of each pruned layer's consumer after a pass (COMPENSATIONS) and the ridge of
     # its refit, relative to the mean variance of the kept inputs (src.pruning.compensate).
@@ -148,6 +148,12 @@ class PruneParams:
     compensate_ridge: float = 1e-3
     # one_shot only: a sparsity sweep, each rate pruned from the trained model (one iteration each).
     rates: tuple[float, ...] | None = None
+
+    @classmethod
+    def defaults_for(cls, model: ModelConfig) -> PruneParams:
+        """What a prune section that sets nothing means for ``model``: these defaults, with
+        recalibrate_bn on for a model with BatchNorm (pruning shifts the statistics it normalises by)."""
+        return cls(recalibrate_bn=model.has_batch_norm)
 
     @property
     def retrains(self) -> bool:
@@ -160,6 +166,12 @@ class PruneParams:
         network as the layers before it left it (src.pruning.passes), instead of all on the network
         at the start of the pass."""
         return self.compensate != "none" or self.type == "obs"
+
+    @property
+    def scoring_engine(self) -> str:
+        """The engine that scores and records damage: "fast" computes linear CKA only, so kernel
+        "rbf" runs the reference engine whatever ``engine`` says."""
+        return "fast" if self.engine == "fast" and self.kernel == "linear" else "reference"
 
     def retraining(self, training: TrainParams) -> TrainParams:
         """The recipe retraining runs: ``training`` at ``retrain_lr``, for exactly ``retrain_epochs``

@@ -12,7 +12,8 @@ recorded on the scoring samples:
   (Molchanov et al. 2019; `src.pruning.scoring.taylor_importance`); the smallest go first.
 
 CKA is a greedy search (``cka_prune.greedy``), conditional or independent, at the layer's
-own output or at a downstream target; target "refit" scores the CKA of the consumer's ridge
+own output or at a downstream target (`src.pruning.targets`: each target searches and scores
+its damage path by the configured engine); target "refit" scores the CKA of the consumer's ridge
 least-squares refit from the kept units (``cka_prune.refit``). ``obs`` (structured Optimal Brain
 Surgeon, ``cka_prune.obs.obs_greedy``) removes the units whose removal raises the refit's
 least-squares objective least. Both use the ridge lam = compensate_ridge x the mean variance of
@@ -29,30 +30,26 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
 from cka_prune.checks import NO_VARIATION as CKA_UNDEFINED
-from cka_prune.cka import cka, feature_space_linear_cka, gram_rbf, to_float64
-from cka_prune.fast import cka_path, fast_search
-from cka_prune.interactions import interactions_from_activations, interactions_from_covariance
-from cka_prune.next_layer import next_layer_cka_path, next_layer_search
-from cka_prune.reference import reference_search
 from cka_prune.obs import obs_greedy, reference_obs_greedy
-from cka_prune.refit import (SingularError, reference_refit_cka_path, reference_refit_search, refit_cka_path,
-                             refit_search)
+from cka_prune.refit import SingularError
 from cka_prune.greedy_search import Search, allocate, run_search
 from src.config import REFIT_CRITERIA, PruneParams
 from src.errors import UserError
-from src.pruning.scoring import ConsumerRecording, LayerRecording
+from src.pruning.scoring import LayerRecording
+from src.pruning.targets import ConsumerRecording, Path
 
 # The reason a layer is left alone when its representation cannot be scored.
 NO_VARIATION = f"{CKA_UNDEFINED}; layer left alone"
 
-Path = Callable[[list[int]], list[float]]
+# The baselines whose importance is measured on data when the layer is recorded.
+MEASURED = ("apoz", "mean_activation", "taylor")
 
 
 class Importance(Protocol):
@@ -98,11 +95,8 @@ def importance_for(criterion: str, seed: tuple[int, ...], rec: LayerRecording | 
         return NormImportance(int(criterion[1]))
     if criterion == "random":
         return RandomImportance(seed)
-    if criterion in ("apoz", "mean_activation") and rec is not None and rec.activation is not None:
-        stats = rec.activation
-        return RecordedImportance(1.0 - stats.zero_fraction if criterion == "apoz" else stats.mean)
-    if criterion == "taylor" and rec is not None and rec.taylor is not None:
-        return RecordedImportance(rec.taylor)
+    if criterion in MEASURED and rec is not None and rec.measured is not None:
+        return RecordedImportance(rec.measured)
     raise ValueError(f"no importance for criterion {criterion!r} (or its recording is missing)")
 
 
@@ -125,10 +119,6 @@ def removal_count(rate: float | None, alive: int) -> int | None:
     if rate is None:
         return None
     return min(math.floor(Fraction(str(rate)) * alive + Fraction(1, 2)), alive - 1)
-
-
-def _engine(params: PruneParams) -> str:
-    return "fast" if params.engine == "fast" and params.kernel == "linear" else "reference"
 
 
 @contextmanager
@@ -156,14 +146,14 @@ def _select(rec: LayerRecording, params: PruneParams, alive: np.ndarray,
     alive_count = int(alive.sum())
     k = removal_count(params.rate, alive_count)
     k = max(alive_count - 1, 0) if k is None else k
-    engine = _engine(params)
-    if not _varies(rec):  # CKA is undefined (e.g. every alive ReLU dead on these samples)
+    engine = params.scoring_engine
+    if not rec.target.varies():  # CKA is undefined (e.g. every alive ReLU dead on these samples)
         return Selection([], [], [], engine, skipped=NO_VARIATION)
     if params.type == "cka":
-        search, path = _cka_search(rec, params, alive)
+        search = rec.target.search(params, alive)
         run_search(search, k, params.stop_cka)
-        return _cka_selection(search, path, engine)
-    path = _path(rec, params, alive)
+        return _cka_selection(search, rec.target.path(params, alive), engine)
+    path = rec.target.path(params, alive)
     if params.type in REFIT_CRITERIA:
         order, scores = _obs(rec.consumer, params, alive, k, engine)
     else:
@@ -194,96 +184,18 @@ def select_global(recs: list[LayerRecording], params: PruneParams, alives: list[
     rate's total; spent by `cka_prune.greedy_search.allocate` (smallest relative drop of a layer's
     own CKA first, never emptying a layer). One Selection per layer, in the order of ``recs``.
     """
-    engine = _engine(params)
-    scored = [_varies(rec) for rec in recs]
+    engine = params.scoring_engine
+    scored = [rec.target.varies() for rec in recs]
     budget = sum(removal_count(params.rate, int(alive.sum())) for alive, ok in zip(alives, scored) if ok)
     with _ridge_needed():
-        tools = [_cka_search(rec, params, alive) if ok else None for rec, alive, ok in zip(recs, alives, scored)]
-        allocate([tool[0] for tool in tools if tool is not None], budget)
-        return [Selection([], [], [], engine, skipped=NO_VARIATION) if tool is None
-                else _cka_selection(*tool, engine) for tool in tools]
+        searches = [rec.target.search(params, alive) if ok else None for rec, alive, ok in zip(recs, alives, scored)]
+        allocate([search for search in searches if search is not None], budget)
+        return [Selection([], [], [], engine, skipped=NO_VARIATION) if search is None
+                else _cka_selection(search, rec.target.path(params, alive), engine)
+                for rec, alive, search in zip(recs, alives, searches)]
 
 
 def _cka_selection(search: Search, path: Path, engine: str) -> Selection:
     """Scores as searched; cka of the cumulative removals (for independent greedy, not its scores)."""
     damage = search.scores if search.conditional else path(search.removed)
     return Selection(list(search.removed), list(search.scores), list(damage), engine)
-
-
-def _fast_matrix(rec: LayerRecording, params: PruneParams) -> np.ndarray:
-    """The fast engine's input: the interaction matrix M ("layer") or the covariance C ("next")."""
-    if rec.target == "next":
-        if rec.covariance is not None:
-            return rec.covariance
-        x = to_float64(rec.outputs)
-        x -= x.mean(axis=0)
-        return x.T @ x
-    if rec.covariance is not None:
-        return interactions_from_covariance(rec.covariance, rec.groups)
-    return interactions_from_activations(rec.outputs, rec.groups, debiased=params.debiased)
-
-
-def _cka_search(rec: LayerRecording, params: PruneParams, alive: np.ndarray) -> tuple[Search, Path]:
-    """The greedy search of the configured engine and target, and its damage path."""
-    if rec.target == "refit":
-        consumer, ridge = rec.consumer, params.compensate_ridge
-        if _engine(params) == "reference":
-            search = reference_refit_search(consumer.inputs, consumer.weight, consumer.groups, alive, ridge,
-                                            params.greedy)
-        else:
-            search = refit_search(consumer.centred_covariance(), consumer.weight, consumer.groups, alive, ridge,
-                                  params.greedy)
-        return search, _path(rec, params, alive)
-    if _engine(params) == "reference":
-        search = reference_search(rec.original(), rec.recompute, rec.layer.width, alive=alive,
-                                  kernel=params.kernel, debiased=params.debiased, greedy=params.greedy)
-        return search, _reference_path(rec, params)
-    matrix = _fast_matrix(rec, params)
-    if rec.target == "next":
-        weight = to_float64(rec.next_weight)
-        return (next_layer_search(matrix, weight, alive, params.greedy),
-                lambda order: next_layer_cka_path(matrix, weight, order))
-    return fast_search(matrix, alive, params.greedy), lambda order: cka_path(matrix, order)
-
-
-def _path(rec: LayerRecording, params: PruneParams, alive: np.ndarray) -> Path:
-    """CKA after each prefix of an order, by the configured engine (target "refit": of the kept
-    units' refit, ``alive`` the units it starts from)."""
-    if rec.target == "refit":
-        consumer, ridge = rec.consumer, params.compensate_ridge
-        if _engine(params) == "reference":
-            return lambda order: reference_refit_cka_path(consumer.inputs, consumer.weight, order, consumer.groups,
-                                                          alive, ridge)
-        cov = consumer.centred_covariance()
-        return lambda order: refit_cka_path(cov, consumer.weight, order, consumer.groups, alive, ridge)
-    if _engine(params) == "reference":
-        return _reference_path(rec, params)
-    matrix = _fast_matrix(rec, params)
-    if rec.target == "next":
-        weight = to_float64(rec.next_weight)
-        return lambda order: next_layer_cka_path(matrix, weight, order)
-    return lambda order: cka_path(matrix, order)
-
-
-def _varies(rec: LayerRecording) -> bool:
-    """Whether the preserved representation varies across the scoring samples."""
-    if rec.covariance is not None:
-        if rec.target in ("next", "refit"):  # trace of Z's covariance W C W^T
-            weight = to_float64(rec.next_weight)
-            return bool(np.sum((weight @ rec.covariance) * weight) > 0)
-        return bool(np.trace(rec.covariance) > 0)
-    y = rec.original()
-    return bool((y != y[:1]).any())
-
-
-def _reference_path(rec: LayerRecording, params: PruneParams) -> Path:
-    """CKA after each prefix of ``order``, by really zeroing weights and re-running the layer."""
-    def similarity(a: torch.Tensor, b: torch.Tensor) -> float:
-        if params.kernel == "linear":
-            return float(feature_space_linear_cka(a, b, debiased=params.debiased))
-        return float(cka(gram_rbf(a), gram_rbf(b), debiased=params.debiased))
-
-    def path(order: list[int]) -> list[float]:
-        original = rec.original()
-        return [similarity(original, rec.recompute(order[: t + 1])) for t in range(len(order))]
-    return path

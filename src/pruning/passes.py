@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from src.config import ExperimentConfig
+from src.config import ExperimentConfig, PruneParams
 from src.data import Splits, to_unit_float
 from src.models import Net, PrunableLayer, prunable_layers
 from src.pruning.compensate import compensate, consumer_targets
@@ -23,8 +23,21 @@ from src.pruning.criteria import Selection, select, select_global
 from src.pruning.masks import alive_neurons, remove_neurons
 from src.pruning.physical import physical_pass
 from src.pruning.physical_compensate import compensate_pass
-from src.pruning.scoring import record_layers, scoring_indices
+from src.pruning.scoring import ScoringSamples, draw_samples, record_samples
 from src.results import ConsumerFit, LayerStep, SeedResult
+
+
+def pass_seed(seed: int, iteration: int) -> int:
+    """The seed of the random draws of seed ``seed``'s pass ``iteration`` (its scoring samples,
+    taylor batches, BatchNorm recalibration and Torch-Pruning's random importance); distinct
+    across seeds and iterations while iterations stay below 100_003."""
+    return seed * 100_003 + iteration
+
+
+def pass_samples(splits: Splits, params: PruneParams, batch_size: int, seed: int, iteration: int) -> ScoringSamples:
+    """The samples pass ``iteration`` of seed ``seed`` scores on (and compensation fits on), drawn once."""
+    generator = torch.Generator().manual_seed(pass_seed(seed, iteration))
+    return draw_samples(splits.val, params, batch_size, generator, train=splits.train)
 
 
 def prune_pass(model: Net, cfg: ExperimentConfig, splits: Splits, seed: int, iteration: int,
@@ -41,9 +54,8 @@ def prune_pass(model: Net, cfg: ExperimentConfig, splits: Splits, seed: int, ite
     if params.sequential:
         return sequential_prune_pass(model, cfg, splits, seed, iteration, device)
     layers = [prunable_layers(model)[i] for i in prune.modules]
-    generator = torch.Generator().manual_seed(seed * 100_003 + iteration)
-    recordings = record_layers(model, layers, splits.val, params, cfg.params.batch_size, generator, device,
-                               train=splits.train)
+    samples = pass_samples(splits, params, cfg.params.batch_size, seed, iteration)
+    recordings = record_samples(model, layers, samples, params, cfg.params.batch_size, device)
     alives = [alive_neurons(layer.block.layer).cpu().numpy() for layer in layers]
     if params.allocation == "global":
         start = time.perf_counter()
@@ -70,21 +82,18 @@ def sequential_prune_pass(model: Net, cfg: ExperimentConfig, splits: Splits, see
     Each layer is scored on the current network (the layers before it already pruned and their
     consumers compensated), loses its neurons, and then, with ``compensate``, its consumer is
     compensated towards that consumer's pre-activation at the start of the pass
-    (:mod:`src.pruning.compensate`). Scoring and fitting use the same samples: those
-    :func:`record_layers` draws, from the validation split.
+    (:mod:`src.pruning.compensate`). Scoring and fitting use the same samples, drawn once
+    (:func:`pass_samples`).
     """
     prune = cfg.require_prune()
     params, batch_size = prune.params, cfg.params.batch_size
     layers = sorted((prunable_layers(model)[i] for i in prune.modules), key=lambda layer: layer.index)
-    draw = seed * 100_003 + iteration
-    index = scoring_indices(splits.val, params.samples, batch_size, torch.Generator().manual_seed(draw))
-    subset = splits.val.take(index)
+    samples = pass_samples(splits, params, batch_size, seed, iteration)
     targets = ({} if params.compensate == "none" else
-               consumer_targets(model, [layer.index for layer in layers], subset, batch_size, device))
+               consumer_targets(model, [layer.index for layer in layers], samples.scoring, batch_size, device))
     records = []
     for layer in layers:
-        recording = record_layers(model, [layer], splits.val, params, batch_size, torch.Generator().manual_seed(draw),
-                                  device, train=splits.train)[layer.index]
+        recording = record_samples(model, [layer], samples, params, batch_size, device)[layer.index]
         alive = alive_neurons(layer.block.layer).cpu().numpy()
         start = time.perf_counter()
         choice = select(recording, params, alive, (seed, iteration, layer.index))
@@ -93,7 +102,7 @@ def sequential_prune_pass(model: Net, cfg: ExperimentConfig, splits: Splits, see
             remove_neurons(layer.block.layer, choice.removed)
         fit = None
         if targets:
-            fit = compensate(model, layer.index, targets[layer.index], subset, params.compensate,
+            fit = compensate(model, layer.index, targets[layer.index], samples.scoring, params.compensate,
                              params.compensate_ridge, batch_size, device)
         records.append(_step(layer, alive, choice, elapsed, fit))
     return records
@@ -127,14 +136,13 @@ def physical_prune_pass(model: nn.Module, cfg: ExperimentConfig, splits: Splits,
     """
     params = cfg.require_prune().params
     device = next(model.parameters()).device
-    generator = torch.Generator().manual_seed(seed * 100_003 + iteration)
-    index = scoring_indices(splits.val, params.samples, cfg.params.batch_size, generator).to(splits.val.images.device)
-    x, y = to_unit_float(splits.val.images[index]).to(device), splits.val.labels[index].to(device)
+    scoring = pass_samples(splits, params, cfg.params.batch_size, seed, iteration).scoring
+    x, y = to_unit_float(scoring.images).to(device), scoring.labels.to(device)
     at_start = copy.deepcopy(model) if params.compensate != "none" else None
     start = time.perf_counter()
     passed = physical_pass(model, params.type, params.rate, x[:1], x, labels=y, engine=params.engine,
                            kernel=params.kernel, debiased=params.debiased,
-                           global_pruning=params.allocation == "global", seed=seed * 100_003 + iteration,
+                           global_pruning=params.allocation == "global", seed=pass_seed(seed, iteration),
                            batch_size=cfg.params.batch_size)
     seconds = (time.perf_counter() - start) / max(len(passed.groups), 1)
     fits = ({} if at_start is None else

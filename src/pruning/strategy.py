@@ -56,7 +56,7 @@ from src.data import Splits
 from src.models import build_model, prunable_layers
 from src.pruning.budget import dropout_rate, recalibrate_batch_norm
 from src.pruning.masks import add_masks, ensure_mask, load_masked_state, load_unmasked_state
-from src.pruning.passes import physical_prune_pass, prune_pass
+from src.pruning.passes import pass_seed, physical_prune_pass, prune_pass
 from src.pruning.physical import group_roots, rebuild
 from src.pruning.resume import checkpoint_to_continue, save_progress
 from src.pruning.shrink import carry_back, remaining_size, shrunk
@@ -191,7 +191,7 @@ def run_iteration(model: nn.Module, cfg: ExperimentConfig, splits: Splits, seed:
     scoring = time.perf_counter() - start
     if prune.params.recalibrate_bn:
         recalibrate_batch_norm(model, splits.train, cfg.params.batch_size,
-                               torch.Generator().manual_seed(seed * 100_003 + draw), device)
+                               torch.Generator().manual_seed(pass_seed(seed, draw)), device)
     after_prune = evaluate()
     alive = ", ".join(f"L{step.index} {step.alive_after}" for step in sorted(layers, key=lambda step: step.index))
     print(f"{label}: pruned to {alive} in {scoring:.2f}s; test acc {after_prune['test_acc']:.4f}")
