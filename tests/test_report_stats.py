@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 from scipy import stats
+from statsmodels.stats.multitest import multipletests
 
 from src.report.stats import Stat, holm, paired_interval, paired_t, seeds_needed
 
@@ -51,6 +52,18 @@ def test_the_bootstrap_only_from_ten_seeds_and_only_when_asked():
     # Both cover the mean; a t-interval's half-width is t_{0.975, 9} sd / sqrt(10) (t table: 2.262).
     assert bca.low < ten.mean() < bca.high
     assert (t.high - t.low) / 2 == pytest.approx(2.262 * ten.std(ddof=1) / math.sqrt(10), rel=1e-3)
+
+
+def test_holm_equals_statsmodels_multipletests():
+    rng = np.random.default_rng(0)
+    for m in (1, 2, 3, 8, 36, 252):
+        p = rng.uniform(0, 0.2, m) ** 2
+        p[: m // 3] = p[0]  # ties
+        expected = multipletests(p, alpha=0.05, method="holm")[1]
+        assert holm(list(p)) == [float(v) for v in expected]  # bit for bit: the committed reports carry these digits
+    with_gaps = [0.01, None, 0.04, None, 0.03]
+    assert holm(with_gaps)[1::2] == [None, None]
+    assert holm(with_gaps)[::2] == [float(v) for v in multipletests([0.01, 0.04, 0.03], method="holm")[1]]
 
 
 def test_holm_by_hand():

@@ -71,7 +71,7 @@ def provenance_notes(experiments: Sequence[Experiment]) -> list[str]:
     for exp in experiments:
         for seed in exp.all_seeds:
             for it in seed.iterations:
-                code = None if it.provenance is None else {k: asdict(it.provenance)[k] for k in CODE_FIELDS}
+                code = None if it.provenance is None else {k: getattr(it.provenance, k) for k in CODE_FIELDS}
                 entry = groups.setdefault(repr(code), (code, {}))
                 seeds = entry[1].setdefault(exp.label, [])
                 if seed.seed not in seeds:
