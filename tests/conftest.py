@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny configs on the bundled MNIST subset."""
+"""Shared fixtures: tiny configs on the bundled MNIST subset; the markers of tests that need
+something of the machine (tests/system.py)."""
 
 import json
 import sys
@@ -8,6 +9,21 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from tests import system  # noqa: E402 - needs the repository on sys.path
+
+
+def pytest_configure(config):
+    for name, needs in system.MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {needs}; skipped, saying how to enable it, where missing")
+
+
+def pytest_collection_modifyitems(config, items):
+    missing = {marker: check() for marker, check in system.MISSING.items()}
+    for item in items:
+        for marker, reason in missing.items():
+            if reason is not None and item.get_closest_marker(marker) is not None:
+                item.add_marker(pytest.mark.skip(reason=reason))
 
 
 def tiny_raw(**sections) -> dict:
