@@ -1,7 +1,8 @@
-"""Shared fixtures: tiny configs on the bundled MNIST subset; the markers of tests that need
-something of the machine (tests/system.py)."""
+"""Shared fixtures: tiny configs on the bundled MNIST subset, trained models shared by the session;
+the markers of tests that need something of the machine (tests/system.py)."""
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -73,6 +74,22 @@ def run(tmp_path):
         if script is main_prune:
             args += ["--output-dir", str(tmp_path / out)]
         return script.main(args)
+    return call
+
+
+@pytest.fixture
+def entry_point(capsys, monkeypatch):
+    """Run an entry script's ``main`` through src.cli.run in this process, as ``python main_X.py``
+    does; return (exit status, stdout, stderr). The process's SIGTERM handler is left alone."""
+    from src import cli
+
+    monkeypatch.setattr(cli.signal, "signal", lambda *args: None)
+
+    def call(script, *args) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as exit:
+            cli.run(script.main, [str(arg) for arg in args])
+        out, err = capsys.readouterr()
+        return exit.value.code, out, err
     return call
 
 
