@@ -77,6 +77,33 @@ def run(tmp_path):
     return call
 
 
+@pytest.fixture(scope="session")
+def trained_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("trained")
+
+
+@pytest.fixture
+def trained(tmp_path, trained_cache):
+    """Put the trained models of ``config`` into tmp_path/models, as ``main_train.py config`` does there.
+
+    Each distinct model (configs that differ in their prune section share it) is trained once per
+    session and then copied: a test may change or delete its copy. Tests of training itself train.
+    """
+    import main_train
+    from src.artifacts import model_stem
+    from src.config import load_config
+
+    def call(config: Path) -> None:
+        assert main_train.main([str(config), "--models-dir", str(trained_cache)]) == 0
+        cfg = load_config(config)
+        models = tmp_path / "models"
+        models.mkdir(exist_ok=True)
+        for seed in cfg.seeds:
+            for file in trained_cache.glob(f"{model_stem(cfg, seed)}.*"):
+                shutil.copy2(file, models / file.name)
+    return call
+
+
 @pytest.fixture
 def entry_point(capsys, monkeypatch):
     """Run an entry script's ``main`` through src.cli.run in this process, as ``python main_X.py``
