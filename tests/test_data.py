@@ -154,7 +154,8 @@ def test_fashion_mnist_root_takes_precedence(tmp_path: Path, no_system_fashion: 
     assert len(splits.test) == 10
 
 
-def test_fashion_mnist_tests_run_where_the_package_put_its_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_fashion_mnist_tests_run_where_the_package_put_its_files(monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: Path) -> None:
     monkeypatch.setattr(system, "FASHION_MNIST_SYSTEM_DIRS", (tmp_path,))
     assert system.fashion_mnist_missing() == (f"{tmp_path} is missing: install the Debian package "
                                               "dataset-fashion-mnist (.ci/run does)")

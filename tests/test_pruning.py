@@ -285,8 +285,8 @@ def test_bad_prune_configs_exit_2_before_work(tmp_path, entry_point, prune, expe
 
 def test_a_bad_prune_config_exits_2_from_the_command_line(tmp_path):
     path = bad_config(tmp_path, None)
-    proc = subprocess.run([sys.executable, str(ROOT / "main_prune.py"), str(path), "--models-dir", str(tmp_path / "none")],
-                          capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run([sys.executable, str(ROOT / "main_prune.py"), str(path), "--models-dir",
+                           str(tmp_path / "none")], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.startswith(f"error: {path}: prune section is required") and proc.stderr.count("\n") == 1
 

@@ -318,7 +318,8 @@ def test_without_retrain_epochs_retraining_stops_early_at_the_trainings_rate(wri
 
 
 @pytest.mark.parametrize("epochs", [0, 1])
-def test_a_budget_of_n_epochs_end_to_end_records_the_epochs_and_parameters(write_config, trained, run, tmp_path, epochs):
+def test_a_budget_of_n_epochs_end_to_end_records_the_epochs_and_parameters(write_config, trained, run, tmp_path,
+                                                                            epochs):
     config = write_config("tiny", prune=prune_section("l1", iterations=2, rate=0.25, retrain_epochs=epochs))
     trained(config)
     assert run(main_prune, config) == 0
@@ -398,7 +399,8 @@ def test_batch_norm_is_recalibrated_after_the_pass_before_it_is_evaluated(write_
 
 
 @pytest.mark.parametrize("criterion", ["cka", "taylor"])
-def test_defaults_reproduce_the_records_made_before_compensation_existed(write_config, trained, run, tmp_path, criterion):
+def test_defaults_reproduce_the_records_made_before_compensation_existed(write_config, trained, run, tmp_path,
+                                                                          criterion):
     """tests/data/golden-<criterion>.json: the removed neurons and accuracies of this tiny early-stopped run,
     recorded at the commit it names, before compensate, obs, the refit target and sweeps were added."""
     golden = json.loads((ROOT / "tests" / "data" / f"golden-{criterion}.json").read_text())

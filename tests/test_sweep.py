@@ -51,7 +51,8 @@ def test_a_sweep_is_the_one_shot_runs_at_its_rates(write_config, trained, run, t
     assert sweep.alive(0) == {0: 48, 1: 32}
 
 
-def test_a_sweep_resumed_after_an_interruption_is_the_uninterrupted_sweep(write_config, trained, run, tmp_path, monkeypatch):
+def test_a_sweep_resumed_after_an_interruption_is_the_uninterrupted_sweep(write_config, trained, run, tmp_path,
+                                                                          monkeypatch):
     config = write_config("tiny", prune=one_shot(rates=RATES, retrain_epochs=1))
     trained(config)
     assert run(main_prune, config, out="whole") == 0
