@@ -117,22 +117,24 @@ stop_child() {
 # preemption and the time limit signal every process of a job, and a second
 # SIGTERM could interrupt python while it saves. Returns python's exit status.
 run_python() {
-  local child="" status warned=0
+  local child="" status warned=0 signalled=0
   # The traps come first: a signal that arrives while python starts must not find the
   # default action (which would end this shell and leave python running).
-  trap 'warned=1; stop_child "$child" "time limit near"' USR1
-  trap 'stop_child "$child" interrupted' INT
+  trap 'signalled=1; warned=1; stop_child "$child" "time limit near"' USR1
+  trap 'signalled=1; stop_child "$child" interrupted' INT
   if [ -n "${SLURM_JOB_ID:-}" ]; then
-    trap 'echo "terminated: Slurm stops python too; waiting for it"' TERM
+    trap 'signalled=1; echo "terminated: Slurm stops python too; waiting for it"' TERM
   else
-    trap 'stop_child "$child" terminated' TERM
+    trap 'signalled=1; stop_child "$child" terminated' TERM
   fi
   "$PYTHON" "$@" &
   child=$!
   status=0
   wait "$child" || status=$?
-  # A trapped signal interrupts `wait`; wait again for python's own status.
-  while kill -0 "$child" 2>/dev/null; do
+  # A trapped signal interrupts `wait` (status 128 + the signal); wait again for python's own
+  # status, which bash keeps even when python has ended meanwhile (so `kill -0` cannot tell).
+  while [ "$signalled" = 1 ]; do
+    signalled=0
     status=0
     wait "$child" || status=$?
   done

@@ -1,6 +1,8 @@
-"""Shared fixtures: tiny configs on the bundled MNIST subset."""
+"""Shared fixtures: tiny configs on the bundled MNIST subset, trained models shared by the session;
+the markers of tests that need something of the machine (tests/system.py)."""
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -8,6 +10,21 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from tests import system  # noqa: E402 - needs the repository on sys.path
+
+
+def pytest_configure(config):
+    for name, needs in system.MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {needs}; skipped, saying how to enable it, where missing")
+
+
+def pytest_collection_modifyitems(config, items):
+    missing = {marker: check() for marker, check in system.MISSING.items()}
+    for item in items:
+        for marker, reason in missing.items():
+            if reason is not None and item.get_closest_marker(marker) is not None:
+                item.add_marker(pytest.mark.skip(reason=reason))
 
 
 def tiny_raw(**sections) -> dict:
@@ -57,6 +74,49 @@ def run(tmp_path):
         if script is main_prune:
             args += ["--output-dir", str(tmp_path / out)]
         return script.main(args)
+    return call
+
+
+@pytest.fixture(scope="session")
+def trained_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("trained")
+
+
+@pytest.fixture
+def trained(tmp_path, trained_cache):
+    """Put the trained models of ``config`` into tmp_path/models, as ``main_train.py config`` does there.
+
+    Each distinct model (configs that differ in their prune section share it) is trained once per
+    session and then copied: a test may change or delete its copy. Tests of training itself train.
+    """
+    import main_train
+    from src.artifacts import model_stem
+    from src.config import load_config
+
+    def call(config: Path) -> None:
+        assert main_train.main([str(config), "--models-dir", str(trained_cache)]) == 0
+        cfg = load_config(config)
+        models = tmp_path / "models"
+        models.mkdir(exist_ok=True)
+        for seed in cfg.seeds:
+            for file in trained_cache.glob(f"{model_stem(cfg, seed)}.*"):
+                shutil.copy2(file, models / file.name)
+    return call
+
+
+@pytest.fixture
+def entry_point(capsys, monkeypatch):
+    """Run an entry script's ``main`` through src.cli.run in this process, as ``python main_X.py``
+    does; return (exit status, stdout, stderr). The process's SIGTERM handler is left alone."""
+    from src import cli
+
+    monkeypatch.setattr(cli.signal, "signal", lambda *args: None)
+
+    def call(script, *args) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as exit:
+            cli.run(script.main, [str(arg) for arg in args])
+        out, err = capsys.readouterr()
+        return exit.value.code, out, err
     return call
 
 

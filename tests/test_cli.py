@@ -61,17 +61,25 @@ def test_out_of_range_seed_flag_is_one_line(write_config, tmp_path, seed):
         main_train.main([str(write_config()), "--seed", seed, "--models-dir", str(tmp_path / "m")])
 
 
-def test_seed_rule_at_the_command_line(write_config, tmp_path):
-    line = one_line_exit_2("main_train.py", write_config(), "--seed", "-3", cwd=tmp_path)
+def one_line_exit_2_in_process(entry_point, *args):
+    """As one_line_exit_2, through the entry point's function (main_train.py's own wiring is tested above)."""
+    status, _, err = entry_point(main_train, *args)
+    lines = err.strip().splitlines()
+    assert status == 2 and len(lines) == 1, err
+    return lines[0]
+
+
+def test_seed_rule_at_the_command_line(write_config, tmp_path, entry_point):
+    line = one_line_exit_2_in_process(entry_point, write_config(), "--seed", "-3")
     assert line == "error: --seed -3: a seed must be an integer in [0, 4294967295]"
-    line = one_line_exit_2("main_train.py", write_config(seeds=[2**64]), cwd=tmp_path)
+    line = one_line_exit_2_in_process(entry_point, write_config(seeds=[2**64]))
     assert "seeds must be a non-empty list of integers in [0, 4294967295]" in line
 
 
-def test_config_that_is_not_utf8_at_the_command_line(tmp_path):
+def test_config_that_is_not_utf8_at_the_command_line(tmp_path, entry_point):
     path = tmp_path / "cfg.json"
     path.write_bytes(b'{"seeds": [0], "_note": "\xff"}')
-    assert "cfg.json: not a UTF-8 text file" in one_line_exit_2("main_train.py", path, cwd=tmp_path)
+    assert "cfg.json: not a UTF-8 text file" in one_line_exit_2_in_process(entry_point, path)
 
 
 def test_interrupt_message_repeats_what_was_in_flight(capsys, monkeypatch):
@@ -131,7 +139,8 @@ def test_threads_option_caps_numpys_blas():
 
 def test_threads_reach_the_training_process(write_config, tmp_path):
     # main_train prints torch's thread count, as the run used it.
-    proc = subprocess.run([sys.executable, str(ROOT / "main_train.py"), str(write_config()), "--threads", "1",
+    config = write_config(params={"lr": 0.002, "batch_size": 256, "epochs": 1, "patience": 1})
+    proc = subprocess.run([sys.executable, str(ROOT / "main_train.py"), str(config), "--threads", "1",
                            "--models-dir", str(tmp_path / "m")], capture_output=True, text=True, cwd=tmp_path,
                           env={**os.environ, "OMP_NUM_THREADS": "2", "SLURM_CPUS_PER_TASK": "2"})
     assert proc.returncode == 0, proc.stderr

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
-import os
 import pickle
-import shutil
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -20,6 +17,7 @@ from src import data
 from src.config import DataConfig
 from src.data import Split, iterate_batches, load_splits, read_idx, split_train_val, to_unit_float
 from src.errors import UserError
+from tests import system
 
 REPO = Path(__file__).resolve().parent.parent
 IDX_TYPE = {np.dtype(np.uint8): 0x08, np.dtype(">i4"): 0x0C}
@@ -156,21 +154,17 @@ def test_fashion_mnist_root_takes_precedence(tmp_path: Path, no_system_fashion: 
     assert len(splits.test) == 10
 
 
-SYSTEM_FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+def test_fashion_mnist_tests_run_where_the_package_put_its_files(monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: Path) -> None:
+    monkeypatch.setattr(system, "FASHION_MNIST_SYSTEM_DIRS", (tmp_path,))
+    assert system.fashion_mnist_missing() == (f"{tmp_path} is missing: install the Debian package "
+                                              "dataset-fashion-mnist (.ci/run does)")
+    write_mnist_layout(tmp_path)
+    assert system.fashion_mnist_missing() is None
 
 
-@pytest.fixture(scope="module")
-def installed_fashion_mnist() -> None:
-    """The real Fashion-MNIST from Debian's dataset-fashion-mnist; CI (root, apt-get) installs it."""
-    can_install = os.environ.get("CI") == "true" and os.geteuid() == 0 and shutil.which("apt-get")
-    if not SYSTEM_FASHION.is_file() and can_install:
-        subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "dataset-fashion-mnist"], capture_output=True)
-    if not SYSTEM_FASHION.is_file():
-        pytest.skip("Debian package dataset-fashion-mnist is not installed (CI=true as root installs it)")
-
-
-def test_installed_fashion_mnist_package(tmp_path: Path, installed_fashion_mnist: None) -> None:
+@pytest.mark.fmnist
+def test_installed_fashion_mnist_package(tmp_path: Path) -> None:
     splits = load_splits(DataConfig(dataset="fashion-mnist", root=str(tmp_path)))
     assert (len(splits.train), len(splits.val), len(splits.test)) == (55000, 5000, 10000)
     assert torch.bincount(splits.test.labels).tolist() == [1000] * 10

@@ -222,9 +222,21 @@ def test_latency_is_the_median_of_all_blocks_of_all_rounds_the_models_in_turns(m
     assert a.training and a.rounds == [[5.0, 1.0], [6.0]]  # the caller's models are left alone
 
 
+FORWARDS = []  # what Counted saw; outside the module, which measure_latencies copies
+
+
+class Counted(nn.Linear):
+    def forward(self, x):
+        FORWARDS.append((tuple(x.shape), self.training, torch.is_inference_mode_enabled()))
+        return super().forward(x)
+
+
 def test_latency_is_measured_by_torch_benchmark():
-    (seconds,) = measure_latencies([nn.Linear(3, 2)], (3,), batch_size=4, rounds=1, min_run_time=0.01)
-    assert 0 < seconds < 1
+    FORWARDS.clear()
+    (seconds,) = measure_latencies([Counted(3, 2)], (3,), batch_size=4, rounds=1, min_run_time=0.01)
+    # What ran, not how long it took: torch's timer ran the eval-mode copy on the batch, many times.
+    assert isinstance(seconds, float) and seconds > 0
+    assert len(FORWARDS) > 1 and set(FORWARDS) == {((4, 3), False, True)}
 
 
 def test_add_latency_times_before_against_after_per_batch_size(monkeypatch):

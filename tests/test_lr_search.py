@@ -1,6 +1,7 @@
 """The hyper-parameter search: sweep format, points, records, shared storages, lost workers, W&B."""
 
 import http.server
+import itertools
 import json
 import math
 import os
@@ -272,8 +273,16 @@ def test_training_uses_a_finished_search_of_the_same_identity(tmp_path):
 
 # ---------------------------------------------------------------- lost workers, in process
 
-def local_search(cfg, journal: Path, heartbeat: float = 1.0, **options) -> LocalSearch:
-    return LocalSearch(cfg, str(journal), SearchOptions(heartbeat=heartbeat, poll=0.05, **options), say=lambda line: None)
+def local_search(cfg, journal: Path, **options) -> LocalSearch:
+    return LocalSearch(cfg, str(journal), SearchOptions(poll=0.05, **options), say=lambda line: None)
+
+
+def with_clock_past_grace(search: LocalSearch) -> LocalSearch:
+    """``search`` whose lost-trial clock moves on by more than the grace at every look: a trial that
+    has not beaten between two looks is lost at the second, whatever the wall clock says."""
+    grace = search.finder.grace
+    search.finder = LostTrialFinder(grace, clock=itertools.count(step=2 * grace).__next__)
+    return search
 
 
 def test_an_interrupted_point_is_handed_back(tmp_path):
@@ -297,9 +306,9 @@ def test_an_interrupted_point_is_handed_back(tmp_path):
 def test_a_dead_workers_trial_is_retried_once_its_heartbeat_stops(tmp_path):
     cfg = load_config(write(tmp_path / "c.json", tiny_search_raw({"lr": LRS})))
     journal = tmp_path / "s.journal"
-    trial, point = local_search(cfg, journal, heartbeat=0.1).ask()  # a worker that dies right away
+    trial, point = local_search(cfg, journal).ask()  # a worker that dies right away
     trainer = CountingTrainer()
-    local_search(cfg, journal, heartbeat=0.1).work(trainer)
+    with_clock_past_grace(local_search(cfg, journal)).work(trainer)
     assert Counter(trainer.calls) == {point_key({"lr": lr}): 1 for lr in LRS}
     lost = journal_trials(journal)[trial.number]
     assert lost.state == TrialState.FAIL and lost.user_attrs["lost"].startswith("no heartbeat from")
@@ -310,9 +319,9 @@ def test_a_sampled_point_that_was_lost_is_retried_with_its_values(tmp_path):
     raw["search"] = {"method": "random", "run_cap": 3, "parameters": {"lr": {"min": 0.001, "max": 0.1}}}
     cfg = load_config(write(tmp_path / "c.json", raw))
     journal = tmp_path / "s.journal"
-    _, point = local_search(cfg, journal, heartbeat=0.1).ask()
+    _, point = local_search(cfg, journal).ask()
     trainer = CountingTrainer()
-    local_search(cfg, journal, heartbeat=0.1).work(trainer)
+    with_clock_past_grace(local_search(cfg, journal)).work(trainer)
     assert len(trainer.calls) == 3 and point_key(point) in trainer.calls
 
 

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 import main_prune
-import main_train
 from src import results
 from src.artifacts import model_path
 from src.config import load_config
@@ -18,9 +17,10 @@ from tests.conftest import ROOT, tiny_raw, untimed
 from tests.strategy_helpers import edit, prune_section, stored
 
 
-def test_editing_the_config_and_rerunning_never_mixes_runs(write_config, run, tmp_path):
+def test_editing_the_config_and_rerunning_never_mixes_runs(write_config, trained, run, tmp_path):
     config = write_config("tiny", prune=prune_section("cka", iterations=2, rate=0.25))
-    assert run(main_train, config) == 0 and run(main_prune, config) == 0
+    trained(config)
+    assert run(main_prune, config) == 0
     first = (tmp_path / "output/tiny/0.json").read_bytes()
 
     edit(config, prune=prune_section("l1", iterations=3, rate=0.5))
@@ -38,7 +38,7 @@ def test_editing_the_config_and_rerunning_never_mixes_runs(write_config, run, tm
 
     # Other training parameters: another trained model, which the result must not be appended to either.
     edit(config, params={**tiny_raw()["params"], "lr": 0.001})
-    assert run(main_train, config) == 0
+    trained(config)
     with pytest.raises(IdentityMismatch, match=r"training\.params\.lr: 0\.002 -> 0\.001"):
         run(main_prune, config)
     assert run(main_prune, config, "--fresh") == 0
@@ -47,9 +47,9 @@ def test_editing_the_config_and_rerunning_never_mixes_runs(write_config, run, tm
     assert retrained.model_file != l1.model_file and retrained.model_sha256 != l1.model_sha256
 
 
-def test_a_changed_model_file_is_a_different_run(write_config, run, tmp_path):
+def test_a_changed_model_file_is_a_different_run(write_config, trained, run, tmp_path):
     config = write_config("tiny")
-    run(main_train, config)
+    trained(config)
     run(main_prune, config)
     path = model_path(load_config(config), 0, tmp_path / "models")
     state = torch.load(path, weights_only=True)
@@ -59,9 +59,9 @@ def test_a_changed_model_file_is_a_different_run(write_config, run, tmp_path):
         run(main_prune, config)
 
 
-def test_a_mismatch_is_one_line_with_exit_status_2(write_config, run, tmp_path):
+def test_a_mismatch_is_one_line_with_exit_status_2(write_config, trained, run, tmp_path):
     config = write_config("tiny")
-    run(main_train, config)
+    trained(config)
     run(main_prune, config)
     edit(config, prune=prune_section("random"))
     proc = subprocess.run([sys.executable, str(ROOT / "main_prune.py"), str(config), "--models-dir",
@@ -71,9 +71,9 @@ def test_a_mismatch_is_one_line_with_exit_status_2(write_config, run, tmp_path):
     assert 'prune.params.type: "cka" -> "random"' in proc.stderr and proc.stdout == ""
 
 
-def test_raising_iterations_extends_a_finished_run(write_config, run, tmp_path, capsys):
+def test_raising_iterations_extends_a_finished_run(write_config, trained, run, tmp_path, capsys):
     config = write_config("tiny", prune=prune_section(iterations=2))
-    run(main_train, config)
+    trained(config)
     run(main_prune, config)
     two = stored(tmp_path)
     edit(config, prune=prune_section(iterations=3))
@@ -88,9 +88,9 @@ def test_raising_iterations_extends_a_finished_run(write_config, run, tmp_path, 
 
 
 @pytest.mark.parametrize("damage", ["missing", "truncated", "behind"])
-def test_a_result_file_behind_its_checkpoint_is_repaired(write_config, run, tmp_path, capsys, damage):
+def test_a_result_file_behind_its_checkpoint_is_repaired(write_config, trained, run, tmp_path, capsys, damage):
     config = write_config("tiny", prune=prune_section(iterations=2))
-    run(main_train, config)
+    trained(config)
     run(main_prune, config)
     path, finished = tmp_path / "output/tiny/0.json", stored(tmp_path)
     if damage == "missing":

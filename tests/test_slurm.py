@@ -2,15 +2,14 @@
 and an end-to-end run of the real scripts and entry points on a local single-node
 cluster (scripts/ci/start-local-slurm.sh).
 
-The cluster tests run wherever root can start the local cluster: with Slurm installed, or
-with apt-get (Debian/Ubuntu) for scripts/ci/start-local-slurm.sh to install it. Elsewhere
-they skip, saying what is missing.
+The cluster tests (marked ``slurm``) run where the local cluster of
+scripts/ci/start-local-slurm.sh is running (.ci/run starts it); elsewhere they skip, saying
+how to start it. They neither install nor start anything.
 Jobs run in a temporary copy of the repository, so models/ and output/ stay clean.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -19,13 +18,13 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
+import main_train
+from tests import system
 from tests.conftest import tiny_raw
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,9 +32,6 @@ WRAPPERS = ("search.sh", "train.sh", "prune.sh", "submit.sh", "common.sh", "repr
 SHELL_SCRIPTS = [ROOT / "scripts" / name for name in WRAPPERS] + [
     ROOT / "scripts" / "ci" / name for name in ("start-local-slurm.sh", "stop-local-slurm.sh")
 ]
-SLURM_CONF = Path("/etc/slurm/slurm.conf")
-CONF_MARKER = "# written by scripts/ci/start-local-slurm.sh"
-LOCAL_SLURM_DIR = Path(os.environ.get("LOCAL_SLURM_DIR", "/tmp/cka-prune-slurm"))
 # Small enough for two CPUs and any RealMemory the start script picks.
 SBATCH_SMALL = ["--cpus-per-task=1", "--mem=500M", "--time=10"]
 JOB_TIMEOUT_S = 240
@@ -89,7 +85,7 @@ def test_batch_scripts_request_warning_signal_and_requeue():
 # --------------------------------------------------------------------------- without Slurm
 
 STUB_ENTRY = '''\
-"""Stand-in entry point: records how it was started, then waits for SIGTERM or STUB_SLEEP s."""
+"""Stand-in entry point: records how it was started, says so, then waits for SIGTERM or STUB_SLEEP s."""
 import json, os, signal, sys, time
 from pathlib import Path
 
@@ -102,6 +98,7 @@ def stop(signum, frame):
 signal.signal(signal.SIGTERM, stop)
 record.write_text(json.dumps({"argv": sys.argv, "cwd": os.getcwd(),
                               "threads": os.environ.get("OMP_NUM_THREADS")}))
+print("stub started", flush=True)
 time.sleep(float(os.environ.get("STUB_SLEEP", "0")))
 '''
 
@@ -275,7 +272,7 @@ def wait_for(predicate, timeout: float, what: str) -> None:
 
 
 def start_sleeping_wrapper(stub_repo: Path, record: Path, **env: str) -> subprocess.Popen:
-    """train.sh on the stand-in entry point, which sleeps until signalled.
+    """train.sh on the stand-in entry point, returned once the stand-in runs; it sleeps until signalled.
 
     Callers that fake SLURM_JOB_ID set REPO, so the wrapper does not ask scontrol.
     """
@@ -285,8 +282,17 @@ def start_sleeping_wrapper(stub_repo: Path, record: Path, **env: str) -> subproc
                             cwd=stub_repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=clean_env(STUB_RECORD=str(record), STUB_SLEEP="60", **env),
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    wait_for(record.exists, 30, "the stand-in entry point to start")
+    first_line_with(proc, "stub started")
     return proc
+
+
+def first_line_with(proc: subprocess.Popen, text: str) -> str:
+    """Read ``proc``'s stdout up to the first line containing ``text`` (the event waited for);
+    the end of its output instead fails the test."""
+    for line in proc.stdout:
+        if text in line:
+            return line
+    raise AssertionError(f"the output ended without a line containing {text!r}")
 
 
 @pytest.mark.parametrize("sent, announced, slurm_job", [
@@ -329,103 +335,45 @@ def test_under_slurm_sigterm_is_not_sent_twice(stub_repo: Path, tmp_path: Path):
     try:
         (stub_pid,) = child_pids(proc.pid)
         proc.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
-        assert not record.with_suffix(".signal").exists()
+        # The trap has run once it says so: it must not have signalled python, which still runs.
+        assert first_line_with(proc, "terminated:").startswith("terminated: Slurm stops python too")
+        assert not record.with_suffix(".signal").exists() and Path(f"/proc/{stub_pid}").exists()
         os.kill(stub_pid, signal.SIGTERM)
         stdout, stderr = proc.communicate(timeout=30)
     finally:
         proc.kill()
     assert proc.returncode == 130, stderr
-    assert "terminated: Slurm stops python too" in stdout
+    assert record.with_suffix(".signal").read_text() == "SIGTERM"
 
 
 # --------------------------------------------------------------------------- local cluster
 
 
-SLURM_TOOLS = ("slurmctld", "slurmd", "sbatch", "munged")
-
-
-def cluster_skip_reason() -> str | None:
-    """Why the cluster tests cannot run here, or None.
-
-    scripts/ci/start-local-slurm.sh needs root (it starts the daemons and writes
-    /etc/slurm/slurm.conf) and installs missing packages with apt-get.
-    """
-    if not sys.platform.startswith("linux"):
-        return "needs Linux to run a local Slurm cluster"
-    if os.geteuid() != 0:
-        return "needs root: scripts/ci/start-local-slurm.sh starts munged, slurmctld and slurmd as root"
-    if SLURM_CONF.exists() and CONF_MARKER not in SLURM_CONF.read_text(errors="replace"):
-        return f"{SLURM_CONF} belongs to a real Slurm installation; not touching it"
-    missing = [tool for tool in SLURM_TOOLS if shutil.which(tool) is None]
-    if missing and shutil.which("apt-get") is None:
-        return f"Slurm is not installed ({', '.join(missing)} not on PATH) and there is no apt-get to install it"
-    return None
-
-
-@pytest.mark.parametrize("root, on_path, conf, expected", [
-    (False, {"apt-get", *SLURM_TOOLS}, None, "needs root"),
-    (True, {"apt-get"}, "slurm.conf of a real cluster", "belongs to a real Slurm installation"),
-    (True, set(SLURM_TOOLS), None, None),
-    (True, {"apt-get"}, None, None),
-    (True, {"apt-get"}, CONF_MARKER, None),
-    (True, {"sbatch"}, None, "slurmctld, slurmd, munged not on PATH) and there is no apt-get"),
+@pytest.mark.parametrize("on_path, conf, daemons, expected", [
+    (set(), None, False, "Slurm is not installed (sbatch, squeue, scontrol, scancel not on PATH): start it as root "
+                         "with scripts/ci/start-local-slurm.sh (.ci/run does), which installs it"),
+    (set(system.SLURM_TOOLS), None, False, "slurm.conf is missing): start it as root with scripts/ci/start-local"),
+    (set(system.SLURM_TOOLS), "ClusterName=real", True, "belongs to a real Slurm installation"),
+    (set(system.SLURM_TOOLS), system.CONF_MARKER, False, "the local Slurm cluster is not running: start it as root"),
+    (set(system.SLURM_TOOLS), system.CONF_MARKER, True, None),
 ])
-def test_cluster_tests_run_wherever_root_can_start_a_cluster(monkeypatch, tmp_path, root, on_path, conf, expected):
+def test_cluster_tests_run_where_the_local_cluster_runs(monkeypatch, tmp_path, on_path, conf, daemons, expected):
     monkeypatch.setattr(sys, "platform", "linux")
-    monkeypatch.setattr(os, "geteuid", lambda: 0 if root else 1000)
     monkeypatch.setattr(shutil, "which", lambda tool: f"/usr/bin/{tool}" if tool in on_path else None)
-    monkeypatch.setattr(sys.modules[__name__], "SLURM_CONF", tmp_path / "slurm.conf")
+    monkeypatch.setattr(system, "SLURM_CONF", tmp_path / "slurm.conf")
+    monkeypatch.setattr(system, "daemons_alive", lambda: daemons)
     if conf is not None:
         (tmp_path / "slurm.conf").write_text(conf + "\n")
-    reason = cluster_skip_reason()
+    reason = system.local_slurm_missing()
     assert reason is None if expected is None else expected in reason
 
 
-def recorded_daemons_alive() -> bool:
-    """The daemons recorded by the start script are running (started before this test)."""
-    for name in ("slurmctld", "slurmd"):
-        pidfile = LOCAL_SLURM_DIR / f"{name}.pid"
-        try:
-            pid = int(pidfile.read_text())
-            if Path(f"/proc/{pid}/comm").read_text().strip() != name:
-                return False
-        except (OSError, ValueError):
-            return False
-    return True
-
-
-@contextmanager
-def exclusive_cluster() -> Iterator[None]:
-    """Hold a lock so that concurrent test runs on this machine take turns with the one
-    cluster (a run that restarts it would reset the job ids another run is waiting for).
-
-    Waits for as long as another run holds it, without a clock: that run's own job timeouts
-    bound its hold, and the lock goes when its process ends, however it ends.
-    """
-    with open(f"{LOCAL_SLURM_DIR}.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    """A running local cluster; stopped afterwards unless it was running before."""
-    reason = cluster_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    env = {**os.environ, "LOCAL_SLURM_DIR": str(LOCAL_SLURM_DIR)}
-    with exclusive_cluster():
-        was_running = recorded_daemons_alive()
-        try:
-            start = subprocess.run(["bash", str(ROOT / "scripts" / "ci" / "start-local-slurm.sh")],
-                                   env=env, capture_output=True, text=True, timeout=900)
-            assert start.returncode == 0, f"start-local-slurm.sh failed:\n{start.stderr}"
-            yield
-        finally:
-            if not was_running:
-                subprocess.run(["bash", str(ROOT / "scripts" / "ci" / "stop-local-slurm.sh")],
-                               env=env, capture_output=True, timeout=120)
+def test_the_daemons_are_those_the_start_script_recorded(monkeypatch, tmp_path):
+    monkeypatch.setattr(system, "LOCAL_SLURM_DIR", tmp_path)
+    assert not system.daemons_alive()  # no pid files
+    for name in ("slurmctld", "slurmd"):  # this process: alive, but neither daemon
+        (tmp_path / f"{name}.pid").write_text(str(os.getpid()))
+    assert not system.daemons_alive()
 
 
 def repo_files() -> list[str]:
@@ -442,7 +390,7 @@ def fast_demo_config(path: Path, epochs: int, patience: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def repo_copy(cluster, tmp_path_factory) -> Path:
+def repo_copy(tmp_path_factory) -> Path:
     """A copy of the repository with the demo shortened to 1 epoch and the venv linked in."""
     copy = tmp_path_factory.mktemp("slurm") / "repo"
     for name in repo_files():
@@ -520,6 +468,7 @@ def assert_search_shared(copy: Path, job_id: str) -> None:
     assert len(trials) == len(complete) == len(results["search"]["parameters"]["lr"]["values"]), trials
 
 
+@pytest.mark.slurm
 def test_submit_runs_search_train_and_prune(repo_copy: Path):
     env = job_env(repo_copy)
     started = time.monotonic()
@@ -553,6 +502,7 @@ def test_submit_runs_search_train_and_prune(repo_copy: Path):
     assert f"training parameters: lr={best:g} from the search in output/search/demo/cka.json" in train_log
 
 
+@pytest.mark.slurm
 def test_a_failed_search_cancels_training_and_pruning(repo_copy: Path):
     config = repo_copy / "config" / "demo" / "broken.json"
     raw = json.loads((repo_copy / "config" / "demo" / "cka.json").read_text())
@@ -571,6 +521,7 @@ def test_a_failed_search_cancels_training_and_pruning(repo_copy: Path):
         assert not list((repo_copy / "logs").glob(f"*-{ids[stage]}_*.out")), stage
 
 
+@pytest.mark.slurm
 def test_a_setup_hook_gives_the_job_its_environment(repo_copy: Path, tmp_path: Path):
     # A stand-in for `module load ...; conda activate ...`: a directory whose python
     # records that it ran, then runs the real interpreter. It has no bin/activate.
@@ -591,6 +542,7 @@ def test_a_setup_hook_gives_the_job_its_environment(repo_copy: Path, tmp_path: P
     assert marker.read_text().splitlines()[-1] == "loaded"
 
 
+@pytest.mark.slurm
 def test_a_study_runs_as_one_job(repo_copy: Path, tmp_path: Path):
     study = repo_copy / "config" / "tiny-study"
     study.mkdir()
@@ -608,20 +560,21 @@ def test_a_study_runs_as_one_job(repo_copy: Path, tmp_path: Path):
     assert (tmp_path / "output" / "tiny-study" / "report" / "accuracy.png").exists()
 
 
+@pytest.mark.slurm
 def test_train_submitted_from_elsewhere(repo_copy: Path, tmp_path: Path):
-    # After test_submit_runs_search_train_and_prune the models exist and must be skipped.
+    # A model trained here, where a submission from the repository would leave it, must be skipped.
+    config = repo_copy / "config" / "demo" / "cka.json"
+    assert main_train.main([str(config), "--seed", "0", "--models-dir", str(repo_copy / "models"),
+                            "--output-dir", str(repo_copy / "output")]) == 0
     before = {p: p.stat().st_mtime_ns for p in (repo_copy / "models").glob("*.pt")}
     (tmp_path / "logs").mkdir()
-    config = os.path.relpath(repo_copy / "config" / "demo" / "cka.json", tmp_path)
-    job = sbatch([*SBATCH_SMALL, str(repo_copy / "scripts" / "train.sh"), config],
-                 tmp_path, job_env(repo_copy))
+    job = sbatch([*SBATCH_SMALL, str(repo_copy / "scripts" / "train.sh"), os.path.relpath(config, tmp_path),
+                  "--seed", "0"], tmp_path, job_env(repo_copy))
     wait_for_jobs([job])
-    log = tmp_path / "logs" / f"cka-train-{job}.out"
+    log = (tmp_path / "logs" / f"cka-train-{job}.out").read_text()
     assert_succeeded(job, 1, tmp_path / "logs")
-    assert f"repo:     {repo_copy.resolve()}" in log.read_text()
-    after = {p: p.stat().st_mtime_ns for p in (repo_copy / "models").glob("*.pt")}
-    assert len(after) == 2
-    assert {p: after[p] for p in before} == before
+    assert f"repo:     {repo_copy.resolve()}" in log and "seed 0: model exists, skipping" in log
+    assert {p: p.stat().st_mtime_ns for p in (repo_copy / "models").glob("*.pt")} == before
 
 
 def submit_long_training(copy: Path, name: str, seed: int, **env: str) -> tuple[str, Path]:
@@ -637,6 +590,7 @@ def submit_long_training(copy: Path, name: str, seed: int, **env: str) -> tuple[
     return job, log
 
 
+@pytest.mark.slurm
 def test_time_limit_warning_stops_training_cleanly(repo_copy: Path):
     job, log = submit_long_training(repo_copy, "slow", seed=5)
     # What Slurm sends 120 s before the time limit (--signal=B:USR1@120).
@@ -650,6 +604,7 @@ def test_time_limit_warning_stops_training_cleanly(repo_copy: Path):
     assert not list((repo_copy / "models").glob("*seed5.pt"))
 
 
+@pytest.mark.slurm
 def test_max_requeues_requeues_once_after_the_warning(repo_copy: Path):
     job, log = submit_long_training(repo_copy, "requeue", seed=7, MAX_REQUEUES="1")
     subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True)
@@ -665,6 +620,7 @@ def test_max_requeues_requeues_once_after_the_warning(repo_copy: Path):
     assert (record["Restarts"], record["ExitCode"]) == ("1", "130:0"), text
 
 
+@pytest.mark.slurm
 def test_scancel_stops_training_cleanly(repo_copy: Path):
     # scancel signals every process of the job; python must get one SIGTERM and
     # stop cleanly (a second one, sent while it saves, would end in a traceback).

@@ -1,6 +1,7 @@
 """Prune runs end to end on the bundled data: strategies, retraining, rewinding, the physical path."""
 
 import dataclasses
+import hashlib
 import json
 
 import numpy as np
@@ -14,7 +15,7 @@ import src.pruning.strategy
 import src.train
 from cka_prune.cka import cka, gram_rbf
 from src import results
-from src.artifacts import load_model, model_path, rewind_path
+from src.artifacts import load_model, model_path, model_stem, rewind_path
 from src.config import load_config
 from src.errors import UserError
 from src.data import load_splits, to_unit_float
@@ -36,9 +37,9 @@ def test_moving_the_data_does_not_retrain(write_config, run, tmp_path, monkeypat
     assert run(main_train, config) == 0 and len(trainings) == 1
 
 
-def test_one_shot_without_retraining(write_config, run, tmp_path):
+def test_one_shot_without_retraining(write_config, trained, run, tmp_path):
     config = write_config("tiny", prune={"strategy": "one_shot", "params": {"type": "l2", "rate": 0.5, "retrain": False}})
-    run(main_train, config)
+    trained(config)
     assert run(main_prune, config) == 0
     result = stored(tmp_path)
     (only,) = result.iterations
@@ -54,9 +55,9 @@ def test_one_shot_without_retraining(write_config, run, tmp_path):
         assert sorted(step.removed) == sorted(torch.argsort(l2)[:len(step.removed)].tolist())
 
 
-def test_rbf_kernel_at_model_level_records_the_literal_cka(write_config, run, tmp_path):
+def test_rbf_kernel_at_model_level_records_the_literal_cka(write_config, trained, run, tmp_path):
     config = write_config("tiny", prune=prune_section(iterations=1, rate=0.25, kernel="rbf", samples=64))
-    run(main_train, config)
+    trained(config)
     assert run(main_prune, config) == 0
     result = stored(tmp_path)
     step = result.iterations[0].layers[1]
@@ -79,9 +80,10 @@ def test_rbf_kernel_at_model_level_records_the_literal_cka(write_config, run, tm
             np.testing.assert_allclose(step.cka[t], cka(gram_rbf(original), gram_rbf(pruned)), rtol=1e-6)
 
 
-def test_rewinding_run_end_to_end(write_config, run, tmp_path, monkeypatch):
+def test_rewinding_run_end_to_end(write_config, trained, run, tmp_path, monkeypatch):
     config = write_config("tiny", prune=prune_section("cka", retrain="rewind", rewind_epoch=1))
-    assert run(main_train, config) == 0 and run(main_prune, config) == 0
+    trained(config)
+    assert run(main_prune, config) == 0
     result = stored(tmp_path)
     assert result.run.description["prune"]["params"]["retrain"] == "rewind"
     assert result.run.description["prune"]["params"]["rewind_epoch"] == 1
@@ -106,9 +108,9 @@ def test_rewinding_run_end_to_end(write_config, run, tmp_path, monkeypatch):
     assert torch.equal(state["output.weight"], early["output.weight"])
 
 
-def test_rewinding_a_model_trained_without_early_weights_is_one_line(write_config, run, tmp_path):
+def test_rewinding_a_model_trained_without_early_weights_is_one_line(write_config, trained, run, tmp_path):
     config = write_config("tiny", prune=prune_section("cka", iterations=1, retrain="rewind", rewind_epoch=0))
-    assert run(main_train, config) == 0
+    trained(config)
     (kept,) = (tmp_path / "models").glob("*.rewind.pth")
     kept.unlink()
     with pytest.raises(UserError) as info:
@@ -117,14 +119,15 @@ def test_rewinding_a_model_trained_without_early_weights_is_one_line(write_confi
     assert "\n" not in str(info.value)
 
 
-def test_a_resnet_is_pruned_physically_resumes_and_exports_smaller(write_config, run, tmp_path):
+def test_a_resnet_is_pruned_physically_resumes_and_exports_smaller(write_config, trained, run, tmp_path):
     tiny_resnet = {"model": {"type": "resnet", "depth": 8, "width": 4},
                    "params": {"lr": 0.01, "batch_size": 128, "epochs": 1, "patience": 1}}
 
     def prune(iterations, out, *extra):
         config = write_config("tiny", **tiny_resnet, prune={"params": {"type": "cka", "iterations": iterations,
                                                                        "rate": 0.25, "samples": 64}})
-        assert run(main_train, config) == 0 and run(main_prune, config, *extra, out=out) == 0
+        trained(config)
+        assert run(main_prune, config, *extra, out=out) == 0
         return stored(tmp_path, out)
 
     prune(1, "cut")
@@ -145,7 +148,7 @@ def test_a_resnet_is_pruned_physically_resumes_and_exports_smaller(write_config,
     assert all(torch.equal(exported.state_dict()[k], v) for k, v in state.items())
 
 
-def test_rewinding_a_resnet_keeps_the_early_weights_of_the_surviving_channels(write_config, run, tmp_path,
+def test_rewinding_a_resnet_keeps_the_early_weights_of_the_surviving_channels(write_config, trained, run, tmp_path,
                                                                               monkeypatch):
     config = write_config("tiny", model={"type": "resnet", "depth": 8, "width": 4},
                           params={"lr": 0.01, "batch_size": 128, "epochs": 1, "patience": 1},
@@ -153,7 +156,8 @@ def test_rewinding_a_resnet_keeps_the_early_weights_of_the_surviving_channels(wr
                                             "rewind_epoch": 0}})
     monkeypatch.setattr(src.pruning.strategy, "retrain",
                         lambda model, *args, **kwargs: src.train.FitResult(0, 0, False, 0.0))
-    assert run(main_train, config) == 0 and run(main_prune, config) == 0
+    trained(config)
+    assert run(main_prune, config) == 0
     early = torch.load(rewind_path(model_path(load_config(config), 0, tmp_path / "models")), weights_only=True)[0]
     state = torch.load(checkpoint_path(tmp_path / "output/tiny", 0), weights_only=True)["state_dict"]
     result = stored(tmp_path)
@@ -171,9 +175,9 @@ def test_rewinding_a_resnet_keeps_the_early_weights_of_the_surviving_channels(wr
     assert torch.equal(state["fc.bias"], early["fc.bias"])
 
 
-def test_a_diverged_retraining_stops_the_seed_cleanly(write_config, run, tmp_path, monkeypatch, capsys):
+def test_a_diverged_retraining_stops_the_seed_cleanly(write_config, trained, run, tmp_path, monkeypatch, capsys):
     config = write_config("tiny", prune=prune_section(iterations=4))
-    run(main_train, config)
+    trained(config)
 
     def diverging(model, cfg, splits, *, seed, device, on_epoch, label):  # as fit leaves a run whose loss went NaN
         with torch.no_grad():
@@ -192,10 +196,10 @@ def test_a_diverged_retraining_stops_the_seed_cleanly(write_config, run, tmp_pat
     assert untimed(stored(tmp_path)) == untimed(result)
 
 
-def test_every_iteration_records_its_provenance_and_a_resume_under_another_says_so(write_config, run, tmp_path,
+def test_every_iteration_records_its_provenance_and_a_resume_under_another_says_so(write_config, trained, run, tmp_path,
                                                                                   monkeypatch, capsys):
     config = write_config("tiny", prune=prune_section(iterations=2))
-    run(main_train, config)
+    trained(config)
     assert run(main_prune, config) == 0
     made = stored(tmp_path).iterations[0].provenance
     assert made == src.provenance.current(torch.device("cpu"))
@@ -242,10 +246,11 @@ def old_retrain(model, cfg, splits, *, seed, device, on_epoch, label):
     return src.train.fit(model, splits, cfg.params, seed=seed, device=device, on_epoch=on_epoch, label=label)
 
 
-def test_without_the_budget_keys_a_run_is_the_early_stopped_run_from_before_them(write_config, run, tmp_path,
+def test_without_the_budget_keys_a_run_is_the_early_stopped_run_from_before_them(write_config, trained, run, tmp_path,
                                                                                  monkeypatch):
     config = write_config("tiny")
-    assert run(main_train, config) == 0 and run(main_prune, config, out="now") == 0
+    trained(config)
+    assert run(main_prune, config, out="now") == 0
     monkeypatch.setattr(src.pruning.strategy, "retrain", old_retrain)
     assert run(main_prune, config, out="before") == 0
     now, before = stored(tmp_path, "now"), stored(tmp_path, "before")
@@ -314,9 +319,11 @@ def test_without_retrain_epochs_retraining_stops_early_at_the_trainings_rate(wri
 
 
 @pytest.mark.parametrize("epochs", [0, 1])
-def test_a_budget_of_n_epochs_end_to_end_records_the_epochs_and_parameters(write_config, run, tmp_path, epochs):
+def test_a_budget_of_n_epochs_end_to_end_records_the_epochs_and_parameters(write_config, trained, run, tmp_path,
+                                                                            epochs):
     config = write_config("tiny", prune=prune_section("l1", iterations=2, rate=0.25, retrain_epochs=epochs))
-    assert run(main_train, config) == 0 and run(main_prune, config) == 0
+    trained(config)
+    assert run(main_prune, config) == 0
     result = stored(tmp_path)
     assert result.baseline_parameters == 784 * 48 + 48 + 48 * 32 + 32 + 32 * 10 + 10
     assert [it.epochs_retrained for it in result.iterations] == [epochs, epochs]
@@ -354,7 +361,7 @@ TINY_RESNET = {"model": {"type": "resnet", "depth": 8, "width": 4},
     ({"model": BN_CNN}, {"type": "l1", "rate": 0.5}),
     (TINY_RESNET, {"type": "tp_l1", "rate": 0.5}),
 ], ids=["masked-cnn", "resnet"])
-def test_batch_norm_is_recalibrated_after_the_pass_before_it_is_evaluated(write_config, run, tmp_path, mnist5k,
+def test_batch_norm_is_recalibrated_after_the_pass_before_it_is_evaluated(write_config, trained, run, tmp_path, mnist5k,
                                                                           sections, params):
     from src.models import build_model
     from src.pruning.masks import load_masked_state
@@ -364,7 +371,8 @@ def test_batch_norm_is_recalibrated_after_the_pass_before_it_is_evaluated(write_
     def prune(out, **extra):
         config = write_config("tiny", **sections, prune={"strategy": "one_shot",
                                                          "params": {**params, "retrain": False, **extra}})
-        assert run(main_train, config) == 0 and run(main_prune, config, out=out) == 0
+        trained(config)
+        assert run(main_prune, config, out=out) == 0
         return load_config(config), torch.load(checkpoint_path(tmp_path / out / "tiny", 0), weights_only=True)
 
     cfg, stale = prune("stale", recalibrate_bn=False)
@@ -392,12 +400,19 @@ def test_batch_norm_is_recalibrated_after_the_pass_before_it_is_evaluated(write_
 
 
 @pytest.mark.parametrize("criterion", ["cka", "taylor"])
-def test_defaults_reproduce_the_records_made_before_compensation_existed(write_config, run, tmp_path, criterion):
+def test_defaults_reproduce_the_records_made_before_compensation_existed(write_config, trained, run, tmp_path,
+                                                                          criterion):
     """tests/data/golden-<criterion>.json: the removed neurons and accuracies of this tiny early-stopped run,
     recorded at the commit it names, before compensate, obs, the refit target and sweeps were added."""
     golden = json.loads((ROOT / "tests" / "data" / f"golden-{criterion}.json").read_text())
     config = write_config("tiny", prune=prune_section(criterion, iterations=2, rate=0.25))
-    assert run(main_train, config) == 0 and run(main_prune, config) == 0
+    # What the golden model was trained from, checked before any training: a changed tiny config
+    # or data file fails here at once, not as a mismatch after the run.
+    assert model_stem(load_config(config), 0) == golden["model_stem"], "the tiny config trains another model"
+    data = hashlib.sha256((ROOT / "data" / "mnist-5k.npz").read_bytes()).hexdigest()
+    assert data == golden["data_sha256"], "data/mnist-5k.npz is not the golden record's data"
+    trained(config)
+    assert run(main_prune, config) == 0
     result = stored(tmp_path)
     if result.model_sha256 != golden["model_sha256"]:
         pytest.skip("this machine trains another tiny model than the golden record's (another CPU or BLAS); "

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 import main_prune
-import main_train
 import src.pruning.strategy
 from src import results
 from src.pruning.resume import checkpoint_path
@@ -30,9 +29,10 @@ def points(result):
 
 
 @pytest.mark.parametrize("criterion", ["cka", "random"])
-def test_a_sweep_is_the_one_shot_runs_at_its_rates(write_config, run, tmp_path, criterion, capsys):
+def test_a_sweep_is_the_one_shot_runs_at_its_rates(write_config, trained, run, tmp_path, criterion, capsys):
     config = write_config("tiny", prune=one_shot(rates=RATES[:2], type=criterion, retrain_epochs=1))
-    assert run(main_train, config) == 0 and run(main_prune, config, out="sweep") == 0
+    trained(config)
+    assert run(main_prune, config, out="sweep") == 0
     assert "a sweep over rates [0.25, 0.5], each from the trained model" in capsys.readouterr().out
     sweep = stored(tmp_path, "sweep")
     assert [it.iteration for it in sweep.iterations] == [1, 2] and [it.rate for it in sweep.iterations] == RATES[:2]
@@ -51,9 +51,11 @@ def test_a_sweep_is_the_one_shot_runs_at_its_rates(write_config, run, tmp_path, 
     assert sweep.alive(0) == {0: 48, 1: 32}
 
 
-def test_a_sweep_resumed_after_an_interruption_is_the_uninterrupted_sweep(write_config, run, tmp_path, monkeypatch):
+def test_a_sweep_resumed_after_an_interruption_is_the_uninterrupted_sweep(write_config, trained, run, tmp_path,
+                                                                          monkeypatch):
     config = write_config("tiny", prune=one_shot(rates=RATES, retrain_epochs=1))
-    assert run(main_train, config) == 0 and run(main_prune, config, out="whole") == 0
+    trained(config)
+    assert run(main_prune, config, out="whole") == 0
     retrain, calls = src.pruning.strategy.retrain, []
 
     def interrupted(*args, **kwargs):
@@ -71,14 +73,15 @@ def test_a_sweep_resumed_after_an_interruption_is_the_uninterrupted_sweep(write_
     assert untimed(stored(tmp_path, "cut")) == untimed(stored(tmp_path, "whole"))
 
 
-def test_a_resnet_sweep_prunes_each_rate_from_the_trained_model(write_config, run, tmp_path, monkeypatch):
+def test_a_resnet_sweep_prunes_each_rate_from_the_trained_model(write_config, trained, run, tmp_path, monkeypatch):
     monkeypatch.setattr(src.pruning.strategy, "retrain",
                         lambda model, *args, **kwargs: src.train.FitResult(0, 0, False, 0.0))
     resnet = {"model": {"type": "resnet", "depth": 8, "width": 4},
               "params": {"lr": 0.01, "batch_size": 128, "epochs": 1, "patience": 1}}
     prune = {"strategy": "one_shot", "params": {"type": "tp_l1", "rates": RATES[:2]}}
     config = write_config("tiny", **resnet, prune=prune)
-    assert run(main_train, config) == 0 and run(main_prune, config, "--export", out="sweep") == 0
+    trained(config)
+    assert run(main_prune, config, "--export", out="sweep") == 0
     sweep = stored(tmp_path, "sweep")
     separate = []
     for rate in RATES[:2]:

@@ -6,18 +6,21 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
+import main_train
 from src import train
 from src.artifacts import ModelFileError, load_model, model_path, rewind_path
 from src.config import TrainParams, load_config
 from src.models import build_model
 from src.train import evaluate, fit, train_seed
 from tests.conftest import ROOT, untimed
+
+
+ONE_EPOCH = {"lr": 0.002, "batch_size": 256, "epochs": 1, "patience": 1}  # where any trained model will do
 
 
 def test_training_lowers_the_loss(mnist5k, write_config):
@@ -44,7 +47,7 @@ def test_early_stopping_keeps_the_best_weights(mnist5k, write_config):
 
 
 def test_same_seed_same_weights(mnist5k, write_config, tmp_path):
-    cfg = load_config(write_config())
+    cfg = load_config(write_config(params=ONE_EPOCH))
     paths = [train_seed(cfg, 0, mnist5k, torch.device("cpu"), tmp_path / d) for d in ("a", "b")]
     a, b = (torch.load(p, weights_only=True) for p in paths)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -70,7 +73,7 @@ def test_training_keeps_the_initialisation_and_early_epochs_for_rewinding(mnist5
 
 
 def test_existing_model_is_skipped_and_a_corrupt_one_retrained(mnist5k, write_config, tmp_path, capsys):
-    cfg = load_config(write_config())
+    cfg = load_config(write_config(params=ONE_EPOCH))
     path = train_seed(cfg, 0, mnist5k, torch.device("cpu"), tmp_path)
     sidecar = json.loads(path.with_suffix(".json").read_text())
     assert {"test_acc", "val_loss", "train_acc", "fit", "config"} <= sidecar.keys()
@@ -84,7 +87,7 @@ def test_existing_model_is_skipped_and_a_corrupt_one_retrained(mnist5k, write_co
 
 
 def test_shape_mismatch_is_retrained(mnist5k, write_config, tmp_path, capsys):
-    small = load_config(write_config())
+    small = load_config(write_config(params=ONE_EPOCH))
     torch.save(build_model(load_config(write_config(model={"hidden_sizes": [8, 8]})).model).state_dict(),
                model_path(small, 0, tmp_path))
     train_seed(small, 0, mnist5k, torch.device("cpu"), tmp_path)
@@ -99,18 +102,19 @@ def test_diverged_run_is_recorded_and_other_seeds_go_on(mnist5k, write_config, t
         assert record["diverged"] is True and not path.exists()
 
 
-def test_cli_trains_then_skips_everything(write_config, tmp_path):
-    config = write_config(seeds=[0, 1], params={"lr": 0.002, "batch_size": 256, "epochs": 1, "patience": 1})
-    cmd = [sys.executable, str(ROOT / "main_train.py"), str(config), "--models-dir", str(tmp_path / "models")]
-    first = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+def test_cli_trains_then_skips_everything(write_config, tmp_path, entry_point):
+    config = write_config(seeds=[0, 1], params=ONE_EPOCH)
+    args = [str(config), "--models-dir", str(tmp_path / "models"), "--output-dir", str(tmp_path / "output")]
+    first = subprocess.run([sys.executable, str(ROOT / "main_train.py"), *args], capture_output=True, text=True,
+                           cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert len(list((tmp_path / "models").glob("*.pt"))) == 2
     trained = {p: p.stat().st_mtime_ns for p in (tmp_path / "models").glob("*")}
-    second = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
-    assert second.returncode == 0 and second.stdout.count("model exists, skipping") == 2
+    status, out, _ = entry_point(main_train, *args)
+    assert status == 0 and out.count("model exists, skipping") == 2
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "models").glob("*")} == trained  # nothing rewritten
-    one = subprocess.run(cmd + ["--seed-index", "5"], capture_output=True, text=True, cwd=tmp_path)
-    assert one.returncode == 2 and "--seed-index 5 is out of range" in one.stderr
+    status, _, err = entry_point(main_train, *args, "--seed-index", "5")
+    assert status == 2 and "--seed-index 5 is out of range" in err
 
 
 def test_online_logging_without_credentials_is_a_user_error(write_config, tmp_path):
@@ -184,17 +188,17 @@ def test_constant_schedule_with_warmup_ramps_then_holds(mnist5k, write_config):
 
 
 def test_without_early_stopping_the_last_epoch_is_kept(mnist5k, write_config, monkeypatch):
-    cfg = load_config(write_config(params={"lr": 0.05, "batch_size": 64, "epochs": 6, "patience": None}))
+    cfg = load_config(write_config(params={"lr": 0.05, "batch_size": 256, "epochs": 3, "patience": None}))
     torch.manual_seed(0)
     model = build_model(cfg.model)
     # Validation losses with their best at epoch 2, whatever this machine's float sums make of the
     # real trajectory: the test must not depend on the last epoch happening to be worse.
-    losses = iter([0.9, 0.5, 0.8, 0.7, 0.6, 0.55])
+    losses = iter([0.9, 0.5, 0.8])
     monkeypatch.setattr(train, "evaluate", lambda *args: train.Metrics(loss=next(losses), acc=0.5))
     states = []
     result = fit(model, mnist5k, cfg.params, seed=0, device=torch.device("cpu"),
                  on_epoch=lambda row: states.append(copy.deepcopy(model.state_dict())))
-    assert result.epochs == 6 and result.best_epoch == 6 and len(states) == 6
+    assert result.epochs == 3 and result.best_epoch == 3 and len(states) == 3
     final = model.state_dict()
     assert all(torch.equal(final[k], states[-1][k]) for k in final)  # the last epoch's weights ...
     assert not all(torch.equal(final[k], states[1][k]) for k in final)  # ... not the best epoch's
@@ -255,7 +259,7 @@ def test_checkpoint_of_other_params_is_not_resumed(mnist5k, write_config, tmp_pa
 
 
 def test_sigterm_then_rerun_gives_the_weights_of_an_uninterrupted_run(write_config, tmp_path):
-    config = write_config(params={"lr": 0.002, "batch_size": 16, "epochs": 6, "patience": 6})
+    config = write_config(params={"lr": 0.002, "batch_size": 64, "epochs": 6, "patience": 6})
 
     def command(models):
         return [sys.executable, str(ROOT / "main_train.py"), str(config), "--models-dir", str(tmp_path / models),
@@ -263,9 +267,10 @@ def test_sigterm_then_rerun_gives_the_weights_of_an_uninterrupted_run(write_conf
 
     clean = subprocess.run(command("clean"), capture_output=True, text=True, cwd=tmp_path)
     assert clean.returncode == 0, clean.stderr
-    proc = subprocess.Popen(command("cut"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-    while not list((tmp_path / "cut").glob("*.ckpt")) and proc.poll() is None:
-        time.sleep(0.005)
+    proc = subprocess.Popen(command("cut"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    # Epoch 1's checkpoint is written before epoch 2 starts, so before epoch 2's line.
+    next(line for line in proc.stdout if re.match(r"seed 0 epoch +2:", line))
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 130, stderr
@@ -288,7 +293,7 @@ def test_sigterm_then_rerun_gives_the_weights_of_an_uninterrupted_run(write_conf
 # ---------------------------------------------------------------- model files
 
 def test_missing_sidecar_is_rewritten_without_retraining(mnist5k, write_config, tmp_path, capsys, monkeypatch):
-    cfg = load_config(write_config())
+    cfg = load_config(write_config(params=ONE_EPOCH))
     path = train_seed(cfg, 0, mnist5k, torch.device("cpu"), tmp_path)
     sidecar = path.with_suffix(".json")
     before = json.loads(sidecar.read_text())
@@ -305,7 +310,7 @@ class Arbitrary:
 
 
 def test_a_model_file_with_objects_is_refused_without_relaying_torchs_advice(mnist5k, write_config, tmp_path, capsys):
-    cfg = load_config(write_config())
+    cfg = load_config(write_config(params=ONE_EPOCH))
     path = model_path(cfg, 0, tmp_path)
     torch.save({"output.weight": Arbitrary()}, path)
     with pytest.raises(ModelFileError) as info:
