@@ -46,7 +46,8 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import numpy as np
 
-    from cka_prune.greedy import channel_groups, constant_columns, greedy_cka, reference_greedy
+    from cka_prune.engines import constant_columns, reference_greedy
+    from cka_prune.greedy import channel_groups, greedy_cka
 
     rng = np.random.default_rng(args.seed)
     print(f"threads={args.threads} (cpu_count={os.cpu_count()}), float64, numpy {np.__version__}")

@@ -1,4 +1,4 @@
-"""Greedy CKA pruning of one layer from its activations: `greedy_cka`, and the public API.
+"""Greedy CKA pruning of one layer from its activations: `greedy_cka`.
 
 The search (conditional or independent greedy, its stop and tie rules, global allocation over
 several layers) is `cka_prune.greedy_search`.
@@ -16,8 +16,7 @@ Two engines give the same removal order and scores:
   (`fast_greedy_from_interactions`, `cka_prune.fast`). At the next Linear layer's
   pre-activation: `fast_next_greedy`, O(n^2) per step (`cka_prune.next_layer`).
 
-The layer engines' public names are re-exported here (every engine, the refit CKA and OBS
-included: `cka_prune.engines`).
+Every engine's public names, the refit CKA and OBS included, are `cka_prune.engines`.
 """
 
 from __future__ import annotations
@@ -27,20 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from cka_prune.checks import (DEGENERATE_RTOL, Groups, candidate_mask, check_activations, check_budget, check_choice,
-                              normalize_groups)
-from cka_prune.fast import cka_path, fast_greedy_from_interactions, fast_search
-from cka_prune.interactions import (DEFAULT_MEMORY_BYTES, CovarianceAccumulator, choose_route,
-                                    interactions_from_activations, interactions_from_covariance)
-from cka_prune.next_layer import _check_weight, fast_next_greedy, next_layer_cka_path, next_layer_search
-from cka_prune.reference import Recompute, constant_columns, reference_greedy, reference_search
-from cka_prune.greedy_search import GREEDY, TIE_RTOL, Search, allocate, choose, run_search
+from cka_prune.checks import Groups, candidate_mask, check_activations, check_budget, check_choice, normalize_groups
+from cka_prune.fast import fast_greedy_from_interactions
+from cka_prune.greedy_search import GREEDY
+from cka_prune.interactions import interactions_from_activations
+from cka_prune.next_layer import _check_weight, fast_next_greedy
+from cka_prune.reference import constant_columns, reference_greedy
 
-__all__ = ["DEFAULT_MEMORY_BYTES", "DEGENERATE_RTOL", "GREEDY", "TIE_RTOL", "CovarianceAccumulator", "Groups",
-           "Recompute", "Search", "allocate", "channel_groups", "choose", "choose_route", "cka_path",
-           "constant_columns", "fast_greedy_from_interactions", "fast_next_greedy", "fast_search", "greedy_cka",
-           "interactions_from_activations", "interactions_from_covariance", "next_layer_cka_path",
-           "next_layer_search", "reference_greedy", "reference_search", "run_search"]
+__all__ = ["channel_groups", "greedy_cka"]
 
 
 def channel_groups(n_channels: int, positions: int) -> list[np.ndarray]:

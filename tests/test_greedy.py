@@ -1,11 +1,8 @@
 """Tests for cka_prune/greedy.py: `greedy_cka` end to end (the fast engines must reproduce the literal reference
-loop; its argument checks) and its re-exports. Each engine module has its own file: test_greedy_search.py,
+loop; its argument checks). The engines' re-exports are tests/test_engines.py. Each engine module has its own file: test_greedy_search.py,
 test_reference.py, test_interactions.py, test_next_layer.py."""
 
 from __future__ import annotations
-
-import importlib
-import inspect
 
 import numpy as np
 import pytest
@@ -268,27 +265,3 @@ def test_next_layer_fast_rejects_what_it_cannot_do() -> None:
     with pytest.raises(ValueError, match="greedy must be one of"):
         greedy_cka(x, 2, greedy="lazy")
 
-
-# Where each name of cka_prune.greedy.__all__ is defined (the split of the engines into modules).
-DEFINED_IN = {
-    "cka_prune.checks": ["DEGENERATE_RTOL", "Groups"],
-    "cka_prune.greedy_search": ["GREEDY", "TIE_RTOL", "Search", "allocate", "choose", "run_search"],
-    "cka_prune.reference": ["Recompute", "constant_columns", "reference_greedy", "reference_search"],
-    "cka_prune.interactions": ["DEFAULT_MEMORY_BYTES", "CovarianceAccumulator", "choose_route",
-                               "interactions_from_activations", "interactions_from_covariance"],
-    "cka_prune.fast": ["cka_path", "fast_greedy_from_interactions", "fast_search"],
-    "cka_prune.next_layer": ["fast_next_greedy", "next_layer_cka_path", "next_layer_search"],
-    "cka_prune.greedy": ["channel_groups", "greedy_cka"],
-}
-
-
-def test_public_names_are_re_exported_from_their_defining_module() -> None:
-    public = importlib.import_module("cka_prune.greedy")
-    assert sorted(n for names in DEFINED_IN.values() for n in names) == sorted(public.__all__)
-    for module_name, names in DEFINED_IN.items():
-        module = importlib.import_module(module_name)
-        for name in names:
-            obj = getattr(module, name)
-            assert getattr(public, name) is obj, name
-            if inspect.isfunction(obj) or inspect.isclass(obj):  # defined there, not imported from elsewhere
-                assert obj.__module__ == module_name, name

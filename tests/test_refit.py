@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cka_prune.cka import feature_space_linear_cka
-from cka_prune.greedy import run_search
+from cka_prune.engines import run_search
 from cka_prune.obs import obs_greedy
 from cka_prune.refit import reference_refit_cka_path, reference_refit_search, refit_cka_path, refit_search, ridge_fit
 from tests.refit_helpers import CASES, cov, data

@@ -4,7 +4,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from cka_prune.greedy import reference_greedy
+from cka_prune.engines import reference_greedy
 from cka_prune.tp_importance import CKAImportance
 from src.config import ModelConfig, PruneParams
 from src.data import Split, to_unit_float
@@ -169,7 +169,7 @@ def test_reference_engine_prunes_like_the_fast_engine():
 
 
 def test_debiased_interactions_match_the_engine_on_the_concatenation():
-    from cka_prune.greedy import interactions_from_activations
+    from cka_prune.engines import interactions_from_activations
     model = trained_like_resnet8()
     x = torch.rand(40, 1, 12, 12, generator=torch.Generator().manual_seed(5))
     for debiased in (False, True):
