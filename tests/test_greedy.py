@@ -1,6 +1,6 @@
 """Tests for cka_prune/greedy.py: `greedy_cka` end to end (the fast engines must reproduce the literal reference
-loop; its argument checks). The engines' re-exports are tests/test_engines.py. Each engine module has its own file: test_greedy_search.py,
-test_reference.py, test_interactions.py, test_next_layer.py."""
+loop; its argument checks). The engines' re-exports are tests/test_engines.py; each engine module has its own
+file: test_greedy_search.py, test_reference.py, test_interactions.py, test_next_layer.py."""
 
 from __future__ import annotations
 
