@@ -2,8 +2,6 @@
 
 import copy
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +22,7 @@ from src.pruning.passes import pass_seed, prune_pass
 from src.pruning.scoring import scoring_indices
 from src.pruning.shrink import shrunk
 from src.train import fit
-from tests.conftest import ROOT, tiny_raw, untimed
+from tests.conftest import tiny_raw, untimed
 
 CPU = torch.device("cpu")
 CNN = {"type": "cnn", "conv_channels": [6, 8], "kernel_size": 3, "fc_sizes": [12], "batch_norm": True}
@@ -239,8 +237,7 @@ def test_a_run_with_compensation_records_its_reconstruction_errors(tmp_path):
     path = tmp_path / "comp.json"
     path.write_text(json.dumps(raw))
     common = [str(path), "--models-dir", str(tmp_path / "models")]
-    for script, extra in (("main_train.py", []), ("main_prune.py", ["--output-dir", str(tmp_path / "out")])):
-        subprocess.run([sys.executable, script, *common, *extra], cwd=ROOT, check=True, capture_output=True)
+    assert main_train.main(common) == 0 and main_prune.main(common + ["--output-dir", str(tmp_path / "out")]) == 0
     result = results.load(tmp_path / "out" / "comp" / "0.json")
     assert len(result.iterations) == 2 and result.iterations[0].retrain is None
     for it in result.iterations:

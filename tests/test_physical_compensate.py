@@ -10,7 +10,6 @@ from torch import nn
 from torch.nn import functional as F
 
 import main_prune
-import main_train
 from src import results
 from src.models import CifarResNet, LeNet5
 from src.pruning.physical import physical_pass
@@ -119,15 +118,17 @@ TINY_RESNET = {"model": {"type": "resnet", "depth": 8, "width": 4},
                "params": {"lr": 0.01, "batch_size": 128, "epochs": 1, "patience": 1}}
 
 
-def prune(write_config, tmp_path, prune_section, out="output"):
+def prune(write_config, trained, tmp_path, prune_section, out="output"):
+    """Prune the tiny ResNet, trained once per session (``trained``), with ``prune_section``."""
     config = write_config("tiny", **TINY_RESNET, prune=prune_section)
+    trained(config)
     common = [str(config), "--models-dir", str(tmp_path / "models")]
-    assert main_train.main(common) == 0 and main_prune.main(common + ["--output-dir", str(tmp_path / out)]) == 0
+    assert main_prune.main(common + ["--output-dir", str(tmp_path / out)]) == 0
     return results.load(tmp_path / out / "tiny" / "0.json")
 
 
-def test_a_compensated_resnet_run_records_each_groups_consumer_fits(write_config, tmp_path):
-    result = prune(write_config, tmp_path, {"strategy": "one_shot", "params": {
+def test_a_compensated_resnet_run_records_each_groups_consumer_fits(write_config, trained, tmp_path):
+    result = prune(write_config, trained, tmp_path, {"strategy": "one_shot", "params": {
         "type": "cka", "rate": 0.3, "samples": 64, "compensate": "lstsq", "retrain_epochs": 0}})
     (it,) = result.iterations
     pruned = [step for step in it.layers if step.removed]
@@ -139,13 +140,13 @@ def test_a_compensated_resnet_run_records_each_groups_consumer_fits(write_config
     assert all(isinstance(step["compensation"], list) for step in saved["iterations"][0]["layers"] if step["removed"])
 
 
-def test_a_resumed_compensated_resnet_run_equals_an_uninterrupted_one(write_config, tmp_path):
+def test_a_resumed_compensated_resnet_run_equals_an_uninterrupted_one(write_config, trained, tmp_path):
     def section(iterations):
         return {"params": {"type": "tp_l1", "iterations": iterations, "rate": 0.25, "samples": 64,
                            "compensate": "lstsq", "retrain_epochs": 0}}
 
-    prune(write_config, tmp_path, section(1), "cut")
-    resumed = prune(write_config, tmp_path, section(2), "cut")
-    whole = prune(write_config, tmp_path, section(2), "whole")
+    prune(write_config, trained, tmp_path, section(1), "cut")
+    resumed = prune(write_config, trained, tmp_path, section(2), "cut")
+    whole = prune(write_config, trained, tmp_path, section(2), "whole")
     assert untimed(resumed) == untimed(whole)
     assert all(step.fits for it in whole.iterations for step in it.layers if step.removed)

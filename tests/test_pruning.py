@@ -224,19 +224,15 @@ def test_rewinding_restores_the_early_weights_and_keeps_the_masks(trained_cnn, m
     assert not torch.equal(trained_cnn[1].state_dict()["conv.0.norm.running_mean"], early["conv.0.norm.running_mean"])
 
 
-def test_an_interrupted_run_resumes_to_the_same_results(write_config, trained, tmp_path):
+def test_an_interrupted_run_resumes_to_the_same_results(write_config, trained, run, tmp_path, capsys):
+    """The interruption is a real SIGTERM to a real process; the other runs go in-process."""
     config = write_config(prune={"strategy": "iterative", "params": {"type": "cka", "iterations": 3, "rate": 0.25}})
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-
-    def cli(script, out, *extra):
-        return [sys.executable, str(ROOT / script), str(config), "--models-dir", str(tmp_path / "models"), *extra,
-                "--output-dir", str(out)]
-
     trained(config)
-    whole = subprocess.run(cli("main_prune.py", tmp_path / "whole"), capture_output=True, text=True, cwd=tmp_path)
-    assert whole.returncode == 0, whole.stderr
-    proc = subprocess.Popen(cli("main_prune.py", tmp_path / "cut"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, cwd=tmp_path, env=env)
+    assert run(main_prune, config, out="whole") == 0
+    proc = subprocess.Popen([sys.executable, str(ROOT / "main_prune.py"), str(config), "--models-dir",
+                             str(tmp_path / "models"), "--output-dir", str(tmp_path / "cut")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path, env=env)
     for line in proc.stdout:
         if "iteration 2/3: pruned" in line:  # iteration 1 is saved, iteration 2 in flight
             proc.send_signal(signal.SIGTERM)
@@ -245,24 +241,24 @@ def test_an_interrupted_run_resumes_to_the_same_results(write_config, trained, t
     assert proc.returncode == 130 and "interrupted" in out
     partial = json.loads((tmp_path / "cut/tiny/0.json").read_text())
     assert len(partial["iterations"]) == 1 and partial["complete"] is False
-    resumed = subprocess.run(cli("main_prune.py", tmp_path / "cut"), capture_output=True, text=True, cwd=tmp_path)
-    assert resumed.returncode == 0 and "resuming after iteration 1 of 3" in resumed.stdout
+    capsys.readouterr()
+    assert run(main_prune, config, out="cut") == 0 and "resuming after iteration 1 of 3" in capsys.readouterr().out
     a, b = (json.loads((tmp_path / d / "tiny/0.json").read_text()) for d in ("whole", "cut"))
     assert b["complete"] and len(b["iterations"]) == 3
     assert untimed(a) == untimed({**b, "model_file": a["model_file"]})
-    again = subprocess.run(cli("main_prune.py", tmp_path / "cut", "--export"), capture_output=True, text=True, cwd=tmp_path)
-    assert again.returncode == 0 and "seed 0: already pruned (3 iterations), skipping" in again.stdout
+    assert run(main_prune, config, "--export", out="cut") == 0
+    again = capsys.readouterr().out
+    assert "seed 0: already pruned (3 iterations), skipping" in again
     exported, small_cfg = load_exported(tmp_path / "cut/tiny/exported/seed0.pt")
     alive = [layer["alive_after"] for layer in b["iterations"][-1]["layers"]]
-    assert list(small_cfg.hidden_sizes) == alive and "exported model:" in again.stdout
+    assert list(small_cfg.hidden_sizes) == alive and "exported model:" in again
     assert untimed(json.loads((tmp_path / "cut/tiny/0.json").read_text())) == untimed(b)
 
 
-def test_missing_model_is_one_line_exit_2(write_config, tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "main_prune.py"), str(write_config()), "--models-dir",
-                           str(tmp_path / "none"), "--output-dir", str(tmp_path / "out")],
-                          capture_output=True, text=True, cwd=tmp_path)
-    assert "no trained model" in proc.stderr and proc.returncode == 2
+def test_missing_model_is_one_line_exit_2(write_config, tmp_path, entry_point):
+    status, _, err = entry_point(main_prune, write_config(), "--models-dir", tmp_path / "none", "--output-dir",
+                                 tmp_path / "out")
+    assert "no trained model" in err and status == 2 and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("prune, expected", [
