@@ -5,12 +5,14 @@ budget records unpacked from their archive once for the module) and every CSV an
 and the printed text committed beside them, is compared; figures are neither rendered nor compared.
 """
 
+import functools
 import shutil
 from pathlib import Path
 
 import pytest
 from matplotlib.figure import Figure
 
+from src import results
 from src.errors import UserError
 from src.report.committed import PACKED, REGENERATIONS, WITHOUT_RECORDS, extract_packed, regenerate, selected
 from tests.report_helpers import ROOT
@@ -48,6 +50,8 @@ def regenerated(tmp_path_factory) -> Path:
         # Figures are not compared: laying them out and rendering them would be most of the time.
         patch.setattr(Figure, "tight_layout", lambda self, *args, **kwargs: None)
         patch.setattr(Figure, "savefig", lambda self, *args, **kwargs: None)
+        # Several reports read the same records (each budget cell, then its grid): parse each file once.
+        patch.setattr(results, "load", functools.cache(results.load))
         extract_packed()
         for entry in REGENERATIONS:
             regenerate(entry)
