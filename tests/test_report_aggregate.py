@@ -5,6 +5,7 @@ import math
 import pytest
 
 from src import results
+from src.cli import apply_threads
 from src.report import build_report, overlap_fraction
 from tests.report_helpers import runs, seeds_with_gaps, simple, write_result  # noqa: F401 (fixture)
 
@@ -103,7 +104,15 @@ def test_nan_accuracy_stays_nan(tmp_path):
     assert math.isnan(row.after_prune.mean) and row.after_retrain.mean == pytest.approx(0.5)
 
 
-def test_report_on_results_the_pruner_wrote(write_config, tmp_path):
+@pytest.fixture
+def one_thread():
+    """``--threads 1`` for the entry points: on networks this small more threads only contend for a
+    shared machine's cores (ten times the CPU). Afterwards the default threads, as any other run leaves them."""
+    yield "1"
+    apply_threads(None)
+
+
+def test_report_on_results_the_pruner_wrote(write_config, tmp_path, one_thread):
     import main_prune
     import main_train
 
@@ -111,7 +120,7 @@ def test_report_on_results_the_pruner_wrote(write_config, tmp_path):
     for criterion in ("cka", "l1"):
         config = write_config(criterion, prune={"params": {"type": criterion, "iterations": 2, "rate": 0.3}},
                               seeds=[0, 1])
-        common = [str(config), "--models-dir", str(tmp_path / "models")]
+        common = [str(config), "--models-dir", str(tmp_path / "models"), "--threads", one_thread]
         assert main_train.main(common) == 0 and main_prune.main(common + ["--output-dir", str(tmp_path / "out")]) == 0
         dirs.append(tmp_path / "out" / criterion)
     report = build_report(dirs, config_root=None)

@@ -8,21 +8,25 @@ from pathlib import Path
 import pytest
 
 from src.errors import UserError
-from src.report import build_report, default_out_dir, main
+from src.report import build_report, cli, default_out_dir, main
 from tests.report_helpers import ROOT, runs, seeds_with_gaps, write_result  # noqa: F401 (fixture)
 
 
-def test_cli_prints_tables_and_exits_2_on_bad_input(runs, tmp_path, capsys):
+def test_cli_prints_tables_and_exits_2_on_bad_input(runs, tmp_path, capsys, entry_point):
     assert main([str(d) for d in runs] + ["--out", str(tmp_path / "cli"), "--config-root", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "Accuracy gap between criteria" in printed and "Endpoint tests" in printed
     assert printed.rstrip().endswith(f"figure: {tmp_path / 'cli' / 'accuracy.png'}")
-    for args, message in (([str(tmp_path / "absent")], "no such directory"),
-                          ([str(runs[0]), "--endpoint", "iteration:0"], "--endpoint iteration:0"),
+    # One real process for the command's exit status; the option checks run in this one.
+    done = subprocess.run([sys.executable, "-m", "src.report", str(tmp_path / "absent")], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "no such directory" in done.stderr
+    for args, message in (([str(runs[0]), "--endpoint", "iteration:0"], "--endpoint iteration:0"),
                           ([str(runs[0]), "--fixed-endpoint", "mean:1"], "--fixed-endpoint mean:1")):
-        done = subprocess.run([sys.executable, "-m", "src.report", *args], cwd=ROOT, capture_output=True, text=True)
-        assert done.returncode == 2
-        assert done.stderr.count("\n") == 1 and message in done.stderr
+        status, _, stderr = entry_point(cli, *args)
+        assert status == 2
+        assert stderr.count("\n") == 1 and message in stderr
 
 
 def test_options_reach_the_report(tmp_path, capsys):

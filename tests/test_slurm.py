@@ -384,14 +384,19 @@ def repo_files() -> list[str]:
 
 
 def fast_demo_config(path: Path, epochs: int, patience: int) -> None:
+    """The demo with ``epochs`` and ``patience``, on narrower layers, two prune iterations and three
+    learning rates to search: the jobs' work is not what these tests check, how they run is."""
     raw = json.loads(path.read_text())
     raw["params"].update(epochs=epochs, patience=patience)
+    raw["model"]["hidden_sizes"] = [64, 64]
+    raw["prune"]["params"]["iterations"] = 2
+    raw["search"]["parameters"]["lr"]["values"] = [0.01, 0.001, 0.0001]
     path.write_text(json.dumps(raw, indent=1))
 
 
 @pytest.fixture(scope="module")
 def repo_copy(tmp_path_factory) -> Path:
-    """A copy of the repository with the demo shortened to 1 epoch and the venv linked in."""
+    """A copy of the repository with the demo shortened (fast_demo_config, 1 epoch) and the venv linked in."""
     copy = tmp_path_factory.mktemp("slurm") / "repo"
     for name in repo_files():
         (copy / name).parent.mkdir(parents=True, exist_ok=True)
