@@ -127,13 +127,19 @@ def mnist5k():
     return load_splits(DataConfig(dataset="mnist-5k"))
 
 
+CHECKOUT = ("commit", "dirty")  # a provenance's fields that name the checkout's state
+
+
 def untimed(obj):
     """``obj`` (JSON-like: dicts, lists) without its wall times (keys containing "seconds"), which no two
-    runs share; a result record is compared as the JSON its file holds."""
+    runs share, nor the checkout its provenances name (:data:`CHECKOUT`): a commit or an edit made
+    while a test's runs go on changes it between them, not what they compute. A result record is
+    compared as the JSON its file holds."""
     if hasattr(obj, "to_dict"):
         obj = json.loads(json.dumps(obj.to_dict()))
     if isinstance(obj, dict):
-        return {k: untimed(v) for k, v in obj.items() if "seconds" not in k}
+        return {k: untimed({f: x for f, x in v.items() if f not in CHECKOUT} if k == "provenance" and v else v)
+                for k, v in obj.items() if "seconds" not in k}
     if isinstance(obj, list):
         return [untimed(v) for v in obj]
     return obj

@@ -1,6 +1,7 @@
 """Rerunning a prune run end to end: a result of another run is refused, never appended to; a finished
 run extends; a result file behind its checkpoint is repaired (src/pruning/resume.py)."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 import main_prune
+import src.provenance
 from src import results
 from src.artifacts import model_path
 from src.config import load_config
@@ -85,6 +87,27 @@ def test_raising_iterations_extends_a_finished_run(write_config, trained, run, t
     assert three.iterations[:2] == two.iterations and three.run == two.run
     assert run(main_prune, config, out="whole") == 0  # three iterations without stopping
     assert untimed(stored(tmp_path, "whole")) == untimed(three)
+
+
+def test_a_run_resumed_after_a_commit_equals_one_that_never_stopped(write_config, trained, run, tmp_path,
+                                                                    monkeypatch):
+    config = write_config("tiny", prune=prune_section(iterations=1))
+    trained(config)
+    here = src.provenance.current(torch.device("cpu"))
+    earlier = dataclasses.replace(here, commit="0" * 40, dirty=not here.dirty)  # the checkout before a commit
+    monkeypatch.setattr(src.provenance, "current", lambda device: earlier)
+    assert run(main_prune, config, out="cut") == 0
+    monkeypatch.undo()
+    edit(config, prune=prune_section(iterations=2))
+    assert run(main_prune, config, out="cut") == 0
+    assert run(main_prune, config, out="whole") == 0
+    resumed, whole = stored(tmp_path, "cut"), stored(tmp_path, "whole")
+    assert resumed.iterations[0].provenance == earlier and whole.iterations[0].provenance == here
+    assert untimed(resumed) == untimed(whole)
+    other_threads = dataclasses.replace(here, threads=here.threads + 1)  # what the run computed with still counts
+    changed = dataclasses.replace(whole, iterations=(dataclasses.replace(whole.iterations[0], provenance=other_threads),
+                                                     *whole.iterations[1:]))
+    assert untimed(changed) != untimed(whole)
 
 
 @pytest.mark.parametrize("damage", ["missing", "truncated", "behind"])
