@@ -2,6 +2,7 @@
 the markers of tests that need something of the machine (tests/system.py)."""
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -10,6 +11,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+# One thread for every run the tests make, in this process (src.cli.default_threads reads it) and in
+# the processes they start: on networks this small a second thread costs more CPU in synchronisation
+# than it saves (test_strategy and test_sweep: 43 s of CPU on one thread against 311 s on two, on a
+# busy machine). Tests about threads set their own count.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from tests import system  # noqa: E402 - needs the repository on sys.path
 
