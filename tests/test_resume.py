@@ -113,8 +113,8 @@ def test_a_result_file_behind_its_checkpoint_is_repaired(finished_run, trained_c
         raw["iterations"] = raw["iterations"][:1]
         path.write_text(json.dumps(raw))
     capsys.readouterr()
-    args = [str(finished_run / "tiny.json"), "--models-dir", str(trained_cache), "--output-dir", str(tmp_path / "output")]
-    assert main_prune.main(args) == 0
+    args = [finished_run / "tiny.json", "--models-dir", trained_cache, "--output-dir", tmp_path / "output"]
+    assert main_prune.main([str(arg) for arg in args]) == 0
     out = capsys.readouterr().out
     assert "repaired from its checkpoint (2 iterations)" in out and "already pruned (2 iterations)" in out
     assert results.same(stored(tmp_path), finished)
