@@ -376,7 +376,8 @@ def test_workers_sharing_a_storage_train_each_point_once(tmp_path, kind):
     assert json.loads((tmp_path / "out" / "c.json").read_text())["complete"]
 
 
-def test_a_killed_worker_is_resumed_without_retraining_finished_points(tmp_path):
+def test_a_killed_worker_is_resumed_without_retraining_finished_points(tmp_path, entry_point):
+    import main_search
     # The third point is slow enough to be killed in the middle of.
     config = write(tmp_path / "c.json", tiny_search_raw({"epochs": [1, 2, 400], "lr": [0.01]}, patience=400))
     command = [sys.executable, SCRIPT, str(config), "--output-dir", str(tmp_path / "out"), "--heartbeat", "1"]
@@ -398,8 +399,8 @@ def test_a_killed_worker_is_resumed_without_retraining_finished_points(tmp_path)
     assert "was lost: no heartbeat" in second.stdout
     trials = journal_trials(tmp_path / "out" / "c.journal")
     assert Counter(t.state for t in trials) == {TrialState.COMPLETE: 3, TrialState.FAIL: 1}
-    third = subprocess.run(command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=60)
-    assert ": training" not in third.stdout and "best: epochs=" in third.stdout
+    status, third, _ = entry_point(main_search, *command[2:])  # a finished search: nothing runs, in this process
+    assert status == 0 and ": training" not in third and "best: epochs=" in third
 
 
 # ---------------------------------------------------------------- W&B
@@ -434,13 +435,20 @@ def stalling_proxy(tmp_path):
     proxy.close()
 
 
-def test_wandb_backend_without_credentials_fails_before_any_connection(tmp_path, stalling_proxy):
+def test_wandb_backend_without_credentials_fails_before_any_connection(tmp_path, stalling_proxy, monkeypatch,
+                                                                      entry_point):
+    import main_search
+
     env, connections = stalling_proxy
+    for name in set(os.environ) - set(env):
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(tmp_path)
     config = write(tmp_path / "c.json", tiny_search_raw({"lr": LRS}))
-    run = subprocess.run([sys.executable, SCRIPT, str(config), "--backend", "wandb"], cwd=tmp_path,
-                         env=env, capture_output=True, text=True, timeout=60)
-    assert run.returncode == 2 and run.stdout == ""
-    assert len(run.stderr.splitlines()) == 1 and "needs W&B credentials" in run.stderr
+    status, out, err = entry_point(main_search, config, "--backend", "wandb")
+    assert status == 2 and out == ""
+    assert len(err.splitlines()) == 1 and "needs W&B credentials" in err
     assert connections == []
 
 

@@ -1,22 +1,25 @@
 """The whole study in one command: plan, skip finished work, resume after a kill, the paper's table."""
 
+import contextlib
+import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from src import reproduce, results
 from src.errors import UserError
 from tests.conftest import ROOT, tiny_raw, untimed
 
 
-@pytest.fixture
-def study(tmp_path):
+def write_study(root):
     """A folder of two criteria (cka, l1) on the same tiny model, 2 seeds x 2 iterations."""
-    folder = tmp_path / "study"
+    folder = root / "study"
     folder.mkdir()
     for criterion in ("cka", "l1"):
         raw = tiny_raw(prune={"params": {"type": criterion, "iterations": 2, "rate": 0.3}}, seeds=[0, 1])
@@ -24,28 +27,46 @@ def study(tmp_path):
     return folder
 
 
-def test_a_study_runs_end_to_end_then_skips_everything(study, tmp_path, capsys):
-    args = [str(study), "--models-dir", str(tmp_path / "models"), "--output-dir", str(tmp_path / "out")]
-    assert reproduce.main(args) == 0
-    out = capsys.readouterr().out
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """The study run once in this process, on one thread as its killed twin below runs: (the folder that
+    holds study/, models/ and out/, what the run printed). Tests read it, or copy it before changing it."""
+    root = tmp_path_factory.mktemp("finished")
+    printed = io.StringIO()
+    threads = torch.get_num_threads()
+    try:
+        with contextlib.redirect_stdout(printed):
+            assert reproduce.main([str(write_study(root)), "--models-dir", str(root / "models"),
+                                   "--output-dir", str(root / "out"), "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return root, printed.getvalue()
+
+
+def test_a_study_runs_end_to_end_then_skips_everything(finished, tmp_path, capsys):
+    root, out = finished
     assert "2 model(s) to train, 8 prune iteration(s) to run" in out  # two seeds shared by both criteria
     assert "[10/10]" in out and "Test accuracy after retraining, per iteration" in out
     table = out[out.index("Test accuracy after retraining"):]
     assert "cka % [min-max]" in table and "l1 % [min-max]" in table and "n=2" in table
-    assert (tmp_path / "out/study/report/accuracy.png").exists()
-    assert (tmp_path / "out/study/reproduce.log").read_text().count("retrained") == 8
-    assert len(list((tmp_path / "models").glob("*.pt"))) == 2
+    assert (root / "out/study/report/accuracy.png").exists()
+    assert (root / "out/study/reproduce.log").read_text().count("retrained") == 8
+    assert len(list((root / "models").glob("*.pt"))) == 2
+    copy = shutil.copytree(root, tmp_path / "copy")
+    args = [str(copy / "study"), "--models-dir", str(copy / "models"), "--output-dir", str(copy / "out")]
     assert reproduce.main(args) == 0
     assert "0 model(s) to train, 0 prune iteration(s) to run" in capsys.readouterr().out
 
 
-def test_a_killed_study_resumes_to_the_same_results(study, tmp_path):
+def test_a_killed_study_resumes_to_the_same_results(finished, tmp_path):
+    # The finished study's models (read, never written: they exist) are the ones the killed run prunes,
+    # so that its records name the same model files.
+    root, _ = finished
+
     def command(out):
-        return [sys.executable, "-m", "src.reproduce", str(study), "--models-dir", str(tmp_path / "models"),
+        return [sys.executable, "-m", "src.reproduce", str(root / "study"), "--models-dir", str(root / "models"),
                 "--output-dir", str(tmp_path / out), "--threads", "1"]
 
-    whole = subprocess.run(command("whole"), cwd=ROOT, capture_output=True, text=True)
-    assert whole.returncode == 0, whole.stderr
     proc = subprocess.Popen(command("cut"), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     for line in proc.stdout:
@@ -60,7 +81,7 @@ def test_a_killed_study_resumes_to_the_same_results(study, tmp_path):
     assert "0 model(s) to train" in planned and "8 prune iteration(s)" not in planned  # finished work is not redone
     for criterion in ("cka", "l1"):
         for seed in (0, 1):
-            cut, full = (tmp_path / out / criterion / f"{seed}.json" for out in ("cut", "whole"))
+            cut, full = (folder / criterion / f"{seed}.json" for folder in (tmp_path / "cut", root / "out"))
             assert untimed(results.load(cut)) == untimed(results.load(full)), f"{criterion} seed {seed}"
 
 
@@ -106,8 +127,6 @@ def test_fresh_replaces_the_results_of_a_training_the_config_no_longer_asks_for(
 
 
 def test_fresh_replaces_the_results_of_a_model_trained_again_differently(tmp_path, monkeypatch, capsys):
-    import torch
-
     folder = tmp_path / "study"
     folder.mkdir()
     (folder / "cka.json").write_text(json.dumps(tiny_raw(prune={"params": {"type": "cka", "iterations": 1,

@@ -3,8 +3,7 @@ run extends; a result file behind its checkpoint is repaired (src/pruning/resume
 
 import dataclasses
 import json
-import subprocess
-import sys
+import shutil
 
 import pytest
 import torch
@@ -15,7 +14,7 @@ from src import results
 from src.artifacts import model_path
 from src.config import load_config
 from src.pruning.resume import IdentityMismatch
-from tests.conftest import ROOT, tiny_raw, untimed
+from tests.conftest import tiny_raw, untimed
 from tests.strategy_helpers import edit, prune_section, stored
 
 
@@ -61,16 +60,16 @@ def test_a_changed_model_file_is_a_different_run(write_config, trained, run, tmp
         run(main_prune, config)
 
 
-def test_a_mismatch_is_one_line_with_exit_status_2(write_config, trained, run, tmp_path):
+def test_a_mismatch_is_one_line_with_exit_status_2(write_config, trained, run, tmp_path, capsys, entry_point):
     config = write_config("tiny")
     trained(config)
     run(main_prune, config)
     edit(config, prune=prune_section("random"))
-    proc = subprocess.run([sys.executable, str(ROOT / "main_prune.py"), str(config), "--models-dir",
-                           str(tmp_path / "models"), "--output-dir", str(tmp_path / "output")],
-                          capture_output=True, text=True, cwd=tmp_path)
-    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
-    assert 'prune.params.type: "cka" -> "random"' in proc.stderr and proc.stdout == ""
+    capsys.readouterr()  # the first run's output
+    status, out, err = entry_point(main_prune, config, "--models-dir", tmp_path / "models",
+                                   "--output-dir", tmp_path / "output")
+    assert status == 2 and len(err.strip().splitlines()) == 1
+    assert 'prune.params.type: "cka" -> "random"' in err and out == ""
 
 
 def test_raising_iterations_extends_a_finished_run(write_config, trained, run, tmp_path, capsys):
@@ -110,11 +109,23 @@ def test_a_run_resumed_after_a_commit_equals_one_that_never_stopped(write_config
     assert untimed(changed) != untimed(whole)
 
 
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, trained_cache):
+    """The tiny config's finished two-iteration run: its folder, holding tiny.json and output/. Its model is the
+    session's (in trained_cache), which pruning only reads; a test copies output/ before changing it."""
+    import main_train
+
+    root = tmp_path_factory.mktemp("finished-run")
+    config = root / "tiny.json"
+    config.write_text(json.dumps(tiny_raw(prune=prune_section(iterations=2))))
+    assert main_train.main([str(config), "--models-dir", str(trained_cache)]) == 0
+    assert main_prune.main([str(config), "--models-dir", str(trained_cache), "--output-dir", str(root / "output")]) == 0
+    return root
+
+
 @pytest.mark.parametrize("damage", ["missing", "truncated", "behind"])
-def test_a_result_file_behind_its_checkpoint_is_repaired(write_config, trained, run, tmp_path, capsys, damage):
-    config = write_config("tiny", prune=prune_section(iterations=2))
-    trained(config)
-    run(main_prune, config)
+def test_a_result_file_behind_its_checkpoint_is_repaired(finished_run, trained_cache, tmp_path, capsys, damage):
+    shutil.copytree(finished_run / "output", tmp_path / "output")
     path, finished = tmp_path / "output/tiny/0.json", stored(tmp_path)
     if damage == "missing":
         path.unlink()
@@ -125,7 +136,8 @@ def test_a_result_file_behind_its_checkpoint_is_repaired(write_config, trained, 
         raw["iterations"] = raw["iterations"][:1]
         path.write_text(json.dumps(raw))
     capsys.readouterr()
-    assert run(main_prune, config) == 0
+    args = [finished_run / "tiny.json", "--models-dir", trained_cache, "--output-dir", tmp_path / "output"]
+    assert main_prune.main([str(arg) for arg in args]) == 0
     out = capsys.readouterr().out
     assert "repaired from its checkpoint (2 iterations)" in out and "already pruned (2 iterations)" in out
     assert results.same(stored(tmp_path), finished)

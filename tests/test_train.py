@@ -105,9 +105,8 @@ def test_diverged_run_is_recorded_and_other_seeds_go_on(mnist5k, write_config, t
 def test_cli_trains_then_skips_everything(write_config, tmp_path, entry_point):
     config = write_config(seeds=[0, 1], params=ONE_EPOCH)
     args = [str(config), "--models-dir", str(tmp_path / "models"), "--output-dir", str(tmp_path / "output")]
-    first = subprocess.run([sys.executable, str(ROOT / "main_train.py"), *args], capture_output=True, text=True,
-                           cwd=tmp_path)
-    assert first.returncode == 0, first.stderr
+    status, _, err = entry_point(main_train, *args)  # main_train.py as a process: test_cli.py
+    assert status == 0, err
     assert len(list((tmp_path / "models").glob("*.pt"))) == 2
     trained = {p: p.stat().st_mtime_ns for p in (tmp_path / "models").glob("*")}
     status, out, _ = entry_point(main_train, *args)
@@ -117,13 +116,15 @@ def test_cli_trains_then_skips_everything(write_config, tmp_path, entry_point):
     assert status == 2 and "--seed-index 5 is out of range" in err
 
 
-def test_online_logging_without_credentials_is_a_user_error(write_config, tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")}
-    env.update(HOME=str(tmp_path), NETRC=str(tmp_path / "none"))
-    proc = subprocess.run([sys.executable, str(ROOT / "main_train.py"), str(write_config()), "--wandb", "online",
-                           "--models-dir", str(tmp_path / "m")], capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert proc.returncode == 2 and "online W&B logging needs W&B credentials" in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "m").exists()
+def test_online_logging_without_credentials_is_a_user_error(write_config, tmp_path, entry_point, monkeypatch):
+    for name in [name for name in os.environ if name.startswith("WANDB")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("NETRC", str(tmp_path / "none"))
+    monkeypatch.chdir(tmp_path)
+    status, _, err = entry_point(main_train, write_config(), "--wandb", "online", "--models-dir", tmp_path / "m")
+    assert status == 2 and "online W&B logging needs W&B credentials" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "m").exists()
 
 
 # ---------------------------------------------------------------- recipes
@@ -258,15 +259,19 @@ def test_checkpoint_of_other_params_is_not_resumed(mnist5k, write_config, tmp_pa
     assert "checkpoint of another training" in capsys.readouterr().out and result.epochs == 3
 
 
-def test_sigterm_then_rerun_gives_the_weights_of_an_uninterrupted_run(write_config, tmp_path):
+def test_sigterm_then_rerun_gives_the_weights_of_an_uninterrupted_run(write_config, tmp_path, monkeypatch):
     config = write_config(params={"lr": 0.002, "batch_size": 64, "epochs": 6, "patience": 6})
 
     def command(models):
         return [sys.executable, str(ROOT / "main_train.py"), str(config), "--models-dir", str(tmp_path / models),
                 "--threads", "1"]
 
-    clean = subprocess.run(command("clean"), capture_output=True, text=True, cwd=tmp_path)
-    assert clean.returncode == 0, clean.stderr
+    monkeypatch.chdir(tmp_path)  # where the processes run
+    threads = torch.get_num_threads()
+    try:  # the uninterrupted run in this process, on the one thread the processes below use
+        assert main_train.main(command("clean")[2:]) == 0
+    finally:
+        torch.set_num_threads(threads)
     proc = subprocess.Popen(command("cut"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     # Epoch 1's checkpoint is written before epoch 2 starts, so before epoch 2's line.
