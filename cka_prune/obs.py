@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from cka_prune.checks import Groups
+from cka_prune.checks import Groups, candidate_mask
 from cka_prune.greedy_search import Search, run_search
 from cka_prune.refit import blocks, centred_covariance, check, cross, layout, ridge_fit, ridge_inverse, ridge_lambda
 
@@ -61,12 +61,6 @@ class _ObsState:
         self.s[pos, :], self.s[:, pos], self.b[:, pos] = 0.0, 0.0, 0.0
 
 
-def _candidates(ids: np.ndarray, n: int) -> np.ndarray:
-    mask = np.zeros(n, dtype=bool)
-    mask[ids] = True
-    return mask
-
-
 def obs_search(cov: Any, weight: Any, groups: Groups = None, alive: Any = None, ridge: float = 0.0) -> Search:
     """Structured OBS, closed form, as a Search: scores -cost_g, ties within TIE_RTOL x tr(Z^T Z).
 
@@ -76,7 +70,7 @@ def obs_search(cov: Any, weight: Any, groups: Groups = None, alive: Any = None, 
     """
     c, w = check(cov, weight)
     state = _ObsState(c, w, groups, alive, ridge)
-    return Search(_candidates(state.ids, state.local.size), state.scores, state.remove,
+    return Search(candidate_mask(state.ids, state.local.size), state.scores, state.remove,
                   tie_scale=float(np.sum((w @ c) * w)))
 
 
@@ -133,7 +127,7 @@ def reference_obs_search(activations: Any, weight: Any, groups: Groups = None, a
                          ridge: float = 0.0) -> Search:
     """`obs_search` as a literal loop over the raw activations (N, D) of the consumer's input."""
     ref = _ReferenceObs(activations, weight, groups, alive, ridge)
-    return Search(_candidates(ref.ids, ref.local.size), ref.scores, ref.remove, tie_scale=ref.scale)
+    return Search(candidate_mask(ref.ids, ref.local.size), ref.scores, ref.remove, tie_scale=ref.scale)
 
 
 def reference_obs_greedy(activations: Any, weight: Any, k: int, groups: Groups = None, alive: Any = None,

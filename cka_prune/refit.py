@@ -269,9 +269,7 @@ def refit_search(cov: Any, weight: Any, groups: Groups = None, alive: Any = None
     as in `cka_prune.obs.obs_greedy`. Scores: CKA(Z, Zhat) of the kept set after each candidate's removal.
     """
     state = _refit_state(cov, weight, groups, alive, ridge)
-    candidates = np.zeros(state.local.size, dtype=bool)
-    candidates[state.ids] = True
-    return make_search(candidates, state.scores, state.remove, greedy)
+    return make_search(candidate_mask(state.ids, state.local.size), state.scores, state.remove, greedy)
 
 
 def refit_cka_path(cov: Any, weight: Any, order: Sequence[int], groups: Groups = None, alive: Any = None,
@@ -318,9 +316,7 @@ def reference_refit_search(activations: Any, weight: Any, groups: Groups = None,
                            ridge: float = 0.0, greedy: str = "conditional") -> Search:
     """`refit_search` as a literal loop over the raw activations (N, D) of the consumer's input."""
     ref = _ReferenceRefit(activations, weight, groups, alive, ridge)
-    candidates = np.zeros(ref.n, dtype=bool)
-    candidates[ref.ids] = True
-    return make_search(candidates, ref.step_scores, lambda j: None, greedy)
+    return make_search(candidate_mask(ref.ids, ref.n), ref.step_scores, lambda j: None, greedy)
 
 
 def reference_refit_cka_path(activations: Any, weight: Any, order: Sequence[int], groups: Groups = None,
