@@ -587,7 +587,12 @@ def submit_long_training(copy: Path, name: str, seed: int, **env: str) -> tuple[
     and models); return the job id and its log once the log shows a finished epoch."""
     config = copy / "config" / "demo" / f"{name}.json"
     shutil.copy2(copy / "config" / "demo" / "cka.json", config)
+    width = json.loads((ROOT / "config" / "demo" / "cka.json").read_text())["model"]["hidden_sizes"]
     fast_demo_config(config, epochs=1000, patience=1000)
+    # The demo's own width: epochs long enough that a signal lands inside one, as on a real job.
+    raw = json.loads(config.read_text())
+    raw["model"]["hidden_sizes"] = width
+    config.write_text(json.dumps(raw, indent=1))
     job = sbatch([*SBATCH_SMALL, "scripts/train.sh", f"config/demo/{name}.json", "--seed", str(seed)],
                  copy, {**job_env(copy), **env})
     log = copy / "logs" / f"cka-train-{job}.out"
