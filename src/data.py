@@ -292,6 +292,8 @@ def _download_with_torchvision(dataset: str, root: Path) -> str:
     """
     try:
         import torchvision
+    except ModuleNotFoundError:
+        return "torchvision, the optional downloader, is not installed (pip install torchvision)"
     except Exception as err:  # noqa: BLE001 - any import failure means "no downloader"
         return f"torchvision could not be imported ({brief(err)})"
     classes = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10"}

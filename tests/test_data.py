@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import importlib.abc
 import importlib.util
 import pickle
 import sys
@@ -181,8 +182,22 @@ def test_missing_files_without_torchvision_give_one_line(
     for name in data.IDX_FILES:
         assert f"{name}.gz" in message
     assert f"{tmp_path / directory}/" in message
-    assert "torchvision could not be imported" in message
+    assert "torchvision, the optional downloader, is not installed" in message
     assert ("dataset-fashion-mnist" in message) == (dataset == "fashion-mnist")
+
+
+def test_torchvision_that_fails_to_import_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A torchvision built for another torch raises on import; that is a reason, not a crash."""
+    class BrokenBuild(importlib.abc.MetaPathFinder):
+        def find_spec(self, name: str, path: object, target: object = None) -> None:
+            if name == "torchvision":
+                raise RuntimeError("operator torchvision::nms does not exist")
+
+    monkeypatch.delitem(sys.modules, "torchvision", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [BrokenBuild(), *sys.meta_path])
+    with pytest.raises(UserError, match=r"torchvision could not be imported \(RuntimeError: operator") as err:
+        load_splits(DataConfig(dataset="mnist", root=str(tmp_path)))
+    assert "\n" not in str(err.value)
 
 
 def test_failed_download_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -259,7 +274,7 @@ def test_cifar10_missing_files_message(tmp_path: Path, no_torchvision: None) -> 
         load_splits(DataConfig(dataset="cifar10", root=str(tmp_path)))
     message = str(err.value)
     assert "put data_batch_2, test_batch in" in message and str(directory) in message
-    assert "torchvision could not be imported" in message and "\n" not in message
+    assert "torchvision, the optional downloader, is not installed" in message and "\n" not in message
 
 
 # ---------------------------------------------------------------- train/val split
