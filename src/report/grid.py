@@ -185,15 +185,14 @@ def _panels(cells: Sequence[str]) -> tuple[list[str], list[str]]:
 def plot_panels(all_points: Sequence[Point], x: str, xlabel: str, path: Path,
                 formats: Sequence[str]) -> list[Path]:
     """Accuracy vs ``x`` ("neurons" or "parameters" remaining, log scale), one panel per cell, 95 % t-intervals."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib import rc_context
+    from matplotlib.figure import Figure  # not pyplot: a figure nobody registers is freed when done
 
     cells = list(dict.fromkeys(p.cell for p in all_points))
     rows, cols = _panels(cells)
-    with plt.rc_context(figure_style()):
-        fig, axes = plt.subplots(len(rows), len(cols), figsize=(3.3 * len(cols), 2.8 * len(rows)),
-                                 sharex=True, sharey=True, squeeze=False)
+    with rc_context(figure_style()):
+        fig = Figure(figsize=(3.3 * len(cols), 2.8 * len(rows)))
+        axes = fig.subplots(len(rows), len(cols), sharex=True, sharey=True, squeeze=False)
         for cell in cells:
             budget, compensation = cell.rsplit("-", 1)
             ax = axes[rows.index(budget)][cols.index(compensation)]
@@ -257,14 +256,14 @@ def plot_compute(rows: Sequence[tuple[str, str, str, float, float, float, float,
                  formats: Sequence[str]) -> list[Path]:
     """Accuracy at ``at`` remaining vs seconds spent (log x): a marker per group, a colour per run label
     (variants such as cka-next get their own, unlike in the panels, where they share their criterion's)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib import rc_context
+    from matplotlib.figure import Figure
 
     markers = "osD^v<>pPX*h"
     groups = list(dict.fromkeys(r[0] for r in rows))
-    with plt.rc_context(figure_style()):
-        fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    with rc_context(figure_style()):
+        ax = Figure(figsize=(7.5, 4.5)).subplots()
+        fig = ax.figure
         for group, label, criterion, seconds, acc, low, high, _ in rows:
             ax.errorbar([seconds], [100 * acc], yerr=[[100 * (acc - low)], [100 * (high - acc)]],
                         color=label_color(label), marker=markers[groups.index(group) % len(markers)],
