@@ -93,6 +93,14 @@ def evaluating(model: nn.Module) -> Iterator[nn.Module]:
             m.train(mode)
 
 
+def get_block(model: nn.Module, name: str) -> nn.Module:
+    """The submodule `name`, or a one-line error naming it."""
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        raise ValueError(f"the model has no module named {name!r}") from None
+
+
 def _repeated_children(module: nn.Module) -> list[str]:
     """The keys of `module`'s children that are non-leaf modules of a class met at least twice."""
     kinds = {k: type(c) for k, c in module.named_children() if any(True for _ in c.children())}
@@ -135,7 +143,7 @@ def shapes(model: nn.Module, names: Sequence[str], example: Any, forward: Forwar
     handles = []
     for name in names:
         pre, post = hooks(name)
-        block = model.get_submodule(name)
+        block = get_block(model, name)
         handles += [block.register_forward_pre_hook(pre, with_kwargs=True),
                     block.register_forward_hook(post, with_kwargs=True)]
     try:

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cka_prune.depth.blocks import get_block
 from cka_prune.depth.recording import Moments
 
 
@@ -166,10 +167,10 @@ def fold(model: nn.Module, block: str, into: str, side: str, example: Any = None
     if side not in ("after", "before"):
         raise ValueError(f"side must be 'after' or 'before', got {side!r}")
     folded = copy.deepcopy(model)
-    skip = folded.get_submodule(block)
+    skip = get_block(folded, block)
     if getattr(skip, "patch", None) is None:
         raise ValueError(f"{block!r} holds no patch (not a removed span's first block, or compensate='none')")
-    (fold_after if side == "after" else fold_before)(folded.get_submodule(into), skip.patch)
+    (fold_after if side == "after" else fold_before)(get_block(folded, into), skip.patch)
     skip.patch = None
     if example is not None:
         with torch.no_grad():

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from cka_prune.depth.blocks import (NOT_REMOVABLE, Forward, Span, block_input, check_batches, contiguous_spans,
-                                    evaluating, first_tensor, label, rows, run)
+                                    evaluating, first_tensor, get_block, label, rows, run)
 
 Mask = Callable[[Any], torch.Tensor]
 
@@ -119,7 +119,7 @@ def record(model: nn.Module, names: Sequence[str], batches: Iterable[Any], forwa
     handles = []
     for name in blocks:
         pre, post = hooks(name)
-        block = model.get_submodule(name)
+        block = get_block(model, name)
         handles += [block.register_forward_pre_hook(pre, with_kwargs=True),
                     block.register_forward_hook(post, with_kwargs=True)]
     try:
