@@ -219,6 +219,19 @@ def _run_user_script(python: Path, tmp_path: Path, script: str) -> str:
     return run.stdout
 
 
+def test_the_depth_pages_example_runs_as_printed():
+    text = (ROOT / "docs" / "depth-pruning.md").read_text()
+    match = re.search(r"<!-- depth-example.*?-->\n```python\n(.*?)```", text, re.S)
+    assert match, "the depth page's example (marked <!-- depth-example) was not found"
+    namespace, printed = {}, io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile(match.group(1), "docs/depth-pruning.md", "exec"), namespace)
+    removed, costs = printed.getvalue().splitlines()
+    assert len(namespace["plan"].removed) == 3 and removed.startswith("('1.")
+    assert re.fullmatch(r"Cost\(macs=\d+, params=\d+\) Cost\(macs=\d+, params=\d+\)", costs)
+    assert sum(p.numel() for p in namespace["folded"].parameters()) < sum(p.numel() for p in namespace["first"].parameters())
+
+
 def test_pip_install_gives_cka_prune_and_not_the_harness(installed, tmp_path):
     python, purelib = installed
     assert sorted(p.name for p in purelib.iterdir() if not p.name.endswith((".pth", ".dist-info"))) == ["cka_prune"]
