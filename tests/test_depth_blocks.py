@@ -10,7 +10,7 @@ from cka_prune import depth
 from cka_prune.depth.blocks import Skip
 from src.export import save_program
 from src.models import CifarResNet
-from tests.depth_helpers import ConvNet, Decoder, ResidualMLP, ViT, models, randomize_bn, sequential_without
+from tests.depth_helpers import ConvNet, Decoder, ViT, models, randomize_bn, sequential_without
 
 
 def test_find_blocks_in_the_tiny_models_with_and_without_an_example():
@@ -26,9 +26,11 @@ def test_find_blocks_in_the_projects_resnet_leaves_out_the_blocks_that_change_th
     assert depth.find_blocks(model, torch.randn(2, 3, 8, 8)) == removable
 
 
-def test_a_sequential_of_layers_is_no_stack_of_blocks():
-    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
-    assert depth.find_blocks(model) == []
+def test_a_sequential_of_layers_is_no_stack_of_blocks_and_stages_are_searched_for_blocks():
+    assert depth.find_blocks(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))) == []
+    model = ConvNet()
+    stages = nn.Sequential(model.stem, model.layer1, model.layer2)
+    assert depth.find_blocks(stages) == ["1.0", "1.1", "1.2", "2.1", "2.2"]
 
 
 def test_contiguous_spans_follow_one_container_and_jump_removed_blocks():
@@ -110,7 +112,8 @@ def test_the_patched_model_applies_x_w_plus_b_where_the_span_was():
         skip = {int(n.rsplit(".", 1)[1]) for n in span[1:]}
         x = batches[0]
         with torch.no_grad():
-            torch.testing.assert_close(depth.apply(model, plan)(x), _literal(name, patched, skip)(x), rtol=0, atol=1e-10)
+            expected = _literal(name, patched, skip)(x)
+            torch.testing.assert_close(depth.apply(model, plan)(x), expected, rtol=0, atol=1e-10)
         assert len(container) == len(stack)
 
 
@@ -124,7 +127,7 @@ def test_apply_leaves_the_model_alone():
 
 def test_the_pruned_models_export_with_the_projects_torch_export_path(tmp_path):
     torch.manual_seed(0)
-    cases = [(ResidualMLP(), (6,)), (ViT(), (1, 4, 4)), (randomize_bn(ConvNet()), (3, 6, 6))]
+    cases = [(ViT(), (1, 4, 4)), (randomize_bn(ConvNet()), (3, 6, 6))]  # Linear and 1x1-conv patches
     for i, (model, shape) in enumerate(cases):
         model.eval()
         batches = [torch.randn(8, *shape) for _ in range(2)]

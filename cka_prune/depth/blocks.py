@@ -101,16 +101,21 @@ def get_block(model: nn.Module, name: str) -> nn.Module:
         raise ValueError(f"the model has no module named {name!r}") from None
 
 
+CONTAINERS = (nn.Sequential, nn.ModuleList)
+
+
 def _repeated_children(module: nn.Module) -> list[str]:
-    """The keys of `module`'s children that are non-leaf modules of a class met at least twice."""
-    kinds = {k: type(c) for k, c in module.named_children() if any(True for _ in c.children())}
+    """The keys of `module`'s children that are non-leaf modules of a class met at least twice
+    (containers are stages, not blocks)."""
+    kinds = {k: type(c) for k, c in module.named_children()
+             if not isinstance(c, CONTAINERS) and any(True for _ in c.children())}
     counts = Counter(kinds.values())
     return [k for k, kind in kinds.items() if counts[kind] >= 2]
 
 
 def _candidates(module: nn.Module, prefix: str = "") -> list[str]:
     """Block names in registration order; a container's blocks are not searched for more blocks."""
-    if isinstance(module, (nn.Sequential, nn.ModuleList)):
+    if isinstance(module, CONTAINERS):
         keys = _repeated_children(module)
         if keys:
             return [f"{prefix}{k}" for k in keys]
@@ -121,8 +126,12 @@ def _candidates(module: nn.Module, prefix: str = "") -> list[str]:
 
 
 def _projects(block: nn.Module) -> bool:
-    return any(isinstance(getattr(block, a, None), nn.Module) and any(True for _ in getattr(block, a).parameters())
-               for a in ("shortcut", "downsample"))
+    """Whether `block` has a ``shortcut`` or ``downsample`` module with parameters (a projection)."""
+    for attribute in ("shortcut", "downsample"):
+        path = getattr(block, attribute, None)
+        if isinstance(path, nn.Module) and any(True for _ in path.parameters()):
+            return True
+    return False
 
 
 def shapes(model: nn.Module, names: Sequence[str], example: Any, forward: Forward | None = None
@@ -242,7 +251,8 @@ def skip_modules(model: nn.Module, spans: Sequence[Span], patches: Mapping[str, 
 def skipped(model: nn.Module, spans: Sequence[Span], patches: Mapping[str, Any] | None = None,
             tuple_outputs: Mapping[str, int] | None = None) -> Iterator[nn.Module]:
     """`model` itself with the `spans` replaced by Skip modules (`skip_modules`), restored on exit."""
-    old = {name: _replace(model, name, skip) for name, skip in skip_modules(model, spans, patches, tuple_outputs).items()}
+    skips = skip_modules(model, spans, patches, tuple_outputs)
+    old = {name: _replace(model, name, skip) for name, skip in skips.items()}
     try:
         yield model
     finally:

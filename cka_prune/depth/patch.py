@@ -144,7 +144,8 @@ def fold_before(layer: nn.Module, patch: nn.Module) -> None:
     """`layer` (producing the patch's input) becomes patch o layer, in place: kernel -> W^T K,
     bias c -> c W + b."""
     if not (isinstance(layer, nn.Linear) or (isinstance(layer, nn.Conv2d) and layer.groups == 1)):
-        raise ValueError(f"a patch folds before into an nn.Linear or an nn.Conv2d without groups, not {type(layer).__name__}")
+        raise ValueError("a patch folds before into an nn.Linear or an nn.Conv2d without groups, "
+                         f"not {type(layer).__name__}")
     wt, b = patch.weight.reshape(patch.weight.shape[0], -1), patch.bias  # (D_out, D_in) = W^T
     with torch.no_grad():
         kernel = torch.tensordot(wt, layer.weight, dims=([1], [0]))

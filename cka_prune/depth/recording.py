@@ -77,7 +77,7 @@ class Accumulator:
         if self.n == 0:
             raise ValueError("no rows were recorded (no batches, or the mask dropped every position)")
         empty = np.zeros(0)
-        sums = [s.numpy() for s in self.sums] if self.sums is not None else [empty] * 5
+        sums = [s.cpu().numpy() for s in self.sums] if self.sums is not None else [empty] * 5
         return Moments(self.n, *sums, self.cos_sum, self.angle_sum, self.conv)
 
 
