@@ -119,3 +119,20 @@ def test_the_users_mistakes_get_one_line(mlp):
             depth.select(model, args.pop("names"), args.pop("batches"), **args)
     with pytest.raises(ValueError, match=r"block 'layer2.0' is not removable: its output shape \(4, 8, 3, 3\)"):
         depth.select(conv, ["layer2.0"], conv_batches, "cka", 1)
+
+
+def test_the_d_by_d_sums_are_recorded_only_where_a_criterion_or_the_patch_needs_them(mlp):
+    class Probe(Criterion):
+        needs_moments = True
+
+        def __init__(self):
+            self.sizes = []
+
+        def __call__(self, context):
+            self.sizes.append({m.xtx.size for m in context.moments.values()})
+            return {depth.label(s): 0.0 for s in context.candidates}
+
+    for compensate, size in (("none", 0), ("lstsq", 8 * 8)):
+        probe = Probe()
+        depth.select(mlp[0], NAMES, mlp[1], probe, 1, compensate=compensate)
+        assert probe.sizes == [{size}]

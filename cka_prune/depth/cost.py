@@ -55,7 +55,9 @@ def latency(model: nn.Module, example: Any, batch_sizes: Sequence[int] = (1, 64)
     out = {}
     with evaluating(model):
         for size in batch_sizes:
+            batch = batch_of(example, size)
+            run(model, batch)  # warm-up: the first call allocates
             timer = benchmark.Timer(stmt="run(model, batch)", num_threads=threads,
-                                    globals={"run": run, "model": model, "batch": batch_of(example, size)})
+                                    globals={"run": run, "model": model, "batch": batch})
             out[int(size)] = float(timer.blocked_autorange(min_run_time=min_run_time).median)
     return out

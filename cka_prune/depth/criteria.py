@@ -77,9 +77,11 @@ class Context:
 
 class Criterion:
     """context -> {span label: score}, the lowest removed first. `needs_moments`: it reads
-    ``context.moments``, so the driver records them."""
+    ``context.moments``, so the driver records them; `needs_linear`: their D x D sums too (not
+    only the cosines)."""
 
     needs_moments = False
+    needs_linear = False
 
     def __call__(self, context: Context) -> dict[str, float]:
         raise NotImplementedError
@@ -90,8 +92,8 @@ class MomentCriterion(Criterion):
 
     needs_moments = True
 
-    def __init__(self, score: Callable[[Moments, float], float]):
-        self.score = score
+    def __init__(self, score: Callable[[Moments, float], float], linear: bool = True):
+        self.score, self.needs_linear = score, linear
 
     def __call__(self, context: Context) -> dict[str, float]:
         if context.moments is None:
@@ -147,8 +149,8 @@ def _refit(m: Moments, ridge: float) -> float:
 
 CRITERIA: dict[str, Criterion] = {
     "cka": MomentCriterion(lambda m, _ridge: 1.0 - linear_cka(m)),
-    "cosine": MomentCriterion(lambda m, _ridge: 1.0 - m.cos_sum / m.n),
-    "angular": MomentCriterion(lambda m, _ridge: m.angle_sum / m.n),
+    "cosine": MomentCriterion(lambda m, _ridge: 1.0 - m.cos_sum / m.n, linear=False),
+    "angular": MomentCriterion(lambda m, _ridge: m.angle_sum / m.n, linear=False),
     "tail": Tail(),
     "loss": Loss(),
     "pons": Pons(),

@@ -115,10 +115,11 @@ def select(model: nn.Module, names: Sequence[str], batches: Iterable[Any], crite
     tuple_outputs = {n: k for n, (_, _, k) in seen.items() if k}
     work = copy.deepcopy(model)
     rng = np.random.default_rng(seed)
-    needs = crit.needs_moments or compensate == "lstsq"  # a patch is fit from the moments
+    fit = compensate == "lstsq"  # a patch is fit from the linear moments
+    needs, linear = crit.needs_moments or fit, crit.needs_linear or fit
 
     def context(current: Sequence[str], candidates: Sequence[Span]) -> Context:
-        moments = record(work, current, batches, forward, mask, spans=candidates) if needs else None
+        moments = record(work, current, batches, forward, mask, spans=candidates, linear=linear) if needs else None
         return Context(work, model, list(current), candidates, batches, forward, mask, moments, compensate,
                        ridge, loss, rng, tuple_outputs)
 
@@ -152,7 +153,6 @@ def select(model: nn.Module, names: Sequence[str], batches: Iterable[Any], crite
         scores = crit(context(names, candidates))
         steps.append(scores)
         for s in _disjoint(scores, candidates, count // length):
-            fit = compensate == "lstsq"
             take(s, fit_patch(record(work, names, batches, forward, mask, spans=[s])[label(s)], ridge) if fit else None)
     return DepthPlan(name, compensate, greedy, tuple(removed), tuple(spans), tuple(steps), patches,
                      {k: p.error for k, p in patches.items()}, tuple_outputs)
