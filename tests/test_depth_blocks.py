@@ -41,6 +41,9 @@ def test_contiguous_spans_follow_one_container_and_jump_removed_blocks():
     assert depth.contiguous_spans(names, 2, removed=["a.1"]) == [("a.0", "a.2"), ("b.1", "b.2")]
     # a.0 and a.2 are not adjacent while a.1, which is not among the names, is still there
     assert depth.contiguous_spans(["a.0", "a.2"], 2) == []
+    assert depth.contiguous_spans(["encoder", "a.0"], 1) == [("encoder",), ("a.0",)]  # any submodule alone
+    with pytest.raises(ValueError, match="'encoder' is not an item of an nn.Sequential or nn.ModuleList"):
+        depth.contiguous_spans(["encoder", "a.0"], 2)
 
 
 def test_skip_accepts_the_extra_arguments_and_returns_the_blocks_structure():

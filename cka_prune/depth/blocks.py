@@ -192,6 +192,8 @@ def contiguous_spans(names: Sequence[str], length: int, removed: Sequence[str] =
         raise ValueError(f"a span needs at least 1 block, got {length}")
     gone = set(removed)
     alive = [n for n in names if n not in gone]
+    if length == 1:  # a single block may be any submodule the user names
+        return [(n,) for n in alive]
     spans = []
     for i in range(len(alive) - length + 1):
         span = tuple(alive[i:i + length])

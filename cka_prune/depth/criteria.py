@@ -25,6 +25,7 @@ compensates. The statistics-based criteria read ``context.moments`` (:mod:`.reco
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,10 +70,10 @@ class Context:
             raise ValueError("the patch needs the candidates' moments")
         return fit_patch(self.moments[label(span)], self.ridge)
 
-    def removing(self, span: Span):
+    def removing(self, span: Span) -> AbstractContextManager[nn.Module]:
         """The current network with `span` removed as the plan would (context manager)."""
         patch = self.patch(span)
-        return skipped(self.model, [span], {label(span): patch} if patch else None, self.tuple_outputs)
+        return skipped(self.model, [span], {label(span): patch} if patch is not None else None, self.tuple_outputs)
 
 
 class Criterion:
