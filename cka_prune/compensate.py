@@ -212,14 +212,15 @@ class _Reader:
         self.seen += len(rows)
 
 
-def consumers(model: nn.Module, pruner: tp.pruner.BasePruner | None = None) -> dict[str, nn.Linear]:
+def linear_consumers(model: nn.Module, pruner: tp.pruner.BasePruner | None = None) -> dict[str, nn.Linear]:
     """The Linear layers whose input features ``pruner``'s groups remove (without a pruner: every
     Linear), by name in module order; a convolution whose input channels they remove is an error."""
     linear = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
     if pruner is None:
         return linear
     read = set()
-    for group in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types):
+    groups = pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types)
+    for group in groups:
         for item in group:
             module, fn = item.dep.target.module, item.dep.handler
             if fn in CONV_CONSUMER_FNS:
@@ -250,9 +251,10 @@ class ConsumerRefit:
     def __init__(self, model: nn.Module, pruner: tp.pruner.BasePruner | None = None, *, ridge: float = 1e-3,
                  max_rows: int | None = 4096, mask_key: str = "attention_mask", seed: int = 0):
         if ridge < 0 or (max_rows is not None and max_rows < 1):
-            raise ValueError(f"ConsumerRefit: ridge must be >= 0 and max_rows >= 1 or None, got {ridge!r}, {max_rows!r}")
+            raise ValueError(f"ConsumerRefit: ridge must be >= 0 and max_rows >= 1 or None, "
+                             f"got {ridge!r}, {max_rows!r}")
         self.model, self.ridge, self.max_rows, self.mask_key, self.seed = model, ridge, max_rows, mask_key, seed
-        self.consumers = consumers(model, pruner)
+        self.consumers = linear_consumers(model, pruner)
         self.targets: dict[str, _Sample] = {}
         self.shapes: dict[str, tuple[int, int]] = {}  # (out_features, in_features) when recorded
         self.kept_outputs: dict[str, list[int]] = {}  # the recorded output features still there, by refit.step
@@ -264,8 +266,7 @@ class ConsumerRefit:
         self.targets = {name: _Sample(self.max_rows, self.seed) for name in self.consumers}
         self.shapes = {name: (m.out_features, m.in_features) for name, m in self.consumers.items()}
         self.kept_outputs = {name: list(range(m.out_features)) for name, m in self.consumers.items()}
-        self._hook({name: (lambda rows, target=target: target.add(rows)) for name, target in self.targets.items()},
-                   outputs=True)
+        self._hook({name: target.add for name, target in self.targets.items()}, outputs=True)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -319,13 +320,15 @@ class ConsumerRefit:
             if module.in_features == inputs:
                 continue
             if module.out_features != len(kept):
-                raise ValueError(f"ConsumerRefit: {name} lost output features too ({outputs} -> {module.out_features}); "
-                                 "run the step as refit.step(pruner) so the outputs it keeps are known")
+                raise ValueError(f"ConsumerRefit: {name} lost output features too "
+                                 f"({outputs} -> {module.out_features}); run the step as refit.step(pruner) so the "
+                                 "outputs it keeps are known")
             names.append(name)
         return names
 
     @torch.no_grad()
-    def fit(self, batches: Iterable[Any], forward: Callable[[nn.Module, Any], Any] = run_batch) -> dict[str, LayerRefit]:
+    def fit(self, batches: Iterable[Any],
+            forward: Callable[[nn.Module, Any], Any] = run_batch) -> dict[str, LayerRefit]:
         """Refit each consumer whose inputs shrank (in place, in module order, each on the network as
         the consumers before it left it) on ``batches``, the recorded ones, re-iterable (a list or a
         DataLoader), each run as ``forward(model, batch)``. Each refit consumer's :class:`LayerRefit`."""
@@ -342,8 +345,9 @@ class ConsumerRefit:
             finally:
                 self._unhook()
             if reader.seen != target.seen:
-                raise ValueError(f"ConsumerRefit: {name} read {reader.seen} rows in fit but {target.seen} when recorded; "
-                                 "fit needs the recorded batches again, in order (a list or DataLoader, not an iterator)")
+                raise ValueError(f"ConsumerRefit: {name} read {reader.seen} rows in fit but {target.seen} when "
+                                 "recorded; fit needs the recorded batches again, in order (a list or DataLoader, "
+                                 "not an iterator)")
             fits[name] = refit_layer(self.consumers[name], target.rows[:, self.kept_outputs[name]],
                                      torch.cat(reader.rows), self.ridge, name)
         return fits

@@ -60,7 +60,7 @@ def mlp() -> nn.Module:
 
 
 def captured(model: nn.Module, layer: nn.Module, batches, output: bool) -> np.ndarray:
-    """``layer``'s inputs or outputs over ``batches`` (tensors or dicts), a row per sample or unpadded token."""
+    """``layer``'s inputs or outputs over ``batches`` (tuples or dicts), a row per sample or unpadded token."""
     rows = []
 
     def keep(x, mask):
@@ -69,10 +69,11 @@ def captured(model: nn.Module, layer: nn.Module, batches, output: bool) -> np.nd
 
     for batch in batches:
         mask = batch.get("attention_mask") if isinstance(batch, dict) else None
+        args, kwargs = ((), batch) if isinstance(batch, dict) else (batch, {})
         handle = (layer.register_forward_hook(lambda m, a, out: keep(out, mask)) if output
                   else layer.register_forward_pre_hook(lambda m, a: keep(a[0], mask)))
         with torch.no_grad():
-            model(**batch) if isinstance(batch, dict) else model(batch)
+            model(*args, **kwargs)
         handle.remove()
     return torch.cat(rows).numpy()
 
@@ -97,10 +98,10 @@ def test_an_mlp_consumer_that_loses_outputs_too_is_fit_on_the_outputs_it_keeps()
     dense = copy.deepcopy(model)
     pruner = tp.pruner.MetaPruner(model, x[:1], importance=tp.importance.MagnitudeImportance(), pruning_ratio=0.5,
                                   ignored_layers=[model[4]])
-    batches = list(x.split(64))
+    batches = [(batch,) for batch in x.split(64)]
     with ConsumerRefit(model, pruner, ridge=0.0, max_rows=None) as refit:
         for batch in batches:
-            model(batch)
+            model(*batch)
     assert list(refit.consumers) == ["2", "4"]
     refit.step(pruner)
     assert (model[2].in_features, model[2].out_features) == (8, 6)
@@ -153,10 +154,10 @@ def test_max_rows_keeps_a_seeded_subset_and_the_fit_reads_the_same_rows():
     dense = copy.deepcopy(model)
     pruner = tp.pruner.MetaPruner(model, x[:1], importance=tp.importance.MagnitudeImportance(), pruning_ratio=0.5,
                                   ignored_layers=[model[2], model[4]])  # layer 0's units only: 2 reads them
-    batches = list(x.split(70))
+    batches = [(batch,) for batch in x.split(70)]
     with ConsumerRefit(model, pruner, ridge=0.0, max_rows=120, seed=3) as refit:
         for batch in batches:
-            model(batch)
+            model(*batch)
     target = refit.targets["2"]
     positions = target.positions.numpy()
     assert target.rows.shape == (120, 12) and len(set(positions)) == 120 and positions.max() > 400
@@ -167,7 +168,7 @@ def test_max_rows_keeps_a_seeded_subset_and_the_fit_reads_the_same_rows():
     assert_optimal(dense, model, "2", batches, fits["2"], positions)
     with ConsumerRefit(mlp(), max_rows=120, seed=3) as again:
         for batch in batches:
-            again.model(batch)
+            again.model(*batch)
     assert np.array_equal(again.targets["2"].positions.numpy(), positions)
 
 
