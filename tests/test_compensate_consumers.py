@@ -1,7 +1,9 @@
 """cka_prune.compensate: the consumers' refit against literal regressions, on MLPs, a LLaMA and a ViT."""
 
 import copy
+import re
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -240,3 +242,19 @@ def test_a_vit_pruned_by_heads_and_mlp_units_is_refit_and_runs():
     for name in names:
         assert_optimal(dense, model, name, batches, fits[name])
     assert model(**batches[0]).logits.shape == (8, 5)
+
+
+def test_the_docs_example_runs_as_printed(capsys):
+    text = (Path(__file__).resolve().parents[1] / "docs" / "torch-pruning.md").read_text()
+    section = text[text.index("## Compensating the next layer"):]
+    code, printed = re.findall(r"^```(?:python)?\n(.*?)^```$", section, re.MULTILINE | re.DOTALL)[:2]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exec(compile(code, "docs/torch-pruning.md", "exec"), {})
+    lines, expected = capsys.readouterr().out.splitlines(), printed.splitlines()
+    assert lines[-1] == expected[-1] == "torch.Size([1, 12])"
+    for line, shown in zip(lines[:-1], expected[:-1], strict=True):
+        (name, before, after), (name_shown, *numbers) = (re.fullmatch(r"(\S+): (\S+) -> (\S+)", x).groups()
+                                                         for x in (line, shown))
+        assert name == name_shown and float(after) < float(before)
+        assert [float(before), float(after)] == pytest.approx([float(n) for n in numbers], abs=2e-3)
