@@ -2,6 +2,7 @@
 
 import copy
 import re
+from collections.abc import Mapping
 import warnings
 from pathlib import Path
 
@@ -62,7 +63,7 @@ def mlp() -> nn.Module:
 
 
 def captured(model: nn.Module, layer: nn.Module, batches, output: bool) -> np.ndarray:
-    """``layer``'s inputs or outputs over ``batches`` (tuples or dicts), a row per sample or unpadded token."""
+    """``layer``'s inputs or outputs over ``batches`` (tuples or mappings), a row per sample or unpadded token."""
     rows = []
 
     def keep(x, mask):
@@ -70,8 +71,8 @@ def captured(model: nn.Module, layer: nn.Module, batches, output: bool) -> np.nd
         rows.append(x if mask is None else x[mask.reshape(-1) != 0])
 
     for batch in batches:
-        mask = batch.get("attention_mask") if isinstance(batch, dict) else None
-        args, kwargs = ((), batch) if isinstance(batch, dict) else (batch, {})
+        mask = batch.get("attention_mask") if isinstance(batch, Mapping) else None
+        args, kwargs = ((), batch) if isinstance(batch, Mapping) else (batch, {})
         handle = (layer.register_forward_hook(lambda m, a, out: keep(out, mask)) if output
                   else layer.register_forward_pre_hook(lambda m, a: keep(a[0], mask)))
         with torch.no_grad():
@@ -80,9 +81,10 @@ def captured(model: nn.Module, layer: nn.Module, batches, output: bool) -> np.nd
     return torch.cat(rows).numpy()
 
 
-def assert_optimal(dense: nn.Module, model: nn.Module, name: str, batches, fit, positions=None):
+def assert_optimal(dense: nn.Module, model: nn.Module, name: str, batches, fit, pruned: np.ndarray, positions=None):
     """The consumer's parameters are the lstsq fit of the dense output on its current input (both
-    read here, upstream consumers final), and the recorded error is that fit's residual."""
+    read here, upstream consumers final); the recorded errors are that fit's residual and the
+    residual of its ``pruned`` parameters (as the step left them), and no larger."""
     before, now = dict(dense.named_modules()), dict(model.named_modules())
     x, z = captured(model, now[name], batches, False), captured(dense, before[name], batches, True)
     if positions is not None:
@@ -91,8 +93,10 @@ def assert_optimal(dense: nn.Module, model: nn.Module, name: str, batches, fit, 
     expected = literal_fit(x, z, bias, 0.0)
     np.testing.assert_allclose(parameters(now[name]), expected, atol=2e-4 * np.abs(expected).max(), err_msg=name)
     design = np.column_stack([x, np.ones(len(x))]) if bias else x
-    assert fit.error_after == pytest.approx(relative(design @ expected.T, z), rel=1e-3), name
-    assert fit.error_after <= fit.error_before, name
+    optimum, unfit = relative(design @ expected.T, z), relative(design @ pruned.T, z)
+    assert fit.error_after == pytest.approx(optimum, rel=1e-3), name
+    assert fit.error_before == pytest.approx(unfit, rel=1e-6), name
+    assert optimum <= unfit, name
 
 
 def test_an_mlp_consumer_that_loses_outputs_too_is_fit_on_the_outputs_it_keeps():
@@ -107,6 +111,7 @@ def test_an_mlp_consumer_that_loses_outputs_too_is_fit_on_the_outputs_it_keeps()
     assert list(refit.consumers) == ["2", "4"]
     refit.step(pruner)
     assert (model[2].in_features, model[2].out_features) == (8, 6)
+    pruned = parameters(model[4])
     fits = refit.fit(batches)
     assert list(fits) == ["2", "4"]
     kept = refit.kept_outputs["2"]
@@ -114,7 +119,7 @@ def test_an_mlp_consumer_that_loses_outputs_too_is_fit_on_the_outputs_it_keeps()
     # The literal fit of layer 2 on the dense outputs it still computes, then layer 4 on the result.
     x2, z2 = captured(model, model[2], batches, False), captured(dense, dense[2], batches, True)[:, kept]
     np.testing.assert_allclose(parameters(model[2]), literal_fit(x2, z2, True, 0.0), atol=1e-4)
-    assert_optimal(dense, model, "4", batches, fits["4"])
+    assert_optimal(dense, model, "4", batches, fits["4"], pruned)
 
 
 def test_a_consumer_that_loses_outputs_in_a_plain_step_is_refused_before_anything_is_refit():
@@ -142,6 +147,21 @@ def test_fit_on_other_batches_than_recorded_is_refused_in_one_line():
         refit.fit(iter([]))
 
 
+def test_a_mask_that_does_not_fit_a_consumers_rows_is_refused_in_one_line():
+    class Pooled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tokens, self.pooled = nn.Linear(4, 6), nn.Linear(6, 2)
+
+        def forward(self, x, attention_mask):
+            return self.pooled(torch.relu(self.tokens(x)).mean(1))  # (B, T, 4) -> (B, 2)
+
+    model, x = Pooled(), torch.randn(3, 5, 4)
+    with pytest.raises(ValueError, match=r"^ConsumerRefit: the mask has shape \(3, 5\), but pooled reads \(3, 6\)"):
+        with ConsumerRefit(model):
+            model(x, attention_mask=torch.ones(3, 5))
+
+
 def test_a_convolution_consumer_is_refused_when_the_refit_is_made():
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.Flatten(), nn.Linear(16, 2))
     pruner = tp.pruner.MetaPruner(model, torch.randn(1, 1, 6, 6), importance=tp.importance.MagnitudeImportance(),
@@ -165,9 +185,10 @@ def test_max_rows_keeps_a_seeded_subset_and_the_fit_reads_the_same_rows():
     assert target.rows.shape == (120, 12) and len(set(positions)) == 120 and positions.max() > 400
     np.testing.assert_array_equal(target.rows.numpy(), captured(dense, dense[2], batches, True)[positions])
     pruner.step()
+    pruned = parameters(model[2])
     fits = refit.fit(batches)
     assert list(fits) == ["2"]
-    assert_optimal(dense, model, "2", batches, fits["2"], positions)
+    assert_optimal(dense, model, "2", batches, fits["2"], pruned, positions)
     with ConsumerRefit(mlp(), max_rows=120, seed=3) as again:
         for batch in batches:
             again.model(*batch)
@@ -187,7 +208,8 @@ def test_a_llama_mlp_pruned_by_magnitude_is_refit_on_unpadded_tokens_and_generat
     ids = torch.randint(0, 64, (12, 16), generator=torch.Generator().manual_seed(1))
     mask = torch.ones_like(ids)
     mask[::2, :5] = 0  # left padding on every other sequence
-    batches = [{"input_ids": ids[i:i + 4], "attention_mask": mask[i:i + 4]} for i in range(0, 12, 4)]
+    batches = [transformers.BatchEncoding({"input_ids": ids[i:i + 4], "attention_mask": mask[i:i + 4]})
+               for i in range(0, 12, 4)]
     dense = copy.deepcopy(model)
     mlp_in = [m for name, m in model.named_modules() if name.endswith(("up_proj", "gate_proj"))]
     with warnings.catch_warnings():
@@ -202,10 +224,11 @@ def test_a_llama_mlp_pruned_by_magnitude_is_refit_on_unpadded_tokens_and_generat
     names = ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]
     assert list(refit.consumers) == names and refit.targets[names[0]].seen == int(mask.sum()) == 162
     pruner.step()
+    pruned = {name: parameters(model.get_submodule(name)) for name in names}
     fits = refit.fit(batches)
     assert list(fits) == names and model.model.layers[0].mlp.down_proj.in_features == 32
     for name in names:
-        assert_optimal(dense, model, name, batches, fits[name])
+        assert_optimal(dense, model, name, batches, fits[name], pruned[name])
     assert model.generate(ids[:1, :4], max_new_tokens=3, do_sample=False).shape == (1, 7)
 
 
@@ -237,10 +260,11 @@ def test_a_vit_pruned_by_heads_and_mlp_units_is_refit_and_runs():
     pruner.step()
     names = [f"vit.layers.{i}.{part}" for i in (0, 1) for part in ("attention.o_proj", "mlp.fc2")]
     assert [model.get_submodule(name).in_features for name in names] == [16, 32, 16, 32]
+    pruned = {name: parameters(model.get_submodule(name)) for name in names}
     fits = refit.fit(batches)
     assert list(fits) == names
     for name in names:
-        assert_optimal(dense, model, name, batches, fits[name])
+        assert_optimal(dense, model, name, batches, fits[name], pruned[name])
     assert model(**batches[0]).logits.shape == (8, 5)
 
 
