@@ -167,7 +167,7 @@ def token_rows(x: torch.Tensor, mask: torch.Tensor | None, name: str) -> torch.T
     rows = x.detach().reshape(-1, x.shape[-1])
     if mask is not None:
         if tuple(mask.shape) != tuple(x.shape[:-1]):
-            raise ValueError(f"ConsumerRefit: the mask has shape {tuple(mask.shape)}, but {name} reads "
+            raise ValueError(f"ConsumerRefit: the mask has shape {tuple(mask.shape)}, but {name}'s rows come from "
                              f"{tuple(x.shape)}: one mask value per row (its leading dimensions) is needed")
         rows = rows[mask.reshape(-1).to(rows.device) != 0]
     return rows.to("cpu", torch.promote_types(rows.dtype, torch.float32), copy=True)
