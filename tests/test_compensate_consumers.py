@@ -157,7 +157,8 @@ def test_a_mask_that_does_not_fit_a_consumers_rows_is_refused_in_one_line():
             return self.pooled(torch.relu(self.tokens(x)).mean(1))  # (B, T, 4) -> (B, 2)
 
     model, x = Pooled(), torch.randn(3, 5, 4)
-    with pytest.raises(ValueError, match=r"^ConsumerRefit: the mask has shape \(3, 5\), but pooled's rows come from \(3, 2\)"):
+    message = r"^ConsumerRefit: the mask has shape \(3, 5\), but pooled's rows come from \(3, 2\)"
+    with pytest.raises(ValueError, match=message):
         with ConsumerRefit(model):
             model(x, attention_mask=torch.ones(3, 5))
 
