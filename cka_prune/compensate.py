@@ -32,6 +32,13 @@ whose normal equations are the same with the second moments taken about zero
 scale; at λ = 0 the system is solved by least squares (the minimum-norm solution where the Gram
 is singular, e.g. for a unit dead on the calibration data).
 
+**Consumers.** The Linear layers whose input features the pruner's groups remove (Torch-Pruning's
+``prune_linear_in_channels`` in a group); after the step those whose inputs shrank are refit. One
+whose output features were pruned too is fit on the dense outputs it still computes, known when the
+step runs through :meth:`ConsumerRefit.step`. Convolutions are not refit here (the harness's
+``src.pruning.physical_compensate`` unfolds them): a pruner that removes a convolution's input
+channels is refused when the refit is made.
+
 **Rows kept.** At most ``max_rows`` rows per consumer: while recording, every row gets a seeded
 random key and the ``max_rows`` smallest keys are kept (a uniform subset without replacement;
 memory ``max_rows`` x O plus one batch). After the step, the rows at the same positions of the
