@@ -337,8 +337,8 @@ class ConsumerRefit:
     def fit(self, batches: Iterable[Any],
             forward: Callable[[nn.Module, Any], Any] = run_batch) -> dict[str, LayerRefit]:
         """Refit each consumer whose inputs shrank (in place, in module order, each on the network as
-        the consumers before it left it) on ``batches``, the recorded ones, re-iterable (a list or a
-        DataLoader), each run as ``forward(model, batch)``. Each refit consumer's :class:`LayerRefit`."""
+        the consumers before it left it) on ``batches``, the recorded ones in the same order, re-iterable
+        (a list, or a DataLoader that does not shuffle: rows are paired by position), each run as ``forward(model, batch)``. Each refit consumer's :class:`LayerRefit`."""
         if not self.targets:
             raise ValueError("ConsumerRefit: nothing recorded; run the calibration batches inside `with refit:` first")
         fits = {}
@@ -353,8 +353,8 @@ class ConsumerRefit:
                 self._unhook()
             if reader.seen != target.seen:
                 raise ValueError(f"ConsumerRefit: {name} read {reader.seen} rows in fit but {target.seen} when "
-                                 "recorded; fit needs the recorded batches again, in order (a list or DataLoader, "
-                                 "not an iterator)")
+                                 "recorded; fit needs the recorded batches again, in order (a list, or a DataLoader "
+                                 "that does not shuffle; not an iterator)")
             fits[name] = refit_layer(self.consumers[name], target.rows[:, self.kept_outputs[name]],
                                      torch.cat(reader.rows), self.ridge, name)
         return fits
