@@ -337,8 +337,9 @@ class ConsumerRefit:
     def fit(self, batches: Iterable[Any],
             forward: Callable[[nn.Module, Any], Any] = run_batch) -> dict[str, LayerRefit]:
         """Refit each consumer whose inputs shrank (in place, in module order, each on the network as
-        the consumers before it left it) on ``batches``, the recorded ones in the same order, re-iterable
-        (a list, or a DataLoader that does not shuffle: rows are paired by position), each run as ``forward(model, batch)``. Each refit consumer's :class:`LayerRefit`."""
+        the consumers before it left it) on ``batches``: the recorded ones in the same order, re-iterable
+        (a list, or a DataLoader that does not shuffle: rows are paired by position), each run as
+        ``forward(model, batch)``. Each refit consumer's :class:`LayerRefit`."""
         if not self.targets:
             raise ValueError("ConsumerRefit: nothing recorded; run the calibration batches inside `with refit:` first")
         fits = {}
