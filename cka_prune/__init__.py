@@ -17,10 +17,11 @@ next layer, the consumer's refit CKA, structured OBS, the shared checks) are
 """
 
 from cka_prune.cka import cka, feature_space_linear_cka, gram_linear, gram_rbf
+from cka_prune.compensate import ConsumerRefit
 from cka_prune.greedy import channel_groups, greedy_cka
 from cka_prune.tp_importance import CKAImportance, baseline_importance
 
 __version__ = "0.1.0"
 
-__all__ = ["CKAImportance", "baseline_importance", "channel_groups", "cka", "feature_space_linear_cka",
-           "gram_linear", "gram_rbf", "greedy_cka", "__version__"]
+__all__ = ["CKAImportance", "ConsumerRefit", "baseline_importance", "channel_groups", "cka",
+           "feature_space_linear_cka", "gram_linear", "gram_rbf", "greedy_cka", "__version__"]

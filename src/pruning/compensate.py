@@ -56,6 +56,10 @@ The consumer may itself be a pruned layer: its removed rows have zero weights (t
 pre-activation is their bias, a constant) and stay as they are; only its alive rows are
 written, into ``weight_orig`` where it has a mask.
 
+The streamed moments, the ridge solve and the error sums are the library's
+(:mod:`cka_prune.compensate`, whose ``ConsumerRefit`` refits a Torch-Pruning model's Linear
+consumers); the W_R term and the masks are this module's.
+
 **Error.** ||Z_current - Z||_F / ||Z - mean(Z)||_F over the fitting rows (the denominator is
 centred per output: the scale of Z's variation, which an offset does not change), recorded
 before compensation (after pruning, the consumer unchanged) and after it.
@@ -71,6 +75,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from cka_prune.compensate import ErrorSums, Moments, moments, ridge_solve
 from src.data import Split
 from src.models import Net, next_layer, prunable_layers
 from src.pruning.masks import alive_neurons, refresh_weight
@@ -79,54 +84,6 @@ from src.results import ConsumerFit
 
 # Rows x columns of float64 per chunk when streaming a consumer's input rows (32 MiB).
 CHUNK_ELEMENTS = 1 << 22
-
-
-@dataclass(frozen=True)
-class Moments:
-    """First and second moments of the paired rows (A, Â), float64.
-
-    mean_a: (d0,) mean(A); mean_h: (d,) mean(Â); cov_ah: (d0, d) Σ(A, Â); cov_hh: (d, d) Σ(Â, Â).
-    (d0 = d on the masked path; on the physical path A has the original network's columns.)
-    """
-
-    mean_a: np.ndarray
-    mean_h: np.ndarray
-    cov_ah: np.ndarray
-    cov_hh: np.ndarray
-
-
-def moments(pairs: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> Moments:
-    """:class:`Moments` of row blocks ``(a, h)`` ((rows, d0), (rows, d)), streamed.
-
-    Rows are shifted by the first block's means before the products are summed, so centring
-    subtracts a small correction even for inputs with a large mean (ReLU outputs).
-    """
-    count, shift_a, shift_h = 0, None, None
-    for a, h in pairs:
-        a, h = a.double(), h.double()
-        if shift_a is None:
-            shift_a, shift_h = a.mean(dim=0), h.mean(dim=0)
-            sum_a, sum_h = torch.zeros_like(shift_a), torch.zeros_like(shift_h)
-            gram_ah, gram_hh = a.new_zeros(a.shape[1], h.shape[1]), h.new_zeros(h.shape[1], h.shape[1])
-        a, h = a - shift_a, h - shift_h
-        sum_a += a.sum(dim=0)
-        sum_h += h.sum(dim=0)
-        gram_ah += a.T @ h
-        gram_hh += h.T @ h
-        count += a.shape[0]
-    if count == 0:
-        raise ValueError("moments: no rows")
-    mean_a, mean_h = sum_a / count, sum_h / count
-    cov_ah = gram_ah / count - torch.outer(mean_a, mean_h)
-    cov_hh = gram_hh / count - torch.outer(mean_h, mean_h)
-    return Moments(*(t.cpu().numpy() for t in (mean_a + shift_a, mean_h + shift_h, cov_ah, cov_hh)))
-
-
-def about_zero(m: Moments) -> Moments:
-    """``m`` with the second moments taken about zero instead of the means, and zero means:
-    :func:`ridge_refit` on them is the fit without an intercept (module docstring)."""
-    return Moments(np.zeros_like(m.mean_a), np.zeros_like(m.mean_h), m.cov_ah + np.outer(m.mean_a, m.mean_h),
-                   m.cov_hh + np.outer(m.mean_h, m.mean_h))
 
 
 def bias_shift(target_weight: np.ndarray, target_bias: np.ndarray, weight: np.ndarray, m: Moments) -> np.ndarray:
@@ -143,32 +100,9 @@ def ridge_refit(target_weight: np.ndarray, target_bias: np.ndarray, weight: np.n
     kept, removed = np.flatnonzero(keep), np.flatnonzero(~keep)
     refit = weight.copy()
     if kept.size:
-        gram = m.cov_hh[np.ix_(kept, kept)]
-        lam = ridge * float(np.mean(np.diag(gram)))
         rhs = target_weight @ m.cov_ah[:, kept] - weight[:, removed] @ m.cov_hh[np.ix_(removed, kept)]
-        solution, *_ = np.linalg.lstsq(gram + lam * np.eye(kept.size), rhs.T, rcond=None)
-        refit[:, kept] = solution.T
+        refit[:, kept] = ridge_solve(rhs, m.cov_hh[np.ix_(kept, kept)], ridge)
     return refit, bias_shift(target_weight, target_bias, refit, m)
-
-
-class ErrorSums:
-    """Streams ||current - original||_F^2 and the centred ||original - mean(original)||_F^2."""
-
-    def __init__(self) -> None:
-        self.squared_error = 0.0
-        self.squared = 0.0
-        self.column_sums: torch.Tensor | float = 0.0
-        self.rows = 0
-
-    def add(self, current: torch.Tensor, original: torch.Tensor) -> None:
-        self.squared_error += float(((current - original) ** 2).sum())
-        self.squared += float((original ** 2).sum())
-        self.column_sums = self.column_sums + original.sum(dim=0)
-        self.rows += original.shape[0]
-
-    def relative(self) -> float:
-        centred = self.squared - float((self.column_sums ** 2).sum()) / self.rows
-        return float(np.sqrt(self.squared_error / centred)) if centred > 0 else float("nan")
 
 
 def relative_error(current: torch.Tensor, original: torch.Tensor) -> float:

@@ -23,8 +23,8 @@ one ((rows, d), d <= d0), and these differences:
 - "lstsq" without a bias (ResNet's and VGG's convolutions, which BatchNorm follows): no
   intercept. min_W' ||Â W'^T - Z||_F^2 / n + λ ||W'||_F^2 with Z = A W0^T has the normal equations
   W' (S(Â, Â) + λI) = S(Z, Â) = W0 S(A, Â), S(X, Y) = mean(X^T Y) the second moments about zero:
-  the centred solution with every mean set to zero (:func:`about_zero`), b' = 0 (no bias is
-  added); λ = compensate_ridge x the mean of the diagonal of S(Â, Â).
+  the centred solution with every mean set to zero (:func:`cka_prune.compensate.about_zero`),
+  b' = 0 (no bias is added); λ = compensate_ridge x the mean of the diagonal of S(Â, Â).
 - "bias": b' = mean(Z) - W mean(Â), W unchanged. It needs a bias: the config refuses it for
   ResNet and VGG, whose consumers are mostly bias-free convolutions. (Shifting the following
   BatchNorm's running mean instead would be undone by ``recalibrate_bn``.)
@@ -43,7 +43,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from src.pruning.compensate import ErrorSums, about_zero, bias_shift, moments, ridge_refit, row_pairs
+from cka_prune.compensate import ErrorSums, about_zero, moments
+from src.pruning.compensate import bias_shift, ridge_refit, row_pairs
 from src.pruning.physical import PassResult
 from src.results import ConsumerFit
 
