@@ -7,8 +7,10 @@ Rules, first match:
    when the pruner removes whole heads (``num_heads`` given for the projections,
    ``prune_num_heads=True``, ``prune_head_dims=False``); otherwise left alone, since a head
    dimension's q/k columns act through the attention weights, not as columns of any tensor
-   the next layer reads. A fused qkv projection raises (:class:`FusedHeads`): Torch-Pruning
-   1.6.1 fails on it, so the step must stop before anything is pruned.
+   the next layer reads. A fused qkv projection (timm's ``qkv``) is scored the same way; where
+   Torch-Pruning maps its heads to channels the output projection does not have (GPT-2's
+   ``c_attn``, split by size), it raises (:class:`FusedHeads`) as Torch-Pruning's own
+   importances do, before anything is pruned.
 2. MLP (the group removes exactly an MLP's up/gate units): scored at the down projection's
    input, after the activation, one unit per hidden unit.
 3. Residual stream (the group holds a LayerNorm/RMSNorm): with ``residual='cka'`` scored at
@@ -54,7 +56,7 @@ class Plan:
 
 
 class FusedHeads(ValueError):
-    """Heads of a fused qkv projection: Torch-Pruning cannot prune them."""
+    """Heads of a fused qkv projection that Torch-Pruning maps out of range: it cannot prune them."""
 
 
 def is_norm(module: nn.Module) -> bool:
@@ -70,14 +72,15 @@ def _heads(group: tp.Group, attention: Attention, heads: HeadPruning, names: dic
     if not set(attention.projections) <= heads.layers or not heads.whole_heads:
         raise Skip(f"it holds the heads of {name}; CKA scores whole heads: give the pruner num_heads for its "
                    "projections, prune_num_heads=True and prune_head_dims=False")
-    if len(attention.projections) == 1:
-        raise FusedHeads(f"CKAImportance: the heads of {name} come from one fused qkv projection, which "
-                         "Torch-Pruning 1.6.1 cannot prune (it fails inside the step); leave its heads out "
-                         "(drop it from num_heads) or split it into q, k and v")
+    (site,) = read_sites(group, [attention.out], names)
+    if max(site.channels) >= attention.out.in_features:
+        raise FusedHeads(f"CKAImportance: Torch-Pruning maps the heads of {name} to channels "
+                         f"{attention.out.in_features}..{max(site.channels)} of its output projection, which has "
+                         f"{attention.out.in_features} (a fused qkv split by size): it cannot prune them (its own "
+                         "importances fail there too); leave these projections out of num_heads")
     if len({p.out_features for p in attention.projections}) != 1:
         raise Skip(f"{name} has fewer key/value heads than query heads (grouped-query attention), "
                    "whose heads CKA does not score")
-    (site,) = read_sites(group, [attention.out], names)
     n, head_dim = len(group[0].idxs), attention.head_dim
     if sorted(site.positions) != list(range(n)) or n % head_dim:
         raise Skip(f"its channels are not whole heads of {name}")
