@@ -332,3 +332,51 @@ def test_skips_are_keyed_by_group_so_a_pruned_root_is_not_reported_as_left_alone
         assert any(str(key) in m and reason in m for m in messages)
         assert key.root != "enc.linear1" or "enc.linear2" in key.layers  # never the scored MLP group alone
     assert any(key.layers == ("enc.linear1", "enc.linear2") for key in importance.scores if importance.scores[key].cka)
+
+
+class TimmStyleAttention(nn.Module):
+    """timm's ViT attention: one fused qkv projection, reshaped with the stored head count."""
+
+    def __init__(self, dim, num_heads):
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        y = nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(y.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
+
+
+class TimmStyleBlock(nn.Module):
+    def __init__(self, dim=16, heads=4):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim), TimmStyleAttention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Module()
+        self.mlp.fc1, self.mlp.act, self.mlp.fc2 = nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim)
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return self.head((x + self.mlp.fc2(self.mlp.act(self.mlp.fc1(self.norm2(x))))).mean(1))
+
+
+def test_a_fused_qkv_attention_is_pruned_twice_with_its_head_count_updated_between_steps():
+    torch.manual_seed(0)
+    model, x = TimmStyleBlock().eval(), torch.randn(8, 5, 16)
+    importance = CKAImportance()
+    pruner = tp.pruner.MetaPruner(model, x[:1], importance=importance, pruning_ratio=0.5, iterative_steps=2,
+                                  num_heads={model.attn.qkv: 4}, prune_num_heads=True, prune_head_dims=False,
+                                  head_pruning_ratio=0.5, ignored_layers=[model.head])
+    for step in range(2):
+        importance.record(model, x, pruner=pruner)
+        with pytest.warns(UserWarning, match="residual stream"):
+            pruner.step()
+        if step == 0:
+            with pytest.raises(RuntimeError, match="shape"):  # the stale head count: Torch-Pruning leaves it
+                model(x)
+        assert cka_prune.update_head_counts(model) == {"attn": (3, 1)[step]}
+        assert model(x).shape == (8, 3)
+    assert model.attn.qkv.out_features == 3 * 4 and model.attn.proj.in_features == 4

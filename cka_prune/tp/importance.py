@@ -80,7 +80,7 @@ from cka_prune.cka import center_gram
 from cka_prune.fast import fast_greedy_from_interactions
 from cka_prune.interactions import DEFAULT_MEMORY_BYTES, choose_route, interactions_from_activations
 from cka_prune.reference import reference_greedy
-from cka_prune.tp.groups import GroupKey, Site, Skip, Tap, group_key, module_name
+from cka_prune.tp.groups import GroupKey, Site, Skip, Tap, group_key, module_name, output_modules
 from cka_prune.tp.plan import RESIDUAL, HeadPruning, Plan, is_norm, plan
 from cka_prune.tp.recording import MaskFrom, Recorder, Recording, batches, channels_last_positions, weight_shape
 from cka_prune.tp.transformers import Blocks, check_no_conv1d, find_blocks
@@ -217,9 +217,13 @@ class CKAImportance(tp.importance.Importance):
         taps = {}
         for group in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
                                               root_module_types=pruner.root_module_types):
+            attention = self.blocks.attention_of(output_modules(group))
+            if attention is not None:  # the pruner scores it re-rooted at the output projection's input
+                taps[Tap(attention.out, True)] = None
+                continue
             try:
                 taps.update(dict.fromkeys(site.tap for site in self.plan(group).sites))
-            except (Skip, ValueError):
+            except Skip:
                 continue  # said when the group is scored
         return list(taps)
 
