@@ -12,7 +12,8 @@ PAGE = Path(__file__).resolve().parents[1] / "docs" / "torch-pruning.md"
 
 
 def example(name: str) -> str:
-    match = re.search(r"<!-- transformers-example: " + name + r" .*?-->\n```python\n(.*?)```", PAGE.read_text(), re.S)
+    pattern = r"<!-- transformers-example: " + name + r" .*?-->\n```python\n(.*?)```"
+    match = re.search(pattern, PAGE.read_text(), re.S)
     assert match, f"docs/torch-pruning.md has no transformers example {name!r}"
     return match.group(1)
 

@@ -137,7 +137,8 @@ def test_an_mlp_units_score_is_the_cka_of_what_fc2_reads_without_it():
     losses = []
     for unit in range(64):
         pruned = without_unit(model, 0, unit)
-        losses.append(1 - linear_cka(original, rows_read_by(pruned, pruned.vit.layers[0].mlp.fc2, lambda: pruned(x))))
+        reads = rows_read_by(pruned, pruned.vit.layers[0].mlp.fc2, lambda: pruned(x))
+        losses.append(1 - linear_cka(original, reads))
     first = score.order[0]
     assert first == int(np.argmin(losses))
     np.testing.assert_allclose(imp[first], losses[first], rtol=1e-9)
@@ -146,7 +147,8 @@ def test_an_mlp_units_score_is_the_cka_of_what_fc2_reads_without_it():
 def test_a_vit_pruned_twice_with_heads_mlp_and_residual_runs_and_matches_magnitudes_macs():
     x = torch.randn(16, 3, 16, 16)
     macs = {}
-    for name, importance in (("cka", CKAImportance(residual="cka")), ("magnitude", tp.importance.MagnitudeImportance())):
+    for name, importance in (("cka", CKAImportance(residual="cka")),
+                             ("magnitude", tp.importance.MagnitudeImportance())):
         model = tiny_vit()
         pruner = vit_pruner(model, importance, x)
         for _ in range(2):
@@ -270,7 +272,8 @@ def test_hugging_face_conv1d_layers_are_refused_in_one_line():
 
 def gpt2_pruner(model, importance, ids, **kwargs):
     return tp.pruner.MetaPruner(model, {"input_ids": ids[:1], "use_cache": False}, importance=importance,
-                                pruning_ratio=0.5, iterative_steps=2, ignored_layers=[model.lm_head, model.transformer.wte],
+                                pruning_ratio=0.5, iterative_steps=2,
+                                ignored_layers=[model.lm_head, model.transformer.wte],
                                 output_transform=lambda out: out.logits, **kwargs)
 
 
@@ -288,7 +291,8 @@ def test_a_gpt2_converted_to_linear_is_pruned_twice_and_generates_the_same_as_co
         with pytest.warns(UserWarning, match="CKA scores whole heads"):  # no num_heads: attention stays
             pruner.step()
         assert model.generate(ids[:1], max_new_tokens=3, do_sample=False).shape == (1, 11)
-    assert model.transformer.h[0].mlp.c_fc.out_features == 64 and model.transformer.h[0].attn.c_attn.out_features == 96
+    assert model.transformer.h[0].mlp.c_fc.out_features == 64
+    assert model.transformer.h[0].attn.c_attn.out_features == 96
 
 
 def test_gpt2s_fused_heads_raise_before_pruning_as_torch_pruning_does():

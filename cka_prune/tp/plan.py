@@ -100,7 +100,8 @@ def plan(group: tp.Group, names: dict[nn.Module, str], blocks: Blocks, heads: He
         return Plan(read_sites(group, [mlp.down], names), _channels(n))
     norms = list(dict.fromkeys(item.dep.target.module for item in group if is_norm(item.dep.target.module)))
     if norms and residual != "cka":
-        raise Skip(f"it is a residual stream (norms {', '.join(module_name(m, names, group) for m in norms)}); "
+        listed = ", ".join(sorted(module_name(m, names, group) for m in norms))
+        raise Skip(f"it is a residual stream (norms {listed}); "
                    "residual='cka' scores it")
     if norms:
         return Plan(read_sites(group, norms, names), _channels(n))
