@@ -3,7 +3,7 @@
 What a Torch-Pruning user reads:
 
 - ``CKAImportance``: an importance for Torch-Pruning's pruners (record, then ``pruner.step()``), and
-  ``baseline_importance``, Torch-Pruning's own importances by name (:mod:`cka_prune.tp_importance`).
+  ``baseline_importance``, Torch-Pruning's own importances by name (:mod:`cka_prune.tp`).
 - ``greedy_cka``: greedy CKA pruning of one layer from its activations; ``channel_groups``: a Conv2d
   output's channels as column groups (:mod:`cka_prune.greedy`).
 - ``cka``, ``gram_linear``, ``gram_rbf``, ``feature_space_linear_cka``: linear and RBF CKA, biased and
@@ -16,7 +16,7 @@ next layer, the consumer's refit CKA, structured OBS, the shared checks) are
 
 from cka_prune.cka import cka, feature_space_linear_cka, gram_linear, gram_rbf
 from cka_prune.greedy import channel_groups, greedy_cka
-from cka_prune.tp_importance import CKAImportance, baseline_importance
+from cka_prune.tp import CKAImportance, baseline_importance
 
 __version__ = "0.1.0"
 

@@ -5,7 +5,7 @@ import torch_pruning as tp
 from torch import nn
 
 from cka_prune.engines import reference_greedy
-from cka_prune.tp_importance import CKAImportance
+from cka_prune.tp import CKAImportance
 from src.config import ModelConfig, PruneParams
 from src.data import Split, to_unit_float
 from src.errors import UserError

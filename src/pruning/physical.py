@@ -38,7 +38,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from cka_prune.tp_importance import CKAImportance, baseline_importance
+from cka_prune.tp import CKAImportance, baseline_importance
 from src.errors import UserError, brief
 
 

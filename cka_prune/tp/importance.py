@@ -1,4 +1,4 @@
-"""CKA as a Torch-Pruning importance, and Torch-Pruning's own importances as baselines.
+"""CKA as a Torch-Pruning importance: the exact greedy CKA pass over what a group removes.
 
 Torch-Pruning (DepGraph) prunes *groups*: every layer coupled to a root layer's output
 channels, e.g. in a ResNet stage the stem conv, each block's second conv, their BatchNorms,
@@ -76,11 +76,9 @@ from cka_prune.cka import center_gram
 from cka_prune.fast import fast_greedy_from_interactions
 from cka_prune.interactions import DEFAULT_MEMORY_BYTES, choose_route, interactions_from_activations
 from cka_prune.reference import reference_greedy
+from cka_prune.tp.groups import OUTPUT_FNS, OutputLayer, Skip, module_name, output_layers
+from cka_prune.tp.recording import channels_last_positions, record_layers
 
-# Torch-Pruning's pruning functions of Conv2d/Linear layers by role. (A normalisation layer's
-# in- and out-channel functions are one and the same, so norms are told apart by type.)
-OUTPUT_FNS = (tp.prune_conv_out_channels, tp.prune_depthwise_conv_out_channels, tp.prune_linear_out_channels)
-CONSUMER_FNS = (tp.prune_conv_in_channels, tp.prune_depthwise_conv_in_channels, tp.prune_linear_in_channels)
 NORMALIZERS = (None, "mean", "max", "sum", "standarization", "gaussian")
 Normalizer = str | Callable[[torch.Tensor], torch.Tensor] | None
 
@@ -91,22 +89,6 @@ class GroupScore:
 
     order: tuple[int, ...]
     cka: tuple[float, ...] | None  # None when the group was left alone (no order)
-
-
-@dataclass(frozen=True)
-class _OutputLayer:
-    module: nn.Module
-    channels: list[int]   # the module's output channels in the group
-    positions: list[int]  # their positions in the group's importance vector
-
-
-class _Skip(Exception):
-    """Why a group cannot be scored (turned into None and a warning)."""
-
-
-def _parameterised(module: object) -> bool:
-    return isinstance(module, nn.Parameter) or (
-        isinstance(module, nn.Module) and any(True for _ in module.parameters(recurse=False)))
 
 
 def _monotone_importance(order: list[int], cka: list[float], n: int) -> torch.Tensor:
@@ -132,32 +114,6 @@ def normalize(importance: torch.Tensor, normalizer: Normalizer) -> torch.Tensor:
         "standarization": lambda v: (v - v.min()) / (v.max() - v.min() + 1e-8),
         "gaussian": lambda v: (v - v.mean()) / (v.std() + 1e-8),
     }[normalizer](importance)
-
-
-def _rows(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
-    """A recorded tensor with one sample per row: a Linear's leading dimensions are flattened."""
-    return x.reshape(-1, x.shape[-1]) if isinstance(module, nn.Linear) else x
-
-
-def _channels_last_positions(y: torch.Tensor) -> torch.Tensor:
-    """An output in rows as (R, C, P): channel c owns y[:, c, :] (a Linear: P = 1)."""
-    return y.reshape(y.shape[0], y.shape[1], -1)
-
-
-def _subset(n_rows: int, cap: int | None) -> torch.Tensor | None:
-    """The rows kept of n_rows (seeded, sorted; the same for every layer with n_rows), or None for all."""
-    if cap is None or n_rows <= cap:
-        return None
-    return torch.randperm(n_rows, generator=torch.Generator().manual_seed(0))[:cap].sort().values
-
-
-def _join_calls(calls: list[list[torch.Tensor]], cap: int | None) -> list[torch.Tensor] | None:
-    """Each call's batches joined into rows, capped to the shared subset; None if the calls' rows differ."""
-    joined = [batches[0] if len(batches) == 1 else torch.cat(batches) for batches in calls]
-    if len({len(y) for y in joined}) != 1:
-        return None
-    keep = _subset(len(joined[0]), cap)
-    return joined if keep is None else [y[keep] for y in joined]
 
 
 class CKAImportance(tp.importance.Importance):
@@ -211,43 +167,15 @@ class CKAImportance(tp.importance.Importance):
         """
         self.names = {module: name for name, module in model.named_modules()}
         layers = self._layers_to_record(model, pruner)
-        outputs: dict[nn.Module, list[list[torch.Tensor]]] = {m: [] for m in layers}  # [call][batch]
-        inputs_seen: dict[nn.Module, list[list[torch.Tensor]]] = {m: [] for m in layers}
-        calls: dict[nn.Module, int] = {}
 
-        def hook(module, args, output):
-            call = calls[module] = calls.get(module, 0) + 1
-            if call > len(outputs[module]):
-                outputs[module].append([])
-                inputs_seen[module].append([])
-            # A copy: the model may change the output in place later (Conv2d -> ReLU(inplace=True)).
-            outputs[module][call - 1].append(_rows(output.detach().to("cpu", copy=True), module))
-            if not self.fast:
-                inputs_seen[module][call - 1].append(_rows(args[0].detach().to("cpu", copy=True), module))
-
-        handles = [m.register_forward_hook(hook) for m in layers]
-        was_training = model.training
-        model.eval()
-        try:
+        def forward(new_batch):
             for start in range(0, len(inputs), batch_size):
-                calls.clear()
+                new_batch()
                 model(inputs[start:start + batch_size])
-        finally:
-            for handle in handles:
-                handle.remove()
-            model.train(was_training)
-        self.shapes = {m: tuple(m.weight.shape) for m in layers}
-        self.outputs, self.inputs, self.unequal = {}, {}, set()
-        for module in (m for m in layers if outputs[m]):  # a layer the inputs do not reach has no recording
-            joined = _join_calls(outputs[module], self.max_samples)
-            if joined is None:
-                self.unequal.add(module)
-                continue
-            # Every call's positions side by side; one call (the common case) is kept without a copy.
-            outs = [_channels_last_positions(y) for y in joined]
-            self.outputs[module] = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
-            if not self.fast:
-                self.inputs[module] = _join_calls(inputs_seen[module], self.max_samples)
+
+        recording = record_layers(model, layers, forward, not self.fast, self.max_samples)
+        self.outputs, self.inputs = recording.outputs, recording.inputs
+        self.unequal, self.shapes = recording.unequal, recording.shapes
 
     def _layers_to_record(self, model: nn.Module, pruner: tp.pruner.BasePruner | None) -> list[nn.Module]:
         if pruner is None:
@@ -260,47 +188,15 @@ class CKAImportance(tp.importance.Importance):
         return [m for m in model.modules() if m in needed]
 
     def _name(self, module: object, group: tp.Group | None = None) -> str:
-        """The module's path in the model (from the recording or the group's graph)."""
-        if module in self.names:
-            return self.names[module]
-        for item in group or ():
-            if item.dep.target.module is module and item.dep.target._name:
-                return item.dep.target._name
-        return type(module).__name__
+        return module_name(module, self.names, group)
 
-    def output_layers(self, group: tp.Group) -> list[_OutputLayer]:
-        """The group's Conv2d/Linear layers whose output channels it removes, with channel maps;
-        :class:`_Skip` when the group has layers the importance cannot score."""
-        position = {r: j for j, r in enumerate(group[0].root_idxs)}
-        layers = []
-        for item in group:
-            dep, idxs = item.dep, list(item.idxs)
-            module, fn = dep.target.module, dep.handler
-            name = self.names.setdefault(module, self._name(module, group))  # paths for every later message
-            if fn in OUTPUT_FNS and isinstance(module, (nn.Conv2d, nn.Linear)):
-                if isinstance(module, nn.Conv2d) and module.groups not in (1, module.out_channels):
-                    raise _Skip(f"it contains the grouped convolution {name}, which CKA does not score")
-                if any(r is None for r in item.root_idxs):
-                    raise _Skip(f"it maps channels of {name} to no root channel")
-                layers.append(_OutputLayer(module, idxs, [position[r] for r in item.root_idxs]))
-            elif isinstance(module, nn.MultiheadAttention):
-                raise _Skip(f"it contains the attention {name} (MultiheadAttention); attention heads are not scored")
-            elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)) or not _parameterised(module):
-                continue  # a BatchNorm of a constant column is constant; parameterless ops follow
-            elif fn in CONSUMER_FNS and isinstance(module, (nn.Conv2d, nn.Linear)):
-                continue  # the next layers' inputs
-            else:
-                raise _Skip(f"it contains {name} ({type(module).__name__}); CKA scores groups of Conv2d, "
-                            "Linear and BatchNorm layers only")
-        if not layers:
-            raise _Skip("it removes no Conv2d or Linear output channels")
-        if len({pos for layer in layers for pos in layer.positions}) != len(group[0].idxs):
-            raise _Skip("a channel of it appears in no Conv2d/Linear output")
-        return layers
+    def output_layers(self, group: tp.Group) -> list[OutputLayer]:
+        """The group's output layers with channel maps (:func:`cka_prune.tp.groups.output_layers`)."""
+        return output_layers(group, self.names)
 
-    def _recorded(self, layer: _OutputLayer) -> torch.Tensor:
+    def _recorded(self, layer: OutputLayer) -> torch.Tensor:
         if layer.module in self.unequal:
-            raise _Skip(f"the calls of {self._name(layer.module)} gave different numbers of samples")
+            raise Skip(f"the calls of {self._name(layer.module)} gave different numbers of samples")
         y = self.outputs.get(layer.module)
         stale = self.shapes.get(layer.module) != tuple(layer.module.weight.shape)  # pruned since recording
         if y is None or stale or (not self.fast and layer.module not in self.inputs):
@@ -308,15 +204,15 @@ class CKAImportance(tp.importance.Importance):
                              "call record(model, inputs, pruner=pruner) before each pruner step")
         return y
 
-    def _samples(self, layers: list[_OutputLayer]) -> int:
-        """The group's number of samples (rows); :class:`_Skip` unless every output layer has the
+    def _samples(self, layers: list[OutputLayer]) -> int:
+        """The group's number of samples (rows); :class:`Skip` unless every output layer has the
         same number and there are enough for CKA."""
         rows = {self._name(layer.module): len(self._recorded(layer)) for layer in layers}
         if len(set(rows.values())) > 1:
-            raise _Skip(f"its output layers have different numbers of samples ({rows})")
+            raise Skip(f"its output layers have different numbers of samples ({rows})")
         samples, least = next(iter(rows.values())), 4 if self.debiased else 2
         if samples < least:
-            raise _Skip(f"{samples} scoring sample(s); CKA needs at least {least}")
+            raise Skip(f"{samples} scoring sample(s); CKA needs at least {least}")
         return samples
 
     @staticmethod
@@ -349,12 +245,12 @@ class CKAImportance(tp.importance.Importance):
             if layer.module.bias is not None:
                 params["bias"] = layer.module.bias.detach()
             with torch.no_grad():
-                y = torch.cat([_channels_last_positions(torch.func.functional_call(
+                y = torch.cat([channels_last_positions(torch.func.functional_call(
                     layer.module, params, (x.to(weight.device),)).cpu()) for x in self.inputs[layer.module]], dim=2)
             blocks.append(self._columns(y, layer.channels))
         return torch.cat(blocks, dim=1)
 
-    def _selected(self, layer: _OutputLayer) -> torch.Tensor:
+    def _selected(self, layer: OutputLayer) -> torch.Tensor:
         """The layer's recorded output restricted to its channels in the group (no copy if all)."""
         y = self._recorded(layer)
         return y if layer.channels == list(range(y.shape[1])) else y[:, layer.channels]
@@ -393,7 +289,7 @@ class CKAImportance(tp.importance.Importance):
                                               for k in flat.numpy()]))
         return torch.mm(flat, flat.T).numpy()
 
-    def _varies(self, layers: list[_OutputLayer]) -> bool:
+    def _varies(self, layers: list[OutputLayer]) -> bool:
         """Whether the group's outputs vary across the scoring samples."""
         return any(bool((y != y[:1]).any()) for y in map(self._selected, layers))
 
@@ -412,7 +308,7 @@ class CKAImportance(tp.importance.Importance):
             return reference_greedy(x.numpy(), lambda removed: self.recompute(group, removed), n, n,
                                     kernel=self.kernel, debiased=self.debiased)
         except ValueError as err:  # CKA undefined on these samples: debiased self-similarity <= 0
-            raise _Skip(str(err)) from err
+            raise Skip(str(err)) from err
 
     @torch.no_grad()
     def __call__(self, group: tp.Group) -> torch.Tensor | None:
@@ -423,25 +319,10 @@ class CKAImportance(tp.importance.Importance):
             layers = self.output_layers(group)
             self._samples(layers)
             if not self._varies(layers):
-                raise _Skip(NO_VARIATION)
+                raise Skip(NO_VARIATION)
             order, cka = self._greedy(group, n)
-        except _Skip as skip:
+        except Skip as skip:
             self._skip(group, str(skip))
             return None
         self.scores[root] = GroupScore(tuple(order), tuple(cka))
         return normalize(_monotone_importance(order, cka, n), self.normalizer)
-
-
-def baseline_importance(name: str) -> tp.importance.Importance:
-    """Torch-Pruning's importance for a baseline name.
-
-    tp_l1: group L1 norm (MagnitudeImportance(p=1), mean over the group's layers, mean-normalised);
-    tp_bn: BatchNorm scale |gamma| (BNScaleImportance, network slimming); tp_taylor: first-order
-    Taylor |w * dL/dw| (TaylorImportance; needs gradients); tp_random: RandomImportance.
-    """
-    return {
-        "tp_l1": lambda: tp.importance.MagnitudeImportance(p=1),
-        "tp_bn": tp.importance.BNScaleImportance,
-        "tp_taylor": tp.importance.TaylorImportance,
-        "tp_random": tp.importance.RandomImportance,
-    }[name]()
