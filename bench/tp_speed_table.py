@@ -33,7 +33,7 @@ import torch  # noqa: E402
 import torch_pruning as tp  # noqa: E402
 from torch import nn  # noqa: E402
 
-from cka_prune.tp_importance import CKAImportance  # noqa: E402
+from cka_prune.tp import CKAImportance  # noqa: E402
 
 TARGET_RATIO = 3.0
 RATIO = 0.5

@@ -26,8 +26,8 @@ Torch-Pruning takes as "leave this group alone"; the pruner removes the lowest s
   columns, so removing a set S of channels from the group = zeroing the columns of S in the
   concatenation: the column groups the fast engine already takes. The interaction matrix
   M[g, h] = <K_g, K_h>, K_g = sum over output layers of X_g X_g^T (X column-centered), is
-  the engine's (``interactions_from_activations`` on the concatenation; for conv groups
-  accumulated layer by layer with batched per-channel Grams instead of concatenating), and
+  the engine's (``cka_prune.channel_interactions``: from the layers' blocks by the
+  cross-covariances or the per-channel Grams, whichever is cheaper), and
   the greedy pass over it is ``fast_greedy_from_interactions``, step for step the literal
   loop (``reference_greedy``).
 - Removal order -> importance: the greedy runs over all n channels of the group; the channel
@@ -71,10 +71,9 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from cka_prune.channel_interactions import ChannelBlock, channel_interactions
 from cka_prune.checks import NO_VARIATION
-from cka_prune.cka import center_gram
 from cka_prune.fast import fast_greedy_from_interactions
-from cka_prune.interactions import DEFAULT_MEMORY_BYTES, choose_route, interactions_from_activations
 from cka_prune.reference import reference_greedy
 from cka_prune.tp.groups import OUTPUT_FNS, OutputLayer, Skip, module_name, output_layers
 from cka_prune.tp.recording import channels_last_positions, record_layers
@@ -256,38 +255,10 @@ class CKAImportance(tp.importance.Importance):
         return y if layer.channels == list(range(y.shape[1])) else y[:, layer.channels]
 
     def interactions(self, group: tp.Group) -> np.ndarray:
-        """The fast engine's interaction matrix M (n, n) of the group's representation.
-
-        Gram route (``choose_route``), when the n per-channel Grams (n, N, N) fit in memory:
-        K_g = sum over output layers of X_g X_g^T from batched products of each layer's
-        column-centered channels (N, P); M = F F^T, F the (n, N^2) flattened Grams
-        (U-centered for debiased). Otherwise ``interactions_from_activations`` on the
-        concatenation.
-        """
-        layers = self.output_layers(group)
-        n = len(group[0].idxs)
-        samples = len(self._recorded(layers[0]))
-        width = sum(len(l.channels) * self._recorded(l)[0, 0].numel() for l in layers)
-        route = choose_route(samples, width, n, self.debiased)
-        if route == "covariance" or 8 * n * samples**2 > DEFAULT_MEMORY_BYTES:
-            x, columns = self.representation(group)
-            return interactions_from_activations(x.numpy(), columns, debiased=self.debiased, route=route)
-        grams = torch.zeros(n, samples, samples, dtype=torch.float64)
-        for layer in layers:
-            y = self._selected(layer)
-            k = len(layer.channels)
-            z = torch.empty(k, samples, y[0].numel() // k, dtype=torch.float64)
-            z.copy_(y.reshape(samples, k, -1).transpose(0, 1))  # (k, N, P)
-            z -= z.mean(dim=1, keepdim=True)  # centered over samples
-            if layer.positions == list(range(n)):
-                grams.baddbmm_(z, z.transpose(1, 2))
-            else:
-                grams[torch.tensor(layer.positions)] += torch.bmm(z, z.transpose(1, 2))
-        flat = grams.reshape(n, -1)
-        if self.debiased:
-            flat = torch.from_numpy(np.stack([center_gram(k.reshape(samples, samples), unbiased=True).ravel()
-                                              for k in flat.numpy()]))
-        return torch.mm(flat, flat.T).numpy()
+        """The fast engine's interaction matrix M (n, n) of the group's representation: each
+        output layer's recorded channels one block (``cka_prune.channel_interactions``)."""
+        blocks = [ChannelBlock(self._selected(layer), layer.positions) for layer in self.output_layers(group)]
+        return channel_interactions(blocks, len(group[0].idxs), debiased=self.debiased)
 
     def _varies(self, layers: list[OutputLayer]) -> bool:
         """Whether the group's outputs vary across the scoring samples."""
