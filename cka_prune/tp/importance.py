@@ -27,8 +27,8 @@ Torch-Pruning takes as "leave this group alone"; the pruner removes the lowest s
   columns, so removing a set S of channels from the group = zeroing the columns of S in the
   concatenation: the column groups the fast engine already takes. The interaction matrix
   M[g, h] = <K_g, K_h>, K_g = sum over output layers of X_g X_g^T (X column-centered), is
-  the engine's (``interactions_from_activations`` on the concatenation; for conv groups
-  accumulated layer by layer with batched per-channel Grams instead of concatenating), and
+  the engine's (``cka_prune.channel_interactions``: from the layers' blocks by the
+  cross-covariances or the per-channel Grams, whichever is cheaper), and
   the greedy pass over it is ``fast_greedy_from_interactions``, step for step the literal
   loop (``reference_greedy``).
 - Removal order -> importance: the greedy runs over all n channels of the group; the channel
@@ -75,10 +75,9 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from cka_prune.channel_interactions import ChannelBlock, channel_interactions
 from cka_prune.checks import NO_VARIATION
-from cka_prune.cka import center_gram
 from cka_prune.fast import fast_greedy_from_interactions
-from cka_prune.interactions import DEFAULT_MEMORY_BYTES, choose_route, interactions_from_activations
 from cka_prune.reference import reference_greedy
 from cka_prune.tp.groups import GroupKey, Site, Skip, Tap, group_key, module_name, output_modules
 from cka_prune.tp.plan import RESIDUAL, HeadPruning, Plan, is_norm, plan
@@ -324,38 +323,23 @@ class CKAImportance(tp.importance.Importance):
         return y if site.channels == list(range(y.shape[1])) else y[:, site.channels]
 
     def interactions(self, group: tp.Group) -> np.ndarray:
-        """The fast engine's interaction matrix M (n, n) of the group's units.
+        """The fast engine's interaction matrix M (u, u) of the group's units.
 
-        Gram route (``choose_route``), when units are channels and the n per-channel Grams
-        (n, N, N) fit in memory: K_g = sum over sites of X_g X_g^T from batched products of each
-        site's column-centered channels (N, P); M = F F^T, F the (n, N^2) flattened Grams
-        (U-centered for debiased). Otherwise ``interactions_from_activations`` on the
-        concatenation with the units' columns.
+        Per channel from the sites' recorded blocks (``cka_prune.channel_interactions``), then
+        summed over each unit's channels: a unit's K is the sum of its channels' K_c, and both
+        <., .>_F and U-centering are linear, so M_units = A M A^T, A the (units, channels)
+        indicator (the identity when units are channels).
         """
         found = self.plan(group)
-        n = len(found.units)
-        samples = len(self._recorded(found.sites[0]))
-        width = sum(len(s.channels) * self._recorded(s)[0, 0].numel() for s in found.sites)
-        route = choose_route(samples, width, n, self.debiased)
-        if route == "covariance" or 8 * n * samples**2 > DEFAULT_MEMORY_BYTES or n != len(group[0].idxs):
-            x, columns = self._representation(found, [self._recorded(site) for site in found.sites])
-            return interactions_from_activations(x.numpy(), columns, debiased=self.debiased, route=route)
-        grams = torch.zeros(n, samples, samples, dtype=torch.float64)
-        for site in found.sites:
-            y = self._selected(site)
-            k = len(site.channels)
-            z = torch.empty(k, samples, y[0].numel() // k, dtype=torch.float64)
-            z.copy_(y.reshape(samples, k, -1).transpose(0, 1))  # (k, N, P)
-            z -= z.mean(dim=1, keepdim=True)  # centered over samples
-            if site.positions == list(range(n)):
-                grams.baddbmm_(z, z.transpose(1, 2))
-            else:
-                grams[torch.tensor(site.positions)] += torch.bmm(z, z.transpose(1, 2))
-        flat = grams.reshape(n, -1)
-        if self.debiased:
-            flat = torch.from_numpy(np.stack([center_gram(k.reshape(samples, samples), unbiased=True).ravel()
-                                              for k in flat.numpy()]))
-        return torch.mm(flat, flat.T).numpy()
+        n = len(group[0].idxs)
+        blocks = [ChannelBlock(self._selected(site), site.positions) for site in found.sites]
+        m = channel_interactions(blocks, n, debiased=self.debiased)
+        if found.units == [[c] for c in range(n)]:
+            return m
+        a = np.zeros((len(found.units), n))
+        for u, unit in enumerate(found.units):
+            a[u, unit] = 1.0
+        return a @ m @ a.T
 
     def _varies(self, sites: list[Site]) -> bool:
         """Whether the group's tensors vary across the scoring samples."""
