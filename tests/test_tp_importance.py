@@ -46,7 +46,7 @@ def all_groups(model, example):
 
 
 def group_key(importance, group):
-    names = {importance.names[site.tap.module] for site in importance.output_layers(group)}
+    names = {importance.names[site.tap.module] for site in importance.plan(group).sites}
     return next(key for key, layers in RESNET8_GROUPS.items() if set(layers) == names)
 
 

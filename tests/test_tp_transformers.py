@@ -384,3 +384,20 @@ def test_a_fused_qkv_attention_is_pruned_twice_with_its_head_count_updated_betwe
         assert cka_prune.update_head_counts(model) == {"attn": (3, 1)[step]}
         assert model(x).shape == (8, 3)
     assert model.attn.qkv.out_features == 3 * 4 and model.attn.proj.in_features == 4
+
+
+def test_the_reference_engine_orders_heads_and_mlp_units_as_the_fast_engine():
+    model, x = tiny_vit(layers=1), torch.randn(6, 3, 16, 16)
+    attention, mlp = model.vit.layers[0].attention, model.vit.layers[0].mlp
+    for debiased in (False, True):
+        fast, reference = CKAImportance(debiased=debiased), CKAImportance(engine="reference", debiased=debiased)
+        for importance in (fast, reference):
+            pruner = vit_pruner(model, importance, x)
+            importance.record(model, x, pruner=pruner)
+            scored(importance, pruner, attention.o_proj, tp.prune_linear_in_channels)
+            if not debiased:  # the 64 units' literal loop once is enough
+                scored(importance, pruner, mlp.fc1, tp.prune_linear_out_channels)
+        assert fast.scores.keys() == reference.scores.keys() and len(fast.scores) == 2 - debiased
+        for key, score in fast.scores.items():
+            assert score.order == reference.scores[key].order
+            np.testing.assert_allclose(score.cka, reference.scores[key].cka, rtol=1e-9, atol=1e-12)

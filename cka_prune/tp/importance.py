@@ -241,10 +241,6 @@ class CKAImportance(tp.importance.Importance):
             raise Skip("a channel of it appears in none of its scored tensors")
         return found
 
-    def output_layers(self, group: tp.Group) -> list[Site]:
-        """The group's sites (kept under the name the tests of output groups use)."""
-        return self.plan(group).sites
-
     def _recorded(self, site: Site) -> torch.Tensor:
         tap = site.tap
         if tap in self.recorded.unequal:
