@@ -73,7 +73,7 @@ def group_key(group: tp.Group, names: dict[nn.Module, str]) -> GroupKey:
     return GroupKey(module_name(group[0].dep.target.module, names, group), tuple(sorted(layers)))
 
 
-def is_output(item: tp.Dependency) -> bool:
+def is_output(item) -> bool:  # item: one (dependency, indices) entry of a group
     return item.dep.handler in OUTPUT_FNS and isinstance(item.dep.target.module, (nn.Conv2d, nn.Linear))
 
 

@@ -118,6 +118,7 @@ class Recorder:
         self.keys: dict[int, torch.Tensor] = {}  # this batch's keys by number of rows
         self.mask: torch.Tensor | None = None
         self.handles: list = []
+        self.was_training, self.grad = model.training, torch.is_grad_enabled()  # restored on exit
 
     def _new_batch(self, module, args, kwargs):
         self.calls, self.keys = {}, {}
@@ -149,9 +150,8 @@ class Recorder:
         for tap in self.taps:
             register = tap.module.register_forward_pre_hook if tap.reads else tap.module.register_forward_hook
             self.handles.append(register(self._hook(tap)))
-        self.was_training = self.model.training
+        self.was_training, self.grad = self.model.training, torch.is_grad_enabled()
         self.model.eval()
-        self.grad = torch.is_grad_enabled()
         torch.set_grad_enabled(False)
         return self
 
