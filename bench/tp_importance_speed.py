@@ -32,7 +32,7 @@ def main() -> None:
     import torch
     import torch_pruning as tp
 
-    from cka_prune.tp_importance import CKAImportance
+    from cka_prune.tp import CKAImportance
     from src.models import cifar_resnet_56
     from src.pruning.physical import classifier
 

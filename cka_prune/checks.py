@@ -130,4 +130,6 @@ def ratio(num: np.ndarray | float, den2: np.ndarray | float, total: float) -> np
     """CKA = num / sqrt(total * den2), and 0 where den2 <= DEGENERATE_RTOL * total."""
     num, den2 = np.asarray(num, dtype=np.float64), np.asarray(den2, dtype=np.float64)
     ok = den2 > DEGENERATE_RTOL * total
+    if ok.all():  # the common case, without the masked copies (the greedy engines call this every step)
+        return num / np.sqrt(total * den2)
     return np.where(ok, num / np.sqrt(total * np.where(ok, den2, 1.0)), 0.0)

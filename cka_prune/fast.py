@@ -33,29 +33,30 @@ SYMMETRY_RTOL = 1e-9
 
 @dataclass
 class _FastState:
-    """num, den2 and r (see fast_greedy_from_interactions) for the current kept set."""
+    """num, den2 and r (see fast_greedy_from_interactions) for the current kept set, with
+    rise = M[i, i] - 2 r[i], the change of den2 on removing i."""
 
     interactions: np.ndarray  # M (n, n)
     m: np.ndarray             # M 1 (n,)
     total: float              # T = 1^T M 1
-    diag: np.ndarray = field(init=False)
     num: float = field(init=False)
     den2: float = field(init=False)
-    r: np.ndarray = field(init=False)
+    rise: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
-        self.diag = np.diag(self.interactions).copy()
         self.num = self.den2 = self.total  # nothing removed yet: R = all groups
-        self.r = self.m.copy()
+        self.rise = np.diag(self.interactions) - 2.0 * self.m
 
     def scores(self, removed: list[int], candidates: np.ndarray) -> np.ndarray:
         """(n,) score of removing each group next (meaningful for candidates only)."""
-        return ratio(self.num - self.m, self.den2 - 2.0 * self.r + self.diag, self.total)
+        return ratio(self.num - self.m, self.den2 + self.rise, self.total)
 
     def remove(self, j: int) -> None:
         self.num -= self.m[j]
-        self.den2 += self.diag[j] - 2.0 * self.r[j]
-        self.r -= self.interactions[j]  # row j = column j (M is symmetric)
+        self.den2 += self.rise[j]
+        row = self.interactions[j]  # = column j (M is symmetric): r loses M[:, j], rise gains 2 M[:, j]
+        self.rise += row
+        self.rise += row
 
 
 def _check_interactions(interactions: Any) -> np.ndarray:
@@ -64,9 +65,12 @@ def _check_interactions(interactions: Any) -> np.ndarray:
     m_mat = to_float64(interactions)
     if m_mat.ndim != 2 or m_mat.shape[0] != m_mat.shape[1] or m_mat.shape[0] == 0:
         raise ValueError(f"interactions must be a square (n, n) matrix, got shape {m_mat.shape}")
-    if not np.all(np.isfinite(m_mat)):
+    # A finite sum is one pass; only when it is not (NaN, inf, or an overflow) are the entries checked.
+    if not np.isfinite(m_mat.sum()) and not np.all(np.isfinite(m_mat)):
         raise ValueError("interactions contain NaN or inf")
-    if np.max(np.abs(m_mat - m_mat.T)) > SYMMETRY_RTOL * np.max(np.abs(m_mat)):
+    asymmetry = m_mat - m_mat.T
+    np.abs(asymmetry, out=asymmetry)
+    if asymmetry.max() > SYMMETRY_RTOL * np.max(np.abs(m_mat)):
         raise ValueError("interactions must be symmetric")
     return m_mat
 

@@ -58,9 +58,10 @@ def choose(scores: np.ndarray, candidates: np.ndarray, tie_scale: float | None =
     (None: the best score's own size, for CKA; an engine whose best score can be 0 while the others
     carry rounding of a larger quantity, e.g. OBS's costs, gives that quantity's size).
     """
-    best = np.max(scores[candidates])
-    tied = candidates & (scores >= best - TIE_RTOL * (abs(best) if tie_scale is None else tie_scale))
-    return int(np.flatnonzero(tied)[0])
+    masked = np.where(candidates, scores, -np.inf)
+    best = masked.max()
+    # argmax of a bool array: the first True, i.e. the lowest tied candidate.
+    return int(np.argmax(masked >= best - TIE_RTOL * (abs(best) if tie_scale is None else tie_scale)))
 
 
 @dataclass

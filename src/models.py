@@ -7,7 +7,7 @@ Prunable layers are numbered in forward order: conv blocks first, then hidden Li
 the output layer is never prunable. These are pruned with masks (``src.pruning.masks``).
 
 ``resnet``, ``vgg``, ``lenet5``: a small zoo of the architectures the literature prunes,
-plain ``nn.Module``s pruned physically through Torch-Pruning (``cka_prune.tp_importance``):
+plain ``nn.Module``s pruned physically through Torch-Pruning (``cka_prune.tp``):
 
 - ``cifar_resnet(depth)``: He et al. (2016) CIFAR ResNet, depth = 6n + 2 (20, 32, 56, ...),
   three stages of n basic blocks at width w, 2w, 4w, option B shortcuts (1x1 conv + BatchNorm

@@ -25,7 +25,7 @@ REFIT_CRITERIA = ("obs",)
 # a pass (src.pruning.compensate): nothing (the paper), absorb their mean in its bias, or refit.
 COMPENSATIONS = ("none", "bias", "lstsq")
 ALLOCATIONS = ("uniform", "global")
-# Torch-Pruning's own importances, for the zoo models (cka_prune.tp_importance).
+# Torch-Pruning's own importances, for the zoo models (cka_prune.tp).
 TP_CRITERIA = ("tp_l1", "tp_bn", "tp_taylor", "tp_random")
 ENGINES = ("fast", "reference")
 KERNELS = ("linear", "rbf")
