@@ -7,7 +7,8 @@ code trusts these objects. Keys starting with ``_`` are comments and are ignored
 
 The package: ``options`` (the allowed values), ``schema`` (the dataclasses), ``reader`` (the
 key-by-key reader and value checks), and a reader per section: ``training`` (model, data,
-params), ``prune``, ``search`` (search and wandb). Everything other code uses is imported from here.
+params), ``prune``, ``depth`` (a prune section of strategy "depth", with its dataclasses),
+``search`` (search and wandb). Everything other code uses is imported from here.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from src.config.options import (ACTIVATION_CRITERIA, ALLOCATIONS, COMPENSATIONS,
                                 REFIT_CRITERIA, RETRAIN_MODES, REWIND_EPOCHS, SCHEDULES, SEARCH_DISTRIBUTIONS,
                                 SEARCH_METHODS, SEARCH_METRICS, SEARCHABLE, SEED_MAX, STRATEGIES, TARGETS,
                                 TP_CRITERIA, VGG_DEPTHS, WANDB_MODES, ZOO_DEFAULTS, ZOO_TYPES)
+from src.config.depth import DepthConfig, DepthParams, read_depth
+from src.config.options import DEPTH_STRATEGY
 from src.config.prune import _read_prune
 from src.config.reader import _Section, is_seed
 from src.config.schema import (DataConfig, ExperimentConfig, Hyperband, ModelConfig, PruneConfig, PruneParams,
@@ -34,7 +37,7 @@ __all__ = [
     "GREEDY_VARIANTS", "HOOKS", "KERNELS", "MODEL_TYPES", "OPTIMIZERS", "REFIT_CRITERIA", "RETRAIN_MODES",
     "REWIND_EPOCHS", "SCHEDULES", "SEARCH_DISTRIBUTIONS", "SEARCH_METHODS", "SEARCH_METRICS", "SEARCHABLE",
     "SEED_MAX", "STRATEGIES", "TARGETS", "TP_CRITERIA", "VGG_DEPTHS", "WANDB_MODES", "ZOO_DEFAULTS", "ZOO_TYPES",
-    "DataConfig", "ExperimentConfig", "Hyperband", "ModelConfig", "PruneConfig", "PruneParams", "SearchConfig",
+    "DataConfig", "DepthConfig", "DepthParams", "ExperimentConfig", "Hyperband", "ModelConfig", "PruneConfig", "PruneParams", "SearchConfig",
     "SearchParameter", "TrainParams", "WandbConfig",
     "is_seed", "load_config", "parse_config", "with_overrides",
 ]
@@ -46,7 +49,13 @@ def parse_config(raw: Any, source: Path) -> ExperimentConfig:
     data = _read_data(top.section("data"))
     model = _read_model(top.section("model"), data.dataset)
     params = _read_params(top.section("params"))
-    prune = _read_prune(top.section("prune"), model, params) if "prune" in top.values else None
+    prune = depth = None
+    if "prune" in top.values:
+        section = top.section("prune")
+        if section.values.get("strategy") == DEPTH_STRATEGY:
+            depth = read_depth(section, model, params)
+        else:
+            prune = _read_prune(section, model, params)
     search = _read_search(top.section("search"))
     wandb = _read_wandb(top.section("wandb"))
     seeds = top.get("seeds", [0], lambda v: isinstance(v, list) and len(v) > 0 and all(map(is_seed, v)),
@@ -56,7 +65,7 @@ def parse_config(raw: Any, source: Path) -> ExperimentConfig:
     top.done()
     return ExperimentConfig(
         source=source, model=model, data=data, params=params, seeds=tuple(seeds),
-        prune=prune, search=search, wandb=wandb, raw=raw,
+        prune=prune, search=search, wandb=wandb, raw=raw, depth=depth,
     )
 
 

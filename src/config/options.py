@@ -10,7 +10,13 @@ ZOO_DEFAULTS = {"resnet": (20, 16), "vgg": (16, 64), "lenet5": (None, None)}  # 
 VGG_DEPTHS = (11, 13, 16, 19)
 # Image shape (C, H, W) of each dataset: the zoo models' default input_shape.
 DATASET_SHAPES = {"mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "cifar10": (3, 32, 32), "mnist-5k": (1, 28, 28)}
-STRATEGIES = ("one_shot", "iterative")
+STRATEGIES = ("one_shot", "iterative", "depth")
+# prune.strategy "depth" removes whole residual blocks (src.config.depth, cka_prune.depth): the
+# models with removable blocks, and the library's criteria and compensations by name.
+DEPTH_STRATEGY = "depth"
+RESIDUAL_TYPES = ("resnet", "resmlp", "vit", "decoder")
+DEPTH_CRITERIA = ("cka", "cosine", "angular", "tail", "loss", "pons", "random", "residual", "cka-refit")
+DEPTH_COMPENSATIONS = ("none", "lstsq")
 CRITERIA = ("cka", "l1", "l2", "random")
 # Baselines scored from the layer's post-ReLU outputs (taylor: and their gradients).
 ACTIVATION_CRITERIA = ("apoz", "mean_activation", "taylor")

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from src.config.options import ZOO_TYPES
 from src.errors import UserError
+
+if TYPE_CHECKING:
+    from src.config.depth import DepthConfig
 
 
 @dataclass(frozen=True)
@@ -296,6 +299,7 @@ class ExperimentConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    depth: DepthConfig | None = None  # a prune section of strategy "depth" (then prune is None)
 
     @property
     def name(self) -> str:
@@ -308,6 +312,9 @@ class ExperimentConfig:
         return self.source.stem
 
     def require_prune(self) -> PruneConfig:
+        if self.depth is not None:
+            raise UserError(f'{self.source}: prune.strategy "depth" removes blocks; this command prunes neurons '
+                            '(main_prune.py runs depth configs)')
         if self.prune is None:
             raise UserError(f"{self.source}: prune section is required to prune")
         return self.prune
