@@ -161,13 +161,15 @@ def program_path(path: str | Path) -> Path:
     return Path(path).with_suffix(".pt2")
 
 
-def save_program(path: str | Path, model: nn.Module, input_shape: tuple[int, ...]) -> None:
+def save_program(path: str | Path, model: nn.Module, input_shape: tuple[int, ...],
+                 example: torch.Tensor | None = None) -> None:
     """``model`` (an eval-mode CPU copy) as a ``torch.export`` program at ``path``, batch dimension dynamic.
 
-    Traced on a batch of 2 (a batch of 1 would be specialised as a constant); the program then
-    takes any batch size.
+    Traced on ``example`` (default: a uniform [0, 1) batch of ``input_shape``), of 2 samples (a
+    batch of 1 would be specialised as a constant); the program then takes any batch size.
     """
-    example = torch.rand(2, *input_shape, generator=torch.Generator().manual_seed(0))
+    if example is None:
+        example = torch.rand(2, *input_shape, generator=torch.Generator().manual_seed(0))
     batch = torch.export.Dim("batch")
     program = torch.export.export(_eval_copy(model), (example,), dynamic_shapes=({0: batch},))
     buffer = io.BytesIO()
@@ -278,3 +280,35 @@ def export_seed(model: Net, cfg: ExperimentConfig, test: Split, path: Path) -> N
         small_acc = evaluate(small, test, cfg.params.batch_size, cpu).acc
         print(f"test accuracy: pruned (masked) {masked_acc:.4f}, exported {small_acc:.4f}")
     print(f"exported model: {path} (program {program_path(path)})")
+
+
+def export_depth(pruned: nn.Module, dense: nn.Module, point: Any, cfg: ExperimentConfig, example: torch.Tensor,
+                 path: Path) -> None:
+    """Save a network depth pruning made (:mod:`src.pruning.depth`; ``point`` its
+    :class:`src.depth_results.DepthPoint`): the ``torch.export`` program at :func:`program_path`,
+    traced on ``example`` (two input samples), the state dict at ``path``, and the sidecar
+    ``{"model": the dense model's config, "program", "depth": the removed blocks and patch,
+    "export": sizes, the program's largest output difference, latencies}``.
+
+    Sizes and latencies are the point's (one thread, batch 1 and 64; ``latency_seconds`` None when
+    the run did not time them), the dense network's beside them.
+    """
+    from cka_prune import depth  # the depth library only where depth pruning runs
+    pruned = _eval_copy(pruned)
+    example = example.cpu()
+    save_program(program_path(path), pruned, tuple(example.shape[1:]), example)
+    with torch.inference_mode():
+        program = torch.export.load(program_path(path)).module()
+        difference = float((program(example) - pruned(example)).abs().max())
+    dense_cost = depth.cost(_eval_copy(dense), example[:1])
+    atomic_torch_save(path, pruned.state_dict())
+    params = cfg.require_depth().params
+    record = {"model": model_record(cfg.model), "program": program_path(path).name,
+              "depth": {"count": point.count, "removed": list(point.removed), "spans": list(point.spans),
+                        "compensate": params.compensate, "criterion": params.criterion},
+              "export": {"params_before": dense_cost.params, "params_after": point.parameters,
+                         "macs_before": dense_cost.macs, "macs_after": point.macs, "max_abs_diff": difference,
+                         "latency_seconds": point.latency_seconds}}
+    atomic_write_json(sidecar_path(path), record)
+    print(f"exported model: {path} (program {program_path(path)}; {point.count} blocks removed, "
+          f"MACs {_change(dense_cost.macs, point.macs)}, program max |difference| {difference:.2e})")

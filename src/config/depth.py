@@ -25,7 +25,7 @@ class DepthParams:
     """``criterion``: which blocks go first (:data:`DEPTH_CRITERIA`); ``blocks``: the removal counts,
     or ``fractions`` of the removable blocks (exactly one is set); ``greedy``: record again on the
     network after each removal (else rank once on the trained one); ``span``: blocks removed
-    together, contiguous; ``compensate``/``ridge``: the least-squares patch of each removed span
+    together, contiguous (true: the whole count as one span, Gromov et al.); ``compensate``/``ridge``: the least-squares patch of each removed span
     and its ridge; ``samples``: calibration samples from the training split, drawn once per seed;
     ``retrain_epochs``/``retrain_lr``: fine-tuning after each removal (0: none; lr None:
     ``params.lr``); ``recalibrate_bn``: BatchNorm statistics re-estimated before evaluating;
@@ -36,7 +36,7 @@ class DepthParams:
     blocks: tuple[int, ...] | None = None
     fractions: tuple[float, ...] | None = None
     greedy: bool = True
-    span: int = 1
+    span: int | bool = 1
     compensate: str = "none"
     ridge: float = 1e-3
     samples: int = 512
@@ -52,6 +52,11 @@ class DepthParams:
         if self.blocks is not None:
             return self.blocks
         return tuple(dict.fromkeys(max(1, math.floor(f * removable + 0.5)) for f in self.fractions))
+
+    @property
+    def library_span(self) -> int | bool:
+        """``span`` as :func:`cka_prune.depth.select` takes it: False for single blocks."""
+        return False if self.span == 1 and self.span is not True else self.span
 
     def retraining(self, training: TrainParams) -> TrainParams:
         """The recipe retraining runs: ``training`` for exactly ``retrain_epochs`` epochs, no early
@@ -113,7 +118,8 @@ def read_depth(s: _Section, model: ModelConfig, training: TrainParams) -> DepthC
         blocks=None if blocks is None else tuple(blocks) if isinstance(blocks, list) else (blocks,),
         fractions=None if fractions is None else tuple(float(f) for f in fractions),
         greedy=p.get("greedy", d.greedy, lambda v: isinstance(v, bool), "must be true or false"),
-        span=p.get("span", d.span, _positive_int, "must be a positive integer (blocks removed together)"),
+        span=p.get("span", d.span, lambda v: v is True or _positive_int(v),
+                   "must be a positive integer (blocks removed together) or true (the whole count as one span)"),
         compensate=compensate, ridge=float(ridge),
         samples=p.get("samples", d.samples, _positive_int, "must be a positive integer (calibration samples)"),
         retrain_epochs=epochs, retrain_lr=None if lr == training.lr else lr, recalibrate_bn=recalibrate,
@@ -133,7 +139,7 @@ def check_counts(params: DepthParams, removable: int, source: str) -> tuple[int,
     where = f"{source}: prune.params.{key}"
     if max(counts) > removable:
         raise UserError(f"{where} asks for {max(counts)} blocks, but the model has {removable} removable blocks")
-    uneven = [k for k in counts if k % params.span]
+    uneven = [] if params.span is True else [k for k in counts if k % params.span]
     if uneven:
         raise UserError(f"{where} gives {uneven[0]} blocks, not a multiple of prune.params.span ({params.span})")
     return counts

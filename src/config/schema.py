@@ -319,6 +319,11 @@ class ExperimentConfig:
             raise UserError(f"{self.source}: prune section is required to prune")
         return self.prune
 
+    def require_depth(self) -> DepthConfig:
+        if self.depth is None:
+            raise UserError(f'{self.source}: a prune section of strategy "depth" is required to remove blocks')
+        return self.depth
+
     def training_identity(self) -> dict[str, Any]:
         """Everything that determines trained weights, apart from the seed."""
         return {"model": self.model.identity(), "data": self.data.identity(), "params": self.params.identity()}
