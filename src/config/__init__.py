@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from src.config.options import (ACTIVATION_CRITERIA, ALLOCATIONS, COMPENSATIONS, CRITERIA, DATASET_SHAPES,
-                                DATASETS, ENGINES, GREEDY_VARIANTS, HOOKS, KERNELS, MODEL_TYPES, OPTIMIZERS,
+                                DATASETS, DEPTH_COMPENSATIONS, DEPTH_CRITERIA, DEPTH_STRATEGY, ENGINES,
+                                GREEDY_VARIANTS, HOOKS, KERNELS, MODEL_TYPES, OPTIMIZERS, RESIDUAL_TYPES,
                                 REFIT_CRITERIA, RETRAIN_MODES, REWIND_EPOCHS, SCHEDULES, SEARCH_DISTRIBUTIONS,
                                 SEARCH_METHODS, SEARCH_METRICS, SEARCHABLE, SEED_MAX, STRATEGIES, TARGETS,
                                 TP_CRITERIA, VGG_DEPTHS, WANDB_MODES, ZOO_DEFAULTS, ZOO_TYPES)
 from src.config.depth import DepthConfig, DepthParams, read_depth
-from src.config.options import DEPTH_STRATEGY
 from src.config.prune import _read_prune
 from src.config.reader import _Section, is_seed
 from src.config.schema import (DataConfig, ExperimentConfig, Hyperband, ModelConfig, PruneConfig, PruneParams,
@@ -33,11 +33,13 @@ from src.config.training import _read_data, _read_model, _read_params
 from src.errors import UserError
 
 __all__ = [
-    "ACTIVATION_CRITERIA", "ALLOCATIONS", "COMPENSATIONS", "CRITERIA", "DATASET_SHAPES", "DATASETS", "ENGINES",
+    "ACTIVATION_CRITERIA", "ALLOCATIONS", "COMPENSATIONS", "CRITERIA", "DATASET_SHAPES", "DATASETS",
+    "DEPTH_COMPENSATIONS", "DEPTH_CRITERIA", "DEPTH_STRATEGY", "ENGINES", "RESIDUAL_TYPES",
     "GREEDY_VARIANTS", "HOOKS", "KERNELS", "MODEL_TYPES", "OPTIMIZERS", "REFIT_CRITERIA", "RETRAIN_MODES",
     "REWIND_EPOCHS", "SCHEDULES", "SEARCH_DISTRIBUTIONS", "SEARCH_METHODS", "SEARCH_METRICS", "SEARCHABLE",
     "SEED_MAX", "STRATEGIES", "TARGETS", "TP_CRITERIA", "VGG_DEPTHS", "WANDB_MODES", "ZOO_DEFAULTS", "ZOO_TYPES",
-    "DataConfig", "DepthConfig", "DepthParams", "ExperimentConfig", "Hyperband", "ModelConfig", "PruneConfig", "PruneParams", "SearchConfig",
+    "DataConfig", "DepthConfig", "DepthParams", "ExperimentConfig", "Hyperband", "ModelConfig", "PruneConfig",
+    "PruneParams", "SearchConfig",
     "SearchParameter", "TrainParams", "WandbConfig",
     "is_seed", "load_config", "parse_config", "with_overrides",
 ]
