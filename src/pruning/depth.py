@@ -138,11 +138,11 @@ def prune_depth_seed(model: nn.Module, cfg: ExperimentConfig, seed: int, splits:
     identity = depth_results.run_identity(cfg, model_file)
     result = stored_result(out_dir, seed, identity)
     model.to(device).eval()
-    names = depth.find_blocks(model)
+    calibration = Calibration(splits, p.samples, cfg.params.batch_size, seed, device)
+    names = depth.find_blocks(model, calibration.batches[0][:1])
     if not names:
         raise UserError(f"{cfg.source}: the {cfg.model.type} model has no removable blocks")
     counts = check_counts(p, len(names), str(cfg.source))
-    calibration = Calibration(splits, p.samples, cfg.params.batch_size, seed, device)
     made_by = provenance.current(device)
     if result is None:
         cost = size(model, calibration.example)
