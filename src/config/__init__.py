@@ -17,12 +17,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from src.config.options import (ACTIVATION_CRITERIA, ALLOCATIONS, COMPENSATIONS, CRITERIA, DATASET_SHAPES,
-                                DATASETS, DEPTH_COMPENSATIONS, DEPTH_CRITERIA, DEPTH_STRATEGY, ENGINES,
-                                GREEDY_VARIANTS, HOOKS, KERNELS, MODEL_TYPES, OPTIMIZERS, RESIDUAL_TYPES,
-                                REFIT_CRITERIA, RETRAIN_MODES, REWIND_EPOCHS, SCHEDULES, SEARCH_DISTRIBUTIONS,
-                                SEARCH_METHODS, SEARCH_METRICS, SEARCHABLE, SEED_MAX, STRATEGIES, TARGETS,
-                                TP_CRITERIA, VGG_DEPTHS, WANDB_MODES, ZOO_DEFAULTS, ZOO_TYPES)
+from src.config.options import (ACTIVATION_CRITERIA, ALLOCATIONS, BYTES, COMPENSATIONS, CORPUS_SHA256, CRITERIA,
+                                DATASET_SHAPES, DATASETS, DEPTH_COMPENSATIONS, DEPTH_CRITERIA, DEPTH_STRATEGY,
+                                DEPTH_TYPES, ENGINES, GREEDY_VARIANTS, HOOKS, KERNELS, MODEL_TYPES,
+                                OPTIMIZERS, REFIT_CRITERIA, RESIDUAL_DEFAULTS, RESIDUAL_TYPES, RETRAIN_MODES,
+                                REWIND_EPOCHS, SCHEDULES, SEARCH_DISTRIBUTIONS, SEARCH_METHODS, SEARCH_METRICS,
+                                SEARCHABLE, SEED_MAX, STRATEGIES, TARGETS, TEXT_CONTEXT, TEXT_DATASETS, TP_CRITERIA,
+                                VGG_DEPTHS, WANDB_MODES, ZOO_DEFAULTS, ZOO_TYPES)
 from src.config.depth import DepthConfig, DepthParams, read_depth
 from src.config.prune import _read_prune
 from src.config.reader import _Section, is_seed
@@ -33,11 +34,12 @@ from src.config.training import _read_data, _read_model, _read_params
 from src.errors import UserError
 
 __all__ = [
-    "ACTIVATION_CRITERIA", "ALLOCATIONS", "COMPENSATIONS", "CRITERIA", "DATASET_SHAPES", "DATASETS",
-    "DEPTH_COMPENSATIONS", "DEPTH_CRITERIA", "DEPTH_STRATEGY", "ENGINES", "RESIDUAL_TYPES",
-    "GREEDY_VARIANTS", "HOOKS", "KERNELS", "MODEL_TYPES", "OPTIMIZERS", "REFIT_CRITERIA", "RETRAIN_MODES",
-    "REWIND_EPOCHS", "SCHEDULES", "SEARCH_DISTRIBUTIONS", "SEARCH_METHODS", "SEARCH_METRICS", "SEARCHABLE",
-    "SEED_MAX", "STRATEGIES", "TARGETS", "TP_CRITERIA", "VGG_DEPTHS", "WANDB_MODES", "ZOO_DEFAULTS", "ZOO_TYPES",
+    "ACTIVATION_CRITERIA", "ALLOCATIONS", "BYTES", "COMPENSATIONS", "CORPUS_SHA256", "CRITERIA", "DATASET_SHAPES",
+    "DATASETS", "DEPTH_COMPENSATIONS", "DEPTH_CRITERIA", "DEPTH_STRATEGY", "DEPTH_TYPES", "ENGINES",
+    "GREEDY_VARIANTS", "HOOKS", "KERNELS", "MODEL_TYPES", "OPTIMIZERS", "REFIT_CRITERIA",
+    "RESIDUAL_DEFAULTS", "RESIDUAL_TYPES", "RETRAIN_MODES", "REWIND_EPOCHS", "SCHEDULES", "SEARCH_DISTRIBUTIONS",
+    "SEARCH_METHODS", "SEARCH_METRICS", "SEARCHABLE", "SEED_MAX", "STRATEGIES", "TARGETS", "TEXT_CONTEXT",
+    "TEXT_DATASETS", "TP_CRITERIA", "VGG_DEPTHS", "WANDB_MODES", "ZOO_DEFAULTS", "ZOO_TYPES",
     "DataConfig", "DepthConfig", "DepthParams", "ExperimentConfig", "Hyperband", "ModelConfig", "PruneConfig",
     "PruneParams", "SearchConfig",
     "SearchParameter", "TrainParams", "WandbConfig",
@@ -49,8 +51,10 @@ def parse_config(raw: Any, source: Path) -> ExperimentConfig:
     """Validate a parsed JSON document; raise :class:`UserError` on the first problem."""
     top = _Section(source, "", raw)
     data = _read_data(top.section("data"))
-    model = _read_model(top.section("model"), data.dataset)
+    model = _read_model(top.section("model"), data)
     params = _read_params(top.section("params"))
+    if params.augment and data.dataset in TEXT_DATASETS:
+        top.fail("params.augment", f"applies to images only, not to the text dataset {data.dataset}")
     prune = depth = None
     if "prune" in top.values:
         section = top.section("prune")

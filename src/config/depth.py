@@ -14,7 +14,7 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from src.config.options import DEPTH_COMPENSATIONS, DEPTH_CRITERIA, DEPTH_STRATEGY, RESIDUAL_TYPES
+from src.config.options import DEPTH_COMPENSATIONS, DEPTH_CRITERIA, DEPTH_STRATEGY, DEPTH_TYPES
 from src.config.reader import _in_open_unit, _int_list, _is_int, _is_number, _positive_int, _Section
 from src.config.schema import ModelConfig, TrainParams
 from src.errors import UserError
@@ -83,9 +83,9 @@ class DepthConfig:
 def read_depth(s: _Section, model: ModelConfig, training: TrainParams) -> DepthConfig:
     """The ``prune`` section ``s`` of a depth config (its strategy is "depth")."""
     s.values.pop("strategy")
-    if model.type not in RESIDUAL_TYPES:
+    if model.type not in DEPTH_TYPES:
         s.fail(s.key("strategy"), f'"depth" needs a model with residual blocks (model.type '
-                                  f'{", ".join(RESIDUAL_TYPES)}), got {model.type}')
+                                  f'{", ".join(DEPTH_TYPES)}), got {model.type}')
     if "modules" in s.values:
         s.fail(s.key("modules"), 'does not apply to strategy "depth" (the removable blocks are found in the model)')
     p = s.section("params")
