@@ -183,7 +183,7 @@ def prune_count(model: nn.Module, names: list[str], calibration: Calibration, cf
     """``count`` blocks removed from the trained ``model`` (left as it is): the pruned network and its
     point, made under ``made_by``."""
     p = cfg.require_depth().params
-    label = f"seed {seed} {count} blocks"
+    label = f"seed {seed}: {count} of {len(names)} blocks"
     start = time.perf_counter()
     plan = select(model, names, calibration, p, p.criterion, count, seed)
     pruned = depth.apply(model, plan).to(device)
