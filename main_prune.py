@@ -113,11 +113,15 @@ def prune_depth(cfg: ExperimentConfig, args) -> int:
         except ModelFileError as err:
             print(f"seed {seed}: {err}; retrain it with main_train.py. Skipping.")
             continue
-        exporter = None
-        if args.export:
-            def exporter(pruned, point, seed=seed, dense=model):
-                export_depth(pruned, dense, point, cfg, example, out_dir / "exported" / f"seed{seed}-k{point.count}.pt")
-        done.append(depth.prune_depth_seed(model, cfg, seed, splits, device, path, out_dir, on_point=exporter))
+        def export(pruned, point, seed=seed, dense=model):
+            export_depth(pruned, dense, point, cfg, example, depth.exported_path(out_dir, seed, point.count))
+        result = depth.prune_depth_seed(model, cfg, seed, splits, device, path, out_dir,
+                                        on_point=export if args.export else None)
+        done.append(result)
+        unexported = [p.count for p in result.points if not depth.exported_path(out_dir, seed, p.count).exists()]
+        if args.export and unexported:
+            print(f"seed {seed}: counts {', '.join(map(str, unexported))} were pruned by an earlier run and are not "
+                  "exported; rerun with --fresh to export them")
     if not done:
         print("nothing was pruned")
         return 1

@@ -104,6 +104,11 @@ def stored_result(out_dir: Path, seed: int, identity: RunIdentity) -> DepthResul
     return previous
 
 
+def exported_path(out_dir: Path, seed: int, count: int) -> Path:
+    """Where ``--export`` saves the network of ``count`` blocks removed (:func:`src.export.export_depth`)."""
+    return Path(out_dir) / "exported" / f"seed{seed}-k{count}.pt"
+
+
 def discard_other_runs(out_dir: Path, cfg: ExperimentConfig, model_files: dict[int, Path], replace_: bool) -> None:
     """Before any work: a stored record of these seeds that another run made (another config or trained
     model, or a width result) raises IdentityMismatch, or with ``replace_`` is deleted with its exports."""
@@ -121,7 +126,7 @@ def discard_other_runs(out_dir: Path, cfg: ExperimentConfig, model_files: dict[i
                                        "or give the config another name to keep both")
             check_same_run(previous, identity, path)
         path.unlink()
-        for exported in Path(out_dir, "exported").glob(f"seed{seed}-*"):
+        for exported in exported_path(out_dir, seed, 0).parent.glob(f"seed{seed}-k*"):
             exported.unlink()
         print(f"seed {seed}: removed the result of another run ({path})")
 
