@@ -310,5 +310,5 @@ def export_depth(pruned: nn.Module, dense: nn.Module, point: Any, cfg: Experimen
                          "macs_before": dense_cost.macs, "macs_after": point.macs, "max_abs_diff": difference,
                          "latency_seconds": point.latency_seconds}}
     atomic_write_json(sidecar_path(path), record)
-    print(f"exported model: {path} (program {program_path(path)}; {point.count} blocks removed, "
+    print(f"exported model: {path} (program {program_path(path)}; blocks removed: {point.count}, "
           f"MACs {_change(dense_cost.macs, point.macs)}, program max |difference| {difference:.2e})")

@@ -28,8 +28,10 @@ def point(count: int, acc: float, macs: int = 50, retrained: float | None = None
         retrain=None if retrained is None else RetrainSummary(1, 1, False, 0.2))
 
 
-def result(seed: int = 0, points=(), damage=None, scores=None, experiment="depth/x", compensate="none") -> DepthResult:
-    run = RunIdentity.of({"model_sha256": f"m{seed}", "prune": {"params": {"compensate": compensate}}})
+def result(seed: int = 0, points=(), damage=None, scores=None, experiment="depth/x", compensate="none",
+           dataset="mnist-5k") -> DepthResult:
+    run = RunIdentity.of({"model_sha256": f"m{seed}", "training": {"data": {"dataset": dataset}},
+                          "prune": {"params": {"compensate": compensate}}})
     return DepthResult(run=run, experiment=experiment, seed=seed, criterion="cka", model_file="m.pt",
                        blocks=("blocks.0", "blocks.1", "blocks.2"), baseline=METRICS, baseline_macs=100,
                        baseline_parameters=20, provenance=PROVENANCE, counts=tuple(p.count for p in points),

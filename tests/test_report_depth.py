@@ -9,7 +9,7 @@ import pytest
 from src import depth_results
 from src.depth_results import BlockDamage
 from src.report import main as report_main
-from src.report.depth import regret, spearman, true_damage, write_depth_report
+from src.report.depth import load_depth_experiment, regret, spearman, true_damage, write_depth_report
 from tests.test_depth_results import METRICS, point, result
 
 
@@ -62,3 +62,12 @@ def test_python_m_src_report_gives_a_depth_folder_the_depth_report(tmp_path, cap
     assert report_main([str(folder)]) == 0
     assert (folder / "report" / "report.md").exists()
     assert "# Depth pruning" in capsys.readouterr().out
+
+
+def test_a_language_model_is_drawn_by_its_validation_loss(tmp_path):
+    records = [result(0, points=[point(1, 0.5)], dataset=d) for d in ("python-stdlib", "mnist-5k")]
+    metrics = []
+    for record, name in zip(records, ("lm", "mlp")):
+        depth_results.save(record, tmp_path / name)
+        metrics.append(load_depth_experiment(tmp_path / name).metric)
+    assert metrics == ["val_loss", "test_acc"]

@@ -8,8 +8,9 @@
   the regret of its first choice (the damage of the block it ranks first minus the smallest
   damage), mean over seeds. Descriptive: nothing here is a test.
 - ``points.csv``: one row per seed and count; ``damage.csv``: one row per seed and block.
-- ``accuracy``: test accuracy against the fraction of MACs left, each experiment a line (after
-  removal solid, after retraining dashed; mean over seeds).
+- ``accuracy``: test accuracy (a language model's: validation loss, which does not saturate)
+  against the fraction of MACs left, each experiment a line (after removal solid, after
+  retraining dashed; mean over seeds).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Sequence
 from scipy import stats
 from tabulate import tabulate
 
+from src.config import TEXT_DATASETS
 from src.depth_results import DepthResult, load
 from src.errors import UserError
 from src.io import atomic_write_text
@@ -39,6 +41,12 @@ class DepthExperiment:
     criterion: str
     seeds: tuple[DepthResult, ...]
     notes: tuple[str, ...]
+
+    @property
+    def metric(self) -> str:
+        """What the figure draws: ``val_loss`` for a model of a text dataset, else ``test_acc``."""
+        text = any(r.run.description["training"]["data"]["dataset"] in TEXT_DATASETS for r in self.seeds)
+        return "val_loss" if text else "test_acc"
 
 
 def load_depth_experiment(directory: Path) -> DepthExperiment:
@@ -139,6 +147,9 @@ def ranking_table(experiments: Sequence[DepthExperiment], patched: dict[str, boo
                     tablefmt="pipe", disable_numparse=True)
 
 
+METRIC_LABELS = {"test_acc": "test accuracy", "val_loss": "validation loss"}
+
+
 def plot_accuracy(experiments: Sequence[DepthExperiment], path: Path, formats: Sequence[str]) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")
@@ -150,14 +161,14 @@ def plot_accuracy(experiments: Sequence[DepthExperiment], path: Path, formats: S
             counts = sorted({p.count for r in exp.seeds for p in r.points})
             for retrained, style in ((False, "-"), (True, "--")):
                 xy = [(_mean([r.point(k).macs / r.baseline_macs for r in exp.seeds if r.point(k)]),
-                       _mean([(r.point(k).metrics(retrained) or {}).get("test_acc") for r in exp.seeds if r.point(k)]))
+                       _mean([(r.point(k).metrics(retrained) or {}).get(exp.metric) for r in exp.seeds if r.point(k)]))
                       for k in counts]
-                xy = [(1.0, _mean([r.baseline["test_acc"] for r in exp.seeds]))] + [(x, y) for x, y in xy if y is not None]
+                xy = [(1.0, _mean([r.baseline[exp.metric] for r in exp.seeds]))] + [(x, y) for x, y in xy if y is not None]
                 if len(xy) > 1:
                     ax.plot(*zip(*xy), style, marker="o", color=label_color(exp.criterion),
                             label=f"{exp.name}{' retrained' if retrained else ''}")
         ax.set_xlabel("fraction of MACs left")
-        ax.set_ylabel("test accuracy")
+        ax.set_ylabel(" / ".join(sorted({METRIC_LABELS[exp.metric] for exp in experiments})))
         written = save_with_legend(fig, [ax], path, formats, title="mean over seeds; dashed: retrained")
         plt.close(fig)
     return written
