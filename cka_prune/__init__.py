@@ -8,6 +8,8 @@ What a Torch-Pruning user reads:
   output's channels as column groups (:mod:`cka_prune.greedy`).
 - ``cka``, ``gram_linear``, ``gram_rbf``, ``feature_space_linear_cka``: linear and RBF CKA, biased and
   debiased, NumPy float64 (:mod:`cka_prune.cka`).
+- ``cka_prune.depth``: depth pruning, whole blocks of a residual model removed, with an optional
+  least-squares patch (``from cka_prune import depth``).
 
 The research engines (the searches and their driver, global allocation, damage paths, CKA at the
 next layer, the consumer's refit CKA, structured OBS, the shared checks) are

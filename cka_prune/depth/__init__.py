@@ -14,6 +14,11 @@ One call records, ranks and removes; a second builds the smaller model::
     depth.cost(pruned, example)                       # Cost(macs, params), Torch-Pruning's counter
     depth.latency(pruned, example)                    # {1: seconds, 64: seconds}, one thread
 
+Lower level: ``depth.record(model, names, batches, span=k)`` gives each block's (span's) `Moments`,
+``depth.fit_patch(moments, ridge)`` its `Patch`, ``with depth.skipped(model, spans, patches):`` runs
+the model itself with spans removed, ``depth.fold(pruned, block, into, side)`` merges a patch into
+an adjacent layer; ``depth.CRITERIA[name](context)`` scores candidates.
+
 ``batches`` is any iterable of inputs (a tensor, a tuple of positional inputs or a dict of keyword
 inputs, e.g. a Hugging Face batch); ``forward(model, batch)`` runs one (default: ``model(batch)``,
 ``model(*batch)`` or ``model(**batch)``). Rows: a block tensor (B, D) gives B rows, (B, T, D) B*T
