@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -85,6 +86,38 @@ def test_a_point_is_the_dense_model_with_its_blocks_skipped(write_config, traine
         program = torch.export.load(tmp_path / "out" / "tiny" / "exported" / f"seed0-k{point.count}.pt2").module()
         x = to_unit_float(mnist5k.test.images[:5])
         torch.testing.assert_close(program(x), literal(x), rtol=1e-5, atol=1e-5)
+
+
+def test_the_damage_table_is_each_block_skipped_and_as_its_least_squares_patch(write_config, trained, tmp_path,
+                                                                             entry_point, mnist5k):
+    config = depth_config(write_config, blocks=[1], compensate="lstsq", ridge=0.0, damage=True)
+    trained(config)
+    assert prune(entry_point, tmp_path, config)[0] == 0
+    cfg = load_config(config)
+    dense = load_model(model_path(cfg, 0, tmp_path / "models"), cfg).eval()
+    calibration = to_unit_float(depth.Calibration(mnist5k, 128, 128, 0, torch.device("cpu")).split.images)
+    cpu = torch.device("cpu")
+    for i, row in enumerate(record(tmp_path).damage):
+        assert row.block == f"blocks.{i}"
+        removed = skipping(dense, [row.block])
+        assert row.removed["test_acc"] == evaluate(removed, mnist5k.test, 128, cpu).acc
+        assert row.removed["val_loss"] == pytest.approx(evaluate(removed, mnist5k.val, 128, cpu).loss, rel=1e-6)
+        # the patch at ridge 0: least squares with an intercept from the block's input to its output
+        seen = {}
+        hook = dense.blocks[i].register_forward_hook(lambda m, args, out: seen.update(x=args[0], y=out))
+        with torch.no_grad():
+            dense(calibration)
+        hook.remove()
+        x, y = seen["x"].double().numpy(), seen["y"].double().numpy()
+        solution = np.linalg.lstsq(np.hstack([x, np.ones((len(x), 1))]), y, rcond=None)[0]
+        patch = nn.Linear(x.shape[1], y.shape[1])
+        with torch.no_grad():
+            patch.weight.copy_(torch.from_numpy(solution[:-1].T))
+            patch.bias.copy_(torch.from_numpy(solution[-1]))
+        patched = copy.deepcopy(dense)
+        patched.blocks[i] = patch
+        assert row.patched["test_loss"] == pytest.approx(evaluate(patched, mnist5k.test, 128, cpu).loss, rel=1e-4)
+        assert row.patched["val_acc"] == pytest.approx(evaluate(patched, mnist5k.val, 128, cpu).acc, abs=2e-3)
 
 
 def test_a_resumed_run_equals_an_uninterrupted_one(write_config, trained, tmp_path, entry_point, monkeypatch):
