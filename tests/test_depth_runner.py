@@ -23,6 +23,7 @@ from src.results import result_path
 from src.train import evaluate
 from tests.conftest import tiny_raw, untimed
 
+ROOT = Path(__file__).resolve().parents[1]
 MODEL = {"type": "resmlp", "depth": 4, "width": 16}
 PARAMS = {"lr": 0.003, "batch_size": 128, "epochs": 2, "patience": 1}
 
@@ -200,3 +201,18 @@ def test_every_criterion_scores_single_blocks_once(monkeypatch):
     scores = depth.criteria_scores(None, ["blocks.0", "blocks.1"], None, DepthParams(blocks=(2,), span=2), seed=0)
     assert calls == [(c, 1, 1, False) for c in DEPTH_CRITERIA]
     assert scores["cka"] == {"blocks.0": 1.0, "blocks.1": 0.5}
+
+
+def test_the_shipped_demo_runs_end_to_end(tmp_path, entry_point):
+    import main_train
+    config = tmp_path / "config" / "depth-demo" / "cka-lstsq.json"  # its own experiment name, outputs in tmp_path
+    config.parent.mkdir(parents=True)
+    config.write_text((ROOT / "config" / "depth-demo" / "cka-lstsq.json").read_text())
+    models, out = tmp_path / "models", tmp_path / "out"
+    assert entry_point(main_train, config, "--models-dir", models)[0] == 0
+    status, stdout, err = entry_point(main_prune, config, "--models-dir", models, "--output-dir", out, "--export")
+    assert status == 0, err
+    result = depth_results.load(result_path(out / "depth-demo" / "cka-lstsq", 0))
+    assert [p.count for p in result.points] == [2, 4, 6] and len(result.damage) == 8
+    assert all(p.after_retrain is not None and p.patch_errors for p in result.points)
+    assert len(list((out / "depth-demo" / "cka-lstsq" / "exported").glob("*.pt2"))) == 3
