@@ -97,7 +97,7 @@ def prune_depth(cfg: ExperimentConfig, args) -> int:
     out_dir = output_dir(cfg, Path(args.output_dir))
     models = {seed: model_path(cfg, seed, Path(args.models_dir)) for seed in seeds}
     require_a_model(cfg, models)
-    depth.discard_other_runs(out_dir, cfg, models, replace_=args.fresh)
+    depth.discard_other_depth_runs(out_dir, cfg, models, fresh=args.fresh)
     device = select_device(args.device)
     splits = load_experiment_data(cfg, device)
     p = cfg.require_depth().params
@@ -125,7 +125,7 @@ def prune_depth(cfg: ExperimentConfig, args) -> int:
     if not done:
         print("nothing was pruned")
         return 1
-    print(depth.summary_table(done))
+    print(depth.depth_summary_table(done))
     print(f"results are in {out_dir}/ (run {done[0].run.config_digest})")
     report = write_depth_report([out_dir], out_dir / "report")
     print(f"report: {report.markdown}\nfigure: {report.accuracy_figure}")

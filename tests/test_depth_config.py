@@ -48,7 +48,8 @@ def test_a_depth_section_reads_into_its_own_config():
 
 def test_the_shipped_demo_is_a_depth_config():
     p = load_config(DEMO).require_depth().params
-    assert (p.criterion, p.compensate, p.fractions, p.retrain_epochs, p.damage) == ("cka", "lstsq", (0.25, 0.5, 0.75), 1, True)
+    assert (p.criterion, p.compensate, p.fractions, p.retrain_epochs, p.damage) == \
+        ("cka", "lstsq", (0.25, 0.5, 0.75), 1, True)
 
 
 def test_width_commands_refuse_a_depth_config():
@@ -97,7 +98,7 @@ def test_fractions_become_the_nearest_count_halves_up_without_repeats():
 def test_counts_beyond_the_model_or_off_the_span_are_one_line_errors():
     with pytest.raises(UserError, match=r"^cfg.json: prune.params.blocks asks for 5 blocks, but the model has 4 "):
         check_counts(DepthParams(blocks=(2, 5)), 4, "cfg.json")
-    with pytest.raises(UserError, match=r"prune.params.fractions gives 3 blocks, not a multiple of prune.params.span \(2\)"):
+    with pytest.raises(UserError, match=r"prune.params.fractions gives 3 blocks, not a multiple of prune.params.span"):
         check_counts(DepthParams(fractions=(0.75,), span=2), 4, "cfg.json")
     assert check_counts(DepthParams(blocks=(3,), span=True), 4, "cfg.json") == (3,)
 
@@ -126,7 +127,8 @@ def test_the_criteria_are_the_library_s():
 def test_main_prune_says_a_bad_depth_config_in_one_line_with_exit_2(tmp_path, entry_point):
     config = tmp_path / "bad.json"
     config.write_text(json.dumps(with_params(criterion="cosine", blocks=1, compensate="bias")))
-    status, out, err = entry_point(main_prune, config, "--models-dir", tmp_path / "models", "--output-dir", tmp_path / "out")
+    status, out, err = entry_point(main_prune, config, "--models-dir", tmp_path / "models",
+                                   "--output-dir", tmp_path / "out")
     lines = err.strip().splitlines()
     assert status == 2 and len(lines) == 1
     assert lines[0] == f"error: {config}: prune.params.compensate must be one of none, lstsq, got \"bias\""

@@ -194,10 +194,10 @@ def test_the_calibration_loss_is_the_training_loss_on_the_calibration_samples(mn
 def test_every_criterion_scores_single_blocks_once(monkeypatch):
     calls = []
 
-    def select(model, names, calibration, p, criterion, count, seed, greedy=None):
+    def plan_removal(model, names, calibration, p, criterion, count, seed, greedy=None):
         calls.append((criterion, count, p.span, greedy))
         return type("Plan", (), {"steps": ({"blocks.0": 1, "blocks.1": 0.5},)})()
-    monkeypatch.setattr(depth, "select", select)
+    monkeypatch.setattr(depth, "plan_removal", plan_removal)
     scores = depth.criteria_scores(None, ["blocks.0", "blocks.1"], None, DepthParams(blocks=(2,), span=2), seed=0)
     assert calls == [(c, 1, 1, False) for c in DEPTH_CRITERIA]
     assert scores["cka"] == {"blocks.0": 1.0, "blocks.1": 0.5}

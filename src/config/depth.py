@@ -25,8 +25,9 @@ class DepthParams:
     """``criterion``: which blocks go first (:data:`DEPTH_CRITERIA`); ``blocks``: the removal counts,
     or ``fractions`` of the removable blocks (exactly one is set); ``greedy``: record again on the
     network after each removal (else rank once on the trained one); ``span``: blocks removed
-    together, contiguous (true: the whole count as one span, Gromov et al.); ``compensate``/``ridge``: the least-squares patch of each removed span
-    and its ridge; ``samples``: calibration samples from the training split, drawn once per seed;
+    together, contiguous (true: the whole count as one span, Gromov et al.);
+    ``compensate``/``ridge``: the least-squares patch of each removed span and its ridge;
+    ``samples``: calibration samples from the training split, drawn once per seed;
     ``retrain_epochs``/``retrain_lr``: fine-tuning after each removal (0: none; lr None:
     ``params.lr``); ``recalibrate_bn``: BatchNorm statistics re-estimated before evaluating;
     ``damage``: also record every removable block's damage alone, with and without the patch,
@@ -56,7 +57,8 @@ class DepthParams:
     @property
     def library_span(self) -> int | bool:
         """``span`` as :func:`cka_prune.depth.select` takes it: False for single blocks."""
-        return False if self.span == 1 and self.span is not True else self.span
+        single = self.span is not True and self.span == 1  # True == 1 in Python
+        return False if single else self.span
 
     def retraining(self, training: TrainParams) -> TrainParams:
         """The recipe retraining runs: ``training`` for exactly ``retrain_epochs`` epochs, no early

@@ -73,7 +73,7 @@ class Calibration:
         return self.batches[0][:1].cpu()
 
 
-def select(model: nn.Module, names: list[str], calibration: Calibration, p: DepthParams, criterion: str,
+def plan_removal(model: nn.Module, names: list[str], calibration: Calibration, p: DepthParams, criterion: str,
            count: int, seed: int, greedy: bool | None = None) -> depth.DepthPlan:
     """:func:`cka_prune.depth.select` as ``p`` configures it (``criterion``, ``greedy`` overriding it)."""
     return depth.select(model, names, calibration.batches, criterion=criterion, count=count,
@@ -109,9 +109,10 @@ def exported_path(out_dir: Path, seed: int, count: int) -> Path:
     return Path(out_dir) / "exported" / f"seed{seed}-k{count}.pt"
 
 
-def discard_other_runs(out_dir: Path, cfg: ExperimentConfig, model_files: dict[int, Path], replace_: bool) -> None:
+def discard_other_depth_runs(out_dir: Path, cfg: ExperimentConfig, model_files: dict[int, Path],
+                             fresh: bool) -> None:
     """Before any work: a stored record of these seeds that another run made (another config or trained
-    model, or a width result) raises IdentityMismatch, or with ``replace_`` is deleted with its exports."""
+    model, or a width result) raises IdentityMismatch, or with ``fresh`` is deleted with its exports."""
     for seed, model_file in model_files.items():
         path = result_path(out_dir, seed)
         if not path.exists() or not model_file.exists():
@@ -120,13 +121,13 @@ def discard_other_runs(out_dir: Path, cfg: ExperimentConfig, model_files: dict[i
         previous = depth_results.load(path) if depth_results.is_depth_file(path) else None
         if previous is not None and previous.run.digest == identity.digest:
             continue
-        if not replace_:
+        if not fresh:
             if previous is None:
                 raise IdentityMismatch(f"{path} is not a depth-pruning result; rerun with --fresh to replace it, "
                                        "or give the config another name to keep both")
             check_same_run(previous, identity, path)
         path.unlink()
-        for exported in exported_path(out_dir, seed, 0).parent.glob(f"seed{seed}-k*"):
+        for exported in Path(out_dir, "exported").glob(f"seed{seed}-k*"):
             exported.unlink()
         print(f"seed {seed}: removed the result of another run ({path})")
 
@@ -164,6 +165,11 @@ def prune_depth_seed(model: nn.Module, cfg: ExperimentConfig, seed: int, splits:
     todo = [k for k in counts if result.point(k) is None]
     if not todo:
         print(f"seed {seed}: already pruned (counts {', '.join(map(str, counts))}), skipping")
+    elif result.points:
+        changes = result.points[-1].provenance.changes(made_by)
+        if changes:
+            print(f"seed {seed}: continuing under other conditions than count {result.points[-1].count} was made "
+                  f"({'; '.join(changes)})")
     for count in todo:
         try:
             pruned, point = prune_count(model, names, calibration, cfg, splits, seed, count, device, made_by)
@@ -190,7 +196,7 @@ def prune_count(model: nn.Module, names: list[str], calibration: Calibration, cf
     p = cfg.require_depth().params
     label = f"seed {seed}: {count} of {len(names)} blocks"
     start = time.perf_counter()
-    plan = select(model, names, calibration, p, p.criterion, count, seed)
+    plan = plan_removal(model, names, calibration, p, p.criterion, count, seed)
     pruned = depth.apply(model, plan).to(device)
     selecting = time.perf_counter() - start
     if p.recalibrate_bn:
@@ -237,12 +243,14 @@ def criteria_scores(model: nn.Module, names: list[str], calibration: Calibration
                     seed: int) -> dict[str, dict[str, float]]:
     """Every criterion's scores of the single blocks, ranked once on the trained ``model``."""
     single = replace(p, span=1)
-    return {criterion: {k: float(v) for k, v in
-                        select(model, names, calibration, single, criterion, 1, seed, greedy=False).steps[0].items()}
-            for criterion in DEPTH_CRITERIA}
+    scores = {}
+    for criterion in DEPTH_CRITERIA:
+        plan = plan_removal(model, names, calibration, single, criterion, 1, seed, greedy=False)
+        scores[criterion] = {k: float(v) for k, v in plan.steps[0].items()}
+    return scores
 
 
-def summary_table(results: list[DepthResult]) -> str:
+def depth_summary_table(results: list[DepthResult]) -> str:
     """Seed, count, blocks removed, test accuracy before, after removal and after retraining."""
     rows = [(r.seed, point.count, ", ".join(point.removed), r.baseline["test_acc"], point.after_prune["test_acc"],
              point.after_retrain["test_acc"] if point.after_retrain else None)

@@ -163,7 +163,8 @@ def plot_accuracy(experiments: Sequence[DepthExperiment], path: Path, formats: S
                 xy = [(_mean([r.point(k).macs / r.baseline_macs for r in exp.seeds if r.point(k)]),
                        _mean([(r.point(k).metrics(retrained) or {}).get(exp.metric) for r in exp.seeds if r.point(k)]))
                       for k in counts]
-                xy = [(1.0, _mean([r.baseline[exp.metric] for r in exp.seeds]))] + [(x, y) for x, y in xy if y is not None]
+                dense = (1.0, _mean([r.baseline[exp.metric] for r in exp.seeds]))
+                xy = [dense] + [(x, y) for x, y in xy if y is not None]
                 if len(xy) > 1:
                     ax.plot(*zip(*xy), style, marker="o", color=label_color(exp.criterion),
                             label=f"{exp.name}{' retrained' if retrained else ''}")
