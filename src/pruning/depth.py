@@ -104,6 +104,16 @@ def stored_result(out_dir: Path, seed: int, identity: RunIdentity) -> DepthResul
     return previous
 
 
+def counts_left(cfg: ExperimentConfig, out_dir: Path, seed: int) -> int:
+    """The removal counts a run of ``cfg`` has still to make for ``seed`` (before the model is loaded:
+    ``fractions`` as if no two gave the same count)."""
+    p = cfg.require_depth().params
+    asked = p.blocks or p.fractions
+    path = result_path(out_dir, seed)
+    done = depth_results.load(path).points if depth_results.is_depth_file(path) else ()
+    return max(len(asked) - len(done), 0)
+
+
 def exported_path(out_dir: Path, seed: int, count: int) -> Path:
     """Where ``--export`` saves the network of ``count`` blocks removed (:func:`src.export.export_depth`)."""
     return Path(out_dir) / "exported" / f"seed{seed}-k{count}.pt"
