@@ -102,7 +102,10 @@ def prune_depth(cfg: ExperimentConfig, args) -> int:
     splits = load_experiment_data(cfg, device)
     p = cfg.require_depth().params
     example, _ = next(iterate_batches(splits.test, 2))  # what an exported program is traced on
-    print(f"{cfg.name}: depth pruning by {p.criterion} (patch: {p.compensate}), on {device}")
+    print(f"{cfg.name}: depth pruning by {p.criterion} ({'greedy' if p.greedy else 'ranked once'}, patch: "
+          f"{p.compensate}, {p.samples} calibration samples, {p.retrain_epochs} retraining epochs), on {device}")
+    if resolve_mode(cfg, args.wandb) != "disabled":
+        print("W&B: depth runs are not logged to W&B; the record and report are local only")
     done = []
     for seed, path in models.items():
         if not path.exists():

@@ -159,6 +159,7 @@ def prune_depth_seed(model: nn.Module, cfg: ExperimentConfig, seed: int, splits:
     if not names:
         raise UserError(f"{cfg.source}: the {cfg.model.type} model has no removable blocks")
     counts = check_counts(p, len(names), str(cfg.source))
+    print(f"seed {seed}: {len(names)} removable blocks ({', '.join(names)}); removing {', '.join(map(str, counts))}")
     made_by = provenance.current(device)
     if result is None:
         cost = size(model, calibration.example)
