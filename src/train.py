@@ -400,6 +400,6 @@ def train_seed(cfg: ExperimentConfig, seed: int, splits: Splits, device: torch.d
     record.update(evaluate_all(model, splits, cfg.params.batch_size, device))
     save_model(path, model, record)
     checkpoint.unlink(missing_ok=True)
-    print(f"seed {seed}: test acc {record['test_acc']:.4f} after {result.epochs} epochs "
+    print(f"seed {seed}: test loss {record['test_loss']:.4f} acc {record['test_acc']:.4f} after {result.epochs} epochs "
           f"({result.seconds:.1f}s) -> {path}")
     return path

@@ -9,7 +9,7 @@ from dataclasses import asdict
 
 from src.config.options import (BYTES, DATASET_SHAPES, DATASETS, MODEL_TYPES, OPTIMIZERS, RESIDUAL_DEFAULTS, RESIDUAL_TYPES,
                                 SCHEDULES, SEED_MAX, TEXT_CONTEXT, TEXT_DATASETS, VGG_DEPTHS, ZOO_DEFAULTS, ZOO_TYPES)
-from src.config.reader import _in_open_unit, _int_list, _is_int, _is_number, _positive_int, _Section, is_seed
+from src.config.reader import _int_list, _is_int, _is_number, _positive_int, _Section, is_seed
 from src.config.schema import DataConfig, ModelConfig, TrainParams
 
 
@@ -119,16 +119,16 @@ def _read_model(s: _Section, data: DataConfig) -> ModelConfig:
 def _read_data(s: _Section) -> DataConfig:
     d = DataConfig()
     dataset = s.choice("dataset", d.dataset, DATASETS)
-    if dataset not in TEXT_DATASETS and s.values.get("context") is not None:
+    text = dataset in TEXT_DATASETS
+    if not text and s.values.pop("context", None) is not None:  # a saved config writes null
         s.fail(s.key("context"), "applies to the text datasets only (" + ", ".join(TEXT_DATASETS) + ")")
+    held = 0.5 if text else 1  # a text corpus holds val_split of its bytes out twice: val and test
     cfg = DataConfig(
         dataset=dataset,
         root=s.get("root", d.root, lambda v: isinstance(v, str) and v != "", "must be a directory path"),
-        val_split=s.get("val_split", d.val_split, lambda v: _is_number(v) and 0 < v < 0.5, "must be a number in (0, 0.5)")
-        if dataset in TEXT_DATASETS else s.get("val_split", d.val_split, _in_open_unit, "must be a number in (0, 1)"),
+        val_split=s.get("val_split", d.val_split, lambda v: _is_number(v) and 0 < v < held, f"must be a number in (0, {held})"),
         split_seed=s.get("split_seed", d.split_seed, is_seed, f"must be an integer in [0, {SEED_MAX}]"),
-        context=s.get("context", TEXT_CONTEXT, lambda v: _is_int(v) and v >= 2, "must be an integer >= 2")
-        if dataset in TEXT_DATASETS else s.values.pop("context", None),
+        context=s.get("context", TEXT_CONTEXT, lambda v: _is_int(v) and v >= 2, "must be an integer >= 2") if text else None,
     )
     s.done()
     return cfg
