@@ -12,11 +12,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from cka_prune.depth import Skip
 import main_prune
 from src import depth_results
 from src.artifacts import load_model, model_path
 from src.config import DEPTH_CRITERIA, DepthParams, load_config, parse_config
 from src.data import to_unit_float
+from src.export import load_exported
 from src.models import build_model
 from src.pruning import depth
 from src.results import result_path
@@ -63,6 +65,11 @@ def test_the_tiny_config_runs_end_to_end(write_config, trained, tmp_path, entry_
     assert "## Ranking quality on the trained model" in (report / "report.md").read_text()
     exported = tmp_path / "out" / "tiny" / "exported"
     assert {p.name for p in exported.glob("*.pt2")} == {"seed0-k1.pt2", "seed0-k2.pt2"}
+    x = torch.rand(3, 1, 28, 28)
+    for k in (1, 2):  # the module rebuilt from the state dict and sidecar computes what the program does
+        module, model_cfg = load_exported(exported / f"seed0-k{k}.pt")
+        assert model_cfg.type == "resmlp" and sum(isinstance(m, Skip) for m in module.modules()) == k
+        torch.testing.assert_close(module(x), torch.export.load(exported / f"seed0-k{k}.pt2").module()(x))
 
 
 def skipping(model: nn.Module, removed) -> nn.Module:
