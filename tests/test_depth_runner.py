@@ -15,12 +15,13 @@ from torch.nn import functional as F
 from cka_prune.depth import Skip
 import main_prune
 from src import depth_results
-from src.artifacts import load_model, model_path
+from src.artifacts import load_model, model_path, save_model
 from src.config import DEPTH_CRITERIA, DepthParams, load_config, parse_config
 from src.data import to_unit_float
 from src.export import load_exported
 from src.models import build_model
 from src.pruning import depth
+from src.pruning.budget import recalibrate_batch_norm
 from src.results import result_path
 from src.train import evaluate
 from tests.conftest import tiny_raw, untimed
@@ -223,3 +224,24 @@ def test_the_shipped_demo_runs_end_to_end(tmp_path, entry_point):
     assert [p.count for p in result.points] == [2, 4, 6] and len(result.damage) == 8
     assert all(p.after_retrain is not None and p.patch_errors for p in result.points)
     assert len(list((out / "depth-demo" / "cka-lstsq" / "exported").glob("*.pt2"))) == 3
+
+
+def test_a_resnet_loses_blocks_with_its_batch_norm_recalibrated(write_config, tmp_path, entry_point, mnist5k):
+    config = write_config(model={"type": "resnet", "depth": 14, "width": 2}, params=PARAMS,
+                          prune={"strategy": "depth", "params": {"criterion": "tail", "blocks": [1], "samples": 64,
+                                                                 "latency": False}})
+    cfg = load_config(config)
+    torch.manual_seed(0)  # an initialised model will do: its BatchNorm statistics are far from the data's
+    save_model(model_path(cfg, 0, tmp_path / "models"), build_model(cfg.model), {})
+    assert prune(entry_point, tmp_path, config)[0] == 0
+    result = record(tmp_path)
+    assert result.blocks == ("layer1.0", "layer1.1", "layer2.1", "layer3.1")  # stride 1, equal channels
+    point = result.point(1)
+    assert point.removed == ("layer3.1",)  # tail: the last first
+    literal = load_model(model_path(cfg, 0, tmp_path / "models"), cfg)
+    literal.layer3[1] = nn.Identity()
+    recalibrate_batch_norm(literal, mnist5k.train, 128, torch.Generator().manual_seed(100_003 * 0 + 1),
+                           torch.device("cpu"))
+    metrics = evaluate(literal, mnist5k.test, 128, torch.device("cpu"))
+    assert point.after_prune["test_acc"] == metrics.acc
+    assert point.after_prune["test_loss"] == pytest.approx(metrics.loss, rel=1e-6)
