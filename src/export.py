@@ -39,6 +39,7 @@ from torch.utils import benchmark
 from src.artifacts import sidecar_path
 from src.config import ExperimentConfig, ModelConfig, parse_config
 from src.data import Split
+from src.depth_results import DepthPoint
 from src.errors import UserError, brief
 from src.io import atomic_torch_save, atomic_write_bytes, atomic_write_json, read_json
 from src.models import Net, build_model
@@ -314,8 +315,8 @@ def export_seed(model: Net, cfg: ExperimentConfig, test: Split, path: Path) -> N
     print(f"exported model: {path} (program {program_path(path)})")
 
 
-def export_depth(pruned: nn.Module, dense: nn.Module, point: Any, cfg: ExperimentConfig, example: torch.Tensor,
-                 path: Path) -> None:
+def export_depth(pruned: nn.Module, dense: nn.Module, point: DepthPoint, cfg: ExperimentConfig,
+                 example: torch.Tensor, path: Path) -> None:
     """Save a network depth pruning made (:mod:`src.pruning.depth`; ``point`` its
     :class:`src.depth_results.DepthPoint`): the ``torch.export`` program at :func:`program_path`,
     traced on ``example`` (two input samples), the state dict at ``path``, and the sidecar
@@ -336,8 +337,8 @@ def export_depth(pruned: nn.Module, dense: nn.Module, point: Any, cfg: Experimen
     dense_cost = depth.cost(_eval_copy(dense), example[:1])
     atomic_torch_save(path, pruned.state_dict())
     params = cfg.require_depth().params
-    record = {"model": model_record(cfg.model), "program": program_path(path).name,
-              "data": {k: v for k, v in (("dataset", cfg.data.dataset), ("context", cfg.data.context)) if v is not None},
+    data = {"dataset": cfg.data.dataset, **({} if cfg.data.context is None else {"context": cfg.data.context})}
+    record = {"model": model_record(cfg.model), "program": program_path(path).name, "data": data,
               "depth": {"count": point.count, "removed": list(point.removed), "spans": list(point.spans),
                         "compensate": params.compensate, "criterion": params.criterion},
               "export": {"params_before": dense_cost.params, "params_after": point.parameters,

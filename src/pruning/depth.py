@@ -19,7 +19,8 @@ So a count's result does not depend on which other counts ran, nor on an interru
 of :func:`src.train.evaluate` in eval mode, on the calibration samples.
 
 With ``prune.params.damage`` the record also holds, once per seed, every removable block's
-damage alone (validation and test metrics with the block as the identity and as its patch) and
+damage alone (validation and test metrics with the block as the identity and as its patch,
+BatchNorm recalibrated first where configured, with the calibration draw's generator) and
 every criterion's one-shot scores on the trained model, for ranking quality (Spearman rho,
 regret of the first choice).
 """
@@ -170,7 +171,7 @@ def prune_depth_seed(model: nn.Module, cfg: ExperimentConfig, seed: int, splits:
             baseline_latency_seconds=timed(model, calibration.example, p.latency))
     result = replace(result, counts=counts)
     if p.damage and result.damage is None:
-        result = replace(result, damage=block_damage(model, names, calibration, cfg, splits, device),
+        result = replace(result, damage=block_damage(model, names, calibration, cfg, splits, seed, device),
                          criteria_scores=criteria_scores(model, names, calibration, p, seed))
     depth_results.save(result, out_dir)
     todo = [k for k in counts if result.point(k) is None]
@@ -219,7 +220,8 @@ def prune_count(model: nn.Module, names: list[str], calibration: Calibration, cf
         scores=tuple({k: float(v) for k, v in step.items()} for step in plan.steps),
         patch_errors={k: float(v) for k, v in plan.patch_errors.items()},
         after_prune=_evaluate(pruned, cfg, splits, device), macs=cost.macs, parameters=cost.params,
-        provenance=made_by, latency_seconds=timed(pruned, calibration.example, p.latency), seconds_selecting=selecting)
+        provenance=made_by, latency_seconds=timed(pruned, calibration.example, p.latency),
+        seconds_selecting=selecting)
     print(f"{label}: removed {', '.join(plan.removed)} in {selecting:.2f}s; "
           f"test acc {point.after_prune['test_acc']:.4f}")
     if not p.retrain_epochs:
@@ -234,19 +236,26 @@ def prune_count(model: nn.Module, names: list[str], calibration: Calibration, cf
 
 
 def block_damage(model: nn.Module, names: list[str], calibration: Calibration, cfg: ExperimentConfig,
-                 splits: Splits, device: torch.device) -> tuple[BlockDamage, ...]:
-    """Every removable block removed alone from ``model``: evaluated as the identity and as its patch
-    (fit on the calibration samples with the configured ridge)."""
-    ridge = cfg.require_depth().params.ridge
+                 splits: Splits, seed: int, device: torch.device) -> tuple[BlockDamage, ...]:
+    """Every removable block removed alone from ``model`` (left as it is): evaluated as the identity and
+    as its patch (fit on the calibration samples with the configured ridge), BatchNorm recalibrated
+    first where configured (on a copy, with the calibration draw's generator)."""
+    p = cfg.require_depth().params
     moments = depth.record(model, names, calibration.batches)
+
+    def evaluated(name: str, patches: dict) -> dict[str, float]:
+        trial = copy.deepcopy(model) if p.recalibrate_bn else model
+        with depth.skipped(trial, [(name,)], patches):
+            if p.recalibrate_bn:
+                recalibrate_batch_norm(trial, splits.train, cfg.params.batch_size,
+                                       torch.Generator().manual_seed(pass_seed(seed, CALIBRATION_DRAW)), device)
+            return _evaluate(trial, cfg, splits, device)
+
     rows = []
     for name in names:
-        patch = depth.fit_patch(moments[name], ridge)
-        with depth.skipped(model, [(name,)]):
-            removed = _evaluate(model, cfg, splits, device)
-        with depth.skipped(model, [(name,)], {name: patch}):
-            patched = _evaluate(model, cfg, splits, device)
-        rows.append(BlockDamage(block=name, removed=removed, patched=patched, patch_error=float(patch.error)))
+        patch = depth.fit_patch(moments[name], p.ridge)
+        rows.append(BlockDamage(block=name, removed=evaluated(name, {}), patched=evaluated(name, {name: patch}),
+                                patch_error=float(patch.error)))
     return tuple(rows)
 
 
