@@ -5,12 +5,15 @@ from pathlib import Path
 from src.artifacts import ModelFileError, load_model, model_path, output_dir
 from src.cli import add_seed_options, apply_threads, base_parser, require_writable_dir, run, selected_seeds
 from src.config import ExperimentConfig, load_config
+from src.data import iterate_batches
 from src.errors import UserError
-from src.export import export_physical, export_seed
+from src.export import export_depth, export_physical, export_seed
+from src.pruning import depth
 from src.pruning.description import run_description
 from src.pruning.resume import discard_other_runs, pruning_history, saved_progress
 from src.pruning.strategy import prune_seed, summary_table
 from src.report import write_report
+from src.report.depth import write_depth_report
 from src.points import search_dir, searched_config
 from src.tracking import PruneLog, resolve_mode, run_config, wandb_run
 from src.train import load_experiment_data, select_device
@@ -32,6 +35,8 @@ def main(argv=None) -> int:
                         help="use the config's own values, not those of a finished search")
     args = parser.parse_args(argv)
     cfg, searched = searched_config(load_config(args.config), not args.no_search_params, search_dir(args.output_dir))
+    if cfg.depth is not None:
+        return prune_depth(cfg, args)
     prune = cfg.require_prune()
     seeds = selected_seeds(cfg, args.seed, args.seed_index)
     require_writable_dir(args.output_dir, "--output-dir")
@@ -80,6 +85,52 @@ def main(argv=None) -> int:
     print(summary_table(done))
     print(f"results are in {out_dir}/ (run {done[0].run.config_digest})")
     report = write_report([out_dir], out_dir / "report")
+    print(f"report: {report.markdown}\nfigure: {report.accuracy_figure}")
+    return 0
+
+
+def prune_depth(cfg: ExperimentConfig, args) -> int:
+    """Remove blocks from each selected seed's trained model (``prune.strategy`` "depth", :mod:`src.pruning.depth`)."""
+    seeds = selected_seeds(cfg, args.seed, args.seed_index)
+    require_writable_dir(args.output_dir, "--output-dir")
+    apply_threads(args.threads)
+    out_dir = output_dir(cfg, Path(args.output_dir))
+    models = {seed: model_path(cfg, seed, Path(args.models_dir)) for seed in seeds}
+    require_a_model(cfg, models)
+    depth.discard_other_depth_runs(out_dir, cfg, models, fresh=args.fresh)
+    device = select_device(args.device)
+    splits = load_experiment_data(cfg, device)
+    p = cfg.require_depth().params
+    example, _ = next(iterate_batches(splits.test, 2))  # what an exported program is traced on
+    print(f"{cfg.name}: depth pruning by {p.criterion} ({'greedy' if p.greedy else 'ranked once'}, patch: "
+          f"{p.compensate}, {p.samples} calibration samples, {p.retrain_epochs} retraining epochs), on {device}")
+    if resolve_mode(cfg, args.wandb) != "disabled":
+        print("W&B: depth runs are not logged to W&B; the record and report are local only")
+    done = []
+    for seed, path in models.items():
+        if not path.exists():
+            print(f"seed {seed}: no trained model at {path}; run main_train.py {cfg.source} first. Skipping.")
+            continue
+        try:
+            model = load_model(path, cfg, device)
+        except ModelFileError as err:
+            print(f"seed {seed}: {err}; retrain it with main_train.py. Skipping.")
+            continue
+        def export(pruned, point, seed=seed, dense=model):
+            export_depth(pruned, dense, point, cfg, example, depth.exported_path(out_dir, seed, point.count))
+        result = depth.prune_depth_seed(model, cfg, seed, splits, device, path, out_dir,
+                                        on_point=export if args.export else None)
+        done.append(result)
+        unexported = [p.count for p in result.points if not depth.exported_path(out_dir, seed, p.count).exists()]
+        if args.export and unexported:
+            print(f"seed {seed}: counts {', '.join(map(str, unexported))} were pruned by an earlier run and are not "
+                  "exported; rerun with --fresh to export them")
+    if not done:
+        print("nothing was pruned")
+        return 1
+    print(depth.depth_summary_table(done))
+    print(f"results are in {out_dir}/ (run {done[0].run.config_digest})")
+    report = write_depth_report([out_dir], out_dir / "report")
     print(f"report: {report.markdown}\nfigure: {report.accuracy_figure}")
     return 0
 

@@ -13,6 +13,9 @@ Supported datasets (``DataConfig.dataset``):
 * ``cifar10``: the Python pickles in ``<root>/cifar-10-batches-py/``.
 * ``mnist-5k``: a 5,000-image MNIST subset with a fixed stratified split, bundled in the
   repository as ``data/mnist-5k.npz`` (``cfg.root`` is searched first).
+* ``python-stdlib`` (``TEXT_DATASETS``): byte windows of a committed text corpus, split by file
+  (:mod:`src.text_data`): :class:`~src.text_data.TokenSplit` objects of 256 classes (the bytes),
+  whose batches are int64 inputs ``(B, T)`` and next-byte targets ``(B, T)``.
 
 The official test set is the test split. The official training set is split into train and
 val by a seeded random permutation (``torch.randperm`` with ``cfg.split_seed``), holding out
@@ -35,8 +38,9 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from src.config import DATASETS, DataConfig
+from src.config import CORPUS_SHA256, DATASETS, TEXT_DATASETS, DataConfig
 from src.errors import UserError, brief
+from src.text_data import BYTES, TokenSplit, load_text
 
 NUM_CLASSES = 10
 IDX_FILES = (
@@ -85,6 +89,20 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """``(C, H, W)`` of one image."""
+        return tuple(int(s) for s in self.images.shape[1:])
+
+    def batch(self, index: slice | torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """float32 images in ``[0, 1]`` and labels of the samples at ``index``, converted on ``device``."""
+        x, y = self.images[index], self.labels[index]
+        return to_unit_float(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
+
     def to(self, device: torch.device | str) -> Split:
         """The same split on ``device`` (no copy if it is already there)."""
         return Split(self.images.to(device), self.labels.to(device))
@@ -96,16 +114,17 @@ class Split:
 
 @dataclass(frozen=True)
 class Splits:
-    train: Split
-    val: Split
-    test: Split
+    """Images (:class:`Split`) or text windows (:class:`~src.text_data.TokenSplit`) alike."""
+
+    train: Split | TokenSplit
+    val: Split | TokenSplit
+    test: Split | TokenSplit
     num_classes: int
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """``(C, H, W)`` of one image."""
-        c, h, w = self.train.images.shape[1:]
-        return int(c), int(h), int(w)
+    def input_shape(self) -> tuple[int, ...]:
+        """``(C, H, W)`` of one image, or ``(T,)`` tokens of one window."""
+        return self.train.sample_shape
 
     def to(self, device: torch.device | str) -> Splits:
         return Splits(self.train.to(device), self.val.to(device), self.test.to(device), self.num_classes)
@@ -122,14 +141,14 @@ def to_unit_float(images: torch.Tensor) -> torch.Tensor:
 
 
 def iterate_batches(
-    split: Split,
+    split: Split | TokenSplit,
     batch_size: int,
     *,
     shuffle: bool = False,
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One epoch of ``(images, labels)`` batches on ``device``.
+    """One epoch of ``(images, labels)`` batches on ``device`` (text: ``(inputs, targets)``, int64 ``(B, T)``).
 
     images: float32 ``(B, C, H, W)`` in ``[0, 1]``; labels: int64 ``(B,)``; the last batch
     may be smaller. With ``shuffle``, batches are consecutive slices of one
@@ -140,25 +159,23 @@ def iterate_batches(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = torch.device(device)
-    images, labels = split.images, split.labels
     n = len(split)
     order = None
     if shuffle:
         perm_device = generator.device if generator is not None else torch.device("cpu")
-        order = torch.randperm(n, generator=generator, device=perm_device).to(images.device)
+        order = torch.randperm(n, generator=generator, device=perm_device).to(split.device)
     for start in range(0, n, batch_size):
-        if order is None:
-            x, y = images[start:start + batch_size], labels[start:start + batch_size]
-        else:
-            index = order[start:start + batch_size]
-            x, y = images[index], labels[index]
-        yield to_unit_float(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
+        yield split.batch(slice(start, start + batch_size) if order is None else order[start:start + batch_size], device)
 
 
 def load_splits(cfg: DataConfig) -> Splits:
     """Load ``cfg.dataset`` into memory (CPU); raise :class:`UserError` on any problem."""
     if cfg.dataset == "mnist-5k":
         return _load_mnist5k(Path(cfg.root))
+    if cfg.dataset in TEXT_DATASETS:
+        parts = load_text(cfg.dataset, Path(cfg.root), BUNDLED_DATA_DIR, CORPUS_SHA256[cfg.dataset], cfg.context,
+                          cfg.val_split, cfg.split_seed)
+        return Splits(*parts, num_classes=BYTES)
     loaders: dict[str, Callable[[Path], tuple[Split, Split]]] = {
         "mnist": lambda root: _load_idx_dataset("mnist", root),
         "fashion-mnist": lambda root: _load_idx_dataset("fashion-mnist", root),

@@ -11,6 +11,9 @@ one. :func:`save_exported` writes, for ``seedS.pt``:
   type (the zoo's also the Torch-Pruning history), with which :func:`load_exported` rebuilds it
   as this repository's module.
 
+A network depth pruning made (:func:`export_depth`) is saved the same way, its sidecar naming
+the blocks removed (rebuilt as ``cka_prune.depth`` Skip modules and their patches).
+
 The report (:class:`ExportReport`) holds parameters and MACs per sample before and after
 (:func:`src.pruning.shrink.network_size`, Torch-Pruning's counter), the largest output
 difference from the pruned model on random inputs, and CPU latency before and after
@@ -27,6 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from tabulate import tabulate
 from torch import nn
@@ -35,6 +39,7 @@ from torch.utils import benchmark
 from src.artifacts import sidecar_path
 from src.config import ExperimentConfig, ModelConfig, parse_config
 from src.data import Split
+from src.depth_results import DepthPoint
 from src.errors import UserError, brief
 from src.io import atomic_torch_save, atomic_write_bytes, atomic_write_json, read_json
 from src.models import Net, build_model
@@ -52,6 +57,9 @@ MODEL_KEYS = {
     "cnn": ("type", "input_shape", "conv_channels", "kernel_size", "padding", "pool_every", "fc_sizes",
             "batch_norm", "dropout_rate", "output_size"),
     "zoo": ("type", "depth", "width", "input_shape", "output_size"),
+    "resmlp": ("type", "depth", "width", "mlp_ratio", "input_shape", "output_size"),
+    "vit": ("type", "depth", "width", "heads", "patch_size", "mlp_ratio", "input_shape", "output_size"),
+    "decoder": ("type", "depth", "width", "heads", "mlp_ratio"),  # its context and outputs: the data's
 }
 
 
@@ -93,7 +101,7 @@ class ExportReport:
 
 def model_record(cfg: ModelConfig) -> dict[str, Any]:
     """``cfg`` as a JSON dict of the keys its type uses (:data:`MODEL_KEYS`; a lenet5 has no depth, width)."""
-    keys = MODEL_KEYS["zoo" if cfg.uses_torch_pruning else cfg.type]
+    keys = MODEL_KEYS.get(cfg.type, MODEL_KEYS["zoo"])
     return {k: v for k, v in asdict(cfg).items() if k in keys and v is not None}
 
 
@@ -161,13 +169,15 @@ def program_path(path: str | Path) -> Path:
     return Path(path).with_suffix(".pt2")
 
 
-def save_program(path: str | Path, model: nn.Module, input_shape: tuple[int, ...]) -> None:
+def save_program(path: str | Path, model: nn.Module, input_shape: tuple[int, ...],
+                 example: torch.Tensor | None = None) -> None:
     """``model`` (an eval-mode CPU copy) as a ``torch.export`` program at ``path``, batch dimension dynamic.
 
-    Traced on a batch of 2 (a batch of 1 would be specialised as a constant); the program then
-    takes any batch size.
+    Traced on ``example`` (default: a uniform [0, 1) batch of ``input_shape``), of 2 samples (a
+    batch of 1 would be specialised as a constant); the program then takes any batch size.
     """
-    example = torch.rand(2, *input_shape, generator=torch.Generator().manual_seed(0))
+    if example is None:
+        example = torch.rand(2, *input_shape, generator=torch.Generator().manual_seed(0))
     batch = torch.export.Dim("batch")
     program = torch.export.export(_eval_copy(model), (example,), dynamic_shapes=({0: batch},))
     buffer = io.BytesIO()
@@ -199,16 +209,41 @@ def load_exported(path: str | Path) -> tuple[nn.Module, ModelConfig]:
         raise UserError(f"{sidecar}: cannot read the exported model's config ({type(err).__name__})") from None
     if not isinstance(record, dict) or "model" not in record:
         raise UserError(f"{sidecar}: model is missing (the exported model's config)")
-    cfg = parse_config({"model": record["model"]}, sidecar).model
+    cfg = parse_config({"model": record["model"], **({"data": record["data"]} if "data" in record else {})},
+                       sidecar).model
     with torch.random.fork_rng(devices=[]):
         model = build_model(cfg)
     if "history" in record:  # pruned physically: replay the pruning on the built model
         rebuild(model, torch.zeros(1, *cfg.input_shape), record["history"])
+    state = _read_state(path)
+    if "depth" in record:  # blocks removed: Skip modules in their place, patches of the saved shapes
+        _remove_blocks(model, record["depth"]["spans"], state)
     try:
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        model.load_state_dict(state)
     except Exception as err:  # torch raises many types for a bad file; all mean "unusable"
         raise UserError(f"{path}: cannot load exported weights ({brief(err)})") from None
     return model.eval(), cfg
+
+
+def _read_state(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a bad file; all mean "unusable"
+        raise UserError(f"{path}: cannot load exported weights ({brief(err)})") from None
+
+
+def _remove_blocks(model: nn.Module, spans: Sequence[str], state: dict[str, torch.Tensor]) -> None:
+    """Replace the blocks of ``spans`` (labels: names joined by ``+``) by ``cka_prune.depth`` Skip modules, a
+    span with a saved patch (``<first block>.patch.weight``) by one of that shape, its values from ``state``."""
+    from cka_prune import depth
+    from cka_prune.depth.blocks import remove
+    patches = {}
+    for span in spans:
+        weight = state.get(f"{span.split('+')[0]}.patch.weight")
+        if weight is not None:
+            d_out, d_in = weight.shape[:2]
+            patches[span] = depth.Patch(np.zeros((d_in, d_out)), np.zeros(d_out), 0.0, 0.0, conv=weight.dim() == 4)
+    remove(model, [tuple(span.split("+")) for span in spans], patches)
 
 
 def format_report(report: ExportReport) -> str:
@@ -278,3 +313,37 @@ def export_seed(model: Net, cfg: ExperimentConfig, test: Split, path: Path) -> N
         small_acc = evaluate(small, test, cfg.params.batch_size, cpu).acc
         print(f"test accuracy: pruned (masked) {masked_acc:.4f}, exported {small_acc:.4f}")
     print(f"exported model: {path} (program {program_path(path)})")
+
+
+def export_depth(pruned: nn.Module, dense: nn.Module, point: DepthPoint, cfg: ExperimentConfig,
+                 example: torch.Tensor, path: Path) -> None:
+    """Save a network depth pruning made (:mod:`src.pruning.depth`; ``point`` its
+    :class:`src.depth_results.DepthPoint`): the ``torch.export`` program at :func:`program_path`,
+    traced on ``example`` (two input samples), the state dict at ``path``, and the sidecar
+    ``{"model": the dense model's config, "program", "data": the dataset (and a text dataset's
+    context, which sizes a decoder), "depth": the removed blocks and patch, "export": sizes, the
+    program's largest output difference, latencies}``, from which :func:`load_exported` rebuilds it.
+
+    Sizes and latencies are the point's (one thread, batch 1 and 64; ``latency_seconds`` None when
+    the run did not time them), the dense network's beside them.
+    """
+    from cka_prune import depth  # the depth library only where depth pruning runs
+    pruned = _eval_copy(pruned)
+    example = example.cpu()
+    save_program(program_path(path), pruned, tuple(example.shape[1:]), example)
+    with torch.inference_mode():
+        program = torch.export.load(program_path(path)).module()
+        difference = float((program(example) - pruned(example)).abs().max())
+    dense_cost = depth.cost(_eval_copy(dense), example[:1])
+    atomic_torch_save(path, pruned.state_dict())
+    params = cfg.require_depth().params
+    data = {"dataset": cfg.data.dataset, **({} if cfg.data.context is None else {"context": cfg.data.context})}
+    record = {"model": model_record(cfg.model), "program": program_path(path).name, "data": data,
+              "depth": {"count": point.count, "removed": list(point.removed), "spans": list(point.spans),
+                        "compensate": params.compensate, "criterion": params.criterion},
+              "export": {"params_before": dense_cost.params, "params_after": point.parameters,
+                         "macs_before": dense_cost.macs, "macs_after": point.macs, "max_abs_diff": difference,
+                         "latency_seconds": point.latency_seconds}}
+    atomic_write_json(sidecar_path(path), record)
+    print(f"exported model: {path} (program {program_path(path)}; blocks removed: {point.count}, "
+          f"MACs {_change(dense_cost.macs, point.macs)}, program max |difference| {difference:.2e})")

@@ -29,8 +29,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from src.config import ModelConfig
+from src.config import RESIDUAL_TYPES, ModelConfig
 from src.errors import UserError
+from src.residual_models import build_residual_model
 
 
 class Block(nn.Module):
@@ -250,8 +251,11 @@ def lenet5(input_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 1
 def build_model(cfg: ModelConfig) -> nn.Module:
     """A freshly initialised model (seed the global RNG first for repeatable weights).
 
-    ``mlp`` and ``cnn`` give a :class:`Net`; the zoo types a plain ``nn.Module``.
+    ``mlp`` and ``cnn`` give a :class:`Net`; the zoo types a plain ``nn.Module`` (the residual
+    ones from :mod:`src.residual_models`).
     """
+    if cfg.type in RESIDUAL_TYPES:
+        return build_residual_model(cfg)
     if cfg.type == "mlp":
         return _mlp(cfg)
     if cfg.type == "cnn":

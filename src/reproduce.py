@@ -18,6 +18,10 @@ seed. Each job's output is streamed to the console prefixed with its name (``[pr
 a failed job (a diverged training exits 1) does not stop the others, and the run ends with one
 line naming every failed job (exit status 2), before the reports.
 
+A config of ``prune.strategy`` "depth" is pruned by :mod:`src.pruning.depth` (one step per
+removal count) and reported by :mod:`src.report.depth`: the depth configs of a study share one
+report, ``report-depth/``, beside the width configs' reports.
+
 With ``--portable-kernels`` the steps run as child processes (one at a time without ``--jobs``)
 with :data:`src.provenance.PORTABLE_KERNELS` in their environment: the CPU kernels are chosen
 when torch loads, so this process, which has loaded it, cannot change its own. The models and
@@ -45,10 +49,12 @@ from src.data import Splits
 from src.errors import UserError
 from src.jobs import Job, failure_summary, run_jobs
 from src.provenance import PORTABLE_KERNELS, kernel_settings
+from src.pruning import depth
 from src.pruning.resume import discard_other_runs, saved_progress
 from src.pruning.strategy import prune_seed
 from src.points import search_dir, searched_config
 from src.report import build_report, paper_table, render_text, write_outputs
+from src.report.depth import write_depth_report
 from src.train import load_experiment_data, select_device, train_seed
 
 
@@ -59,7 +65,7 @@ ROOT = Path(__file__).resolve().parents[1]  # where main_train.py and main_prune
 class Plan:
     configs: tuple[ExperimentConfig, ...]
     trainings: tuple[tuple[ExperimentConfig, int], ...]  # one per model file still to train
-    iterations: int  # prune iterations still to run, over all configs and seeds
+    iterations: int  # prune iterations (depth: removal counts) still to run, over all configs and seeds
 
     @property
     def steps(self) -> int:
@@ -78,7 +84,7 @@ def load_study(directory: Path, use_search: bool = True, output_root: Path = Pat
     configs = []
     for path in sorted(directory.glob("*.json")):
         cfg, searched = searched_config(load_config(path), use_search, search_dir(output_root))
-        if cfg.prune is None:
+        if cfg.prune is None and cfg.depth is None:
             print(f"{cfg.name}: no prune section, not part of the study")
             continue
         print(f"{cfg.name}: training parameters {searched}")
@@ -96,6 +102,9 @@ def make_plan(configs: Sequence[ExperimentConfig], models_dir: Path, output_root
             path = model_path(cfg, seed, models_dir)
             if not path.exists():
                 trainings.setdefault(path, (cfg, seed))
+            if cfg.depth is not None:
+                iterations += depth.counts_left(cfg, output_dir(cfg, output_root), seed)
+                continue
             progress = saved_progress(output_dir(cfg, output_root), seed)  # the checkpoint is the truth
             iterations += progress.remaining(cfg.require_prune().params.iterations)
     return Plan(tuple(configs), tuple(trainings.values()), iterations)
@@ -105,7 +114,10 @@ def _check_identities(configs: Sequence[ExperimentConfig], models_dir: Path, out
     """Before any work: every folder holds only results of the run its config asks for (or --fresh)."""
     for cfg in configs:
         models = {seed: model_path(cfg, seed, models_dir) for seed in cfg.seeds}
-        discard_other_runs(output_dir(cfg, output_root), cfg, models, replace=fresh)
+        if cfg.depth is not None:
+            depth.discard_other_depth_runs(output_dir(cfg, output_root), cfg, models, fresh=fresh)
+        else:
+            discard_other_runs(output_dir(cfg, output_root), cfg, models, replace=fresh)
 
 
 def reproduce(directory: Path, models_dir: Path, output_root: Path, device_name: str | None, fresh: bool,
@@ -198,9 +210,21 @@ def _run_in_process(plan: Plan, models_dir: Path, output_root: Path, device: tor
                 if not path.exists():  # diverged: recorded by train_seed, nothing to prune
                     print(f"{cfg.name} seed {seed}: no trained model (diverged?); see {log_path}", file=console)
                     continue
+                bar.set_description(f"prune {cfg.name} seed {seed}")
+                if cfg.depth is not None:
+                    # A model trained since the check above may differ from the one its stored record pruned.
+                    depth.discard_other_depth_runs(out_dir, cfg, {seed: path}, fresh=fresh)
+
+                    def on_point(pruned, point, cfg=cfg, seed=seed) -> None:
+                        acc = (point.after_retrain or point.after_prune)["test_acc"]
+                        advance(f"{cfg.name} seed {seed} {point.count} blocks removed: test acc {acc:.4f}")
+
+                    with contextlib.redirect_stdout(log):
+                        depth.prune_depth_seed(load_model(path, cfg, device), cfg, seed, splits_of(cfg), device,
+                                               path, out_dir, on_point=on_point)
+                    continue
                 # A model trained since the check above may differ from the one its stored results pruned.
                 discard_other_runs(out_dir, cfg, {seed: path}, replace=fresh)
-                bar.set_description(f"prune {cfg.name} seed {seed}")
 
                 def on_iteration(result: results.SeedResult, cfg=cfg, seed=seed) -> None:
                     last = result.iterations[-1]
@@ -215,9 +239,16 @@ def _run_in_process(plan: Plan, models_dir: Path, output_root: Path, device: tor
 
 def _write_reports(configs: Sequence[ExperimentConfig], output_root: Path, study_dir: Path) -> None:
     """One report per trained-model family, with the paper's table printed."""
+    depth_configs = [cfg for cfg in configs if cfg.depth is not None]
+    if depth_configs:
+        paths = write_depth_report([output_dir(cfg, output_root) for cfg in depth_configs], study_dir / "report-depth")
+        print(f"\ndepth: {', '.join(cfg.name for cfg in depth_configs)}")
+        print(paths.markdown.read_text())
+        print(f"report: {paths.markdown}\nfigure: {paths.accuracy_figure}")
     families: dict[str, list[ExperimentConfig]] = {}
     for cfg in configs:
-        families.setdefault(model_family(cfg), []).append(cfg)
+        if cfg.depth is None:
+            families.setdefault(model_family(cfg), []).append(cfg)
     for family, members in families.items():
         report = build_report([output_dir(cfg, output_root) for cfg in members])
         report_dir = study_dir / ("report" if len(families) == 1 else f"report-{family}")

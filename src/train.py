@@ -1,6 +1,10 @@
 """The training loop: cross-entropy with the config's recipe (optimizer, learning-rate
 schedule, augmentation), early stopping on validation loss, per-epoch checkpoints to resume.
 
+Classifiers and language models share it: the loss is the mean cross-entropy over targets, which
+are one label per sample ``(B,)`` for a classifier and one next byte per position ``(B, T)`` for
+the decoder (:func:`token_cross_entropy`); accuracy is over the same targets.
+
 The loop trains any model, masked ones included (``torch.nn.utils.prune`` keeps pruned
 weights at zero through its forward pre-hook), so pruning's retraining uses it too.
 """
@@ -28,6 +32,7 @@ from src.data import Split, Splits, iterate_batches, load_splits
 from src.errors import UserError
 from src.io import atomic_torch_save, atomic_write_json
 from src.models import build_model, check_model_fits_data
+from src.text_data import TokenSplit
 
 
 @dataclass(frozen=True)
@@ -70,19 +75,28 @@ def load_experiment_data(cfg: ExperimentConfig, device: torch.device) -> Splits:
     return splits.to(device)
 
 
-def evaluate(model: nn.Module, split: Split, batch_size: int, device: torch.device) -> Metrics:
-    """Mean cross-entropy and accuracy of ``model`` (in eval mode) on ``split``."""
+def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of logits ``(..., classes)`` against targets ``(...)``: ``(B, C)`` with ``(B,)``,
+    or a language model's ``(B, T, V)`` with ``(B, T)``; "mean" averages over every target."""
+    return nn.functional.cross_entropy(logits.flatten(0, -2), targets.flatten(), reduction=reduction)
+
+
+def evaluate(model: nn.Module, split: Split | TokenSplit, batch_size: int, device: torch.device) -> Metrics:
+    """Mean cross-entropy and accuracy of ``model`` (in eval mode) over the targets of ``split``
+    (samples, or every position of every text window)."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
+    targets = 0
     with torch.no_grad():
         for x, y in iterate_batches(split, max(batch_size, 1024), device=device):
             logits = model(x)
-            loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double()
-            correct += (logits.argmax(1) == y).sum()
+            loss_sum += token_cross_entropy(logits, y, reduction="sum").double()
+            correct += (logits.argmax(-1) == y).sum()
+            targets += y.numel()
     model.train(was_training)
-    n = max(len(split), 1)
+    n = max(targets, 1)
     return Metrics(loss=loss_sum.item() / n, acc=correct.item() / n)
 
 
@@ -230,25 +244,27 @@ def fit(model: nn.Module, splits: Splits, params: TrainParams, *, seed: int,
             # Running sums stay on the device: one host sync per epoch, not per batch.
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), dtype=torch.int64, device=device)
+            targets = 0
             batches = iterate_batches(splits.train, params.batch_size, shuffle=True, generator=generator, device=device)
             total = math.ceil(len(splits.train) / params.batch_size)
             for x, y in tqdm(batches, total=total, desc=f"{label} epoch {epoch}", leave=False, disable=not interactive):
                 if params.augment:
                     x = augment_batch(x, generator)
                 logits = model(x)
-                loss = nn.functional.cross_entropy(logits, y)
+                loss = token_cross_entropy(logits, y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                loss_sum.add_(loss.detach(), alpha=len(y))
-                correct.add_((logits.detach().argmax(1) == y).sum())
-            train_loss = loss_sum.item() / len(splits.train)
+                loss_sum.add_(loss.detach(), alpha=y.numel())
+                correct.add_((logits.detach().argmax(-1) == y).sum())
+                targets += y.numel()
+            train_loss = loss_sum.item() / targets
             if not math.isfinite(train_loss):
                 diverged = True
                 tqdm.write(f"{label}: training loss is {train_loss} in epoch {epoch}: diverged (try a smaller lr)")
                 break
             val = evaluate(model, splits.val, params.batch_size, device)
-            row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_acc": correct.item() / len(splits.train),
+            row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_acc": correct.item() / targets,
                    "val_loss": val.loss, "val_acc": val.acc, "seconds": time.perf_counter() - epoch_start}
             history.append(row)
             if on_epoch is not None:
@@ -384,6 +400,6 @@ def train_seed(cfg: ExperimentConfig, seed: int, splits: Splits, device: torch.d
     record.update(evaluate_all(model, splits, cfg.params.batch_size, device))
     save_model(path, model, record)
     checkpoint.unlink(missing_ok=True)
-    print(f"seed {seed}: test acc {record['test_acc']:.4f} after {result.epochs} epochs "
+    print(f"seed {seed}: test loss {record['test_loss']:.4f} acc {record['test_acc']:.4f} after {result.epochs} epochs "
           f"({result.seconds:.1f}s) -> {path}")
     return path

@@ -258,6 +258,7 @@ def test_training_identity_ignores_the_prune_section():
 @pytest.mark.parametrize("content, expected", [
     (None, "missing.json: config file not found"),
     ('{"params": {"lr": "abc"}}', 'params.lr must be a positive number, got "abc"'),
+    ('{"model": {"type": "decoder"}}', "model.type decoder cannot read data.dataset mnist (the decoder reads text)"),
 ])
 def test_cli_exits_2_with_one_line(tmp_path, content, expected):
     path = tmp_path / "missing.json"
@@ -346,9 +347,9 @@ def test_zoo_models_default_to_the_datasets_shape_and_prune_every_group():
     ("model.hidden_sizes", [8], "model.hidden_sizes does not apply to a resnet model", ZOO),
     ("model", {"type": "vgg", "depth": 12}, "model.depth must be one of 11, 13, 16, 19, got 12", ZOO),
     ("model", {"type": "lenet5", "width": 2}, "model.width does not apply to a lenet5 model", ZOO),
-    ("model.depth", 20, "model.depth applies to the resnet and vgg models only", BASE),
+    ("model.depth", 20, "model.depth applies to the zoo models only (resnet, vgg, resmlp, vit, decoder)", BASE),
     ("prune.params.type", "l1", "prune.params.type must be cka or one of tp_l1, tp_bn, tp_taylor, tp_random for a resnet model", ZOO),
-    ("prune.params.type", "tp_bn", "prune.params.type tp_bn needs a Torch-Pruning model (model.type resnet, vgg, lenet5)", BASE),
+    ("prune.params.type", "tp_bn", "prune.params.type tp_bn needs a Torch-Pruning model (model.type resnet, vgg, lenet5, resmlp, vit, decoder)", BASE),
     ("prune.params.shrink", True, "prune.params.shrink does not apply to a resnet model", ZOO),
     ("prune.params.target", "next", "prune.params.target does not apply to a resnet model", ZOO),
     ("prune.modules", [0], "prune.modules does not apply to a resnet model", ZOO),
@@ -540,3 +541,41 @@ def test_an_unset_prune_key_takes_the_one_default_for_the_model(model, recalibra
     assert cfg.prune.params == replace(PruneParams.defaults_for(cfg.model), rate=0.5)
     assert cfg.prune.params.recalibrate_bn is recalibrate
     assert "recalibrate_bn" not in PruneParams(rate=0.5).identity()  # False: left out of identities, as before
+
+
+TEXT = {"model": {"type": "decoder"}, "data": {"dataset": "python-stdlib"}}
+IMAGES = {"model": {"type": "resmlp"}, "data": {"dataset": "fashion-mnist"}}
+
+
+def test_residual_models_default_their_sizes_and_keep_them_out_of_older_identities():
+    resmlp = parse_config(IMAGES, Path("x.json"))
+    assert (resmlp.model.depth, resmlp.model.width, resmlp.model.mlp_ratio, resmlp.model.heads) == (12, 64, 1, None)
+    vit = parse_config(edited("model", {"type": "vit"}, IMAGES), Path("x.json")).model
+    assert (vit.depth, vit.width, vit.heads, vit.patch_size, vit.mlp_ratio, vit.input_shape) == (12, 64, 4, 7, 2, (1, 28, 28))
+    decoder = parse_config(TEXT, Path("x.json"))
+    assert (decoder.model.depth, decoder.model.width, decoder.model.heads, decoder.model.mlp_ratio) == (8, 128, 4, 4)
+    assert (decoder.model.context, decoder.model.input_shape, decoder.model.output_size) == (128, (128,), 256)
+    assert decoder.data.context == 128 and parse_config(edited("data.context", 64, TEXT), Path("x.json")).model.context == 64
+    assert {"heads", "patch_size", "context", "mlp_ratio"}.isdisjoint(parse_config(ZOO, Path("x.json")).training_identity()["model"])
+    assert "mlp_ratio" in resmlp.training_identity()["model"] and "heads" not in resmlp.training_identity()["model"]
+    # A model section written back from the dataclass reads back the same.
+    raw = {"model": json.loads(json.dumps(asdict(vit))), "data": IMAGES["data"]}
+    assert parse_config(raw, Path("x.json")).model == vit
+
+
+@pytest.mark.parametrize("path, value, expected, base", [
+    ("model.type", "resmlp", "model.type resmlp cannot read data.dataset python-stdlib (it reads images)", TEXT),
+    ("model.type", "mlp", "model.type mlp cannot read the text dataset python-stdlib (the decoder does)", TEXT),
+    ("model.heads", 3, "model.heads must divide model.width (128), got 3", TEXT),
+    ("model.depth", 0, "model.depth must be a positive integer, got 0", TEXT),
+    ("model.input_shape", [128], "model.input_shape does not apply to a decoder model (it takes depth, width, heads, mlp_ratio)", TEXT),
+    ("model.heads", 2, "model.heads does not apply to a resmlp model (it takes depth, width, mlp_ratio, input_shape, output_size)", IMAGES),
+    ("model", {"type": "vit", "patch_size": 5}, "model.patch_size must divide the image's height and width [28, 28], got 5", IMAGES),
+    ("model", {"type": "mlp", "mlp_ratio": 2}, "model.mlp_ratio applies to the residual models only (resmlp, vit, decoder)", IMAGES),
+    ("data.context", 64, "data.context applies to the text datasets only (python-stdlib)", IMAGES),
+    ("data.context", 1, "data.context must be an integer >= 2, got 1", TEXT),
+    ("data.val_split", 0.5, "data.val_split must be a number in (0, 0.5), got 0.5", TEXT),
+    ("params.augment", True, "params.augment applies to images only, not to the text dataset python-stdlib", TEXT),
+])
+def test_residual_model_and_text_config_errors_are_one_line(path, value, expected, base):
+    assert expected in error_of(edited(path, value, base))

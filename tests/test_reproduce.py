@@ -208,3 +208,23 @@ def test_portable_kernels_reach_the_child_processes_and_their_records(tmp_path, 
     assert sidecar["provenance"]["cpu_capability"] == "DEFAULT" and sidecar["provenance"]["kernel_settings"] == settings
     pruned = results.load(out / "cka/0.json").iterations[0].provenance
     assert pruned.cpu_capability == "DEFAULT" and pruned.kernel_settings == settings
+
+
+def test_a_study_with_a_depth_config_prunes_and_reports_it_beside_the_width_configs(tmp_path, capsys):
+    folder = tmp_path / "study"
+    folder.mkdir()
+    model, params = {"type": "resmlp", "depth": 4, "width": 16}, {"lr": 0.003, "batch_size": 128, "epochs": 2}
+    for name, prune in (("depth", {"strategy": "depth", "params": {"criterion": "tail", "blocks": [1, 2],
+                                                                   "samples": 64, "latency": False}}),
+                        ("width", {"strategy": "one_shot", "params": {"type": "tp_l1", "rate": 0.3, "retrain": False}})):
+        (folder / f"{name}.json").write_text(json.dumps(tiny_raw(model=model, params=params, prune=prune)))
+    args = [str(folder), "--models-dir", str(tmp_path / "models"), "--output-dir", str(tmp_path / "out")]
+    assert reproduce.main(args) == 0
+    out = capsys.readouterr().out
+    assert "1 model(s) to train, 3 prune iteration(s) to run" in out and "[4/4]" in out
+    record = json.loads((tmp_path / "out/depth/0.json").read_text())
+    assert [p["removed"] for p in record["points"]] == [["blocks.3"], ["blocks.3", "blocks.2"]]  # tail: the last first
+    assert (tmp_path / "out/study/report-depth/report.md").exists()
+    assert (tmp_path / "out/study/report/report.md").exists()
+    assert reproduce.main(args) == 0
+    assert "0 model(s) to train, 0 prune iteration(s) to run" in capsys.readouterr().out

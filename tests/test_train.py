@@ -325,3 +325,68 @@ def test_a_model_file_with_objects_is_refused_without_relaying_torchs_advice(mni
     train_seed(cfg, 0, mnist5k, torch.device("cpu"), tmp_path)
     assert "not a valid model file" in capsys.readouterr().out
     load_model(path, cfg)  # retrained
+
+
+# ---------------------------------------------------------------- residual models and language models
+
+RESIDUAL = {
+    "resmlp": ({"type": "resmlp", "depth": 2, "width": 8}, {"dataset": "mnist-5k"}),
+    "vit": ({"type": "vit", "depth": 1, "width": 8, "heads": 2, "patch_size": 7, "mlp_ratio": 1}, {"dataset": "mnist-5k"}),
+    "decoder": ({"type": "decoder", "depth": 1, "width": 8, "heads": 2, "mlp_ratio": 1},
+                {"dataset": "python-stdlib", "context": 64, "val_split": 0.2}),
+}
+
+
+@pytest.fixture
+def small_corpus(tmp_path, monkeypatch) -> Path:
+    """A root holding a python-stdlib archive of the committed corpus's 40 smallest files (an epoch
+    of the whole corpus takes a minute), with its hash put in place of the committed one."""
+    import hashlib
+
+    from scripts.make_stdlib_corpus import archive
+    from src.config import CORPUS_SHA256
+    from src.data import BUNDLED_DATA_DIR
+    from src.text_data import read_corpus
+    files = read_corpus(BUNDLED_DATA_DIR / "python-stdlib.tar.xz", CORPUS_SHA256["python-stdlib"])
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    for name in sorted(files, key=lambda n: len(files[n]))[:40]:
+        (sources / name).write_bytes(files[name])
+    blob = archive(sorted(sources.iterdir()))
+    (tmp_path / "python-stdlib.tar.xz").write_bytes(blob)
+    monkeypatch.setitem(CORPUS_SHA256, "python-stdlib", hashlib.sha256(blob).hexdigest())
+    return tmp_path
+
+
+@pytest.mark.parametrize("name", list(RESIDUAL))
+def test_each_residual_model_trains_an_epoch_through_main_train(name, tmp_path, small_corpus):
+    model, data = RESIDUAL[name]
+    data = {**data, "root": str(small_corpus)} if name == "decoder" else data
+    config = tmp_path / f"{name}.json"
+    config.write_text(json.dumps({"model": model, "data": data, "seeds": [0],
+                                  "params": {"lr": 0.01, "batch_size": 32, "epochs": 1, "patience": 1}}))
+    assert main_train.main([str(config), "--models-dir", str(tmp_path / "models")]) == 0
+    cfg = load_config(config)
+    path = model_path(cfg, 0, tmp_path / "models")
+    record = json.loads(path.with_suffix(".json").read_text())
+    first = record["fit"]["history"][0]
+    assert first["val_loss"] < math.log(cfg.model.output_size)  # better than uniform over the classes (bytes)
+    assert record["val_loss"] == pytest.approx(first["val_loss"]) and {"test_loss", "test_acc"} <= set(record)
+    assert isinstance(load_model(path, cfg), type(build_model(cfg.model)))
+
+
+def test_a_language_models_loss_and_accuracy_are_over_every_next_byte():
+    from src.config import parse_config
+    from src.data import load_splits
+    model, data = RESIDUAL["decoder"]
+    cfg = parse_config({"model": model, "data": {**data, "context": 16}}, Path("x.json"))
+    val = load_splits(cfg.data).val.take(torch.arange(37))
+    torch.manual_seed(0)
+    decoder = build_model(cfg.model)
+    metrics = evaluate(decoder, val, 8, torch.device("cpu"))
+    tokens = val.tokens.long()
+    with torch.no_grad():
+        logits = decoder(tokens[:, :-1])                        # (37, 16, 256)
+    log_p = logits.log_softmax(-1).gather(-1, tokens[:, 1:, None]).squeeze(-1)
+    assert metrics.loss == pytest.approx(-log_p.double().mean().item(), rel=1e-6)
+    assert metrics.acc == pytest.approx((logits.argmax(-1) == tokens[:, 1:]).double().mean().item())

@@ -7,7 +7,8 @@ code trusts these objects. Keys starting with ``_`` are comments and are ignored
 
 The package: ``options`` (the allowed values), ``schema`` (the dataclasses), ``reader`` (the
 key-by-key reader and value checks), and a reader per section: ``training`` (model, data,
-params), ``prune``, ``search`` (search and wandb). Everything other code uses is imported from here.
+params), ``prune``, ``depth`` (a prune section of strategy "depth", with its dataclasses),
+``search`` (search and wandb). Everything other code uses is imported from here.
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from src.config.options import (ACTIVATION_CRITERIA, ALLOCATIONS, COMPENSATIONS, CRITERIA, DATASET_SHAPES,
-                                DATASETS, ENGINES, GREEDY_VARIANTS, HOOKS, KERNELS, MODEL_TYPES, OPTIMIZERS,
-                                REFIT_CRITERIA, RETRAIN_MODES, REWIND_EPOCHS, SCHEDULES, SEARCH_DISTRIBUTIONS,
-                                SEARCH_METHODS, SEARCH_METRICS, SEARCHABLE, SEED_MAX, STRATEGIES, TARGETS,
-                                TP_CRITERIA, VGG_DEPTHS, WANDB_MODES, ZOO_DEFAULTS, ZOO_TYPES)
+from src.config.options import (ACTIVATION_CRITERIA, ALLOCATIONS, BYTES, COMPENSATIONS, CORPUS_SHA256, CRITERIA,
+                                DATASET_SHAPES, DATASETS, DEPTH_COMPENSATIONS, DEPTH_CRITERIA, DEPTH_STRATEGY,
+                                DEPTH_TYPES, ENGINES, GREEDY_VARIANTS, HOOKS, KERNELS, MODEL_TYPES,
+                                OPTIMIZERS, REFIT_CRITERIA, RESIDUAL_DEFAULTS, RESIDUAL_TYPES, RETRAIN_MODES,
+                                REWIND_EPOCHS, SCHEDULES, SEARCH_DISTRIBUTIONS, SEARCH_METHODS, SEARCH_METRICS,
+                                SEARCHABLE, SEED_MAX, STRATEGIES, TARGETS, TEXT_CONTEXT, TEXT_DATASETS, TP_CRITERIA,
+                                VGG_DEPTHS, WANDB_MODES, ZOO_DEFAULTS, ZOO_TYPES)
+from src.config.depth import DepthConfig, DepthParams, read_depth
 from src.config.prune import _read_prune
 from src.config.reader import _Section, is_seed
 from src.config.schema import (DataConfig, ExperimentConfig, Hyperband, ModelConfig, PruneConfig, PruneParams,
@@ -30,11 +34,14 @@ from src.config.training import _read_data, _read_model, _read_params
 from src.errors import UserError
 
 __all__ = [
-    "ACTIVATION_CRITERIA", "ALLOCATIONS", "COMPENSATIONS", "CRITERIA", "DATASET_SHAPES", "DATASETS", "ENGINES",
-    "GREEDY_VARIANTS", "HOOKS", "KERNELS", "MODEL_TYPES", "OPTIMIZERS", "REFIT_CRITERIA", "RETRAIN_MODES",
-    "REWIND_EPOCHS", "SCHEDULES", "SEARCH_DISTRIBUTIONS", "SEARCH_METHODS", "SEARCH_METRICS", "SEARCHABLE",
-    "SEED_MAX", "STRATEGIES", "TARGETS", "TP_CRITERIA", "VGG_DEPTHS", "WANDB_MODES", "ZOO_DEFAULTS", "ZOO_TYPES",
-    "DataConfig", "ExperimentConfig", "Hyperband", "ModelConfig", "PruneConfig", "PruneParams", "SearchConfig",
+    "ACTIVATION_CRITERIA", "ALLOCATIONS", "BYTES", "COMPENSATIONS", "CORPUS_SHA256", "CRITERIA", "DATASET_SHAPES",
+    "DATASETS", "DEPTH_COMPENSATIONS", "DEPTH_CRITERIA", "DEPTH_STRATEGY", "DEPTH_TYPES", "ENGINES",
+    "GREEDY_VARIANTS", "HOOKS", "KERNELS", "MODEL_TYPES", "OPTIMIZERS", "REFIT_CRITERIA",
+    "RESIDUAL_DEFAULTS", "RESIDUAL_TYPES", "RETRAIN_MODES", "REWIND_EPOCHS", "SCHEDULES", "SEARCH_DISTRIBUTIONS",
+    "SEARCH_METHODS", "SEARCH_METRICS", "SEARCHABLE", "SEED_MAX", "STRATEGIES", "TARGETS", "TEXT_CONTEXT",
+    "TEXT_DATASETS", "TP_CRITERIA", "VGG_DEPTHS", "WANDB_MODES", "ZOO_DEFAULTS", "ZOO_TYPES",
+    "DataConfig", "DepthConfig", "DepthParams", "ExperimentConfig", "Hyperband", "ModelConfig", "PruneConfig",
+    "PruneParams", "SearchConfig",
     "SearchParameter", "TrainParams", "WandbConfig",
     "is_seed", "load_config", "parse_config", "with_overrides",
 ]
@@ -44,9 +51,17 @@ def parse_config(raw: Any, source: Path) -> ExperimentConfig:
     """Validate a parsed JSON document; raise :class:`UserError` on the first problem."""
     top = _Section(source, "", raw)
     data = _read_data(top.section("data"))
-    model = _read_model(top.section("model"), data.dataset)
+    model = _read_model(top.section("model"), data)
     params = _read_params(top.section("params"))
-    prune = _read_prune(top.section("prune"), model, params) if "prune" in top.values else None
+    if params.augment and data.dataset in TEXT_DATASETS:
+        top.fail("params.augment", f"applies to images only, not to the text dataset {data.dataset}")
+    prune = depth = None
+    if "prune" in top.values:
+        section = top.section("prune")
+        if section.values.get("strategy") == DEPTH_STRATEGY:
+            depth = read_depth(section, model, params)
+        else:
+            prune = _read_prune(section, model, params)
     search = _read_search(top.section("search"))
     wandb = _read_wandb(top.section("wandb"))
     seeds = top.get("seeds", [0], lambda v: isinstance(v, list) and len(v) > 0 and all(map(is_seed, v)),
@@ -56,7 +71,7 @@ def parse_config(raw: Any, source: Path) -> ExperimentConfig:
     top.done()
     return ExperimentConfig(
         source=source, model=model, data=data, params=params, seeds=tuple(seeds),
-        prune=prune, search=search, wandb=wandb, raw=raw,
+        prune=prune, search=search, wandb=wandb, raw=raw, depth=depth,
     )
 
 

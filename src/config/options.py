@@ -2,15 +2,34 @@
 zoo defaults, the seed range, the rewind epochs that training keeps, and ``SEARCHABLE`` (the
 parameters a search may vary and where they live in the config)."""
 
-DATASETS = ("mnist", "fashion-mnist", "cifar10", "mnist-5k")
+# Byte-level text corpora (src.text_data): windows of data.context bytes, next-byte targets.
+TEXT_DATASETS = ("python-stdlib",)
+DATASETS = ("mnist", "fashion-mnist", "cifar10", "mnist-5k") + TEXT_DATASETS
+TEXT_CONTEXT = 128  # data.context's default: bytes per window
+BYTES = 256  # a text dataset's classes and the decoder's vocabulary: one token per byte value
+# SHA-256 of each text dataset's committed snapshot under data/ (checked on load; part of the data identity).
+CORPUS_SHA256 = {"python-stdlib": "e440f0fce63b56cd3aa57760e08a76e1b6a22beac4ff831cee1de3d478dcc3d3"}
 MODEL_TYPES = ("mlp", "cnn")
+# Pre-norm residual models with removable blocks (src.residual_models); the decoder reads text.
+RESIDUAL_TYPES = ("resmlp", "vit", "decoder")
 # Architectures pruned physically through Torch-Pruning (src.models' zoo).
-ZOO_TYPES = ("resnet", "vgg", "lenet5")
-ZOO_DEFAULTS = {"resnet": (20, 16), "vgg": (16, 64), "lenet5": (None, None)}  # (depth, width)
+ZOO_TYPES = ("resnet", "vgg", "lenet5") + RESIDUAL_TYPES
+ZOO_DEFAULTS = {"resnet": (20, 16), "vgg": (16, 64), "lenet5": (None, None),  # (depth, width)
+                "resmlp": (12, 64), "vit": (12, 64), "decoder": (8, 128)}
+# The other size keys of the residual models and their defaults (the decoder's context: data.context).
+RESIDUAL_DEFAULTS = {"resmlp": {"mlp_ratio": 1},
+                     "vit": {"heads": 4, "patch_size": 7, "mlp_ratio": 2},
+                     "decoder": {"heads": 4, "mlp_ratio": 4}}
 VGG_DEPTHS = (11, 13, 16, 19)
 # Image shape (C, H, W) of each dataset: the zoo models' default input_shape.
 DATASET_SHAPES = {"mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "cifar10": (3, 32, 32), "mnist-5k": (1, 28, 28)}
-STRATEGIES = ("one_shot", "iterative")
+STRATEGIES = ("one_shot", "iterative", "depth")
+# prune.strategy "depth" removes whole residual blocks (src.config.depth, cka_prune.depth): the
+# models with removable blocks (a resnet's of stride 1 and equal channels), and the library's criteria and compensations by name.
+DEPTH_STRATEGY = "depth"
+DEPTH_TYPES = ("resnet",) + RESIDUAL_TYPES
+DEPTH_CRITERIA = ("cka", "cosine", "angular", "tail", "loss", "pons", "random", "residual", "cka-refit")
+DEPTH_COMPENSATIONS = ("none", "lstsq")
 CRITERIA = ("cka", "l1", "l2", "random")
 # Baselines scored from the layer's post-ReLU outputs (taylor: and their gradients).
 ACTIVATION_CRITERIA = ("apoz", "mean_activation", "taylor")

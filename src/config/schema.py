@@ -6,10 +6,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from src.config.options import ZOO_TYPES
+from src.config.options import CORPUS_SHA256, TEXT_DATASETS, ZOO_TYPES
 from src.errors import UserError
+
+if TYPE_CHECKING:
+    from src.config.depth import DepthConfig
 
 
 @dataclass(frozen=True)
@@ -18,6 +21,11 @@ class ModelConfig:
 
     ``resnet``, ``vgg``, ``lenet5`` (``ZOO_TYPES``): src.models' zoo, sized by ``depth`` and
     ``width`` (None for lenet5), taking ``input_shape`` and ``output_size``.
+
+    ``resmlp``, ``vit``, ``decoder`` (``RESIDUAL_TYPES``): src.residual_models, also sized by
+    ``mlp_ratio`` (MLP hidden width / width), ``heads`` (vit, decoder), ``patch_size`` (vit) and
+    ``context`` (decoder: positions; its ``input_shape`` is ``(context,)`` tokens, its
+    ``output_size`` the 256 byte values). None where unused.
     """
 
     type: str = "mlp"
@@ -25,7 +33,7 @@ class ModelConfig:
     hidden_sizes: tuple[int, ...] = (512, 512)
     output_size: int = 10
     dropout_rate: float = 0.0
-    input_shape: tuple[int, int, int] = (1, 28, 28)
+    input_shape: tuple[int, ...] = (1, 28, 28)
     conv_channels: tuple[int, ...] = ()
     kernel_size: int = 5
     padding: str = "valid"
@@ -34,11 +42,16 @@ class ModelConfig:
     batch_norm: bool = False
     depth: int | None = None
     width: int | None = None
+    heads: int | None = None
+    patch_size: int | None = None
+    context: int | None = None
+    mlp_ratio: int | None = None
 
     def identity(self) -> dict[str, Any]:
-        """The model as a dict without depth and width where unused (mlp, cnn, lenet5), so model
-        files named by it before those keys existed keep their names."""
-        return {k: v for k, v in asdict(self).items() if k not in ("depth", "width") or v is not None}
+        """The model as a dict without the size keys where unused (depth and width for mlp, cnn,
+        lenet5; the residual models' keys elsewhere), so model files named by it before those keys
+        existed keep their names."""
+        return {k: v for k, v in asdict(self).items() if k not in _SIZE_KEYS or v is not None}
 
     @property
     def has_batch_norm(self) -> bool:
@@ -65,18 +78,28 @@ class ModelConfig:
         return len(self.conv_channels) + len(self.fc_sizes)
 
 
+_SIZE_KEYS = ("depth", "width", "heads", "patch_size", "context", "mlp_ratio")
+
+
 @dataclass(frozen=True)
 class DataConfig:
+    """``context``: bytes per window of a text dataset (``TEXT_DATASETS``), None for images."""
+
     dataset: str = "mnist"
     root: str = "data"
     val_split: float = 1 / 12
     split_seed: int = 0
+    context: int | None = None
 
     def identity(self) -> dict[str, Any]:
-        """What determines the data itself: not where its files live, nor settings the dataset ignores."""
+        """What determines the data itself: not where its files live, nor settings the dataset ignores.
+        A text dataset adds its window length and the SHA-256 of its committed corpus."""
         if self.dataset == "mnist-5k":  # a fixed split ships with the file
             return {"dataset": self.dataset}
-        return {"dataset": self.dataset, "val_split": self.val_split, "split_seed": self.split_seed}
+        split = {"dataset": self.dataset, "val_split": self.val_split, "split_seed": self.split_seed}
+        if self.dataset in TEXT_DATASETS:
+            return {**split, "context": self.context, "sha256": CORPUS_SHA256[self.dataset]}
+        return split
 
 
 @dataclass(frozen=True)
@@ -296,6 +319,7 @@ class ExperimentConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    depth: DepthConfig | None = None  # a prune section of strategy "depth" (then prune is None)
 
     @property
     def name(self) -> str:
@@ -308,9 +332,17 @@ class ExperimentConfig:
         return self.source.stem
 
     def require_prune(self) -> PruneConfig:
+        if self.depth is not None:
+            raise UserError(f'{self.source}: prune.strategy "depth" removes blocks; this command prunes neurons '
+                            '(main_prune.py runs depth configs)')
         if self.prune is None:
             raise UserError(f"{self.source}: prune section is required to prune")
         return self.prune
+
+    def require_depth(self) -> DepthConfig:
+        if self.depth is None:
+            raise UserError(f'{self.source}: a prune section of strategy "depth" is required to remove blocks')
+        return self.depth
 
     def training_identity(self) -> dict[str, Any]:
         """Everything that determines trained weights, apart from the seed."""

@@ -1,27 +1,63 @@
 """Readers of the sections that determine trained weights: ``model`` (the mlp and cnn, or a zoo
-model with its depth, width and input shape), ``data`` and ``params`` (the training recipe)."""
+model with its depth, width and input shape, or a residual model with its sizes), ``data`` and
+``params`` (the training recipe)."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict
 
-from src.config.options import (DATASET_SHAPES, DATASETS, MODEL_TYPES, OPTIMIZERS, SCHEDULES, SEED_MAX,
-                                VGG_DEPTHS, ZOO_DEFAULTS, ZOO_TYPES)
-from src.config.reader import _in_open_unit, _int_list, _is_int, _is_number, _positive_int, _Section, is_seed
+from src.config.options import (BYTES, DATASET_SHAPES, DATASETS, MODEL_TYPES, OPTIMIZERS, RESIDUAL_DEFAULTS, RESIDUAL_TYPES,
+                                SCHEDULES, SEED_MAX, TEXT_CONTEXT, TEXT_DATASETS, VGG_DEPTHS, ZOO_DEFAULTS, ZOO_TYPES)
+from src.config.reader import _int_list, _is_int, _is_number, _positive_int, _Section, is_seed
 from src.config.schema import DataConfig, ModelConfig, TrainParams
 
 
 _ZOO_KEYS = ("depth", "width", "input_shape", "output_size")
+# The keys each residual model takes: its size keys, and the image shape and classes (not the decoder's).
+_RESIDUAL_KEYS = {t: ("depth", "width", *RESIDUAL_DEFAULTS[t], *(() if t == "decoder" else ("input_shape", "output_size")))
+                  for t in RESIDUAL_TYPES}
+
+
+def _drop_saved_defaults(s: _Section, model_type: str, keys: tuple[str, ...]) -> None:
+    """Drop the keys a saved config (asdict) writes at their defaults; fail on any other key not in ``keys``."""
+    defaults = json.loads(json.dumps(asdict(ModelConfig())))
+    for name in list(s.values):
+        if name not in keys:
+            if name not in defaults or s.values[name] != defaults[name]:
+                s.fail(s.key(name), f"does not apply to a {model_type} model (it takes " + ", ".join(keys) + ")")
+            del s.values[name]
+
+
+def _read_residual_model(s: _Section, model_type: str, data: DataConfig) -> ModelConfig:
+    """A resmlp or vit on an image dataset, or a decoder on a text dataset, with its sizes."""
+    text = data.dataset in TEXT_DATASETS
+    if text != (model_type == "decoder"):
+        s.fail(s.key("type"), f"{model_type} cannot read data.dataset {data.dataset} "
+               f"({'the decoder reads text' if model_type == 'decoder' else 'it reads images'})")
+    _drop_saved_defaults(s, model_type, _RESIDUAL_KEYS[model_type])
+    depth, width = ZOO_DEFAULTS[model_type]
+    defaults = RESIDUAL_DEFAULTS[model_type]
+    size = {name: s.get(name, default, _positive_int, "must be a positive integer")
+            for name, default in (("depth", depth), ("width", width), *defaults.items())}
+    if "heads" in size and size["width"] % size["heads"]:
+        s.fail(s.key("heads"), f"must divide model.width ({size['width']})", size["heads"])
+    if model_type == "decoder":
+        s.done()
+        return ModelConfig(type=model_type, **size, context=data.context, input_shape=(data.context,), output_size=BYTES)
+    shape = tuple(s.get("input_shape", list(DATASET_SHAPES[data.dataset]), lambda v: _int_list(v) and len(v) == 3,
+                        "must be [channels, height, width]"))
+    if "patch_size" in size and (shape[1] % size["patch_size"] or shape[2] % size["patch_size"]):
+        s.fail(s.key("patch_size"), f"must divide the image's height and width {list(shape[1:])}", size["patch_size"])
+    cfg = ModelConfig(type=model_type, **size, input_shape=shape,
+                      output_size=s.get("output_size", ModelConfig.output_size, lambda v: _is_int(v) and v >= 2,
+                                        "must be an integer >= 2"))
+    s.done()
+    return cfg
 
 
 def _read_zoo_model(s: _Section, model_type: str, dataset: str) -> ModelConfig:
-    defaults = json.loads(json.dumps(asdict(ModelConfig())))  # as a saved config (asdict) writes them
-    for name in list(s.values):
-        if name not in _ZOO_KEYS:
-            if name not in defaults or s.values[name] != defaults[name]:
-                s.fail(s.key(name), f"does not apply to a {model_type} model (it takes " + ", ".join(_ZOO_KEYS) + ")")
-            del s.values[name]
+    _drop_saved_defaults(s, model_type, _ZOO_KEYS)
     depth, width = ZOO_DEFAULTS[model_type]
     if model_type == "lenet5":
         for name in ("depth", "width"):
@@ -44,11 +80,15 @@ def _read_zoo_model(s: _Section, model_type: str, dataset: str) -> ModelConfig:
     return cfg
 
 
-def _read_model(s: _Section, dataset: str) -> ModelConfig:
+def _read_model(s: _Section, data: DataConfig) -> ModelConfig:
     d = ModelConfig()
     model_type = s.choice("type", d.type, MODEL_TYPES + ZOO_TYPES)
+    if model_type in RESIDUAL_TYPES:
+        return _read_residual_model(s, model_type, data)
+    if data.dataset in TEXT_DATASETS:
+        s.fail(s.key("type"), f"{model_type} cannot read the text dataset {data.dataset} (the decoder does)")
     if model_type in ZOO_TYPES:
-        return _read_zoo_model(s, model_type, dataset)
+        return _read_zoo_model(s, model_type, data.dataset)
     positive_list = "must be a list of positive integers"
     cfg = ModelConfig(
         type=model_type,
@@ -68,18 +108,27 @@ def _read_model(s: _Section, dataset: str) -> ModelConfig:
         s.fail(s.key("conv_channels"), "must list at least one channel count for a cnn")
     for name in ("depth", "width"):
         if s.values.pop(name, None) is not None:
-            s.fail(s.key(name), "applies to the resnet and vgg models only")
+            s.fail(s.key(name), "applies to the zoo models only (" + ", ".join(t for t in ZOO_TYPES if t != "lenet5") + ")")
+    for name in ("heads", "patch_size", "context", "mlp_ratio"):
+        if s.values.pop(name, None) is not None:
+            s.fail(s.key(name), "applies to the residual models only (" + ", ".join(RESIDUAL_TYPES) + ")")
     s.done()
     return cfg
 
 
 def _read_data(s: _Section) -> DataConfig:
     d = DataConfig()
+    dataset = s.choice("dataset", d.dataset, DATASETS)
+    text = dataset in TEXT_DATASETS
+    if not text and s.values.pop("context", None) is not None:  # a saved config writes null
+        s.fail(s.key("context"), "applies to the text datasets only (" + ", ".join(TEXT_DATASETS) + ")")
+    held = 0.5 if text else 1  # a text corpus holds val_split of its bytes out twice: val and test
     cfg = DataConfig(
-        dataset=s.choice("dataset", d.dataset, DATASETS),
+        dataset=dataset,
         root=s.get("root", d.root, lambda v: isinstance(v, str) and v != "", "must be a directory path"),
-        val_split=s.get("val_split", d.val_split, _in_open_unit, "must be a number in (0, 1)"),
+        val_split=s.get("val_split", d.val_split, lambda v: _is_number(v) and 0 < v < held, f"must be a number in (0, {held})"),
         split_seed=s.get("split_seed", d.split_seed, is_seed, f"must be an integer in [0, {SEED_MAX}]"),
+        context=s.get("context", TEXT_CONTEXT, lambda v: _is_int(v) and v >= 2, "must be an integer >= 2") if text else None,
     )
     s.done()
     return cfg

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from src.config import ExperimentConfig, PruneParams
-from src.data import Splits, to_unit_float
+from src.data import Splits
 from src.models import Net, PrunableLayer, prunable_layers
 from src.pruning.compensate import compensate, consumer_targets
 from src.pruning.criteria import Selection, select, select_global
@@ -137,7 +137,7 @@ def physical_prune_pass(model: nn.Module, cfg: ExperimentConfig, splits: Splits,
     params = cfg.require_prune().params
     device = next(model.parameters()).device
     scoring = pass_samples(splits, params, cfg.params.batch_size, seed, iteration).scoring
-    x, y = to_unit_float(scoring.images).to(device), scoring.labels.to(device)
+    x, y = scoring.batch(slice(None), device)  # images in [0, 1] or text windows' inputs, and their targets
     at_start = copy.deepcopy(model) if params.compensate != "none" else None
     start = time.perf_counter()
     passed = physical_pass(model, params.type, params.rate, x[:1], x, labels=y, engine=params.engine,

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from src.config import load_config
+from src.depth_results import is_depth_file
 from src.errors import UserError
 from src.io import atomic_write_text
 from src.report.build import DEFAULT_CONFIG_ROOT, Report, ReportOptions, build_report
@@ -16,6 +17,7 @@ from src.report.csvs import endpoint_csv, gap_csv, iteration_csv, layers_csv, ov
 from src.report.endpoints import MEAN, parse_endpoint, parse_fixed_endpoint
 from src.report.figures import parse_formats, plot_accuracy, plot_cka, plot_heatmaps, plot_overlap
 from src.report.tables import report_markdown, report_text
+from src.results import seed_files
 
 DEFAULT_OUTPUT_ROOT = Path("output")
 
@@ -85,6 +87,19 @@ def heatmap_figure(report: Report, seed: int, samples: int, config_root: Path, o
     return plot_heatmaps(heatmaps, out_dir / f"cka_heatmap_seed{seed}", formats)
 
 
+def holds_depth_results(directory: Path) -> bool:
+    """Whether the folder's result files are depth-pruning records (:mod:`src.depth_results`)."""
+    files = seed_files(directory)
+    return bool(files) and all(map(is_depth_file, files))
+
+
+def default_depth_out_dir(result_dirs: Sequence[Path]) -> Path:
+    """As :func:`default_out_dir`, from the folders' names."""
+    if len(result_dirs) == 1:
+        return Path(result_dirs[0]) / "report"
+    return DEFAULT_OUTPUT_ROOT / "report" / "_vs_".join(Path(d).name for d in result_dirs)
+
+
 def write_report(result_dirs: Sequence[Path], out_dir: Path | None = None,
                  config_root: Path | None = DEFAULT_CONFIG_ROOT) -> ReportPaths:
     """Load ``result_dirs``, aggregate, and write the report (``out_dir`` None: see default_out_dir)."""
@@ -96,7 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python3 -m src.report",
         description="Tables and figures comparing pruning runs (mean, min, max over seeds), with paired endpoint "
-                    "tests (Holm-corrected) between them.")
+                    "tests (Holm-corrected) between them. Folders of depth-pruning results (prune.strategy \"depth\") "
+                    "get the depth report instead: accuracy, MACs and latency per count, ranking quality "
+                    "(src.report.depth); --out and --format apply.")
     parser.add_argument("result_dirs", nargs="+", type=Path, metavar="RESULT_DIR",
                         help="output/<experiment>/ folders from main_prune.py; the first is the reference for gaps")
     parser.add_argument("--out", type=Path,
@@ -127,6 +144,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="the heatmap's samples: the first N of the validation split (default: 1000)")
     args = parser.parse_args(argv)
     formats = parse_formats(args.format)
+    if all(map(holds_depth_results, args.result_dirs)):
+        from src.report.depth import write_depth_report
+        paths = write_depth_report(args.result_dirs, args.out or default_depth_out_dir(args.result_dirs), formats)
+        print(paths.markdown.read_text())
+        print(f"report: {paths.markdown}\nfigure: {paths.accuracy_figure}")
+        return 0
     options = ReportOptions(endpoints=tuple(dict.fromkeys(args.endpoint)), fixed=args.fixed_endpoint,
                             all_pairs=args.all_pairs, bootstrap=args.bootstrap)
     report = build_report(args.result_dirs, args.config_root, options)
