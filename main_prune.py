@@ -1,6 +1,10 @@
 """Prune the trained models of CONFIG: python3 main_prune.py CONFIG [--seed S | --seed-index I] [--fresh]."""
 
+from collections.abc import Iterator
 from pathlib import Path
+
+import torch
+from torch import nn
 
 from src.artifacts import ModelFileError, load_model, model_path, output_dir
 from src.cli import add_seed_options, apply_threads, base_parser, require_writable_dir, run, selected_seeds
@@ -52,15 +56,7 @@ def main(argv=None) -> int:
     print("\n".join(run_description(cfg, str(device))))
     mode = resolve_mode(cfg, args.wandb)
     done = []
-    for seed, path in models.items():
-        if not path.exists():
-            print(f"seed {seed}: no trained model at {path}; run main_train.py {cfg.source} first. Skipping.")
-            continue
-        try:
-            model = load_model(path, cfg, device)
-        except ModelFileError as err:
-            print(f"seed {seed}: {err}; retrain it with main_train.py. Skipping.")
-            continue
+    for seed, path, model in trained_models(cfg, models, device):
         progress = saved_progress(out_dir, seed)
         config = run_config(cfg, seed=seed, device=str(device), model_file=str(path))
         # A run only for work to do; a resumed or requeued job continues its own run.
@@ -89,6 +85,19 @@ def main(argv=None) -> int:
     return 0
 
 
+def trained_models(cfg: ExperimentConfig, models: dict[int, Path],
+                   device: torch.device) -> Iterator[tuple[int, Path, nn.Module]]:
+    """Each seed's trained model, in seed order; a missing or unreadable file is skipped with one line."""
+    for seed, path in models.items():
+        if not path.exists():
+            print(f"seed {seed}: no trained model at {path}; run main_train.py {cfg.source} first. Skipping.")
+            continue
+        try:
+            yield seed, path, load_model(path, cfg, device)
+        except ModelFileError as err:
+            print(f"seed {seed}: {err}; retrain it with main_train.py. Skipping.")
+
+
 def prune_depth(cfg: ExperimentConfig, args) -> int:
     """Remove blocks from each selected seed's trained model (``prune.strategy`` "depth", :mod:`src.pruning.depth`)."""
     seeds = selected_seeds(cfg, args.seed, args.seed_index)
@@ -107,15 +116,7 @@ def prune_depth(cfg: ExperimentConfig, args) -> int:
     if resolve_mode(cfg, args.wandb) != "disabled":
         print("W&B: depth runs are not logged to W&B; the record and report are local only")
     done = []
-    for seed, path in models.items():
-        if not path.exists():
-            print(f"seed {seed}: no trained model at {path}; run main_train.py {cfg.source} first. Skipping.")
-            continue
-        try:
-            model = load_model(path, cfg, device)
-        except ModelFileError as err:
-            print(f"seed {seed}: {err}; retrain it with main_train.py. Skipping.")
-            continue
+    for seed, path, model in trained_models(cfg, models, device):
         def export(pruned, point, seed=seed, dense=model):
             export_depth(pruned, dense, point, cfg, example, depth.exported_path(out_dir, seed, point.count))
         result = depth.prune_depth_seed(model, cfg, seed, splits, device, path, out_dir,
