@@ -149,19 +149,27 @@ def shapes(model: nn.Module, names: Sequence[str], example: Any, forward: Forwar
             seen[name] = (inputs[name], first_tensor(out).shape, len(out) if isinstance(out, tuple) else 0)
         return pre, post
 
+    with block_hooks(model, names, hooks), evaluating(model):
+        (forward or run)(model, example)
+    return seen
+
+
+@contextlib.contextmanager
+def block_hooks(model: nn.Module, names: Iterable[str],
+                hooks: Callable[[str], tuple[Callable, Callable]]) -> Iterator[None]:
+    """Within the block, each named block runs ``hooks(name) = (pre, post)`` (forward pre-hook and
+    forward hook, both with kwargs) around its forward; they are removed on the way out."""
     handles = []
-    for name in names:
-        pre, post = hooks(name)
-        block = get_block(model, name)
-        handles += [block.register_forward_pre_hook(pre, with_kwargs=True),
-                    block.register_forward_hook(post, with_kwargs=True)]
     try:
-        with evaluating(model):
-            (forward or run)(model, example)
+        for name in names:
+            pre, post = hooks(name)
+            block = get_block(model, name)
+            handles += [block.register_forward_pre_hook(pre, with_kwargs=True),
+                        block.register_forward_hook(post, with_kwargs=True)]
+        yield
     finally:
         for h in handles:
             h.remove()
-    return seen
 
 
 def find_blocks(model: nn.Module, example: Any = None, forward: Forward | None = None) -> list[str]:

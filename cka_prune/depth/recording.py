@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from cka_prune.depth.blocks import (NOT_REMOVABLE, Forward, Span, block_input, check_batches, contiguous_spans,
-                                    evaluating, first_tensor, get_block, label, rows, run)
+from cka_prune.depth.blocks import (NOT_REMOVABLE, Forward, Span, block_hooks, block_input, check_batches,
+                                    contiguous_spans, evaluating, first_tensor, label, rows, run)
 
 Mask = Callable[[Any], torch.Tensor]
 
@@ -116,25 +116,15 @@ def record(model: nn.Module, names: Sequence[str], batches: Iterable[Any], forwa
         return pre, post
 
     acc = {label(s): Accumulator(linear) for s in spans}
-    handles = []
-    for name in blocks:
-        pre, post = hooks(name)
-        block = get_block(model, name)
-        handles += [block.register_forward_pre_hook(pre, with_kwargs=True),
-                    block.register_forward_hook(post, with_kwargs=True)]
-    try:
-        with evaluating(model):
-            for batch in check_batches(batches):
-                ins.clear()
-                outs.clear()
-                (forward or run)(model, batch)
-                keep = mask(batch) if mask is not None else None
-                for s in spans:
-                    x, y = ins[s[0]], outs[s[-1]]
-                    if x.shape != y.shape:
-                        raise ValueError(f"block {label(s)} " + NOT_REMOVABLE.format(tuple(y.shape), tuple(x.shape)))
-                    acc[label(s)].add(masked_rows(x, keep), masked_rows(y, keep), conv=x.dim() == 4)
-    finally:
-        for h in handles:
-            h.remove()
+    with block_hooks(model, blocks, hooks), evaluating(model):
+        for batch in check_batches(batches):
+            ins.clear()
+            outs.clear()
+            (forward or run)(model, batch)
+            keep = mask(batch) if mask is not None else None
+            for s in spans:
+                x, y = ins[s[0]], outs[s[-1]]
+                if x.shape != y.shape:
+                    raise ValueError(f"block {label(s)} " + NOT_REMOVABLE.format(tuple(y.shape), tuple(x.shape)))
+                acc[label(s)].add(masked_rows(x, keep), masked_rows(y, keep), conv=x.dim() == 4)
     return {k: a.moments() for k, a in acc.items()}
