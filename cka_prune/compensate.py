@@ -47,7 +47,7 @@ same batches are read, so :meth:`ConsumerRefit.fit` must get the batches recorde
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +55,8 @@ import numpy as np
 import torch
 import torch_pruning as tp
 from torch import nn
+
+from cka_prune.batches import run_batch
 
 # Rows per block when the moments and errors are streamed in float64.
 BLOCK_ROWS = 4096
@@ -156,16 +158,6 @@ class LayerRefit:
     name: str
     error_before: float
     error_after: float
-
-
-def run_batch(model: nn.Module, batch: Any) -> Any:
-    """The model on one calibration batch: ``model(**batch)`` for a mapping (a ``BatchEncoding``
-    too), ``model(*batch)`` for a tuple or list, ``model(batch)`` otherwise."""
-    if isinstance(batch, Mapping):
-        return model(**batch)
-    if isinstance(batch, (tuple, list)):
-        return model(*batch)
-    return model(batch)
 
 
 def token_rows(x: torch.Tensor, mask: torch.Tensor | None, name: str) -> torch.Tensor:

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from cka_prune.batches import run_batch
+
 Span = tuple[str, ...]
 Forward = Callable[[nn.Module, Any], Any]
 
@@ -31,16 +33,6 @@ NOT_REMOVABLE = "is not removable: its output shape {} differs from its input sh
 def label(span: Span | str) -> str:
     """A candidate's key: its block names joined by ``+`` (a single block: its name)."""
     return span if isinstance(span, str) else "+".join(span)
-
-
-def run(model: nn.Module, batch: Any) -> Any:
-    """The default forward: ``model(**batch)`` for a mapping, ``model(*batch)`` for a tuple or list,
-    else ``model(batch)``."""
-    if isinstance(batch, Mapping):
-        return model(**batch)
-    if isinstance(batch, (tuple, list)):
-        return model(*batch)
-    return model(batch)
 
 
 def check_batches(batches: Iterable[Any]) -> Iterable[Any]:
@@ -150,7 +142,7 @@ def shapes(model: nn.Module, names: Sequence[str], example: Any, forward: Forwar
         return pre, post
 
     with block_hooks(model, names, hooks), evaluating(model):
-        (forward or run)(model, example)
+        (forward or run_batch)(model, example)
     return seen
 
 

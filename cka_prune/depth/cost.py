@@ -12,7 +12,8 @@ import torch_pruning as tp
 from torch import nn
 from torch.utils import benchmark
 
-from cka_prune.depth.blocks import evaluating, run
+from cka_prune.batches import run_batch
+from cka_prune.depth.blocks import evaluating
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,8 @@ def latency(model: nn.Module, example: Any, batch_sizes: Sequence[int] = (1, 64)
     with evaluating(model):
         for size in batch_sizes:
             batch = batch_of(example, size)
-            run(model, batch)  # warm-up: the first call allocates
-            timer = benchmark.Timer(stmt="run(model, batch)", num_threads=threads,
-                                    globals={"run": run, "model": model, "batch": batch})
+            run_batch(model, batch)  # warm-up: the first call allocates
+            timer = benchmark.Timer(stmt="run_batch(model, batch)", num_threads=threads,
+                                    globals={"run_batch": run_batch, "model": model, "batch": batch})
             out[int(size)] = float(timer.blocked_autorange(min_run_time=min_run_time).median)
     return out

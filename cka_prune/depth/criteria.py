@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from cka_prune.depth.blocks import Forward, Span, evaluating, first_tensor, label, run, skipped
+from cka_prune.batches import run_batch
+from cka_prune.depth.blocks import Forward, Span, evaluating, first_tensor, label, skipped
 from cka_prune.depth.patch import Patch, fit_patch, linear_cka, refit_cka
 from cka_prune.depth.recording import Accumulator, Mask, Moments, masked_rows
 
@@ -130,7 +131,7 @@ class Loss(Criterion):
 
 class Pons(Criterion):
     def __call__(self, context: Context) -> dict[str, float]:
-        forward = context.forward or run
+        forward = context.forward or run_batch
         acc = {label(s): Accumulator() for s in context.candidates}
         with evaluating(context.dense), evaluating(context.model):
             for batch in context.batches:

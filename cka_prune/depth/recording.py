@@ -22,8 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from cka_prune.batches import run_batch
 from cka_prune.depth.blocks import (NOT_REMOVABLE, Forward, Span, block_hooks, block_input, check_batches,
-                                    contiguous_spans, evaluating, first_tensor, label, rows, run)
+                                    contiguous_spans, evaluating, first_tensor, label, rows)
 
 Mask = Callable[[Any], torch.Tensor]
 
@@ -120,7 +121,7 @@ def record(model: nn.Module, names: Sequence[str], batches: Iterable[Any], forwa
         for batch in check_batches(batches):
             ins.clear()
             outs.clear()
-            (forward or run)(model, batch)
+            (forward or run_batch)(model, batch)
             keep = mask(batch) if mask is not None else None
             for s in spans:
                 x, y = ins[s[0]], outs[s[-1]]
