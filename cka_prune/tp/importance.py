@@ -71,7 +71,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from cka_prune.channel_interactions import ChannelBlock, channel_interactions
+from cka_prune.channel_interactions import PRECISIONS, ChannelBlock, channel_interactions
 from cka_prune.checks import NO_VARIATION
 from cka_prune.fast import fast_greedy_from_interactions
 from cka_prune.reference import reference_greedy
@@ -123,12 +123,13 @@ class CKAImportance(tp.importance.Importance):
     weights zeroed). kernel 'rbf' always runs the reference engine (:attr:`engine` is the one
     that runs). debiased: unbiased HSIC. normalizer: as Torch-Pruning's importances (module
     docstring, global pruning). max_samples: the most rows scored per layer (None: all).
-    After each call, ``scores[root module]`` holds the group's :class:`GroupScore`, and
+    precision: the fast engine's products, 'float64' (exact) or 'float32' (about twice as fast,
+    biased only; its agreement with float64 is measured in docs/benchmarks.md). After each call, ``scores[root module]`` holds the group's :class:`GroupScore`, and
     ``skipped[root module]`` the reason for a group left alone.
     """
 
     def __init__(self, engine: str = "fast", kernel: str = "linear", debiased: bool = False,
-                 normalizer: Normalizer = None, max_samples: int | None = 4096):
+                 normalizer: Normalizer = None, max_samples: int | None = 4096, precision: str = "float64"):
         if engine not in ("fast", "reference") or kernel not in ("linear", "rbf"):
             raise ValueError(f"CKAImportance: engine must be 'fast' or 'reference' and kernel 'linear' or 'rbf', "
                              f"got {engine!r}, {kernel!r}")
@@ -138,7 +139,11 @@ class CKAImportance(tp.importance.Importance):
             raise ValueError(f"CKAImportance: max_samples must be >= 2 or None, got {max_samples!r}")
         self.fast = engine == "fast" and kernel == "linear"
         self.kernel = kernel
+        if precision not in PRECISIONS or (debiased and precision != "float64"):
+            raise ValueError(f"CKAImportance: precision must be one of {PRECISIONS} ('float32' with debiased=False), "
+                             f"got {precision!r}")
         self.debiased = debiased
+        self.precision = precision
         self.normalizer = normalizer
         self.max_samples = max_samples
         self.outputs: dict[nn.Module, torch.Tensor] = {}
@@ -258,7 +263,7 @@ class CKAImportance(tp.importance.Importance):
         """The fast engine's interaction matrix M (n, n) of the group's representation: each
         output layer's recorded channels one block (``cka_prune.channel_interactions``)."""
         blocks = [ChannelBlock(self._selected(layer), layer.positions) for layer in self.output_layers(group)]
-        return channel_interactions(blocks, len(group[0].idxs), debiased=self.debiased)
+        return channel_interactions(blocks, len(group[0].idxs), debiased=self.debiased, precision=self.precision)
 
     def _varies(self, layers: list[OutputLayer]) -> bool:
         """Whether the group's outputs vary across the scoring samples."""
