@@ -11,7 +11,8 @@ for one), each on its own copy of the model, the least of ``--repeats`` runs:
 
 - forward: one forward pass of the scoring batch (no grad, eval);
 - magnitude: ``pruner.step()`` with Torch-Pruning's ``MagnitudeImportance`` (ratio 0.5);
-- CKA: ``CKAImportance.record`` on the scoring batch + ``pruner.step()`` (same pruner settings),
+- CKA: ``CKAImportance(residual="cka").record`` on the scoring batch + ``pruner.step()`` (same
+  pruner settings; residual streams scored, so CKA prunes the groups magnitude prunes),
   with the fast engine's products in float64 (exact) and in float32;
 - ratio: CKA / (magnitude + forward), target <= 3;
 - slowest group: the longest single call of the CKA importance, against the forward (target <= 1).
@@ -105,8 +106,8 @@ def vit_tiny(px: int) -> nn.Module:
 
 
 def _pruner_args(name: str, model: nn.Module) -> dict:
-    """Torch-Pruning's settings for the model: the classifier kept; a ViT's q/k/v head dims pruned
-    per head (Torch-Pruning's Hugging Face ViT example), its logits as the output."""
+    """Torch-Pruning's settings for the model: the classifier kept; a ViT's whole heads pruned
+    (docs/torch-pruning.md's ViT example), its logits as the output."""
     if name != "vit_tiny":
         return {"ignored_layers": [model[-1]]}
     from transformers.models.vit.modeling_vit import ViTAttention
@@ -115,8 +116,8 @@ def _pruner_args(name: str, model: nn.Module) -> dict:
         if isinstance(module, ViTAttention):
             heads.update({module.q_proj: module.num_attention_heads, module.k_proj: module.num_attention_heads,
                           module.v_proj: module.num_attention_heads})
-    return {"ignored_layers": [model.classifier], "num_heads": heads, "prune_head_dims": True,
-            "prune_num_heads": False, "output_transform": lambda out: out.logits.sum()}
+    return {"ignored_layers": [model.classifier], "num_heads": heads, "prune_num_heads": True,
+            "prune_head_dims": False, "head_pruning_ratio": RATIO, "output_transform": lambda out: out.logits.sum()}
 
 
 def _build(name: str, px: int, images: torch.Tensor) -> nn.Module:
@@ -154,7 +155,7 @@ def _pruner(name: str, net: nn.Module, importance, example: torch.Tensor) -> tp.
 def _cka_once(name: str, model: nn.Module, images: torch.Tensor, precision: str) -> tuple[float, float, list]:
     """(record, step, per-group times) of one CKA pruner step on a fresh copy of the model."""
     net = copy.deepcopy(model)
-    cka = CKAImportance(precision=precision)
+    cka = CKAImportance(precision=precision, residual="cka")
     timed = _TimedImportance(cka)
     pruner = _pruner(name, net, timed, images[:1])
     record = _timed(lambda: cka.record(net, images, pruner=pruner))
@@ -165,7 +166,7 @@ def agreement(name: str, model: nn.Module, images: torch.Tensor) -> tuple[float,
     """float32 against float64 on every group of one recording: (largest |difference| of a
     channel's importance, i.e. of the CKA loss along the order; groups whose lowest half, the
     channels a 0.5 step removes, differ; groups scored)."""
-    cka = CKAImportance()
+    cka = CKAImportance(residual="cka")
     pruner = _pruner(name, model, cka, images[:1])
     cka.record(model, images, pruner=pruner)
     worst, differ, scored = 0.0, 0, 0

@@ -9,6 +9,7 @@ import torch_pruning as tp
 from torch import nn
 
 from cka_prune import CKAImportance
+from cka_prune.tp.groups import Tap
 
 
 class InplaceResNet(nn.Module):
@@ -115,8 +116,14 @@ def prune_once(model, x, importance, ratio=0.5, **kwargs):
     return removed, [str(w.message) for w in caught if "CKAImportance" in str(w.message)]
 
 
+def score_of(importance, name):
+    """The score of the group rooted at ``name`` (scores are keyed by root and layers)."""
+    (score,) = [score for key, score in importance.scores.items() if key.root == name]
+    return score
+
+
 def first_of_order(importance, model, name, k):
-    return set(importance.scores[dict(model.named_modules())[name]].order[:k])
+    return set(score_of(importance, name).order[:k])
 
 
 @pytest.mark.parametrize("cls, shape, roots", [
@@ -153,10 +160,12 @@ def test_a_transformer_blocks_mlp_is_pruned_on_tokens_and_the_attention_group_is
     importance = CKAImportance()
     removed, warned = prune_once(model, x, importance)
     assert set(removed) == {"blocks.0.fc1"}
-    assert importance.outputs[model.blocks[0].fc1].shape == (30, 32, 1)  # 6 sequences x 5 tokens
+    # Scored on what fc2 reads (after the GELU): 6 sequences x 5 tokens.
+    assert importance.recorded.outputs[Tap(model.blocks[0].fc2, True)].shape == (30, 32, 1)
     assert set(removed["blocks.0.fc1"]) == first_of_order(importance, model, "blocks.0.fc1", 16)
     # The residual stream's group holds the LayerNorms and the attention: one warning, naming it.
-    assert len(warned) == 1 and "blocks.0.fc2" in warned[0] and "attention blocks.0.attn" in warned[0]
+    assert len(warned) == 1 and "blocks.0.fc2 (with " in warned[0] and "blocks.0.attn" in warned[0]
+    assert "residual stream (norms blocks.0.ln1, blocks.0.ln2)" in warned[0]
     assert model.blocks[0].fc1.out_features == 16 and model.embed.out_features == 16
     assert model(x).shape == (6, 4)
 
@@ -178,8 +187,8 @@ def test_a_layernorm_group_is_left_alone_with_one_warning():
     importance = CKAImportance()
     removed, warned = prune_once(model, x, importance)
     assert set(removed) == {"up"} and model.embed.out_features == 8
-    assert len(warned) == 1 and "norm (LayerNorm)" in warned[0]
-    assert [r for r in importance.skipped.values() if "LayerNorm" in r] == list(importance.skipped.values())
+    assert len(warned) == 1 and "residual stream (norms norm)" in warned[0]
+    assert [r for r in importance.skipped.values() if "residual stream" in r] == list(importance.skipped.values())
 
 
 def test_token_rows_are_capped_by_the_sample_budget():
@@ -187,8 +196,8 @@ def test_token_rows_are_capped_by_the_sample_budget():
     model = Transformer().eval()
     importance = CKAImportance(max_samples=12)
     prune_once(model, torch.randn(6, 5, 8), importance)
-    assert len(importance.scores[model.blocks[0].fc1].order) == 32
-    assert importance.outputs[model.blocks[0].fc1].shape == (12, 32, 1)
+    assert len(score_of(importance, "blocks.0.fc1").order) == 32
+    assert importance.recorded.outputs[Tap(model.blocks[0].fc2, True)].shape == (12, 32, 1)
 
 
 def test_one_scoring_sample_is_a_warning_and_no_prune():
@@ -265,8 +274,8 @@ def test_a_conv_reused_in_sequence_is_scored_with_both_calls_beside_the_stem():
     assert set(removed["shared"]) == first_of_order(fast, model, "shared", 4)
     again = image_model(Reused)
     prune_once(again, x, reference)  # the literal loop, re-running both calls with zeroed weights
-    assert reference.scores[again.shared].order == fast.scores[model.shared].order
-    np.testing.assert_allclose(reference.scores[again.shared].cka, fast.scores[model.shared].cka, rtol=1e-9)
+    assert score_of(reference, "shared").order == score_of(fast, "shared").order
+    np.testing.assert_allclose(score_of(reference, "shared").cka, score_of(fast, "shared").cka, rtol=1e-9)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -280,8 +289,7 @@ def test_a_model_on_cuda_is_scored_as_on_the_cpu(engine, monkeypatch):
     removed_gpu, _ = prune_once(on_gpu, x.cuda(), gpu)
     assert removed_gpu == removed_cpu and on_gpu(x.cuda()).shape == (24, 4)
     for name in ("stem.0", "conv1"):
-        a, b = dict(on_cpu.named_modules())[name], dict(on_gpu.named_modules())[name]
-        np.testing.assert_allclose(gpu.scores[b].cka, cpu.scores[a].cka, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(score_of(gpu, name).cka, score_of(cpu, name).cka, rtol=1e-4, atol=1e-6)
 
 
 def test_samples_on_which_cka_is_undefined_are_a_warning_not_an_abort():

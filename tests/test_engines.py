@@ -37,8 +37,8 @@ def test_engines_re_exports_each_name_from_its_defining_module() -> None:
 
 def test_the_package_exports_the_torch_pruning_users_api_only() -> None:
     assert sorted(cka_prune.__all__) == sorted(["CKAImportance", "baseline_importance", "channel_groups", "cka",
-                                                "feature_space_linear_cka", "gram_linear", "gram_rbf", "greedy_cka",
-                                                "__version__"])
+                                                "conv1d_to_linear", "feature_space_linear_cka", "gram_linear",
+                                                "gram_rbf", "greedy_cka", "update_head_counts", "__version__"])
     assert all(hasattr(cka_prune, name) for name in cka_prune.__all__)
     assert not hasattr(cka_prune, "obs_greedy") and not hasattr(cka_prune, "refit_search")
     # A user reads each name's docstring.

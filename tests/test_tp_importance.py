@@ -46,7 +46,7 @@ def all_groups(model, example):
 
 
 def group_key(importance, group):
-    names = {importance.names[layer.module] for layer in importance.output_layers(group)}
+    names = {importance.names[site.tap.module] for site in importance.plan(group).sites}
     return next(key for key, layers in RESNET8_GROUPS.items() if set(layers) == names)
 
 
@@ -105,7 +105,7 @@ def test_coupled_group_order_equals_the_reference_loop_on_really_zeroed_layers()
 
         expected_order, expected_cka = reference_greedy(recompute([]).numpy(), recompute, n, n)
         imp = importance(group)
-        score = importance.scores[group[0].dep.target.module]
+        score = importance.scores[importance.key(group)]
         assert list(score.order) == expected_order
         np.testing.assert_allclose(score.cka, expected_cka, rtol=1e-9, atol=1e-12)
         # The importance ranks channels exactly in that order, strictly increasing.
@@ -121,7 +121,7 @@ def test_local_pruning_removes_the_first_k_of_each_groups_greedy_order():
     orders = {}
     for group in all_groups(model, x[:1]):
         importance(group)
-        orders[importance.names[group[0].dep.target.module]] = importance.scores[group[0].dep.target.module].order
+        orders[importance.names[group[0].dep.target.module]] = importance.scores[importance.key(group)].order
     result = physical_pass(model, "cka", 0.5, x[:1], x)
     assert len(result.groups) == 6
     for record in result.groups:
@@ -139,8 +139,8 @@ def test_global_pruning_takes_the_least_cka_loss_over_all_groups_as_a_prefix_of_
     for group in all_groups(model, x[:1]):
         root = importance.names[group[0].dep.target.module]
         values[root] = importance(group)
-        orders[root] = importance.scores[group[0].dep.target.module].order
-        cka = importance.scores[group[0].dep.target.module].cka
+        orders[root] = importance.scores[importance.key(group)].order
+        cka = importance.scores[importance.key(group)].cka
         # Importance = CKA loss after each removal, made increasing along the order.
         np.testing.assert_allclose(values[root][list(orders[root])], np.maximum.accumulate(1 - np.array(cka)), atol=1e-12)
     total = sum(len(v) for v in values.values())
@@ -218,7 +218,7 @@ class GroupNormNet(nn.Module):
 def test_an_unsupported_group_is_left_alone_with_its_reason():
     x = torch.rand(8, 1, 6, 6)
     model = GroupNormNet()
-    with pytest.warns(UserWarning, match="the group of conv is left alone: it contains norm .GroupNorm."):
+    with pytest.warns(UserWarning, match=r"the group of conv \(with fc, norm\) is left alone: it contains norm .GroupNorm."):
         result = physical_pass(model, "cka", 0.5, x[:1], x)
     (record,) = result.groups
     assert record.removed == () and "norm (GroupNorm)" in record.skipped and model.conv.out_channels == 4

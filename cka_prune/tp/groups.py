@@ -1,10 +1,11 @@
-"""What a Torch-Pruning group removes: its output layers and their channel maps.
+"""What a Torch-Pruning group removes, and where its channels are read.
 
 A group (DepGraph) is a list of (dependency, indices) items: every layer coupled to the root
-layer's output channels. The layers whose *output* channels it removes (Conv2d/Linear pruned by
-an output-channel function) carry the representation CKA scores; their consumers' inputs,
-BatchNorms and parameterless ops follow those outputs. Any other parameterised layer makes the
-group one CKA cannot score (:class:`Skip`).
+layer's channels. A :class:`Site` is one recorded tensor the group's channels own columns of:
+the output of a Conv2d/Linear whose output channels it removes (the default), or the input of
+a layer that reads them (a consumer: an MLP's down projection, an attention's output
+projection, a residual stream's norms; :mod:`cka_prune.tp.transformers`). Any other
+parameterised layer in a default group makes it one CKA cannot score (:class:`Skip`).
 """
 
 from __future__ import annotations
@@ -21,10 +22,30 @@ CONSUMER_FNS = (tp.prune_conv_in_channels, tp.prune_depthwise_conv_in_channels, 
 
 
 @dataclass(frozen=True)
-class OutputLayer:
+class Tap:
+    """A recorded tensor: the module's input (``reads``) or its output."""
+
     module: nn.Module
-    channels: list[int]   # the module's output channels in the group
+    reads: bool
+
+
+@dataclass(frozen=True)
+class Site:
+    tap: Tap
+    channels: list[int]   # the tensor's channels in the group
     positions: list[int]  # their positions in the group's importance vector
+
+
+@dataclass(frozen=True)
+class GroupKey:
+    """A group's name, unique per group: its root layer and every named layer it holds (sorted)."""
+
+    root: str
+    layers: tuple[str, ...]
+
+    def __str__(self) -> str:
+        others = [name for name in self.layers if name != self.root]
+        return self.root + (f" (with {', '.join(others)})" if others else "")
 
 
 class Skip(Exception):
@@ -46,22 +67,52 @@ def module_name(module: object, names: dict[nn.Module, str], group: tp.Group | N
     return type(module).__name__
 
 
-def output_layers(group: tp.Group, names: dict[nn.Module, str]) -> list[OutputLayer]:
-    """The group's Conv2d/Linear layers whose output channels it removes, with channel maps;
-    :class:`Skip` when the group has layers CKA cannot score. Adds every layer's path to ``names``
-    (for later messages)."""
+def group_key(group: tp.Group, names: dict[nn.Module, str]) -> GroupKey:
+    layers = {module_name(item.dep.target.module, names, group) for item in group
+              if parameterised(item.dep.target.module)}
+    return GroupKey(module_name(group[0].dep.target.module, names, group), tuple(sorted(layers)))
+
+
+def is_output(item) -> bool:  # item: one (dependency, indices) entry of a group
+    return item.dep.handler in OUTPUT_FNS and isinstance(item.dep.target.module, (nn.Conv2d, nn.Linear))
+
+
+def output_modules(group: tp.Group) -> list[nn.Module]:
+    """The group's Conv2d/Linear layers whose output channels it removes."""
+    return [item.dep.target.module for item in group if is_output(item)]
+
+
+def _site(item, tap: Tap, position: dict[int, int], name: str) -> Site:
+    if any(r is None for r in item.root_idxs):
+        raise Skip(f"it maps channels of {name} to no root channel")
+    return Site(tap, list(item.idxs), [position[r] for r in item.root_idxs])
+
+
+def read_sites(group: tp.Group, modules: list[nn.Module], names: dict[nn.Module, str]) -> list[Site]:
+    """The inputs of ``modules`` (each in the group), restricted to the group's channels."""
     position = {r: j for j, r in enumerate(group[0].root_idxs)}
-    layers = []
+    sites = {}
     for item in group:
-        dep, idxs = item.dep, list(item.idxs)
-        module, fn = dep.target.module, dep.handler
+        module = item.dep.target.module
+        if module in modules and module not in sites and (not isinstance(module, (nn.Conv2d, nn.Linear))
+                                                          or item.dep.handler in CONSUMER_FNS):
+            sites[module] = _site(item, Tap(module, True), position, module_name(module, names, group))
+    return [sites[m] for m in modules]
+
+
+def output_sites(group: tp.Group, names: dict[nn.Module, str]) -> list[Site]:
+    """The outputs of the group's Conv2d/Linear layers whose output channels it removes, with
+    channel maps; :class:`Skip` when the group has layers CKA cannot score. Adds every layer's
+    path to ``names`` (for later messages)."""
+    position = {r: j for j, r in enumerate(group[0].root_idxs)}
+    sites = []
+    for item in group:
+        module, fn = item.dep.target.module, item.dep.handler
         name = names.setdefault(module, module_name(module, names, group))
-        if fn in OUTPUT_FNS and isinstance(module, (nn.Conv2d, nn.Linear)):
+        if is_output(item):
             if isinstance(module, nn.Conv2d) and module.groups not in (1, module.out_channels):
                 raise Skip(f"it contains the grouped convolution {name}, which CKA does not score")
-            if any(r is None for r in item.root_idxs):
-                raise Skip(f"it maps channels of {name} to no root channel")
-            layers.append(OutputLayer(module, idxs, [position[r] for r in item.root_idxs]))
+            sites.append(_site(item, Tap(module, False), position, name))
         elif isinstance(module, nn.MultiheadAttention):
             raise Skip(f"it contains the attention {name} (MultiheadAttention); attention heads are not scored")
         elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)) or not parameterised(module):
@@ -71,8 +122,6 @@ def output_layers(group: tp.Group, names: dict[nn.Module, str]) -> list[OutputLa
         else:
             raise Skip(f"it contains {name} ({type(module).__name__}); CKA scores groups of Conv2d, "
                        "Linear and BatchNorm layers only")
-    if not layers:
+    if not sites:
         raise Skip("it removes no Conv2d or Linear output channels")
-    if len({pos for layer in layers for pos in layer.positions}) != len(group[0].idxs):
-        raise Skip("a channel of it appears in no Conv2d/Linear output")
-    return layers
+    return sites

@@ -83,6 +83,7 @@ class _Logged(tp.importance.Importance):
         self.inner = inner
         self.last: dict[nn.Module, torch.Tensor] = {}
         self.unscored: dict[nn.Module, tp.Group] = {}
+        self.keys: dict[nn.Module, object] = {}  # CKA's key of the group scored at each root
         self.ranks: dict[nn.Module, torch.Tensor] | None = None
 
     def __call__(self, group: tp.Group) -> torch.Tensor | None:
@@ -90,6 +91,8 @@ class _Logged(tp.importance.Importance):
         if self.ranks is not None:
             return self.ranks.get(root)
         imp = self.inner(group)
+        if isinstance(self.inner, CKAImportance):
+            self.keys[root] = self.inner.key(group)
         if imp is None:
             self.unscored[root] = group
         else:
@@ -204,7 +207,7 @@ def physical_pass(model: nn.Module, importance: str, ratio: float, example_input
             for group in pruner.step(interactive=True):
                 records.append(_prune_group(group, step, names, logged, scorer, kept))
             records += [GroupRecord(step, names[root], _output_layers(group, names), _out_channels(root), (), None,
-                                    skipped=reasons.get(root, unscored))
+                                    skipped=reasons.get(logged.keys.get(root), unscored))
                         for root, group in logged.unscored.items()]
             if importance == "tp_taylor":
                 model.zero_grad(set_to_none=True)
@@ -247,8 +250,8 @@ def _prune_group(group: tp.Group, step: int, names: dict[nn.Module, str], logged
     imp = logged.last[root]
     removed = tuple(sorted(pruned, key=lambda c: (float(imp[c]), c)))
     cka = None
-    if isinstance(scorer, CKAImportance) and scorer.scores[root].cka is not None:
-        cka = scorer.scores[root].cka[:len(removed)]
+    if isinstance(scorer, CKAImportance) and scorer.scores[logged.keys[root]].cka is not None:
+        cka = scorer.scores[logged.keys[root]].cka[:len(removed)]
     _track_outputs(group, names, kept)
     try:
         group.prune()
