@@ -9,7 +9,8 @@ With X column-centered and K_c = X_c X_c^T (N x N), the fast engine needs (`cka_
     M[c, d] = <K_c, K_d>_F = ||X_c^T X_d||_F^2                 (biased)
     M[c, d] = <U(K_c), U(K_d)>_F = N (N-3) HSIC_u(K_c, K_d)     (debiased, U of center_gram)
 
-Two exact float64 routes, each bounded in memory, the cheaper one taken (`choose_channel_route`):
+Two exact routes, each bounded in memory, the one with fewer multiply-adds taken
+(`choose_channel_route`):
 
 - covariance (few columns per channel, P^2 < about N/2): per chunk A of channels,
   G_A = X_A^T X_{>=A} (the cross-covariances), M[A, >=A] = block sums of G_A o G_A; only the
@@ -20,6 +21,11 @@ Two exact float64 routes, each bounded in memory, the cheaper one taken (`choose
   batched products (n N^2 P), then M = F F^T with F (n, N(N+1)/2) the Grams' upper triangles,
   off-diagonal entries scaled by sqrt(2) so that F_c . F_d = <K_c, K_d>_F (a symmetric rank-k
   product: n^2 N^2 / 4). Chunks of channels when F exceeds the memory bound.
+
+Both center each column in float64 first (a float32 mean can be off by more than the spread of
+a nearly constant column) and take their products in float64, or in float32 when asked
+(``precision``: about twice as fast; biased only, as the debiased estimator subtracts nearly
+equal terms; its agreement with float64 is measured in docs/benchmarks.md). M is float64.
 """
 
 from __future__ import annotations
@@ -33,9 +39,9 @@ import torch
 from cka_prune.checks import check_choice
 from cka_prune.interactions import DEFAULT_MEMORY_BYTES
 
+PRECISIONS = ("float64", "float32")
 # Columns of G_A per covariance chunk: wide enough for efficient products, small enough for the cache.
 CHUNK_COLUMNS = 512
-PRECISIONS = ("float64", "float32")
 # Largest covariance (D x D float64) computed at once by a symmetric product; larger ones in chunks.
 FULL_COVARIANCE_BYTES = 64 * 1024**2
 # Bytes of float64 columns and Grams per step of the Gram route's build.
@@ -74,8 +80,7 @@ class _Block:
         run = held.size and np.array_equal(held, np.arange(held[0], held[0] + held.size))
         y = self.outputs[:, held[0]:held[0] + held.size] if run else self.outputs[:, held]
         z = np.empty((y.shape[1], y.shape[0], y.shape[2]), dtype=self.dtype)
-        # Centered in float64 (a float32 mean can be off by more than the spread of nearly constant
-        # columns), converted and transposed in the same pass.
+        # Centered in float64 (module docstring), converted and transposed in the same pass.
         np.subtract(y.transpose(1, 0, 2), y.mean(axis=0, dtype=np.float64)[:, None, :], out=z, casting="unsafe")
         return have, z
 
@@ -202,8 +207,7 @@ def channel_interactions(blocks: Sequence[ChannelBlock], n: int, *, debiased: bo
                          precision: str = "float64") -> np.ndarray:
     """Interaction matrix M (n, n) float64 of a group of n channels from its output layers'
     blocks (module docstring). route: 'covariance', 'gram' or 'auto' (`choose_channel_route`).
-    precision: 'float64' (exact) or 'float32' (the products in float32, about twice as fast;
-    biased only: the debiased estimator subtracts nearly equal terms)."""
+    precision: 'float64' or 'float32', the products' (module docstring)."""
     check_choice("route", route, ("auto", "covariance", "gram"))
     check_choice("precision", precision, PRECISIONS)
     if debiased and precision != "float64":
