@@ -44,6 +44,7 @@ bench: $(INSTALLED)
 	$(PY) bench/prune_speed.py
 	$(PY) bench/export_latency.py
 	$(PY) bench/tp_importance_speed.py
+	$(PY) bench/tp_speed_table.py
 	$(PY) bench/tp_recording_memory.py
 
 # The scratch folder links the sources in, so the demo runs exactly as `make demo` does, paths

@@ -9,7 +9,8 @@ With X column-centered and K_c = X_c X_c^T (N x N), the fast engine needs (`cka_
     M[c, d] = <K_c, K_d>_F = ||X_c^T X_d||_F^2                 (biased)
     M[c, d] = <U(K_c), U(K_d)>_F = N (N-3) HSIC_u(K_c, K_d)     (debiased, U of center_gram)
 
-Two exact float64 routes, each bounded in memory, the cheaper one taken (`choose_channel_route`):
+Two exact routes, each bounded in memory, the one with fewer multiply-adds taken
+(`choose_channel_route`):
 
 - covariance (few columns per channel, P^2 < about N/2): per chunk A of channels,
   G_A = X_A^T X_{>=A} (the cross-covariances), M[A, >=A] = block sums of G_A o G_A; only the
@@ -20,6 +21,11 @@ Two exact float64 routes, each bounded in memory, the cheaper one taken (`choose
   batched products (n N^2 P), then M = F F^T with F (n, N(N+1)/2) the Grams' upper triangles,
   off-diagonal entries scaled by sqrt(2) so that F_c . F_d = <K_c, K_d>_F (a symmetric rank-k
   product: n^2 N^2 / 4). Chunks of channels when F exceeds the memory bound.
+
+Both center each column in float64 first (a float32 mean can be off by more than the spread of
+a nearly constant column) and take their products in float64, or in float32 when asked
+(``precision``: about twice as fast; biased only, as the debiased estimator subtracts nearly
+equal terms; its agreement with float64 is measured in docs/benchmarks.md). M is float64.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import torch
 from cka_prune.checks import check_choice
 from cka_prune.interactions import DEFAULT_MEMORY_BYTES
 
+PRECISIONS = ("float64", "float32")
 # Columns of G_A per covariance chunk: wide enough for efficient products, small enough for the cache.
 CHUNK_COLUMNS = 512
 # Largest covariance (D x D float64) computed at once by a symmetric product; larger ones in chunks.
@@ -56,24 +63,25 @@ class _Block:
 
     outputs: np.ndarray  # (N, k, P_l), the recorded dtype
     local: np.ndarray    # (n,) int
+    dtype: type          # of the products
 
     @classmethod
-    def of(cls, block: ChannelBlock, n: int) -> _Block:
+    def of(cls, block: ChannelBlock, n: int, dtype: type) -> _Block:
         local = np.full(n, -1)
         local[np.asarray(block.positions, dtype=np.int64)] = np.arange(len(block.positions))
-        return cls(block.outputs.detach().cpu().numpy(), local)
+        return cls(block.outputs.detach().cpu().numpy(), local, dtype)
 
     def centered(self, chunk: range) -> tuple[np.ndarray, np.ndarray]:
-        """(mask of the chunk's positions this layer holds, their columns (c, N, P_l) float64,
-        centered over the samples, contiguous per channel)."""
+        """(mask of the chunk's positions this layer holds, their columns (c, N, P_l) in the
+        products' dtype, centered over the samples, contiguous per channel)."""
         idx = self.local[chunk.start:chunk.stop]
         have = idx >= 0
         held = idx[have]
         run = held.size and np.array_equal(held, np.arange(held[0], held[0] + held.size))
         y = self.outputs[:, held[0]:held[0] + held.size] if run else self.outputs[:, held]
-        z = np.empty((y.shape[1], y.shape[0], y.shape[2]))
-        z[...] = y.transpose(1, 0, 2)  # converted and transposed in one pass
-        z -= z.mean(axis=1, keepdims=True)
+        z = np.empty((y.shape[1], y.shape[0], y.shape[2]), dtype=self.dtype)
+        # Centered in float64 (module docstring), converted and transposed in the same pass.
+        np.subtract(y.transpose(1, 0, 2), y.mean(axis=0, dtype=np.float64)[:, None, :], out=z, casting="unsafe")
         return have, z
 
 
@@ -89,27 +97,25 @@ def choose_channel_route(samples: int, n: int, width: int, debiased: bool) -> st
 
 
 def _stacked(blocks: list[_Block], n: int, width: int) -> np.ndarray:
-    """X (N, n * P) float64, centered, channel-major: every layer's columns of a channel side by side."""
+    """X (N, n * P), centered, channel-major: every layer's columns of a channel side by side."""
     samples = blocks[0].outputs.shape[0]
-    x = np.zeros((samples, n, width))
+    x = np.zeros((samples, n, width), dtype=blocks[0].dtype)
     offset = 0
     for block in blocks:
         have = block.local >= 0
         held = block.local[have]
         y = block.outputs if np.array_equal(held, np.arange(n)) else block.outputs[:, held]
-        x[:, have, offset:offset + y.shape[2]] = y
+        x[:, have, offset:offset + y.shape[2]] = y - y.mean(axis=0, dtype=np.float64)  # as in _Block.centered
         offset += y.shape[2]
-    x = x.reshape(samples, n * width)
-    x -= x.mean(axis=0)
-    return x
+    return x.reshape(samples, n * width)
 
 
 def _block_sums(e: np.ndarray, rows: int, cols: int, width: int) -> np.ndarray:
-    """(rows, cols) sums of the width x width blocks of e (rows * width, cols * width)."""
+    """(rows, cols) float64 sums of the width x width blocks of e (rows * width, cols * width)."""
     if width == 1:
-        return e
+        return e.astype(np.float64, copy=False)
     # torch's strided sums are several times faster than NumPy's here.
-    return torch.from_numpy(e).view(rows, width, cols, width).sum(dim=3).sum(dim=1).numpy()
+    return torch.from_numpy(e).view(rows, width, cols, width).sum(dim=3, dtype=torch.float64).sum(dim=1).numpy()
 
 
 def _covariance_interactions(blocks: list[_Block], n: int, width: int, debiased: bool) -> np.ndarray:
@@ -160,12 +166,13 @@ def _packed_grams(blocks: list[_Block], chunk: range, debiased: bool) -> np.ndar
     samples = blocks[0].outputs.shape[0]
     rows, cols = np.triu_indices(samples)
     upper = rows * samples + cols
-    weight = np.where(rows == cols, 1.0, np.sqrt(2.0))
+    weight = np.where(rows == cols, 1.0, np.sqrt(2.0)).astype(blocks[0].dtype)
+    dtype = blocks[0].dtype
     per_channel = 8 * samples * (samples + sum(b.outputs.shape[2] for b in blocks))
-    packed = np.empty((len(chunk), upper.size))
+    packed = np.empty((len(chunk), upper.size), dtype=dtype)
     for sub in _chunks(len(chunk), max(1, SUBCHUNK_BYTES // per_channel)):
         part = range(chunk.start + sub.start, chunk.start + sub.stop)
-        k = np.zeros((len(part), samples, samples))
+        k = np.zeros((len(part), samples, samples), dtype=dtype)
         for block in blocks:
             have, z = block.centered(part)
             if have.all():
@@ -196,11 +203,16 @@ def _gram_interactions(blocks: list[_Block], n: int, debiased: bool, memory_byte
 
 
 def channel_interactions(blocks: Sequence[ChannelBlock], n: int, *, debiased: bool = False,
-                         route: str = "auto", memory_bytes: int = DEFAULT_MEMORY_BYTES) -> np.ndarray:
-    """Interaction matrix M (n, n) of a group of n channels from its output layers' blocks
-    (module docstring). route: 'covariance', 'gram' or 'auto' (`choose_channel_route`)."""
+                         route: str = "auto", memory_bytes: int = DEFAULT_MEMORY_BYTES,
+                         precision: str = "float64") -> np.ndarray:
+    """Interaction matrix M (n, n) float64 of a group of n channels from its output layers'
+    blocks (module docstring). route: 'covariance', 'gram' or 'auto' (`choose_channel_route`).
+    precision: 'float64' or 'float32', the products' (module docstring)."""
     check_choice("route", route, ("auto", "covariance", "gram"))
-    views = [_Block.of(block, n) for block in blocks]
+    check_choice("precision", precision, PRECISIONS)
+    if debiased and precision != "float64":
+        raise ValueError("precision='float32' is for the biased estimator only (debiased=False)")
+    views = [_Block.of(block, n, np.dtype(precision).type) for block in blocks]
     width = sum(block.outputs.shape[2] for block in views)
     if route == "auto":
         route = choose_channel_route(views[0].outputs.shape[0], n, width, debiased)

@@ -75,7 +75,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from cka_prune.channel_interactions import ChannelBlock, channel_interactions
+from cka_prune.channel_interactions import PRECISIONS, ChannelBlock, channel_interactions
 from cka_prune.checks import NO_VARIATION
 from cka_prune.fast import fast_greedy_from_interactions
 from cka_prune.reference import reference_greedy
@@ -132,12 +132,15 @@ class CKAImportance(tp.importance.Importance):
     normalizer: as Torch-Pruning's importances (module docstring, global pruning).
     max_samples: the most rows kept per site (None: all). residual: 'skip' (residual streams
     left alone) or 'cka' (scored at their norms' inputs, :mod:`cka_prune.tp.plan`).
+    precision: the fast engine's products, 'float64' (exact) or 'float32' (faster, biased
+    only; its agreement with float64 is measured in docs/benchmarks.md).
     After each call, ``scores[key]`` holds the group's :class:`GroupScore` and ``skipped[key]``
     the reason for a group left alone, ``key = imp.key(group)`` (:class:`GroupKey`).
     """
 
     def __init__(self, engine: str = "fast", kernel: str = "linear", debiased: bool = False,
-                 normalizer: Normalizer = None, max_samples: int | None = 4096, residual: str = "skip"):
+                 normalizer: Normalizer = None, max_samples: int | None = 4096, residual: str = "skip",
+                 precision: str = "float64"):
         if engine not in ("fast", "reference") or kernel not in ("linear", "rbf"):
             raise ValueError(f"CKAImportance: engine must be 'fast' or 'reference' and kernel 'linear' or 'rbf', "
                              f"got {engine!r}, {kernel!r}")
@@ -147,9 +150,13 @@ class CKAImportance(tp.importance.Importance):
             raise ValueError(f"CKAImportance: max_samples must be >= 2 or None, got {max_samples!r}")
         if residual not in RESIDUAL:
             raise ValueError(f"CKAImportance: residual must be one of {RESIDUAL}, got {residual!r}")
+        if precision not in PRECISIONS or (debiased and precision != "float64"):
+            raise ValueError(f"CKAImportance: precision must be one of {PRECISIONS} ('float32' with debiased=False), "
+                             f"got {precision!r}")
         self.fast = engine == "fast" and kernel == "linear"
         self.kernel = kernel
         self.debiased = debiased
+        self.precision = precision
         self.normalizer = normalizer
         self.max_samples = max_samples
         self.residual = residual
@@ -329,7 +336,7 @@ class CKAImportance(tp.importance.Importance):
         found = self.plan(group)
         n = len(group[0].idxs)
         blocks = [ChannelBlock(self._selected(site), site.positions) for site in found.sites]
-        m = channel_interactions(blocks, n, debiased=self.debiased)
+        m = channel_interactions(blocks, n, debiased=self.debiased, precision=self.precision)
         if found.units == [[c] for c in range(n)]:
             return m
         a = np.zeros((len(found.units), n))
