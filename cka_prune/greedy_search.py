@@ -60,8 +60,10 @@ def choose(scores: np.ndarray, candidates: np.ndarray, tie_scale: float | None =
     """
     masked = np.where(candidates, scores, -np.inf)
     best = masked.max()
-    # argmax of a bool array: the first True, i.e. the lowest tied candidate.
-    return int(np.argmax(masked >= best - TIE_RTOL * (abs(best) if tie_scale is None else tie_scale)))
+    if np.isnan(best) or not candidates.any():
+        raise ValueError("choose: no candidate left, or a candidate's score is NaN")
+    tied = candidates & (masked >= best - TIE_RTOL * (abs(best) if tie_scale is None else tie_scale))
+    return int(np.argmax(tied))  # argmax of a bool array: the first True, i.e. the lowest tied candidate
 
 
 @dataclass

@@ -27,6 +27,21 @@ def test_choose_ties_relative_to_a_given_scale() -> None:
     assert choose(scores, np.ones(3, dtype=bool), tie_scale=1e6) == 1
 
 
+def test_choose_never_returns_a_non_candidate() -> None:
+    # Candidates scored -inf (an infinite cost) still beat the masked-out ones, which also read -inf.
+    assert choose(np.array([5.0, -np.inf, -np.inf]), np.array([False, False, True])) == 2
+    assert choose(np.array([np.nan, -np.inf, 1.0]), np.array([False, True, True])) == 2
+
+
+@pytest.mark.parametrize("scores, candidates", [
+    (np.array([0.5, np.nan, 0.2]), np.array([True, True, True])),
+    (np.array([0.5, 0.1]), np.array([False, False])),
+])
+def test_choose_refuses_nan_scores_and_no_candidates(scores: np.ndarray, candidates: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="no candidate left, or a candidate's score is NaN"):
+        choose(scores, candidates)
+
+
 def _searches(widths: list[int], seed: int, greedy: str = "conditional") -> list[Search]:
     return [fast_search(interactions_from_activations(activations(n=30, d=w, seed=seed + i)), greedy=greedy)
             for i, w in enumerate(widths)]
