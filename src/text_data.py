@@ -40,7 +40,8 @@ class TokenSplit:
 
     def __post_init__(self) -> None:
         if self.tokens.dtype != torch.uint8 or self.tokens.dim() != 2 or self.tokens.shape[1] < 2:
-            raise ValueError(f"TokenSplit.tokens must be uint8 (N, T + 1), got {self.tokens.dtype} {tuple(self.tokens.shape)}")
+            raise ValueError(f"TokenSplit.tokens must be uint8 (N, T + 1), "
+                             f"got {self.tokens.dtype} {tuple(self.tokens.shape)}")
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -93,7 +94,7 @@ def split_files(sizes: dict[str, int], val_split: float, seed: int) -> tuple[lis
         while sum(sizes[n] for n in part) < quota:
             name = next(rest, None)
             if name is None:
-                raise UserError(f"data.val_split={val_split} leaves no files for training ({len(names)} files in the corpus)")
+                break
             part.append(name)
     train = sorted(rest)
     if not train:

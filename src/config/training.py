@@ -7,16 +7,17 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
-from src.config.options import (BYTES, DATASET_SHAPES, DATASETS, MODEL_TYPES, OPTIMIZERS, RESIDUAL_DEFAULTS, RESIDUAL_TYPES,
-                                SCHEDULES, SEED_MAX, TEXT_CONTEXT, TEXT_DATASETS, VGG_DEPTHS, ZOO_DEFAULTS, ZOO_TYPES)
+from src.config.options import (BYTES, DATASET_SHAPES, DATASETS, MODEL_TYPES, OPTIMIZERS, RESIDUAL_DEFAULTS,
+                                RESIDUAL_TYPES, SCHEDULES, SEED_MAX, TEXT_CONTEXT, TEXT_DATASETS, VGG_DEPTHS,
+                                ZOO_DEFAULTS, ZOO_TYPES)
 from src.config.reader import _int_list, _is_int, _is_number, _positive_int, _Section, is_seed
 from src.config.schema import DataConfig, ModelConfig, TrainParams
 
 
 _ZOO_KEYS = ("depth", "width", "input_shape", "output_size")
 # The keys each residual model takes: its size keys, and the image shape and classes (not the decoder's).
-_RESIDUAL_KEYS = {t: ("depth", "width", *RESIDUAL_DEFAULTS[t], *(() if t == "decoder" else ("input_shape", "output_size")))
-                  for t in RESIDUAL_TYPES}
+_RESIDUAL_KEYS = {t: ("depth", "width", *RESIDUAL_DEFAULTS[t],
+                      *(() if t == "decoder" else ("input_shape", "output_size"))) for t in RESIDUAL_TYPES}
 
 
 def _drop_saved_defaults(s: _Section, model_type: str, keys: tuple[str, ...]) -> None:
@@ -44,7 +45,8 @@ def _read_residual_model(s: _Section, model_type: str, data: DataConfig) -> Mode
         s.fail(s.key("heads"), f"must divide model.width ({size['width']})", size["heads"])
     if model_type == "decoder":
         s.done()
-        return ModelConfig(type=model_type, **size, context=data.context, input_shape=(data.context,), output_size=BYTES)
+        return ModelConfig(type=model_type, **size, context=data.context, input_shape=(data.context,),
+                           output_size=BYTES)
     shape = tuple(s.get("input_shape", list(DATASET_SHAPES[data.dataset]), lambda v: _int_list(v) and len(v) == 3,
                         "must be [channels, height, width]"))
     if "patch_size" in size and (shape[1] % size["patch_size"] or shape[2] % size["patch_size"]):
