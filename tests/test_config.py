@@ -576,6 +576,8 @@ def test_residual_models_default_their_sizes_and_keep_them_out_of_older_identiti
     ("data.context", 1, "data.context must be an integer >= 2, got 1", TEXT),
     ("data.val_split", 0.5, "data.val_split must be a number in (0, 0.5), got 0.5", TEXT),
     ("params.augment", True, "params.augment applies to images only, not to the text dataset python-stdlib", TEXT),
+    ("prune", {"strategy": "one_shot", "params": {"type": "tp_l1", "rate": 0.5}},
+     'prune.strategy "one_shot" is not supported for a decoder: prune it with "depth"', TEXT),
 ])
 def test_residual_model_and_text_config_errors_are_one_line(path, value, expected, base):
     assert expected in error_of(edited(path, value, base))

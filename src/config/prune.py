@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
-from src.config.options import (ACTIVATION_CRITERIA, ALLOCATIONS, COMPENSATIONS, CRITERIA, ENGINES,
+from src.config.options import (ACTIVATION_CRITERIA, ALLOCATIONS, COMPENSATIONS, CRITERIA, DEPTH_STRATEGY, ENGINES,
                                 GREEDY_VARIANTS, HOOKS, KERNELS, REFIT_CRITERIA, RETRAIN_MODES, REWIND_EPOCHS,
                                 STRATEGIES, TARGETS, TP_CRITERIA, ZOO_TYPES)
 from src.config.reader import _in_open_unit, _int_list, _is_int, _is_number, _positive_int, _Section
@@ -33,6 +33,8 @@ def _read_retrain(p: _Section, d: PruneParams, training_epochs: int) -> tuple[st
 
 def _read_prune(s: _Section, model: ModelConfig, training: TrainParams) -> PruneConfig:
     strategy = s.choice("strategy", PruneConfig.strategy, STRATEGIES)
+    if model.type == "decoder":  # its width path traces image-shaped float inputs; a byte model takes int tokens
+        s.fail(s.key("strategy"), f'"{strategy}" is not supported for a decoder: prune it with "{DEPTH_STRATEGY}"')
     p = s.section("params")
     given = set(p.values)
     d = PruneParams.defaults_for(model)  # the one place a default lives
