@@ -27,7 +27,8 @@ C = option("random", [0.60, 0.70, 0.65, 0.61])
 def test_every_pair_of_a_cell_is_a_paired_t_test_holm_corrected_within_the_cell():
     tests = criteria_tests("e0-none", [A, B, C])
     assert [(t.a, t.b) for t in tests] == [("cka", "tail"), ("cka", "random"), ("tail", "random")]
-    p = [stats.ttest_rel(list(a.accuracy.values()), list(b.accuracy.values())).pvalue for a, b in ((A, B), (A, C), (B, C))]
+    p = [stats.ttest_rel(list(a.accuracy.values()), list(b.accuracy.values())).pvalue
+         for a, b in ((A, B), (A, C), (B, C))]
     assert [t.test.p for t in tests] == pytest.approx(p)
     assert [t.test.mean for t in tests] == pytest.approx([0.0225, 0.1800, 0.1575])
     # Holm over 3: the smallest p times 3, the next times 2 (not below the first), the largest times 1
@@ -72,7 +73,8 @@ def test_ranking_quality_is_rho_and_regret_against_the_identity_s_and_the_patch_
 
 
 def width_record(folder, seed: int, accuracies: list[float], macs: list[int]) -> None:
-    its = [replace(simple(i + 1, acc, None), macs=m, rate=0.1 * (i + 1)) for i, (acc, m) in enumerate(zip(accuracies, macs))]
+    its = [replace(simple(i + 1, acc, None), macs=m, rate=0.1 * (i + 1))
+           for i, (acc, m) in enumerate(zip(accuracies, macs))]
     written = write_result(folder, "depth/width-e0-lstsq/tp_l1", "tp_l1", seed, 0.88, its, planned=2)
     results.save(replace(written, baseline_macs=100, strategy="one_shot"), folder)
 
