@@ -4,7 +4,9 @@
   against the mean fraction of the dense network's MACs left, at every removal count (the dense
   model at 1), with the same budget's width options (lstsq) at their rates as open markers.
 - ``latency``: per timed cell, each criterion's mean test accuracy against its mean one-thread
-  latency at batch 1 (the dense network's as a star), at every removal count.
+  latency at batch 1 as a fraction of the dense network's, timed in the same run (the dense
+  network at 1, a star), at every removal count. The ratio, not the seconds: on a shared machine
+  the seconds drift between runs more than a removed block changes them.
 """
 
 from __future__ import annotations
@@ -33,11 +35,13 @@ def _by_criterion(records: Sequence[DepthResult]) -> dict[str, list[DepthResult]
 
 def curve(records: Sequence[DepthResult], x: str) -> list[tuple[float, float]]:
     """(mean x, mean test accuracy) at every count all ``records`` have, the dense model first;
-    ``x``: ``macs`` (fraction of the dense network's) or ``latency`` (seconds at batch 1)."""
+    ``x``: ``macs`` or ``latency`` (at batch 1), each as a fraction of the dense network's."""
     def where(r: DepthResult, point) -> float:
+        if point is None:
+            return 1.0
         if x == "macs":
-            return 1.0 if point is None else point.macs / r.baseline_macs
-        return (r.baseline_latency_seconds if point is None else point.latency_seconds)["1"]
+            return point.macs / r.baseline_macs
+        return point.latency_seconds["1"] / r.baseline_latency_seconds["1"]
 
     counts = sorted(set.intersection(*({p.count for p in r.points} for r in records)))
     xy = [(_mean([where(r, None) for r in records]), _mean([r.baseline["test_acc"] for r in records]))]
@@ -86,11 +90,10 @@ def plot_latency(cells: dict[str, list[DepthResult]], path: Path, formats: Seque
         for ax, (cell, records) in zip(axes[0], cells.items()):
             for criterion, group in sorted(_by_criterion(records).items()):
                 (dense, *pruned) = curve(group, "latency")
-                ax.plot(*zip(*[(1e3 * x, y) for x, y in pruned]), "-", marker="o", markersize=3,
-                        color=label_color(criterion), label=criterion)
-                ax.plot([1e3 * dense[0]], [dense[1]], marker="*", color="black", linestyle="none", label="dense")
+                ax.plot(*zip(*pruned), "-", marker="o", markersize=3, color=label_color(criterion), label=criterion)
+                ax.plot(*dense, marker="*", color="black", linestyle="none", label="dense")
             ax.set_title(f"{cell}: one thread, batch 1")
-            ax.set_xlabel("latency (ms)")
+            ax.set_xlabel("latency at batch 1, fraction of the dense network's")
             ax.set_ylabel("test accuracy")
         written = save_with_legend(fig, list(axes[0]), path, formats, title="mean over seeds")
         plt.close(fig)
