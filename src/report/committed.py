@@ -115,9 +115,9 @@ REGENERATIONS = (
                    (*_folders(f"docs/depth/records/{cell}", DEPTH_CRITERIA), "--out", f"docs/depth/{cell}"))
       for cell in DEPTH_CELLS),
     *(_cell(DEPTH, "docs/depth/records", cell, WIDTH, f"docs/depth/{cell}", "iteration:1") for cell in WIDTH_CELLS),
-    Regeneration(DEPTH, "docs/depth", depth_study.main, (
+    Regeneration(DEPTH, "docs/depth/study", depth_study.main, (
         "docs/depth/records", "--cells", ",".join(DEPTH_CELLS), "--count", "6", "--secondary", "3,9",
-        "--out", "docs/depth", "--format", "png")),
+        "--out", "docs/depth/study", "--format", "png")),
 )
 
 

@@ -313,7 +313,7 @@ def width_section(study: Study) -> tuple[list[str], list[PairTest]]:
 
 def write_study(root: Path, cells: Sequence[str], count: int, secondary: Sequence[int], out_dir: Path,
                 formats: Sequence[str] = ("png",)) -> Path:
-    """Every table of the study into ``out_dir``: ``study.md``, ``endpoints.csv``, ``tests.csv``,
+    """Every table of the study into ``out_dir``: ``report.md``, ``endpoints.csv``, ``tests.csv``,
     ``ranking.csv`` and the figures; returns the Markdown's path."""
     study = load_study(root, cells, count, secondary)
     tests = {cell: criteria_tests(cell, options) for cell, options in study.cells.items()}
@@ -333,7 +333,7 @@ def write_study(root: Path, cells: Sequence[str], count: int, secondary: Sequenc
                 *criteria_section(study, tests), "", *patch_section(patches), "", *ranking_section(ranked), "",
                 *width_lines, "", "## Secondary, descriptive: the other counts", *secondary_lines]
     out_dir = Path(out_dir)
-    markdown = atomic_write_text(out_dir / "study.md", "\n".join(sections) + "\n")
+    markdown = atomic_write_text(out_dir / "report.md", "\n".join(sections) + "\n")
     atomic_write_text(out_dir / "endpoints.csv", csv_text(endpoint_rows(study)))
     atomic_write_text(out_dir / "tests.csv", csv_text(
         [row for cell_tests in tests.values() for row in pair_rows(cell_tests, "criteria")]
