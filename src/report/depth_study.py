@@ -36,6 +36,7 @@ from tabulate import tabulate
 
 from src import results
 from src.cli import run
+from src.depth_results import DepthResult
 from src.errors import UserError
 from src.io import atomic_write_text
 from src.report.csvs import csv_text
@@ -43,7 +44,6 @@ from src.report.depth import load_depth_experiment, regret, spearman, true_damag
 from src.report.depth_figures import plot_accuracy_vs_macs, plot_latency
 from src.report.figures import parse_formats
 from src.report.stats import ALPHA, PairedT, Stat, holm, paired_interval, paired_t
-from src.depth_results import DepthResult
 
 REPRESENTATION_AWARE = ("cka", "cka-refit", "residual")
 BASELINES = ("tail", "cosine", "angular")
