@@ -311,7 +311,8 @@ def _iteration(raw: dict[str, Any]) -> IterationRecord:
 
 def _step(raw: dict[str, Any]) -> LayerStep:
     fit = raw.get("compensation")
-    fits = (None if fit is None else tuple(ConsumerFit(**f) for f in fit) if isinstance(fit, list)
+    # A list from JSON, a tuple from a checkpoint (which keeps to_dict()'s objects as they are).
+    fits = (None if fit is None else tuple(ConsumerFit(**f) for f in fit) if isinstance(fit, (list, tuple))
             else ConsumerFit(**fit))
     return LayerStep(**{**raw, "removed": tuple(raw["removed"]), "scores": tuple(raw["scores"]),
                         "cka": tuple(raw["cka"]), "compensation": fits})

@@ -103,7 +103,10 @@ def write_archive(path: Path, members: list[str]) -> None:
 def test_records_copied_from_a_run_are_not_replaced_by_the_archives(tmp_path):
     # An archive laid out like the committed one, small enough not to spend seconds unpacking
     # (the regenerated reports above unpack the committed one).
-    (packed,) = PACKED
+    packed = next(p for p in PACKED if p.archive == "docs/budget/records.tar.xz")
+    for other in PACKED:
+        if other is not packed:
+            write_archive(tmp_path / other.archive, [])
     resnet_cells = ("e0-none", "e0-lstsq", "e1-none", "e1-lstsq")
     write_archive(tmp_path / packed.archive, [
         "records/e0-none/cka/0.json", "records/e0-none/obs/0.json",

@@ -2,6 +2,7 @@
 
 import colorsys
 import hashlib
+from dataclasses import replace
 
 import pytest
 from matplotlib.colors import to_hex
@@ -9,7 +10,7 @@ from matplotlib.colors import to_hex
 from src.errors import UserError
 from src.report import CRITERION_COLORS, build_report, label_color, main, run_style, write_outputs
 from src.report.figures import _styles
-from tests.report_helpers import runs  # noqa: F401 (fixture)
+from tests.report_helpers import runs, simple, write_result  # noqa: F401 (fixture)
 
 
 def test_colours_are_fixed_per_criterion_whatever_the_order(runs):
@@ -69,3 +70,16 @@ def test_a_figure_made_again_is_the_same_file(runs, tmp_path):
     first = write_outputs(report, tmp_path / "a", formats=("pdf", "svg")).figures
     second = write_outputs(report, tmp_path / "b", formats=("pdf", "svg")).figures
     assert [p.read_bytes() for p in first] == [p.read_bytes() for p in second]
+
+
+def test_sweeps_at_other_rates_draw_no_overlap_between_them(tmp_path):
+    """Two sweeps whose points remove other fractions: the overlap table keeps them, the figure has no x to put them at."""
+    folders = []
+    for name, rates in (("cka", (0.3, 0.5)), ("l1", (0.1, 0.2))):
+        folders.append(tmp_path / name)
+        write_result(folders[-1], name, name, 0, 0.9,
+                     [replace(simple(i, 0.7, None), rate=rate) for i, rate in enumerate(rates, start=1)])
+    report = build_report(folders, config_root=None)
+    assert report.overlaps and all(o.rate is None for o in report.overlaps)
+    paths = write_outputs(report, tmp_path / "out")
+    assert (tmp_path / "out" / "overlap.png") in paths.figures

@@ -214,6 +214,8 @@ def test_a_groups_consumer_fits_round_trip_as_a_tuple_and_a_single_fit_stays_one
     assert layer.compensation == single and layer.fits == (single,) and first.layers[0].fits == ()
     raw = json.loads(results.result_path(tmp_path, result.seed).read_text())["iterations"][0]["layers"]
     assert isinstance(raw[0]["compensation"], list) and isinstance(raw[1]["compensation"], dict)
+    # A checkpoint stores to_dict() as it is, the group's fits a tuple: read back as from the file.
+    assert results.same(results.SeedResult.from_dict(result.to_dict()), result)
 
 
 def test_sweep_points_keep_their_rate_and_count_from_the_trained_model(tmp_path):

@@ -4,7 +4,7 @@
 Each report under ``docs/`` is listed here once, with the command and options that make it (the
 endpoint its study fixed before the run among them), so that a committed report can always be
 checked against what its records give today. A study is named by its config folder
-(``budget-fmnist``). ``docs/budget``'s records are committed packed (``records.tar.xz``) and
+(``budget-fmnist``). ``docs/budget``'s and ``docs/depth``'s records are committed packed (``records.tar.xz``) and
 unpacked into their git-ignored ``records/`` folders where those are missing; delete a folder to
 unpack it again.
 """
@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 from src.cli import run
 from src.errors import UserError
 from src.io import atomic_write_text
-from src.report import cli, grid
+from src.report import cli, depth_study, grid
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,8 @@ class Packed:
 
 # Committed before records were kept (docs/studies.md): these reports cannot be made again.
 WITHOUT_RECORDS = ("docs/fmnist-cpu/report",)
-PACKED = (Packed("docs/budget/records.tar.xz", "docs/budget", ("docs/budget/records", "docs/budget/resnet/records")),)
+PACKED = (Packed("docs/budget/records.tar.xz", "docs/budget", ("docs/budget/records", "docs/budget/resnet/records")),
+          Packed("docs/depth/records.tar.xz", "docs/depth", ("docs/depth/records",)))
 
 BUDGET, RESNET_BUDGET = "budget-fmnist", "budget-fmnist-resnet"
 STUDY = ("cka", "apoz", "cka-global", "cka-independent", "cka-next", "cka-rewind", "l1", "random", "taylor")
@@ -64,6 +65,12 @@ RESNET = ("cka", "tp_bn", "tp_l1", "tp_random", "tp_taylor")
 # The endpoints each grid fixed before its run (config/budget-fmnist*/README.md): 90 % and 50 % removed.
 ONE_SHOT_ENDPOINT = "iteration:3"
 RESNET_ENDPOINT = "iteration:2"
+# The depth study (config/depth-fmnist/README.md): 6 of 12 blocks removed; width at its matched rate.
+DEPTH = "depth-fmnist"
+DEPTH_CELLS = ("e0-none", "e0-lstsq", "e1-none", "e1-lstsq")
+DEPTH_CRITERIA = ("angular", "cka", "cka-refit", "cosine", "loss", "pons", "random", "residual", "tail")
+WIDTH_CELLS = ("width-e0-lstsq", "width-e1-lstsq")
+WIDTH = ("cka", "tp_l1", "tp_taylor")
 
 
 def _folders(root: str, names: Sequence[str]) -> tuple[str, ...]:
@@ -104,6 +111,13 @@ REGENERATIONS = (
     Regeneration(RESNET_BUDGET, "docs/budget/resnet", grid.main, (
         "docs/budget/resnet/records", "--cells", ",".join(RESNET_CELLS), "--endpoint", RESNET_ENDPOINT,
         "--at", "0.5", "--out", "docs/budget/resnet", "--format", "png,pdf")),
+    *(Regeneration(DEPTH, f"docs/depth/{cell}", cli.main,
+                   (*_folders(f"docs/depth/records/{cell}", DEPTH_CRITERIA), "--out", f"docs/depth/{cell}"))
+      for cell in DEPTH_CELLS),
+    *(_cell(DEPTH, "docs/depth/records", cell, WIDTH, f"docs/depth/{cell}", "iteration:1") for cell in WIDTH_CELLS),
+    Regeneration(DEPTH, "docs/depth/study", depth_study.main, (
+        "docs/depth/records", "--cells", ",".join(DEPTH_CELLS), "--count", "6", "--secondary", "3,9",
+        "--out", "docs/depth/study", "--format", "png")),
 )
 
 
@@ -143,8 +157,8 @@ def selected(studies: Sequence[str]) -> list[Regeneration]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m src.report.committed", description=__doc__.split("\n\n")[0])
     parser.add_argument("studies", nargs="*", metavar="STUDY",
-                        help="config folder names: ex1-fmnist, study-fmnist, budget-fmnist, budget-fmnist-resnet "
-                             "(default: all)")
+                        help="config folder names: ex1-fmnist, study-fmnist, budget-fmnist, budget-fmnist-resnet, "
+                             "depth-fmnist (default: all)")
     entries = selected(parser.parse_args(argv).studies)
     extract_packed()
     for entry in entries:

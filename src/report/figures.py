@@ -234,7 +234,9 @@ def plot_overlap(report: Report, path: Path, formats: Sequence[str] = ("png",)) 
         axes = _layer_axes(fig, report, layers)
         for i, ax in axes.items():
             for first, second in dict.fromkeys((o.first, o.second) for o in report.overlaps):
-                rows = [o for o in report.overlaps if o.layer == i and (o.first, o.second) == (first, second)]
+                # Two sweeps cut at other rates share no point (rate None): nothing to draw for them.
+                rows = [o for o in report.overlaps if o.layer == i and (o.first, o.second) == (first, second)
+                        and not (sweep and o.rate is None)]
                 if not rows:
                     continue
                 x, pair = [o.rate if sweep else o.iteration for o in rows], f"{first} & {second}"

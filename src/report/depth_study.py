@@ -1,0 +1,374 @@
+"""A depth study across its cells (``docs/depth``): the tests its endpoints fixed before the run.
+
+A study root holds one folder per cell, each holding one result folder per option:
+``<root>/<budget>-<compensation>/<criterion>/<seed>.json`` (depth records, :mod:`src.depth_results`)
+and ``<root>/width-<budget>-lstsq/<criterion>/<seed>.json`` (width records, :mod:`src.results`).
+The endpoint is each seed's test accuracy with ``--count`` blocks removed (after the cell's
+retraining where it retrains); a width option's is its accuracy at sweep point 1 (the rate whose
+MACs match the depth endpoint with the patch) and, secondary, point 2 (matching it without).
+
+- **Criteria** (one family per depth cell): the paired t-test of a - b over the seeds both have,
+  for every pair of the cell's criteria, Holm-corrected over the cell's pairs.
+- **Patch** (one family per budget): ``lstsq`` - ``none`` per criterion, Holm over the criteria.
+- **Ranking quality** (descriptive): per criterion and seed, Spearman rho between its scores on
+  the trained model and the validation loss's rise with each block removed alone (as the identity
+  and as its patch), and the regret of its first choice (:mod:`src.report.depth`); mean and 95 %
+  t-interval over seeds.
+- **Depth against width** (one test per budget, uncorrected): the depth option with the highest
+  mean endpoint of the ``lstsq`` cell against the width option with the highest mean at point 1;
+  secondary, the ``none`` cell's against point 2. Picking each side by its mean on the same seeds
+  favours both; the test is read as descriptive where it is close.
+
+Usage: ``python3 -m src.report.depth_study ROOT --count 6 --cells e0-none,e0-lstsq,e1-none,e1-lstsq
+--out DIR [--format png]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from tabulate import tabulate
+
+from src import results
+from src.cli import run
+from src.depth_results import DepthResult
+from src.errors import UserError
+from src.io import atomic_write_text
+from src.report.csvs import csv_text
+from src.report.depth import load_depth_experiment, regret, spearman, true_damage
+from src.report.depth_figures import plot_accuracy_vs_macs, plot_latency
+from src.report.figures import parse_formats
+from src.report.stats import ALPHA, PairedT, Stat, holm, paired_interval, paired_t
+
+REPRESENTATION_AWARE = ("cka", "cka-refit", "residual")
+BASELINES = ("tail", "cosine", "angular")
+MATCHED, MATCHED_UNPATCHED = 1, 2  # the width sweep's points matching the depth endpoint with and without the patch
+
+
+@dataclass(frozen=True)
+class Option:
+    """One config of a cell: its endpoint and its MACs there, per seed."""
+
+    cell: str
+    name: str
+    accuracy: dict[int, float]
+    macs: dict[int, int]
+    baseline_macs: dict[int, int]
+
+    @property
+    def stat(self) -> Stat | None:
+        return Stat.of(list(self.accuracy.values()))
+
+    @property
+    def macs_fraction(self) -> float:
+        return math.fsum(self.macs[s] / self.baseline_macs[s] for s in self.macs) / len(self.macs)
+
+
+@dataclass(frozen=True)
+class PairTest:
+    """``a`` - ``b`` over ``seeds``; ``p_holm`` adjusted within ``family``."""
+
+    family: str
+    a: str
+    b: str
+    seeds: tuple[int, ...]
+    test: PairedT | None
+    p_holm: float | None = None
+
+    @property
+    def significant(self) -> bool:
+        return self.p_holm is not None and self.p_holm < ALPHA
+
+
+def depth_options(cell_dir: Path, count: int) -> tuple[list[Option], list[DepthResult]]:
+    """The cell's criteria at ``count`` blocks removed (by folder name), and every record it holds."""
+    options, records = [], []
+    for folder in sorted(p for p in Path(cell_dir).iterdir() if p.is_dir()):
+        exp = load_depth_experiment(folder)
+        done = [(r, r.point(count)) for r in exp.seeds if r.point(count) is not None]
+        options.append(Option(Path(cell_dir).name, folder.name,
+                              {r.seed: (p.after_retrain or p.after_prune)["test_acc"] for r, p in done},
+                              {r.seed: p.macs for r, p in done}, {r.seed: r.baseline_macs for r, _ in done}))
+        records += exp.seeds
+    return options, records
+
+
+def width_options(cell_dir: Path, point: int) -> list[Option]:
+    """The cell's width options at sweep point ``point`` (by folder name)."""
+    options = []
+    for folder in sorted(p for p in Path(cell_dir).iterdir() if p.is_dir()):
+        seeds = [results.load(path) for path in results.seed_files(folder)]
+        done = [(s, s.iteration(point)) for s in seeds if s.iteration(point) is not None]
+        options.append(Option(Path(cell_dir).name, folder.name,
+                              {s.seed: (it.after_retrain or it.after_prune)["test_acc"] for s, it in done},
+                              {s.seed: it.macs for s, it in done}, {s.seed: s.baseline_macs for s, _ in done}))
+    return options
+
+
+def pair_test(family: str, a: Option, b: Option) -> PairTest:
+    seeds = tuple(sorted(set(a.accuracy) & set(b.accuracy)))
+    return PairTest(family, a.name, b.name, seeds, paired_t([a.accuracy[s] - b.accuracy[s] for s in seeds]))
+
+
+def corrected(tests: Sequence[PairTest]) -> list[PairTest]:
+    """The tests with Holm's adjustment over all of them (one family)."""
+    adjusted = holm([None if t.test is None else t.test.p for t in tests])
+    return [PairTest(t.family, t.a, t.b, t.seeds, t.test, p) for t, p in zip(tests, adjusted)]
+
+
+def criteria_tests(cell: str, options: Sequence[Option]) -> list[PairTest]:
+    """Every pair of the cell's options, in their order, Holm within the cell."""
+    return corrected([pair_test(cell, a, b) for a, b in itertools.combinations(options, 2)])
+
+
+def patch_tests(budget: str, none: Sequence[Option], lstsq: Sequence[Option]) -> list[PairTest]:
+    """``lstsq`` - ``none`` for each criterion both cells hold, Holm over them."""
+    unpatched = {o.name: o for o in none}
+    return corrected([pair_test(budget, o, unpatched[o.name]) for o in lstsq if o.name in unpatched])
+
+
+def best(options: Sequence[Option]) -> Option:
+    return max((o for o in options if o.accuracy), key=lambda o: o.stat.mean)
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """One criterion's ranking quality over the seeds' damage tables, against the identity's or the patch's damage."""
+
+    criterion: str
+    patched: bool
+    rho: tuple[float, ...]
+    regret: tuple[float, ...]
+
+
+def rankings(records: Sequence[DepthResult]) -> list[Ranking]:
+    """Every criterion scored in the damage tables, against both damages (one table per seed: the cells' tables
+    of a seed are of the same trained model and calibration samples)."""
+    tables = {r.seed: r for r in records if r.damage is not None and r.criteria_scores}
+    scored = [tables[s] for s in sorted(tables)]
+    if not scored:
+        return []
+    out = []
+    for patched in (False, True):
+        for criterion in scored[0].criteria_scores:
+            pairs = [(r.criteria_scores[criterion], true_damage(r, patched)) for r in scored]
+            out.append(Ranking(criterion, patched, tuple(spearman(s, d) for s, d in pairs),
+                               tuple(regret(s, d) for s, d in pairs)))
+    return out
+
+
+def _pp(value: float) -> str:
+    return f"{100 * value:+.2f}"
+
+
+def _p(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def _acc(option: Option) -> str:
+    s = option.stat
+    return "-" if s is None else f"{100 * s.mean:.2f} ({100 * s.min:.2f}-{100 * s.max:.2f})"
+
+
+def pair_row(t: PairTest) -> list[str]:
+    if t.test is None:
+        return [t.a, t.b, str(len(t.seeds)), "-", "-", "-", "-", ""]
+    s = t.test
+    return [t.a, t.b, str(s.n), _pp(s.mean), f"{_pp(s.low)} to {_pp(s.high)}", _p(s.p), _p(t.p_holm),
+            "yes" if t.significant else ""]
+
+
+TEST_HEADERS = ["a", "b", "n", "a - b (pp)", "95 % t-interval", "p", "p Holm", "Holm p < 0.05"]
+
+
+def _table(rows: list[list[str]], headers: Sequence[str]) -> str:
+    return tabulate(rows, headers=list(headers), tablefmt="pipe", disable_numparse=True)
+
+
+def _interval(values: Sequence[float], scale: float = 1.0, digits: int = 3) -> str:
+    mean = math.fsum(values) / len(values)
+    ci = paired_interval(values)
+    spread = "" if ci is None else f" ({scale * ci.low:.{digits}f} to {scale * ci.high:.{digits}f})"
+    return f"{scale * mean:.{digits}f}{spread}"
+
+
+@dataclass(frozen=True)
+class Study:
+    count: int
+    cells: dict[str, list[Option]]                # depth cell -> its criteria at the endpoint
+    secondary: dict[int, dict[str, list[Option]]]  # other counts -> cell -> criteria
+    width: dict[str, dict[int, list[Option]]]      # budget -> point -> width options
+    records: dict[str, list[DepthResult]]          # depth cell -> its records
+
+
+def load_study(root: Path, cells: Sequence[str], count: int, secondary: Sequence[int]) -> Study:
+    """The depth cells ``cells`` of ``root`` (``<budget>-<compensation>``) and each budget's width cell."""
+    missing = [c for c in cells if not (Path(root) / c).is_dir()]
+    if missing:
+        raise UserError(f"{root}: no cell folder {', '.join(missing)}")
+    loaded = {c: depth_options(Path(root) / c, count) for c in cells}
+    width = {}
+    for budget in dict.fromkeys(c.rsplit("-", 1)[0] for c in cells):
+        folder = Path(root) / f"width-{budget}-lstsq"
+        if folder.is_dir():
+            width[budget] = {p: width_options(folder, p) for p in (MATCHED, MATCHED_UNPATCHED)}
+    return Study(count, {c: o for c, (o, _) in loaded.items()},
+                 {k: {c: depth_options(Path(root) / c, k)[0] for c in cells} for k in secondary},
+                 width, {c: r for c, (_, r) in loaded.items()})
+
+
+def endpoint_rows(study: Study) -> list[dict]:
+    rows = []
+    for count, cells in ((study.count, study.cells), *study.secondary.items()):
+        for cell, options in cells.items():
+            rows += [{"cell": cell, "option": o.name, "blocks_removed": count, "seed": s, "test_acc": o.accuracy[s],
+                      "macs": o.macs[s], "macs_fraction": o.macs[s] / o.baseline_macs[s]} for o in options
+                     for s in sorted(o.accuracy)]
+    for budget, points in study.width.items():
+        for point, options in points.items():
+            rows += [{"cell": f"width-{budget}-lstsq", "option": o.name, "blocks_removed": f"rate point {point}",
+                      "seed": s, "test_acc": o.accuracy[s], "macs": o.macs[s],
+                      "macs_fraction": o.macs[s] / o.baseline_macs[s]} for o in options for s in sorted(o.accuracy)]
+    return rows
+
+
+def pair_rows(tests: Sequence[PairTest], kind: str) -> list[dict]:
+    return [{"kind": kind, "family": t.family, "a": t.a, "b": t.b, "n": len(t.seeds),
+             "mean": None if t.test is None else t.test.mean, "low": None if t.test is None else t.test.low,
+             "high": None if t.test is None else t.test.high, "p": None if t.test is None else t.test.p,
+             "p_holm": t.p_holm, "significant": t.significant} for t in tests]
+
+
+def criteria_section(study: Study, tests: dict[str, list[PairTest]]) -> list[str]:
+    out = [f"## Criteria at {study.count} blocks removed", "",
+           f"Each cell: test accuracy % with {study.count} blocks removed, mean (min-max) over seeds; the paired "
+           f"t-test of every pair of criteria, Holm over the cell's {len(next(iter(tests.values()), []))} pairs. "
+           "Headline: the representation-aware criteria against the baselines; every pair is in `tests.csv`."]
+    for cell, options in study.cells.items():
+        ranked = sorted(options, key=lambda o: -o.stat.mean if o.stat else math.inf)
+        out += ["", f"### {cell}", "",
+                _table([[o.name, str(len(o.accuracy)), f"{o.macs_fraction:.3f}", _acc(o)] for o in ranked],
+                       ["criterion", "seeds", "MACs left", "test acc %"]), "",
+                _table([pair_row(t) for t in tests[cell] if {t.a, t.b} & set(REPRESENTATION_AWARE)
+                        and {t.a, t.b} & set(BASELINES)], TEST_HEADERS)]
+        others = [t for t in tests[cell] if t.significant and not ({t.a, t.b} & set(REPRESENTATION_AWARE)
+                                                                   and {t.a, t.b} & set(BASELINES))]
+        if others:
+            out += ["", "Other pairs with Holm p < 0.05:", "", _table([pair_row(t) for t in others], TEST_HEADERS)]
+    return out
+
+
+def patch_section(patches: dict[str, list[PairTest]]) -> list[str]:
+    out = ["## What the patch is worth", "",
+           "`lstsq` - `none` at the endpoint, per criterion, paired over seeds, Holm over the criteria of the budget."]
+    headers = ["criterion", "n", "lstsq - none (pp)", *TEST_HEADERS[4:]]
+    for budget, tests in patches.items():
+        out += ["", f"### {budget}", "", _table([[t.a, *pair_row(t)[2:]] for t in tests], headers)]
+    return out
+
+
+def ranking_section(ranked: Sequence[Ranking]) -> list[str]:
+    if not ranked:
+        return []
+    rows = [[r.criterion, "patch" if r.patched else "identity", str(len(r.rho)), _interval(r.rho),
+             _interval(r.regret, digits=4)] for r in ranked]
+    return ["## Ranking quality on the trained model", "",
+            "Per seed: Spearman rho between each criterion's single-block scores and the rise of the validation loss "
+            "with each block removed alone (as the identity, or as its least-squares patch), and the regret of its "
+            "first choice (that rise for its lowest-scored block minus the smallest). Mean over seeds (95 % "
+            "t-interval). Descriptive. A criterion that ranks the damage well has rho near 1; `random`'s rho is "
+            "chance and `tail`'s is the damage's correlation with depth.", "",
+            _table(rows, ["criterion", "damage as", "seeds", "Spearman rho", "regret (val loss)"])]
+
+
+def width_section(study: Study) -> tuple[list[str], list[PairTest]]:
+    out = ["## Depth against width at matched MACs", "",
+           "Per budget: the depth criterion with the highest mean endpoint against the width option with the highest "
+           "mean at the matched rate (width options at their rates' MACs); depth - width, paired over seeds. Each "
+           "side is the best of its family on these seeds, so a close result is descriptive."]
+    rows, tests = [], []
+    for budget, points in study.width.items():
+        for compensate, point in (("lstsq", MATCHED), ("none", MATCHED_UNPATCHED)):
+            depth_cell = f"{budget}-{compensate}"
+            if depth_cell not in study.cells or not points[point]:
+                continue
+            d, w = best(study.cells[depth_cell]), best(points[point])
+            t = pair_test(f"{budget} depth {compensate} vs width", d, w)
+            tests.append(t)
+            rows.append([depth_cell, d.name, f"{d.macs_fraction:.3f}", _acc(d), w.name, f"{w.macs_fraction:.3f}",
+                         _acc(w), *pair_row(t)[2:6]])
+        for point in (MATCHED, MATCHED_UNPATCHED):
+            out_rows = [[f"width-{budget}-lstsq", o.name, str(point), f"{o.macs_fraction:.3f}", _acc(o)]
+                        for o in points[point]]
+            out += ["", _table(out_rows, ["cell", "width option", "rate point", "MACs left", "test acc %"])]
+    out += ["", _table(rows, ["depth cell", "depth", "MACs left", "test acc %", "width", "MACs left", "test acc %",
+                              "n", "depth - width (pp)", "95 % t-interval", "p"])]
+    return out, tests
+
+
+def write_study(root: Path, cells: Sequence[str], count: int, secondary: Sequence[int], out_dir: Path,
+                formats: Sequence[str] = ("png",)) -> Path:
+    """Every table of the study into ``out_dir``: ``report.md``, ``endpoints.csv``, ``tests.csv``,
+    ``ranking.csv`` and the figures; returns the Markdown's path."""
+    study = load_study(root, cells, count, secondary)
+    tests = {cell: criteria_tests(cell, options) for cell, options in study.cells.items()}
+    budgets = dict.fromkeys(c.rsplit("-", 1)[0] for c in cells)
+    patches = {b: patch_tests(b, study.cells[f"{b}-none"], study.cells[f"{b}-lstsq"]) for b in budgets
+               if f"{b}-none" in study.cells and f"{b}-lstsq" in study.cells}
+    ranked = rankings([r for records in study.records.values() for r in records])
+    width_lines, width_tests = width_section(study)
+    secondary_lines = []
+    for k, cells_k in study.secondary.items():
+        secondary_lines += ["", f"### {k} blocks removed", "", _table(
+            [[cell, o.name, f"{o.macs_fraction:.3f}", _acc(o)] for cell, options in cells_k.items() for o in options],
+            ["cell", "criterion", "MACs left", "test acc %"])]
+    sections = [f"# The depth study: {count} blocks removed", "",
+                "Made by `python3 -m src.report.depth_study` from the records; the endpoints were fixed before the "
+                "run (`config/depth-fmnist/README.md`).", "",
+                *criteria_section(study, tests), "", *patch_section(patches), "", *ranking_section(ranked), "",
+                *width_lines, "", "## Secondary, descriptive: the other counts", *secondary_lines]
+    out_dir = Path(out_dir)
+    markdown = atomic_write_text(out_dir / "report.md", "\n".join(sections) + "\n")
+    atomic_write_text(out_dir / "endpoints.csv", csv_text(endpoint_rows(study)))
+    atomic_write_text(out_dir / "tests.csv", csv_text(
+        [row for cell_tests in tests.values() for row in pair_rows(cell_tests, "criteria")]
+        + [row for p in patches.values() for row in pair_rows(p, "patch")] + pair_rows(width_tests, "depth vs width")))
+    atomic_write_text(out_dir / "ranking.csv", csv_text(
+        [{"criterion": r.criterion, "damage": "patch" if r.patched else "identity", "seed_index": i, "rho": rho,
+          "regret_val_loss": g} for r in ranked for i, (rho, g) in enumerate(zip(r.rho, r.regret))]))
+    width = {budget: [o for point in points.values() for o in point] for budget, points in study.width.items()}
+    plot_accuracy_vs_macs(study.records, width, out_dir / "accuracy-vs-macs", formats)
+    timed = {cell: [r for r in records if r.baseline_latency_seconds and all(p.latency_seconds for p in r.points)]
+             for cell, records in study.records.items()}
+    latency = {cell: records for cell, records in timed.items() if records}
+    if latency:
+        plot_latency(latency, out_dir / "latency", formats)
+    return markdown
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m src.report.depth_study", description=__doc__.split("\n\n")[0])
+    parser.add_argument("root", type=Path, help="the study's records: <root>/<cell>/<criterion>/<seed>.json")
+    parser.add_argument("--cells", required=True, help="the depth cells, comma-separated (<budget>-<compensation>)")
+    parser.add_argument("--count", type=int, required=True, help="the endpoint: blocks removed")
+    parser.add_argument("--secondary", type=_counts, default=(), help="other counts, comma-separated (descriptive)")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--format", default="png", metavar="FORMATS", help="figure formats, comma-separated")
+    args = parser.parse_args(argv)
+    path = write_study(args.root, [c for c in args.cells.split(",") if c], args.count, args.secondary, args.out,
+                       parse_formats(args.format))
+    print(path.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,106 @@
+"""The depth study's report (src.report.depth_study): its tests against literal formulas, and the report as written."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from scipy import stats
+
+from src import depth_results, results
+from src.depth_results import BlockDamage
+from src.report.depth_study import Option, criteria_tests, patch_tests, rankings, write_study
+from tests.report_helpers import simple, write_result
+from tests.test_depth_results import METRICS, point, result
+
+
+def option(name: str, accuracy: list[float], cell: str = "e0-none") -> Option:
+    seeds = range(len(accuracy))
+    return Option(cell, name, dict(zip(seeds, accuracy)), {s: 50 for s in seeds}, {s: 100 for s in seeds})
+
+
+A = option("cka", [0.80, 0.82, 0.81, 0.85])
+B = option("tail", [0.78, 0.80, 0.80, 0.81])
+C = option("random", [0.60, 0.70, 0.65, 0.61])
+
+
+def test_every_pair_of_a_cell_is_a_paired_t_test_holm_corrected_within_the_cell():
+    tests = criteria_tests("e0-none", [A, B, C])
+    assert [(t.a, t.b) for t in tests] == [("cka", "tail"), ("cka", "random"), ("tail", "random")]
+    p = [stats.ttest_rel(list(a.accuracy.values()), list(b.accuracy.values())).pvalue
+         for a, b in ((A, B), (A, C), (B, C))]
+    assert [t.test.p for t in tests] == pytest.approx(p)
+    assert [t.test.mean for t in tests] == pytest.approx([0.0225, 0.1800, 0.1575])
+    # Holm over 3: the smallest p times 3, the next times 2 (not below the first), the largest times 1
+    order = sorted(range(3), key=lambda i: p[i])
+    holm = {order[0]: 3 * p[order[0]]}
+    holm[order[1]] = max(holm[order[0]], 2 * p[order[1]])
+    holm[order[2]] = max(holm[order[1]], p[order[2]])
+    assert [t.p_holm for t in tests] == pytest.approx([min(holm[i], 1.0) for i in range(3)])
+
+
+def test_the_patch_is_lstsq_minus_none_per_criterion_over_the_seeds_both_have():
+    none = [A, B]
+    lstsq = [option("tail", [0.80, 0.83, 0.81], "e0-lstsq"), option("pons", [0.5, 0.5, 0.5], "e0-lstsq")]
+    (tail,) = patch_tests("e0", none, lstsq)
+    assert (tail.a, tail.b, tail.seeds) == ("tail", "tail", (0, 1, 2))
+    assert tail.test.mean == pytest.approx((0.02 + 0.03 + 0.01) / 3)
+    assert tail.p_holm == pytest.approx(stats.ttest_1samp([0.02, 0.03, 0.01], 0.0).pvalue)
+
+
+def damaged(seed: int, experiment: str = "depth/e0-none/tail"):
+    """Blocks raising the validation loss by 0.3, 0.1, 0.2 removed (0.03, 0.01, 0.02 patched)."""
+    rises = {"blocks.0": 0.3, "blocks.1": 0.1, "blocks.2": 0.2}
+    damage = tuple(BlockDamage(b, {**METRICS, "val_loss": METRICS["val_loss"] + r},
+                               {**METRICS, "val_loss": METRICS["val_loss"] + r * (1 if b != "blocks.2" else 0.01)},
+                               0.1) for b, r in rises.items())
+    scores = {"cka": {"blocks.0": 1.0, "blocks.1": 2.0, "blocks.2": 3.0},
+              "tail": {"blocks.0": 3.0, "blocks.1": 2.0, "blocks.2": 1.0}}
+    record = result(seed, points=[point(1, 0.8, macs=80), point(2, 0.6 + seed / 10, macs=60)], damage=damage,
+                    scores=scores, experiment=experiment)
+    return replace(record, baseline_latency_seconds={"1": 2e-3, "64": 3e-2})
+
+
+def test_ranking_quality_is_rho_and_regret_against_the_identity_s_and_the_patch_s_damage():
+    ranked = {(r.criterion, r.patched): r for r in rankings([damaged(0), damaged(1)])}
+    # identity: damage ranks (3, 1, 2); cka's scores rank (1, 2, 3): rho = 1 - 6 * (4 + 1 + 1) / 24 = -0.5
+    assert ranked["cka", False].rho == pytest.approx((-0.5, -0.5))
+    assert ranked["tail", False].rho == pytest.approx((0.5, 0.5))
+    assert ranked["tail", False].regret == pytest.approx((0.1, 0.1))   # blocks.2 first: 0.2 - 0.1
+    # patched: rises 0.3, 0.1, 0.002: blocks.2 is the least, tail's first choice
+    assert ranked["tail", True].regret == pytest.approx((0.0, 0.0))
+    assert ranked["cka", True].regret == pytest.approx((0.298, 0.298))
+
+
+def width_record(folder, seed: int, accuracies: list[float], macs: list[int]) -> None:
+    its = [replace(simple(i + 1, acc, None), macs=m, rate=0.1 * (i + 1))
+           for i, (acc, m) in enumerate(zip(accuracies, macs))]
+    written = write_result(folder, "depth/width-e0-lstsq/tp_l1", "tp_l1", seed, 0.88, its, planned=2)
+    results.save(replace(written, baseline_macs=100, strategy="one_shot"), folder)
+
+
+def test_the_study_writes_its_tables_with_depth_against_the_best_width_at_matched_macs(tmp_path):
+    root = tmp_path / "records"
+    for seed in range(3):
+        for cell in ("e0-none", "e0-lstsq"):
+            depth_results.save(damaged(seed, f"depth/{cell}/tail"), root / cell / "tail")
+            shifted = replace(damaged(seed, f"depth/{cell}/cka"), criterion="cka",
+                              points=(point(1, 0.8, macs=80), point(2, (0.5, 0.65, 0.7)[seed], macs=60)))
+            depth_results.save(shifted, root / cell / "cka")
+        width_record(root / "width-e0-lstsq" / "tp_l1", seed, [(0.55, 0.6, 0.8)[seed], 0.5], [61, 40])
+    markdown = write_study(root, ["e0-none", "e0-lstsq"], 2, [1], tmp_path / "out")
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in markdown.read_text().splitlines()
+            if line.startswith("|")]
+    # tail 60/70/80 %, cka 50/65/70 %: cka - tail = (-10, -5, -10) pp, one pair: Holm p = p
+    t = stats.ttest_1samp([-0.10, -0.05, -0.10], 0.0)
+    low, high = t.confidence_interval(0.95)
+    assert ["tail", "3", "0.600", "70.00 (60.00-80.00)"] in rows
+    assert ["cka", "tail", "3", "-8.33", f"{100 * low:+.2f} to {100 * high:+.2f}", f"{t.pvalue:.3g}",
+            f"{t.pvalue:.3g}", "yes"] in rows
+    # depth lstsq's best (tail) against width's best at point 1 (tp_l1, 55/60/80 %): (+5, +10, 0) pp
+    w = stats.ttest_1samp([0.05, 0.10, 0.0], 0.0)
+    low, high = w.confidence_interval(0.95)
+    assert ["e0-lstsq", "tail", "0.600", "70.00 (60.00-80.00)", "tp_l1", "0.610", "65.00 (55.00-80.00)", "3",
+            "+5.00", f"{100 * low:+.2f} to {100 * high:+.2f}", f"{w.pvalue:.3g}"] in rows
+    for name in ("endpoints.csv", "tests.csv", "ranking.csv", "accuracy-vs-macs.png", "latency.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
