@@ -16,7 +16,9 @@ source "$(dirname -- "${BASH_SOURCE[0]}")/common.sh"
 PROG=depth.sh
 JOBS=${1:-2}
 [[ $JOBS =~ ^[1-9][0-9]*$ ]] || fail 2 "JOBS must be a positive integer, got: $JOBS"
-STUDY=config/depth-fmnist OUT=docs/depth TRAIN=config/depth-fmnist/e0-none/tail.json
+# The trained models are committed in $OUT/models (230 KB each), apart from the default models/ that other
+# runs share, so a rerun only prunes.
+STUDY=config/depth-fmnist OUT=docs/depth TRAIN=config/depth-fmnist/e0-none/tail.json MODELS=docs/depth/models
 # The cells without retraining first: the study's main question, and the cheapest.
 ORDER=(e0-none e0-lstsq width-e0-lstsq e1-none e1-lstsq width-e1-lstsq)
 cd "$REPO"
@@ -25,8 +27,8 @@ export OMP_NUM_THREADS=1
 start=$(date +%s)
 
 # Every config of the study shares one trained model per seed.
-seq 0 9 | xargs -P "$JOBS" -I{} "$PYTHON" main_train.py "$TRAIN" --seed {} --threads 1 --wandb disabled
-printf "$STUDY/%s\n" "${ORDER[@]}" | xargs -P "$JOBS" -I{} "$PYTHON" -m src.reproduce {} --threads 1
+seq 0 9 | xargs -P "$JOBS" -I{} "$PYTHON" main_train.py "$TRAIN" --seed {} --threads 1 --wandb disabled --models-dir "$MODELS"
+printf "$STUDY/%s\n" "${ORDER[@]}" | xargs -P "$JOBS" -I{} "$PYTHON" -m src.reproduce {} --threads 1 --models-dir "$MODELS"
 
 rm -rf "$OUT/records"
 for config in "$STUDY"/*/*.json; do
