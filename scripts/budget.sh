@@ -35,12 +35,7 @@ for cell in "${ORDER[@]}"; do printf '%s\n' "$STUDY"/$cell/*.json; done \
   | xargs -P "$JOBS" -I{} "$PYTHON" main_prune.py {} --threads 1
 
 # The per-seed records are committed with the report (<out>/records/<cell>/<criterion>/).
-rm -rf "$OUT/records"
-for config in "$STUDY"/*/*.json; do
-  cell=$(basename "$(dirname "$config")") name=$(basename "$config" .json)
-  mkdir -p "$OUT/records/$cell/$name"
-  cp output/"$(basename "$STUDY")/$cell/$name"/[0-9]*.json "$OUT/records/$cell/$name/"
-done
+copy_records "$STUDY" "$OUT"
 # Each cell's full report (every pair of criteria, Holm within the cell, on the endpoint the grid
 # fixed) and the summaries across cells, as src/report/committed.py lists them; the MLP's compute
 # figure puts its iterative runs and the committed early-stopped study beside the one-shot points.

@@ -186,3 +186,15 @@ run_entry() {
   echo
   run_python "${args[@]}"
 }
+
+# copy_records STUDY OUT: a grid study's per-seed records, output/<study>/<cell>/<config>/<seed>.json,
+# copied afresh into OUT/records/<cell>/<config>/ (committed with the study's report).
+copy_records() {
+  local study=$1 out=$2 config cell name
+  rm -rf "$out/records"
+  for config in "$study"/*/*.json; do
+    cell=$(basename "$(dirname "$config")") name=$(basename "$config" .json)
+    mkdir -p "$out/records/$cell/$name"
+    cp output/"$(basename "$study")/$cell/$name"/[0-9]*.json "$out/records/$cell/$name/"
+  done
+}

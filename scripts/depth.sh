@@ -30,11 +30,6 @@ start=$(date +%s)
 seq 0 9 | xargs -P "$JOBS" -I{} "$PYTHON" main_train.py "$TRAIN" --seed {} --threads 1 --wandb disabled --models-dir "$MODELS"
 printf "$STUDY/%s\n" "${ORDER[@]}" | xargs -P "$JOBS" -I{} "$PYTHON" -m src.reproduce {} --threads 1 --models-dir "$MODELS"
 
-rm -rf "$OUT/records"
-for config in "$STUDY"/*/*.json; do
-  cell=$(basename "$(dirname "$config")") name=$(basename "$config" .json)
-  mkdir -p "$OUT/records/$cell/$name"
-  cp output/"$(basename "$STUDY")/$cell/$name"/[0-9]*.json "$OUT/records/$cell/$name/"
-done
+copy_records "$STUDY" "$OUT"
 tar -cJf "$OUT/records.tar.xz" -C "$OUT" records
 echo "wall time $(( $(date +%s) - start ))s with $JOBS processes ($(nproc) CPUs)" | tee "$OUT/wall-time.txt"

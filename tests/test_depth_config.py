@@ -12,6 +12,7 @@ from src.config import DEPTH_CRITERIA, DepthConfig, DepthParams, load_config, pa
 from src.config.depth import check_counts
 from src.depth_results import config_description
 from src.errors import UserError
+from tests.test_config import error_of
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "config" / "depth-demo" / "cka-lstsq.json"
@@ -28,15 +29,6 @@ def with_params(**params) -> dict:
     raw = json.loads(json.dumps(BASE))
     raw["prune"]["params"] = params
     return raw
-
-
-def error_of(raw) -> str:
-    with pytest.raises(UserError) as info:
-        parse_config(raw, Path("cfg.json"))
-    message = str(info.value)
-    assert "\n" not in message
-    assert message.startswith("cfg.json: ")
-    return message
 
 
 def test_a_depth_section_reads_into_its_own_config():
