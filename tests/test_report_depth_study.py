@@ -9,7 +9,7 @@ from scipy import stats
 
 from src import depth_results, results
 from src.depth_results import BlockDamage
-from src.report.depth_study import Option, criteria_tests, patch_tests, rankings, write_study
+from src.report.depth_study import METRICS as ENDPOINT_METRICS, Option, best, criteria_tests, patch_tests, rankings, write_study
 from tests.report_helpers import simple, write_result
 from tests.test_depth_results import METRICS, point, result
 
@@ -27,7 +27,7 @@ C = option("random", [0.60, 0.70, 0.65, 0.61])
 def test_every_pair_of_a_cell_is_a_paired_t_test_holm_corrected_within_the_cell():
     tests = criteria_tests("e0-none", [A, B, C])
     assert [(t.a, t.b) for t in tests] == [("cka", "tail"), ("cka", "random"), ("tail", "random")]
-    p = [stats.ttest_rel(list(a.accuracy.values()), list(b.accuracy.values())).pvalue
+    p = [stats.ttest_rel(list(a.endpoint.values()), list(b.endpoint.values())).pvalue
          for a, b in ((A, B), (A, C), (B, C))]
     assert [t.test.p for t in tests] == pytest.approx(p)
     assert [t.test.mean for t in tests] == pytest.approx([0.0225, 0.1800, 0.1575])
@@ -104,3 +104,27 @@ def test_the_study_writes_its_tables_with_depth_against_the_best_width_at_matche
             "+5.00", f"{100 * low:+.2f} to {100 * high:+.2f}", f"{w.pvalue:.3g}"] in rows
     for name in ("endpoints.csv", "tests.csv", "ranking.csv", "accuracy-vs-macs.png", "latency.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0
+
+
+def test_a_loss_endpoint_is_best_lowest_and_reported_in_nats(tmp_path):
+    low, high = option("cka", [1.40, 1.42, 1.41]), option("tail", [1.50, 1.55, 1.52])
+    assert best([low, high], ENDPOINT_METRICS["val_loss"]) is low and best([low, high], ENDPOINT_METRICS["test_acc"]) is high
+    root = tmp_path / "records"
+    for seed in range(3):
+        losses = {"tail": (1.50, 1.55, 1.52)[seed], "cka": (1.40, 1.42, 1.41)[seed]}
+        for criterion, loss in losses.items():
+            record = damaged(seed, f"lm/e0-none/{criterion}")
+            at_two = replace(record.points[1], after_prune={**record.points[1].after_prune, "val_loss": loss})
+            depth_results.save(replace(record, criterion=criterion, points=(record.points[0], at_two)),
+                               root / "e0-none" / criterion)
+    markdown = write_study(root, ["e0-none"], 2, [], tmp_path / "out", metric=ENDPOINT_METRICS["val_loss"],
+                           endpoints="config/lm/README.md")
+    text = markdown.read_text()
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("|")]
+    t = stats.ttest_1samp([-0.10, -0.13, -0.11], 0.0)
+    # lowest loss first; differences in nats, to 4 digits
+    assert rows[2][:4] == ["cka", "3", "0.600", "1.4100 (1.4000-1.4200)"]
+    (pair,) = [row for row in rows if row[:2] == ["cka", "tail"]]
+    assert pair[2:4] == ["3", "-0.1133"] and pair[5] == f"{t.pvalue:.3g}"
+    assert "(`config/lm/README.md`)" in text and "Depth against width" not in text
+    assert "val_loss" in (tmp_path / "out" / "endpoints.csv").read_text().splitlines()[0]

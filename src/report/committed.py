@@ -4,9 +4,9 @@
 Each report under ``docs/`` is listed here once, with the command and options that make it (the
 endpoint its study fixed before the run among them), so that a committed report can always be
 checked against what its records give today. A study is named by its config folder
-(``budget-fmnist``). ``docs/budget``'s and ``docs/depth``'s records are committed packed (``records.tar.xz``) and
-unpacked into their git-ignored ``records/`` folders where those are missing; delete a folder to
-unpack it again.
+(``budget-fmnist``). The records of ``docs/budget``, ``docs/depth`` and ``docs/depth/lm`` are committed
+packed (``records.tar.xz``) and unpacked into their git-ignored ``records/`` folders where those are
+missing; delete a folder to unpack it again.
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ class Packed:
 # Committed before records were kept (docs/studies.md): these reports cannot be made again.
 WITHOUT_RECORDS = ("docs/fmnist-cpu/report",)
 PACKED = (Packed("docs/budget/records.tar.xz", "docs/budget", ("docs/budget/records", "docs/budget/resnet/records")),
-          Packed("docs/depth/records.tar.xz", "docs/depth", ("docs/depth/records",)))
+          Packed("docs/depth/records.tar.xz", "docs/depth", ("docs/depth/records",)),
+          Packed("docs/depth/lm/records.tar.xz", "docs/depth/lm", ("docs/depth/lm/records",)))
 
 BUDGET, RESNET_BUDGET = "budget-fmnist", "budget-fmnist-resnet"
 STUDY = ("cka", "apoz", "cka-global", "cka-independent", "cka-next", "cka-rewind", "l1", "random", "taylor")
@@ -71,6 +72,11 @@ DEPTH_CELLS = ("e0-none", "e0-lstsq", "e1-none", "e1-lstsq")
 DEPTH_CRITERIA = ("angular", "cka", "cka-refit", "cosine", "loss", "pons", "random", "residual", "tail")
 WIDTH_CELLS = ("width-e0-lstsq", "width-e1-lstsq")
 WIDTH = ("cka", "tp_l1", "tp_taylor")
+# The language model's depth study (config/depth-lm/README.md): validation loss with 1 of 8 blocks removed.
+DEPTH_LM = "depth-lm"
+DEPTH_LM_CELLS = {"e0-none": DEPTH_CRITERIA, "e0-lstsq": DEPTH_CRITERIA, "e1-none": ("tail",),
+                  "e1-lstsq": ("angular", "cka", "cka-refit", "cosine", "residual", "tail"),
+                  "span-e0-lstsq": ("angular", "cka", "cka-refit", "cosine", "residual")}
 
 
 def _folders(root: str, names: Sequence[str]) -> tuple[str, ...]:
@@ -117,7 +123,14 @@ REGENERATIONS = (
     *(_cell(DEPTH, "docs/depth/records", cell, WIDTH, f"docs/depth/{cell}", "iteration:1") for cell in WIDTH_CELLS),
     Regeneration(DEPTH, "docs/depth/study", depth_study.main, (
         "docs/depth/records", "--cells", ",".join(DEPTH_CELLS), "--count", "6", "--secondary", "3,9",
-        "--out", "docs/depth/study", "--format", "png")),
+        "--endpoints", "config/depth-fmnist/README.md", "--out", "docs/depth/study", "--format", "png")),
+    *(Regeneration(DEPTH_LM, f"docs/depth/lm/{cell}", cli.main,
+                   (*_folders(f"docs/depth/lm/records/{cell}", criteria), "--out", f"docs/depth/lm/{cell}"))
+      for cell, criteria in DEPTH_LM_CELLS.items()),
+    Regeneration(DEPTH_LM, "docs/depth/lm/study", depth_study.main, (
+        "docs/depth/lm/records", "--cells", "e0-none,e0-lstsq,e1-none,e1-lstsq", "--count", "1", "--secondary", "2,4,6",
+        "--metric", "val_loss", "--endpoints", "config/depth-lm/README.md", "--out", "docs/depth/lm/study",
+        "--format", "png")),
 )
 
 
@@ -158,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m src.report.committed", description=__doc__.split("\n\n")[0])
     parser.add_argument("studies", nargs="*", metavar="STUDY",
                         help="config folder names: ex1-fmnist, study-fmnist, budget-fmnist, budget-fmnist-resnet, "
-                             "depth-fmnist (default: all)")
+                             "depth-fmnist, depth-lm (default: all)")
     entries = selected(parser.parse_args(argv).studies)
     extract_packed()
     for entry in entries:

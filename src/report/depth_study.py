@@ -3,9 +3,10 @@
 A study root holds one folder per cell, each holding one result folder per option:
 ``<root>/<budget>-<compensation>/<criterion>/<seed>.json`` (depth records, :mod:`src.depth_results`)
 and ``<root>/width-<budget>-lstsq/<criterion>/<seed>.json`` (width records, :mod:`src.results`).
-The endpoint is each seed's test accuracy with ``--count`` blocks removed (after the cell's
-retraining where it retrains); a width option's is its accuracy at sweep point 1 (the rate whose
-MACs match the depth endpoint with the patch) and, secondary, point 2 (matching it without).
+The endpoint is each seed's ``--metric`` (test accuracy, or validation loss for a language model)
+with ``--count`` blocks removed (after the cell's retraining where it retrains); a width option's
+is its metric at sweep point 1 (the rate whose MACs match the depth endpoint with the patch) and,
+secondary, point 2 (matching it without).
 
 - **Criteria** (one family per depth cell): the paired t-test of a - b over the seeds both have,
   for every pair of the cell's criteria, Holm-corrected over the cell's pairs.
@@ -14,13 +15,13 @@ MACs match the depth endpoint with the patch) and, secondary, point 2 (matching 
   the trained model and the validation loss's rise with each block removed alone (as the identity
   and as its patch), and the regret of its first choice (:mod:`src.report.depth`); mean and 95 %
   t-interval over seeds.
-- **Depth against width** (one test per budget, uncorrected): the depth option with the highest
-  mean endpoint of the ``lstsq`` cell against the width option with the highest mean at point 1;
+- **Depth against width** (one test per budget, uncorrected): the depth option with the best
+  mean endpoint of the ``lstsq`` cell against the width option with the best mean at point 1;
   secondary, the ``none`` cell's against point 2. Picking each side by its mean on the same seeds
   favours both; the test is read as descriptive where it is close.
 
 Usage: ``python3 -m src.report.depth_study ROOT --count 6 --cells e0-none,e0-lstsq,e1-none,e1-lstsq
---out DIR [--format png]``.
+--out DIR [--metric test_acc|val_loss] [--endpoints README] [--format png]``.
 """
 
 from __future__ import annotations
@@ -51,18 +52,41 @@ MATCHED, MATCHED_UNPATCHED = 1, 2  # the width sweep's points matching the depth
 
 
 @dataclass(frozen=True)
+class Metric:
+    """The endpoint: a record's metric (``key``), which way is better, and how it prints (``scale``
+    times the stored value, to ``digits``; a difference in ``unit``)."""
+
+    key: str
+    label: str
+    unit: str
+    scale: float
+    digits: int
+    higher_is_better: bool
+
+    def value(self, v: float) -> str:
+        return f"{self.scale * v:.{self.digits}f}"
+
+    def difference(self, v: float) -> str:
+        return f"{self.scale * v:+.{self.digits}f}"
+
+
+METRICS = {"test_acc": Metric("test_acc", "test acc %", "pp", 100.0, 2, True),
+           "val_loss": Metric("val_loss", "val loss (nats)", "nats", 1.0, 4, False)}
+
+
+@dataclass(frozen=True)
 class Option:
     """One config of a cell: its endpoint and its MACs there, per seed."""
 
     cell: str
     name: str
-    accuracy: dict[int, float]
+    endpoint: dict[int, float]
     macs: dict[int, int]
     baseline_macs: dict[int, int]
 
     @property
     def stat(self) -> Stat | None:
-        return Stat.of(list(self.accuracy.values()))
+        return Stat.of(list(self.endpoint.values()))
 
     @property
     def macs_fraction(self) -> float:
@@ -85,34 +109,34 @@ class PairTest:
         return self.p_holm is not None and self.p_holm < ALPHA
 
 
-def depth_options(cell_dir: Path, count: int) -> tuple[list[Option], list[DepthResult]]:
+def depth_options(cell_dir: Path, count: int, metric: Metric) -> tuple[list[Option], list[DepthResult]]:
     """The cell's criteria at ``count`` blocks removed (by folder name), and every record it holds."""
     options, records = [], []
     for folder in sorted(p for p in Path(cell_dir).iterdir() if p.is_dir()):
         exp = load_depth_experiment(folder)
         done = [(r, r.point(count)) for r in exp.seeds if r.point(count) is not None]
         options.append(Option(Path(cell_dir).name, folder.name,
-                              {r.seed: (p.after_retrain or p.after_prune)["test_acc"] for r, p in done},
+                              {r.seed: (p.after_retrain or p.after_prune)[metric.key] for r, p in done},
                               {r.seed: p.macs for r, p in done}, {r.seed: r.baseline_macs for r, _ in done}))
         records += exp.seeds
     return options, records
 
 
-def width_options(cell_dir: Path, point: int) -> list[Option]:
+def width_options(cell_dir: Path, point: int, metric: Metric) -> list[Option]:
     """The cell's width options at sweep point ``point`` (by folder name)."""
     options = []
     for folder in sorted(p for p in Path(cell_dir).iterdir() if p.is_dir()):
         seeds = [results.load(path) for path in results.seed_files(folder)]
         done = [(s, s.iteration(point)) for s in seeds if s.iteration(point) is not None]
         options.append(Option(Path(cell_dir).name, folder.name,
-                              {s.seed: (it.after_retrain or it.after_prune)["test_acc"] for s, it in done},
+                              {s.seed: (it.after_retrain or it.after_prune)[metric.key] for s, it in done},
                               {s.seed: it.macs for s, it in done}, {s.seed: s.baseline_macs for s, _ in done}))
     return options
 
 
 def pair_test(family: str, a: Option, b: Option) -> PairTest:
-    seeds = tuple(sorted(set(a.accuracy) & set(b.accuracy)))
-    return PairTest(family, a.name, b.name, seeds, paired_t([a.accuracy[s] - b.accuracy[s] for s in seeds]))
+    seeds = tuple(sorted(set(a.endpoint) & set(b.endpoint)))
+    return PairTest(family, a.name, b.name, seeds, paired_t([a.endpoint[s] - b.endpoint[s] for s in seeds]))
 
 
 def corrected(tests: Sequence[PairTest]) -> list[PairTest]:
@@ -132,8 +156,10 @@ def patch_tests(budget: str, none: Sequence[Option], lstsq: Sequence[Option]) ->
     return corrected([pair_test(budget, o, unpatched[o.name]) for o in lstsq if o.name in unpatched])
 
 
-def best(options: Sequence[Option]) -> Option:
-    return max((o for o in options if o.accuracy), key=lambda o: o.stat.mean)
+def best(options: Sequence[Option], metric: Metric) -> Option:
+    """The option with the best mean endpoint."""
+    sign = 1 if metric.higher_is_better else -1
+    return max((o for o in options if o.endpoint), key=lambda o: sign * o.stat.mean)
 
 
 @dataclass(frozen=True)
@@ -162,28 +188,26 @@ def rankings(records: Sequence[DepthResult]) -> list[Ranking]:
     return out
 
 
-def _pp(value: float) -> str:
-    return f"{100 * value:+.2f}"
-
-
 def _p(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g}"
 
 
-def _acc(option: Option) -> str:
+def _summary(option: Option, metric: Metric) -> str:
     s = option.stat
-    return "-" if s is None else f"{100 * s.mean:.2f} ({100 * s.min:.2f}-{100 * s.max:.2f})"
+    return "-" if s is None else f"{metric.value(s.mean)} ({metric.value(s.min)}-{metric.value(s.max)})"
 
 
-def pair_row(t: PairTest) -> list[str]:
+def pair_row(t: PairTest, metric: Metric) -> list[str]:
     if t.test is None:
         return [t.a, t.b, str(len(t.seeds)), "-", "-", "-", "-", ""]
     s = t.test
-    return [t.a, t.b, str(s.n), _pp(s.mean), f"{_pp(s.low)} to {_pp(s.high)}", _p(s.p), _p(t.p_holm),
+    return [t.a, t.b, str(s.n), metric.difference(s.mean),
+            f"{metric.difference(s.low)} to {metric.difference(s.high)}", _p(s.p), _p(t.p_holm),
             "yes" if t.significant else ""]
 
 
-TEST_HEADERS = ["a", "b", "n", "a - b (pp)", "95 % t-interval", "p", "p Holm", "Holm p < 0.05"]
+def test_headers(metric: Metric) -> list[str]:
+    return ["a", "b", "n", f"a - b ({metric.unit})", "95 % t-interval", "p", "p Holm", "Holm p < 0.05"]
 
 
 def _table(rows: list[list[str]], headers: Sequence[str]) -> str:
@@ -199,6 +223,7 @@ def _interval(values: Sequence[float], scale: float = 1.0, digits: int = 3) -> s
 
 @dataclass(frozen=True)
 class Study:
+    metric: Metric
     count: int
     cells: dict[str, list[Option]]                # depth cell -> its criteria at the endpoint
     secondary: dict[int, dict[str, list[Option]]]  # other counts -> cell -> criteria
@@ -206,34 +231,35 @@ class Study:
     records: dict[str, list[DepthResult]]          # depth cell -> its records
 
 
-def load_study(root: Path, cells: Sequence[str], count: int, secondary: Sequence[int]) -> Study:
+def load_study(root: Path, cells: Sequence[str], count: int, secondary: Sequence[int], metric: Metric) -> Study:
     """The depth cells ``cells`` of ``root`` (``<budget>-<compensation>``) and each budget's width cell."""
     missing = [c for c in cells if not (Path(root) / c).is_dir()]
     if missing:
         raise UserError(f"{root}: no cell folder {', '.join(missing)}")
-    loaded = {c: depth_options(Path(root) / c, count) for c in cells}
+    loaded = {c: depth_options(Path(root) / c, count, metric) for c in cells}
     width = {}
     for budget in dict.fromkeys(c.rsplit("-", 1)[0] for c in cells):
         folder = Path(root) / f"width-{budget}-lstsq"
         if folder.is_dir():
-            width[budget] = {p: width_options(folder, p) for p in (MATCHED, MATCHED_UNPATCHED)}
-    return Study(count, {c: o for c, (o, _) in loaded.items()},
-                 {k: {c: depth_options(Path(root) / c, k)[0] for c in cells} for k in secondary},
+            width[budget] = {p: width_options(folder, p, metric) for p in (MATCHED, MATCHED_UNPATCHED)}
+    return Study(metric, count, {c: o for c, (o, _) in loaded.items()},
+                 {k: {c: depth_options(Path(root) / c, k, metric)[0] for c in cells} for k in secondary},
                  width, {c: r for c, (_, r) in loaded.items()})
 
 
 def endpoint_rows(study: Study) -> list[dict]:
+    key = study.metric.key
     rows = []
     for count, cells in ((study.count, study.cells), *study.secondary.items()):
         for cell, options in cells.items():
-            rows += [{"cell": cell, "option": o.name, "blocks_removed": count, "seed": s, "test_acc": o.accuracy[s],
+            rows += [{"cell": cell, "option": o.name, "blocks_removed": count, "seed": s, key: o.endpoint[s],
                       "macs": o.macs[s], "macs_fraction": o.macs[s] / o.baseline_macs[s]} for o in options
-                     for s in sorted(o.accuracy)]
+                     for s in sorted(o.endpoint)]
     for budget, points in study.width.items():
         for point, options in points.items():
             rows += [{"cell": f"width-{budget}-lstsq", "option": o.name, "blocks_removed": f"rate point {point}",
-                      "seed": s, "test_acc": o.accuracy[s], "macs": o.macs[s],
-                      "macs_fraction": o.macs[s] / o.baseline_macs[s]} for o in options for s in sorted(o.accuracy)]
+                      "seed": s, key: o.endpoint[s], "macs": o.macs[s],
+                      "macs_fraction": o.macs[s] / o.baseline_macs[s]} for o in options for s in sorted(o.endpoint)]
     return rows
 
 
@@ -245,30 +271,35 @@ def pair_rows(tests: Sequence[PairTest], kind: str) -> list[dict]:
 
 
 def criteria_section(study: Study, tests: dict[str, list[PairTest]]) -> list[str]:
+    m = study.metric
+    headers = test_headers(m)
     out = [f"## Criteria at {study.count} blocks removed", "",
-           f"Each cell: test accuracy % with {study.count} blocks removed, mean (min-max) over seeds; the paired "
-           f"t-test of every pair of criteria, Holm over the cell's {len(next(iter(tests.values()), []))} pairs. "
+           f"Each cell: {m.label} with {study.count} blocks removed, mean (min-max) over seeds; the paired "
+           "t-test of every pair of criteria, Holm over the cell's pairs (a pair with identical endpoints on every seed "
+           "has no test and is out of the family). "
            "Headline: the representation-aware criteria against the baselines; every pair is in `tests.csv`."]
     for cell, options in study.cells.items():
-        ranked = sorted(options, key=lambda o: -o.stat.mean if o.stat else math.inf)
-        out += ["", f"### {cell}", "",
-                _table([[o.name, str(len(o.accuracy)), f"{o.macs_fraction:.3f}", _acc(o)] for o in ranked],
-                       ["criterion", "seeds", "MACs left", "test acc %"]), "",
-                _table([pair_row(t) for t in tests[cell] if {t.a, t.b} & set(REPRESENTATION_AWARE)
-                        and {t.a, t.b} & set(BASELINES)], TEST_HEADERS)]
+        sign = -1 if m.higher_is_better else 1
+        ranked = sorted(options, key=lambda o: sign * o.stat.mean if o.stat else math.inf)
+        tested = sum(t.test is not None and t.test.p is not None for t in tests[cell])
+        out += ["", f"### {cell}", "", f"{len(options)} criteria; Holm over {tested} tested pairs.", "",
+                _table([[o.name, str(len(o.endpoint)), f"{o.macs_fraction:.3f}", _summary(o, m)] for o in ranked],
+                       ["criterion", "seeds", "MACs left", m.label]), "",
+                _table([pair_row(t, m) for t in tests[cell] if {t.a, t.b} & set(REPRESENTATION_AWARE)
+                        and {t.a, t.b} & set(BASELINES)], headers)]
         others = [t for t in tests[cell] if t.significant and not ({t.a, t.b} & set(REPRESENTATION_AWARE)
                                                                    and {t.a, t.b} & set(BASELINES))]
         if others:
-            out += ["", "Other pairs with Holm p < 0.05:", "", _table([pair_row(t) for t in others], TEST_HEADERS)]
+            out += ["", "Other pairs with Holm p < 0.05:", "", _table([pair_row(t, m) for t in others], headers)]
     return out
 
 
-def patch_section(patches: dict[str, list[PairTest]]) -> list[str]:
+def patch_section(patches: dict[str, list[PairTest]], metric: Metric) -> list[str]:
     out = ["## What the patch is worth", "",
            "`lstsq` - `none` at the endpoint, per criterion, paired over seeds, Holm over the criteria of the budget."]
-    headers = ["criterion", "n", "lstsq - none (pp)", *TEST_HEADERS[4:]]
+    headers = ["criterion", "n", f"lstsq - none ({metric.unit})", *test_headers(metric)[4:]]
     for budget, tests in patches.items():
-        out += ["", f"### {budget}", "", _table([[t.a, *pair_row(t)[2:]] for t in tests], headers)]
+        out += ["", f"### {budget}", "", _table([[t.a, *pair_row(t, metric)[2:]] for t in tests], headers)]
     return out
 
 
@@ -287,8 +318,9 @@ def ranking_section(ranked: Sequence[Ranking]) -> list[str]:
 
 
 def width_section(study: Study) -> tuple[list[str], list[PairTest]]:
+    m = study.metric
     out = ["## Depth against width at matched MACs", "",
-           "Per budget: the depth criterion with the highest mean endpoint against the width option with the highest "
+           "Per budget: the depth criterion with the best mean endpoint against the width option with the best "
            "mean at the matched rate (width options at their rates' MACs); depth - width, paired over seeds. Each "
            "side is the best of its family on these seeds, so a close result is descriptive."]
     rows, tests = [], []
@@ -297,25 +329,29 @@ def width_section(study: Study) -> tuple[list[str], list[PairTest]]:
             depth_cell = f"{budget}-{compensate}"
             if depth_cell not in study.cells or not points[point]:
                 continue
-            d, w = best(study.cells[depth_cell]), best(points[point])
+            d, w = best(study.cells[depth_cell], m), best(points[point], m)
             t = pair_test(f"{budget} depth {compensate} vs width", d, w)
             tests.append(t)
-            rows.append([depth_cell, d.name, f"{d.macs_fraction:.3f}", _acc(d), w.name, f"{w.macs_fraction:.3f}",
-                         _acc(w), *pair_row(t)[2:6]])
+            rows.append([depth_cell, d.name, f"{d.macs_fraction:.3f}", _summary(d, m), w.name,
+                         f"{w.macs_fraction:.3f}", _summary(w, m), *pair_row(t, m)[2:6]])
         for point in (MATCHED, MATCHED_UNPATCHED):
-            out_rows = [[f"width-{budget}-lstsq", o.name, str(point), f"{o.macs_fraction:.3f}", _acc(o)]
+            out_rows = [[f"width-{budget}-lstsq", o.name, str(point), f"{o.macs_fraction:.3f}", _summary(o, m)]
                         for o in points[point]]
-            out += ["", _table(out_rows, ["cell", "width option", "rate point", "MACs left", "test acc %"])]
-    out += ["", _table(rows, ["depth cell", "depth", "MACs left", "test acc %", "width", "MACs left", "test acc %",
-                              "n", "depth - width (pp)", "95 % t-interval", "p"])]
+            out += ["", _table(out_rows, ["cell", "width option", "rate point", "MACs left", m.label])]
+    if not rows:
+        return [], tests
+    out += ["", _table(rows, ["depth cell", "depth", "MACs left", m.label, "width", "MACs left", m.label,
+                              "n", f"depth - width ({m.unit})", "95 % t-interval", "p"])]
     return out, tests
 
 
 def write_study(root: Path, cells: Sequence[str], count: int, secondary: Sequence[int], out_dir: Path,
-                formats: Sequence[str] = ("png",)) -> Path:
+                formats: Sequence[str] = ("png",), metric: Metric = METRICS["test_acc"],
+                endpoints: Path | None = None) -> Path:
     """Every table of the study into ``out_dir``: ``report.md``, ``endpoints.csv``, ``tests.csv``,
-    ``ranking.csv`` and the figures; returns the Markdown's path."""
-    study = load_study(root, cells, count, secondary)
+    ``ranking.csv`` and the figures; returns the Markdown's path. ``endpoints``: the README that
+    fixed them, named in the report."""
+    study = load_study(root, cells, count, secondary, metric)
     tests = {cell: criteria_tests(cell, options) for cell, options in study.cells.items()}
     budgets = dict.fromkeys(c.rsplit("-", 1)[0] for c in cells)
     patches = {b: patch_tests(b, study.cells[f"{b}-none"], study.cells[f"{b}-lstsq"]) for b in budgets
@@ -325,12 +361,13 @@ def write_study(root: Path, cells: Sequence[str], count: int, secondary: Sequenc
     secondary_lines = []
     for k, cells_k in study.secondary.items():
         secondary_lines += ["", f"### {k} blocks removed", "", _table(
-            [[cell, o.name, f"{o.macs_fraction:.3f}", _acc(o)] for cell, options in cells_k.items() for o in options],
-            ["cell", "criterion", "MACs left", "test acc %"])]
+            [[cell, o.name, f"{o.macs_fraction:.3f}", _summary(o, metric)] for cell, options in cells_k.items()
+             for o in options if o.endpoint], ["cell", "criterion", "MACs left", metric.label])]
+    fixed = "" if endpoints is None else f" (`{endpoints}`)"
     sections = [f"# The depth study: {count} blocks removed", "",
                 "Made by `python3 -m src.report.depth_study` from the records; the endpoints were fixed before the "
-                "run (`config/depth-fmnist/README.md`).", "",
-                *criteria_section(study, tests), "", *patch_section(patches), "", *ranking_section(ranked), "",
+                f"run{fixed}.", "",
+                *criteria_section(study, tests), "", *patch_section(patches, metric), "", *ranking_section(ranked), "",
                 *width_lines, "", "## Secondary, descriptive: the other counts", *secondary_lines]
     out_dir = Path(out_dir)
     markdown = atomic_write_text(out_dir / "report.md", "\n".join(sections) + "\n")
@@ -342,12 +379,12 @@ def write_study(root: Path, cells: Sequence[str], count: int, secondary: Sequenc
         [{"criterion": r.criterion, "damage": "patch" if r.patched else "identity", "seed_index": i, "rho": rho,
           "regret_val_loss": g} for r in ranked for i, (rho, g) in enumerate(zip(r.rho, r.regret))]))
     width = {budget: [o for point in points.values() for o in point] for budget, points in study.width.items()}
-    plot_accuracy_vs_macs(study.records, width, out_dir / "accuracy-vs-macs", formats)
+    plot_accuracy_vs_macs(study.records, width, metric.key, out_dir / "accuracy-vs-macs", formats)
     timed = {cell: [r for r in records if r.baseline_latency_seconds and all(p.latency_seconds for p in r.points)]
              for cell, records in study.records.items()}
     latency = {cell: records for cell, records in timed.items() if records}
     if latency:
-        plot_latency(latency, out_dir / "latency", formats)
+        plot_latency(latency, metric.key, out_dir / "latency", formats)
     return markdown
 
 
@@ -361,11 +398,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cells", required=True, help="the depth cells, comma-separated (<budget>-<compensation>)")
     parser.add_argument("--count", type=int, required=True, help="the endpoint: blocks removed")
     parser.add_argument("--secondary", type=_counts, default=(), help="other counts, comma-separated (descriptive)")
+    parser.add_argument("--metric", choices=sorted(METRICS), default="test_acc",
+                        help="the endpoint's metric (default: test_acc; val_loss for a language model)")
+    parser.add_argument("--endpoints", type=Path, help="the README that fixed the endpoints, named in the report")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--format", default="png", metavar="FORMATS", help="figure formats, comma-separated")
     args = parser.parse_args(argv)
     path = write_study(args.root, [c for c in args.cells.split(",") if c], args.count, args.secondary, args.out,
-                       parse_formats(args.format))
+                       parse_formats(args.format), METRICS[args.metric], args.endpoints)
     print(path.read_text())
     return 0
 
