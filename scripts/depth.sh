@@ -1,33 +1,46 @@
 #!/usr/bin/env bash
-# The depth-pruning study on the residual MLP (config/depth-fmnist, endpoints in its README.md):
-# trains the 10 seeds of the pilot's model, then runs every cell of the study, each cell one
+# A depth-pruning study (endpoints in its config folder's README.md): trains the study's seeds of
+# its pilot's model (a seed already trained is skipped), then runs every cell, each cell one
 # process (python3 -m src.reproduce CELL: its configs and seeds in that process, one thread), and
-# copies the per-seed records into docs/depth/records/<cell>/<config>/, committed packed
-# (docs/depth/records.tar.xz). The report is then made from the records by
-# `python3 -m src.report.committed depth-fmnist`.
+# copies the per-seed records into OUT/records/<cell>/<config>/, committed packed
+# (OUT/records.tar.xz). The report is then made from the records by
+# `python3 -m src.report.committed STUDY`.
 #
-# Usage: bash scripts/depth.sh [JOBS]   JOBS processes at a time, one thread each [2]
-# Needs Fashion-MNIST (apt-get install dataset-fashion-mnist). Finished trainings and removal counts
-# are skipped, so an interrupted study resumes where it stopped.
+#   depth-fmnist  the residual MLP, 10 seeds, into docs/depth/   (needs Fashion-MNIST:
+#                 apt-get install dataset-fashion-mnist)
+#   depth-lm      the byte-level decoder, 5 seeds, into docs/depth/lm/
+#
+# Usage: bash scripts/depth.sh [JOBS] [STUDY]   JOBS processes at a time, one thread each [2];
+#                                               STUDY [depth-fmnist]
+# Finished trainings and removal counts are skipped, so an interrupted study resumes where it stopped.
 
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=common.sh
 source "$(dirname -- "${BASH_SOURCE[0]}")/common.sh"
 PROG=depth.sh
 JOBS=${1:-2}
+STUDY_NAME=${2:-depth-fmnist}
 [[ $JOBS =~ ^[1-9][0-9]*$ ]] || fail 2 "JOBS must be a positive integer, got: $JOBS"
-# The trained models are committed in $OUT/models (230 KB each), apart from the default models/ that other
-# runs share, so a rerun only prunes.
-STUDY=config/depth-fmnist OUT=docs/depth TRAIN=config/depth-fmnist/e0-none/tail.json MODELS=docs/depth/models
-# The cells without retraining first: the study's main question, and the cheapest.
-ORDER=(e0-none e0-lstsq width-e0-lstsq e1-none e1-lstsq width-e1-lstsq)
+# The trained models are committed in docs/depth/models (0.2-2 MB each), apart from the default
+# models/ that other runs share, so a rerun only prunes. The MLP's cells without retraining go first:
+# the study's main question, and the cheapest; the language model's retrained cell first, the longest.
+case $STUDY_NAME in
+  depth-fmnist)
+    OUT=docs/depth SEEDS=9 TRAIN=config/depth-fmnist/e0-none/tail.json
+    ORDER=(e0-none e0-lstsq width-e0-lstsq e1-none e1-lstsq width-e1-lstsq) ;;
+  depth-lm)
+    OUT=docs/depth/lm SEEDS=4 TRAIN=config/depth-lm/e0-none/tail.json
+    ORDER=(e1-lstsq e0-none e0-lstsq span-e0-lstsq e1-none) ;;
+  *) fail 2 "STUDY must be depth-fmnist or depth-lm, got: $STUDY_NAME" ;;
+esac
+STUDY=config/$STUDY_NAME MODELS=docs/depth/models
 cd "$REPO"
 setup_python
 export OMP_NUM_THREADS=1
 start=$(date +%s)
 
 # Every config of the study shares one trained model per seed.
-seq 0 9 | xargs -P "$JOBS" -I{} "$PYTHON" main_train.py "$TRAIN" --seed {} --threads 1 --wandb disabled --models-dir "$MODELS"
+seq 0 "$SEEDS" | xargs -P "$JOBS" -I{} "$PYTHON" main_train.py "$TRAIN" --seed {} --threads 1 --wandb disabled --models-dir "$MODELS"
 printf "$STUDY/%s\n" "${ORDER[@]}" | xargs -P "$JOBS" -I{} "$PYTHON" -m src.reproduce {} --threads 1 --models-dir "$MODELS"
 
 copy_records "$STUDY" "$OUT"
