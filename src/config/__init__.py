@@ -26,7 +26,7 @@ from src.config.options import (ACTIVATION_CRITERIA, ALLOCATIONS, BYTES, COMPENS
                                 VGG_DEPTHS, WANDB_MODES, ZOO_DEFAULTS, ZOO_TYPES)
 from src.config.depth import DepthConfig, DepthParams, read_depth
 from src.config.prune import _read_prune
-from src.config.reader import _Section, is_seed
+from src.config.reader import Section, is_seed
 from src.config.schema import (DataConfig, ExperimentConfig, Hyperband, ModelConfig, PruneConfig, PruneParams,
                                SearchConfig, SearchParameter, TrainParams, WandbConfig)
 from src.config.search import _read_search, _read_wandb
@@ -49,7 +49,7 @@ __all__ = [
 
 def parse_config(raw: Any, source: Path) -> ExperimentConfig:
     """Validate a parsed JSON document; raise :class:`UserError` on the first problem."""
-    top = _Section(source, "", raw)
+    top = Section(source, "", raw)
     data = _read_data(top.section("data"))
     model = _read_model(top.section("model"), data)
     params = _read_params(top.section("params"))

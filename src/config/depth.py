@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from src.config.options import DEPTH_COMPENSATIONS, DEPTH_CRITERIA, DEPTH_STRATEGY, DEPTH_TYPES
-from src.config.reader import _in_open_unit, _int_list, _is_int, _is_number, _positive_int, _Section
+from src.config.reader import in_open_unit, int_list, is_int, is_number, positive_int, Section
 from src.config.schema import ModelConfig, TrainParams
 from src.errors import UserError
 
@@ -82,7 +82,7 @@ class DepthConfig:
         return {"strategy": self.strategy, "params": params}
 
 
-def read_depth(s: _Section, model: ModelConfig, training: TrainParams) -> DepthConfig:
+def read_depth(s: Section, model: ModelConfig, training: TrainParams) -> DepthConfig:
     """The ``prune`` section ``s`` of a depth config (its strategy is "depth")."""
     s.values.pop("strategy")
     if model.type not in DEPTH_TYPES:
@@ -93,23 +93,23 @@ def read_depth(s: _Section, model: ModelConfig, training: TrainParams) -> DepthC
     p = s.section("params")
     given = set(p.values)
     d = DepthParams(recalibrate_bn=model.has_batch_norm)
-    blocks = p.get("blocks", None, lambda v: _positive_int(v) or (_int_list(v) and len(v) > 0 and _increasing(v)),
+    blocks = p.get("blocks", None, lambda v: positive_int(v) or (int_list(v) and len(v) > 0 and _increasing(v)),
                    "must be a positive integer or an increasing list of them (blocks removed)")
     fractions = p.get("fractions", None, lambda v: isinstance(v, list) and len(v) > 0 and _increasing(v)
-                      and all(map(_in_open_unit, v)), "must be an increasing list of numbers in (0, 1)")
+                      and all(map(in_open_unit, v)), "must be an increasing list of numbers in (0, 1)")
     if (blocks is None) == (fractions is None):
         p.fail(p.path, "needs exactly one of blocks and fractions")
     compensate = p.choice("compensate", d.compensate, DEPTH_COMPENSATIONS)
-    ridge = p.get("ridge", d.ridge, lambda v: _is_number(v) and v >= 0, "must be a number >= 0")
+    ridge = p.get("ridge", d.ridge, lambda v: is_number(v) and v >= 0, "must be a number >= 0")
     criterion = p.choice("criterion", d.criterion, DEPTH_CRITERIA)
     if "ridge" in given and compensate != "lstsq" and criterion not in ("residual", "cka-refit"):
         p.fail(p.key("ridge"), 'applies to compensate "lstsq" and criteria residual and cka-refit only')
-    epochs = p.get("retrain_epochs", d.retrain_epochs, lambda v: _is_int(v) and v >= 0,
+    epochs = p.get("retrain_epochs", d.retrain_epochs, lambda v: is_int(v) and v >= 0,
                    "must be an integer >= 0 (0: no retraining)")
     if epochs and epochs <= training.warmup_epochs:
         p.fail(p.key("retrain_epochs"), f"must be > params.warmup_epochs ({training.warmup_epochs}): "
                                         "retraining runs the params recipe's schedule", epochs)
-    lr = p.get("retrain_lr", d.retrain_lr, lambda v: _is_number(v) and v > 0, "must be a positive number")
+    lr = p.get("retrain_lr", d.retrain_lr, lambda v: is_number(v) and v > 0, "must be a positive number")
     if lr is not None and not epochs:
         p.fail(p.key("retrain_lr"), "applies to retraining, but retrain_epochs is 0")
     recalibrate = p.get("recalibrate_bn", d.recalibrate_bn, lambda v: isinstance(v, bool), "must be true or false")
@@ -120,10 +120,10 @@ def read_depth(s: _Section, model: ModelConfig, training: TrainParams) -> DepthC
         blocks=None if blocks is None else tuple(blocks) if isinstance(blocks, list) else (blocks,),
         fractions=None if fractions is None else tuple(float(f) for f in fractions),
         greedy=p.get("greedy", d.greedy, lambda v: isinstance(v, bool), "must be true or false"),
-        span=p.get("span", d.span, lambda v: v is True or _positive_int(v),
+        span=p.get("span", d.span, lambda v: v is True or positive_int(v),
                    "must be a positive integer (blocks removed together) or true (the whole count as one span)"),
         compensate=compensate, ridge=float(ridge),
-        samples=p.get("samples", d.samples, _positive_int, "must be a positive integer (calibration samples)"),
+        samples=p.get("samples", d.samples, positive_int, "must be a positive integer (calibration samples)"),
         retrain_epochs=epochs, retrain_lr=None if lr == training.lr else lr, recalibrate_bn=recalibrate,
         damage=p.get("damage", d.damage, lambda v: isinstance(v, bool), "must be true or false"),
         latency=p.get("latency", d.latency, lambda v: isinstance(v, bool), "must be true or false"),
@@ -148,4 +148,4 @@ def check_counts(params: DepthParams, removable: int, source: str) -> tuple[int,
 
 
 def _increasing(v: list) -> bool:
-    return all(_is_number(x) for x in v) and all(a < b for a, b in zip(v, v[1:]))
+    return all(is_number(x) for x in v) and all(a < b for a, b in zip(v, v[1:]))

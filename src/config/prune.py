@@ -10,18 +10,18 @@ from dataclasses import replace
 from src.config.options import (ACTIVATION_CRITERIA, ALLOCATIONS, COMPENSATIONS, CRITERIA, DEPTH_STRATEGY, ENGINES,
                                 GREEDY_VARIANTS, HOOKS, KERNELS, REFIT_CRITERIA, RETRAIN_MODES, REWIND_EPOCHS,
                                 STRATEGIES, TARGETS, TP_CRITERIA, ZOO_TYPES)
-from src.config.reader import _in_open_unit, _int_list, _is_int, _is_number, _positive_int, _Section
+from src.config.reader import in_open_unit, int_list, is_int, is_number, positive_int, Section
 from src.config.schema import ModelConfig, PruneConfig, PruneParams, TrainParams
 
 
-def _read_retrain(p: _Section, d: PruneParams, training_epochs: int) -> tuple[str | None, int | None]:
+def _read_retrain(p: Section, d: PruneParams, training_epochs: int) -> tuple[str | None, int | None]:
     """``retrain`` and ``rewind_epoch`` (defaults ``d``); JSON true is "finetune" (the meaning it had as a
     bool), false is None."""
     value = p.get("retrain", d.retrain, lambda v: isinstance(v, bool) or v in RETRAIN_MODES,
                   'must be "finetune", "rewind" or false (true means "finetune")')
     mode = "finetune" if value is True else None if value is False else value
     last = min(REWIND_EPOCHS, training_epochs)
-    epoch = p.get("rewind_epoch", d.rewind_epoch, lambda v: _is_int(v) and 0 <= v <= last,
+    epoch = p.get("rewind_epoch", d.rewind_epoch, lambda v: is_int(v) and 0 <= v <= last,
                   f"must be an integer in [0, {last}]: 0 is the initialisation, k the weights after epoch k; "
                   f"training keeps epochs up to min({REWIND_EPOCHS}, params.epochs)")
     if mode == "rewind" and epoch is None:
@@ -31,7 +31,7 @@ def _read_retrain(p: _Section, d: PruneParams, training_epochs: int) -> tuple[st
     return mode, epoch
 
 
-def _read_prune(s: _Section, model: ModelConfig, training: TrainParams) -> PruneConfig:
+def _read_prune(s: Section, model: ModelConfig, training: TrainParams) -> PruneConfig:
     strategy = s.choice("strategy", PruneConfig.strategy, STRATEGIES)
     if model.type == "decoder":  # its width path traces image-shaped float inputs; a byte model takes int tokens
         s.fail(s.key("strategy"), f'"{strategy}" is not supported for a decoder: prune it with "{DEPTH_STRATEGY}"')
@@ -41,13 +41,13 @@ def _read_prune(s: _Section, model: ModelConfig, training: TrainParams) -> Prune
     retrain, rewind_epoch = _read_retrain(p, d, training.epochs)
     params = PruneParams(
         type=p.choice("type", d.type, CRITERIA + ACTIVATION_CRITERIA + REFIT_CRITERIA + TP_CRITERIA),
-        iterations=p.get("iterations", d.iterations, _positive_int, "must be an integer >= 1"),
-        rate=p.get("rate", d.rate, _in_open_unit, "must be a number in (0, 1)"),
-        stop_cka=p.get("stop_cka", d.stop_cka, lambda v: _is_number(v) and 0 <= v < 1, "must be a number in [0, 1)"),
+        iterations=p.get("iterations", d.iterations, positive_int, "must be an integer >= 1"),
+        rate=p.get("rate", d.rate, in_open_unit, "must be a number in (0, 1)"),
+        stop_cka=p.get("stop_cka", d.stop_cka, lambda v: is_number(v) and 0 <= v < 1, "must be a number in [0, 1)"),
         engine=p.choice("engine", d.engine, ENGINES),
         kernel=p.choice("kernel", d.kernel, KERNELS),
         debiased=p.get("debiased", d.debiased, lambda v: isinstance(v, bool), "must be true or false"),
-        samples=p.get("samples", d.samples, lambda v: v is None or v == "all" or _positive_int(v), 'must be a positive integer, "all" or null'),
+        samples=p.get("samples", d.samples, lambda v: v is None or v == "all" or positive_int(v), 'must be a positive integer, "all" or null'),
         hook=p.choice("hook", d.hook, HOOKS),
         retrain=retrain,
         rewind_epoch=rewind_epoch,
@@ -73,7 +73,7 @@ def _read_prune(s: _Section, model: ModelConfig, training: TrainParams) -> Prune
     _check_method(p, params)
     p.done()
     default_modules = list(range(model.num_prunable))
-    modules = s.get("modules", default_modules, lambda v: _int_list(v, 0) and len(v) > 0, "must be a non-empty list of layer indices")
+    modules = s.get("modules", default_modules, lambda v: int_list(v, 0) and len(v) > 0, "must be a non-empty list of layer indices")
     for index in modules:
         if index >= model.num_prunable:
             s.fail(s.key("modules"), f"has layer {index}, but the model has {model.num_prunable} prunable layers (0..{model.num_prunable - 1})")
@@ -92,12 +92,12 @@ def _read_prune(s: _Section, model: ModelConfig, training: TrainParams) -> Prune
     return PruneConfig(strategy=strategy, params=params, modules=tuple(sorted(modules)))
 
 
-def _read_budget(p: _Section, params: PruneParams, d: PruneParams, model: ModelConfig,
+def _read_budget(p: Section, params: PruneParams, d: PruneParams, model: ModelConfig,
                  training: TrainParams) -> PruneParams:
     """``params`` with the retraining budget's keys: retrain_epochs, retrain_lr, retrain_dropout,
     recalibrate_bn (defaults ``d``). A rate or dropout equal to the training's is stored as None
     (the same run)."""
-    epochs = p.get("retrain_epochs", d.retrain_epochs, lambda v: _is_int(v) and v >= 0, "must be an integer >= 0 (0: no retraining)")
+    epochs = p.get("retrain_epochs", d.retrain_epochs, lambda v: is_int(v) and v >= 0, "must be an integer >= 0 (0: no retraining)")
     if epochs is not None and params.retrain is None:
         p.fail(p.key("retrain_epochs"), "needs retraining, but retrain is false")
     if epochs == 0 and params.retrain == "rewind":
@@ -106,8 +106,8 @@ def _read_budget(p: _Section, params: PruneParams, d: PruneParams, model: ModelC
         p.fail(p.key("retrain_epochs"), f"must be > params.warmup_epochs ({training.warmup_epochs}): "
                                         f"retraining runs the params recipe's schedule", epochs)
     retrains = replace(params, retrain_epochs=epochs).retrains
-    lr = p.get("retrain_lr", d.retrain_lr, lambda v: _is_number(v) and v > 0, "must be a positive number")
-    dropout = p.get("retrain_dropout", d.retrain_dropout, lambda v: _is_number(v) and 0 <= v < 1, "must be a number in [0, 1)")
+    lr = p.get("retrain_lr", d.retrain_lr, lambda v: is_number(v) and v > 0, "must be a positive number")
+    dropout = p.get("retrain_dropout", d.retrain_dropout, lambda v: is_number(v) and 0 <= v < 1, "must be a number in [0, 1)")
     for key, value in (("retrain_lr", lr), ("retrain_dropout", dropout)):
         if value is not None and not retrains:
             p.fail(p.key(key), "applies to retraining, but there is none (retrain false or retrain_epochs 0)")
@@ -120,13 +120,13 @@ def _read_budget(p: _Section, params: PruneParams, d: PruneParams, model: ModelC
                    retrain_dropout=None if dropout == model.dropout_rate else dropout, recalibrate_bn=recalibrate)
 
 
-def _read_compensation(p: _Section, params: PruneParams, d: PruneParams, strategy: str, given: set[str],
+def _read_compensation(p: Section, params: PruneParams, d: PruneParams, strategy: str, given: set[str],
                        model: ModelConfig) -> PruneParams:
     """``params`` with compensate, compensate_ridge and rates (a one_shot sparsity sweep; defaults
     ``d``); ``given``: the keys the config sets. (A Torch-Pruning model compensates after the whole
     pass, so with either allocation.)"""
     compensate = p.choice("compensate", d.compensate, COMPENSATIONS)
-    ridge = p.get("compensate_ridge", d.compensate_ridge, lambda v: _is_number(v) and v >= 0,
+    ridge = p.get("compensate_ridge", d.compensate_ridge, lambda v: is_number(v) and v >= 0,
                   "must be a number >= 0")
     if "compensate_ridge" in given and compensate != "lstsq" and params.type not in REFIT_CRITERIA \
             and params.target != "refit":
@@ -135,7 +135,7 @@ def _read_compensation(p: _Section, params: PruneParams, d: PruneParams, strateg
         p.fail(p.key("compensate"), 'needs allocation "uniform" (compensated layers are pruned one after another)')
     if compensate != "none" and params.retrain == "rewind":
         p.fail(p.key("compensate"), 'does not combine with retrain "rewind" (rewinding resets the refit weights)')
-    rates = p.get("rates", d.rates, lambda v: isinstance(v, list) and len(v) > 0 and all(_in_open_unit(r) for r in v)
+    rates = p.get("rates", d.rates, lambda v: isinstance(v, list) and len(v) > 0 and all(in_open_unit(r) for r in v)
                   and all(a < b for a, b in zip(v, v[1:])), "must be an increasing list of numbers in (0, 1)")
     if rates is not None and strategy != "one_shot":
         p.fail(p.key("rates"), 'applies to strategy "one_shot" only (each rate is pruned from the trained model)')
@@ -143,7 +143,7 @@ def _read_compensation(p: _Section, params: PruneParams, d: PruneParams, strateg
                    rates=None if rates is None else tuple(float(r) for r in rates))
 
 
-def _check_method(p: _Section, params: PruneParams) -> None:
+def _check_method(p: Section, params: PruneParams) -> None:
     """Combinations of greedy, target, allocation and the rest that have no defined meaning."""
     if params.target != "layer" and params.hook != "module":
         p.fail(p.key("hook"), f'applies to target "layer" only; target "{params.target}" fixes the representation')
@@ -179,7 +179,7 @@ def _feeds_linear(model: ModelConfig, index: int) -> bool:
     return model.type == "cnn" and index >= len(model.conv_channels) - 1
 
 
-def _check_prune_fits_model(s: _Section, p: _Section, params: PruneParams, model: ModelConfig) -> None:
+def _check_prune_fits_model(s: Section, p: Section, params: PruneParams, model: ModelConfig) -> None:
     """Torch-Pruning models take cka or a tp_ criterion, by rate, on every group."""
     if not model.uses_torch_pruning:
         if params.type in TP_CRITERIA:

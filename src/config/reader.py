@@ -1,6 +1,6 @@
-"""``_Section``, which reads one JSON object key by key and reports a bad value or an unknown key
+"""``Section``, which reads one JSON object key by key and reports a bad value or an unknown key
 as one line naming the file and the key path, and the small value checks the readers share
-(``_is_int``, ``_is_number``, ``is_seed``, ...)."""
+(``is_int``, ``is_number``, ``is_seed``, ...)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from src.config.options import SEED_MAX
 from src.errors import UserError
 
 
-class _Section:
+class Section:
     """Reads one JSON object, checking each key; reports leftovers as unknown keys."""
 
     def __init__(self, file: Path, path: str, value: Any):
@@ -38,8 +38,8 @@ class _Section:
             self.fail(self.key(name), what, value)
         return value
 
-    def section(self, name: str) -> _Section:
-        return _Section(self.file, self.key(name), self.values.pop(name, {}))
+    def section(self, name: str) -> Section:
+        return Section(self.file, self.key(name), self.values.pop(name, {}))
 
     def choice(self, name: str, default: str, options: tuple[str, ...]) -> str:
         return self.get(name, default, lambda v: v in options, "must be one of " + ", ".join(options))
@@ -49,26 +49,26 @@ class _Section:
             self.fail(self.key(name), "is not a known key")
 
 
-def _is_int(v: Any) -> bool:
+def is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_number(v: Any) -> bool:
-    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+def is_number(v: Any) -> bool:
+    return (is_int(v) or isinstance(v, float)) and math.isfinite(v)
 
 
 def is_seed(v: Any) -> bool:
     """An integer in ``[0, SEED_MAX]``."""
-    return _is_int(v) and 0 <= v <= SEED_MAX
+    return is_int(v) and 0 <= v <= SEED_MAX
 
 
-def _positive_int(v: Any) -> bool:
-    return _is_int(v) and v >= 1
+def positive_int(v: Any) -> bool:
+    return is_int(v) and v >= 1
 
 
-def _int_list(v: Any, minimum: int = 1) -> bool:
-    return isinstance(v, list) and all(_is_int(x) and x >= minimum for x in v)
+def int_list(v: Any, minimum: int = 1) -> bool:
+    return isinstance(v, list) and all(is_int(x) and x >= minimum for x in v)
 
 
-def _in_open_unit(v: Any) -> bool:
-    return _is_number(v) and 0 < v < 1
+def in_open_unit(v: Any) -> bool:
+    return is_number(v) and 0 < v < 1

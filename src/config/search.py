@@ -7,14 +7,14 @@ import json
 from dataclasses import asdict
 
 from src.config.options import SEARCH_DISTRIBUTIONS, SEARCH_METHODS, SEARCH_METRICS, SEARCHABLE, WANDB_MODES
-from src.config.reader import _is_int, _is_number, _positive_int, _Section
+from src.config.reader import is_int, is_number, positive_int, Section
 from src.config.schema import Hyperband, ModelConfig, SearchConfig, SearchParameter, TrainParams, WandbConfig
 
 
 _DEFAULTS = {"params": asdict(TrainParams()), "model": asdict(ModelConfig())}
 
 
-def _read_parameter(p: _Section, name: str) -> SearchParameter:
+def _read_parameter(p: Section, name: str) -> SearchParameter:
     """One entry of ``search.parameters``, with W&B's rule for an absent ``distribution``."""
     if name not in SEARCHABLE:
         p.fail(p.key(name), "is not searchable; use one of " + ", ".join(SEARCHABLE))
@@ -27,7 +27,7 @@ def _read_parameter(p: _Section, name: str) -> SearchParameter:
     elif "value" in given:
         distribution = "constant"
     elif "min" in given and "max" in given:
-        distribution = "int_uniform" if _is_int(given["min"]) and _is_int(given["max"]) else "uniform"
+        distribution = "int_uniform" if is_int(given["min"]) and is_int(given["max"]) else "uniform"
     else:
         spec.fail(spec.path, "needs values, value, or min and max")
     if distribution == "constant":
@@ -42,7 +42,7 @@ def _read_parameter(p: _Section, name: str) -> SearchParameter:
             spec.fail(spec.key("values"), "must not repeat a value", values)
         param = SearchParameter(name, distribution, values=tuple(values))
     else:
-        check = _is_int if distribution == "int_uniform" else _is_number
+        check = is_int if distribution == "int_uniform" else is_number
         what = "must be an integer" if distribution == "int_uniform" else "must be a number"
         bounds = [spec.get(key, None, check, what) for key in ("min", "max")]
         if None in bounds:
@@ -52,26 +52,26 @@ def _read_parameter(p: _Section, name: str) -> SearchParameter:
             spec.fail(spec.path, f"needs min < max, got min {low} and max {high}")
         if distribution == "log_uniform_values" and low <= 0:
             spec.fail(spec.key("min"), "must be > 0 for log_uniform_values", low)
-        q = spec.get("q", None, lambda v: _is_number(v) and v > 0, "must be a positive number")
+        q = spec.get("q", None, lambda v: is_number(v) and v > 0, "must be a positive number")
         if distribution == "q_uniform" and q is None:
             q = 1.0
         elif distribution != "q_uniform" and q is not None:
             spec.fail(spec.key("q"), "applies to distribution q_uniform only")
         param = SearchParameter(name, distribution, min=low, max=high, q=q)
         section, key = SEARCHABLE[name]
-        if distribution != "int_uniform" and _is_int(_DEFAULTS[section][key]):
+        if distribution != "int_uniform" and is_int(_DEFAULTS[section][key]):
             spec.fail(spec.key("distribution"), f"{distribution} draws fractions, but {name} is an integer "
                                                 f"(use int_uniform or values)")
     spec.done()
     return param
 
 
-def _read_hyperband(s: _Section) -> Hyperband:
+def _read_hyperband(s: Section) -> Hyperband:
     s.choice("type", "", ("hyperband",))
     cfg = Hyperband(
-        min_iter=s.get("min_iter", None, _positive_int, "must be a positive integer"),
-        max_iter=s.get("max_iter", None, _positive_int, "must be a positive integer"),
-        eta=s.get("eta", 3, lambda v: _is_int(v) and v >= 2, "must be an integer >= 2"),
+        min_iter=s.get("min_iter", None, positive_int, "must be a positive integer"),
+        max_iter=s.get("max_iter", None, positive_int, "must be a positive integer"),
+        eta=s.get("eta", 3, lambda v: is_int(v) and v >= 2, "must be an integer >= 2"),
     )
     if cfg.min_iter is None and cfg.max_iter is None:
         s.fail(s.path, "needs min_iter or max_iter")
@@ -79,7 +79,7 @@ def _read_hyperband(s: _Section) -> Hyperband:
     return cfg
 
 
-def _read_search(s: _Section) -> SearchConfig:
+def _read_search(s: Section) -> SearchConfig:
     d = SearchConfig()
     method = s.choice("method", d.method, SEARCH_METHODS)
     metric = s.section("metric")
@@ -103,8 +103,8 @@ def _read_search(s: _Section) -> SearchConfig:
         goal=goal,
         parameters=parameters,
         early_terminate=early,
-        run_cap=s.get("run_cap", d.run_cap, _positive_int, "must be a positive integer"),
-        seed=s.get("seed", d.seed, _is_int, "must be an integer"),
+        run_cap=s.get("run_cap", d.run_cap, positive_int, "must be a positive integer"),
+        seed=s.get("seed", d.seed, is_int, "must be an integer"),
         project=s.get("project", d.project, lambda v: isinstance(v, str) and v != "", "must be a non-empty string"),
         name=s.get("name", d.name, lambda v: isinstance(v, str), "must be a string"),
         description=s.get("description", d.description, lambda v: isinstance(v, str), "must be a string"),
@@ -115,7 +115,7 @@ def _read_search(s: _Section) -> SearchConfig:
     return cfg
 
 
-def _read_wandb(s: _Section) -> WandbConfig:
+def _read_wandb(s: Section) -> WandbConfig:
     d = WandbConfig()
     cfg = WandbConfig(
         mode=s.choice("mode", d.mode, WANDB_MODES),
