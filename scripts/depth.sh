@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # A depth-pruning study (endpoints in its config folder's README.md): trains the study's seeds of
-# its pilot's model (a seed already trained is skipped), then runs every cell, each cell one
-# process (python3 -m src.reproduce CELL: its configs and seeds in that process, one thread), and
-# copies the per-seed records into OUT/records/<cell>/<config>/, committed packed
-# (OUT/records.tar.xz). The report is then made from the records by
+# its pilot's model (a seed already trained is skipped), then prunes every config of every cell,
+# one process per config and seed (main_prune.py --seed S, one thread), JOBS at a time, the cells
+# in ORDER, and copies the per-seed records into OUT/records/<cell>/<config>/, committed packed
+# (OUT/records.tar.xz). The reports are then made from the records by
 # `python3 -m src.report.committed STUDY`.
 #
 #   depth-fmnist  the residual MLP, 10 seeds, into docs/depth/   (needs Fashion-MNIST:
@@ -23,14 +23,15 @@ STUDY_NAME=${2:-depth-fmnist}
 [[ $JOBS =~ ^[1-9][0-9]*$ ]] || fail 2 "JOBS must be a positive integer, got: $JOBS"
 # The trained models are committed in docs/depth/models (0.2-2 MB each), apart from the default
 # models/ that other runs share, so a rerun only prunes. The MLP's cells without retraining go first:
-# the study's main question, and the cheapest; the language model's retrained cell first, the longest.
+# the study's main question, and the cheapest; the language model's retrained cells first, its
+# longest jobs (about two minutes each), so that the short ones fill the end.
 case $STUDY_NAME in
   depth-fmnist)
     OUT=docs/depth SEEDS=9 TRAIN=config/depth-fmnist/e0-none/tail.json
     ORDER=(e0-none e0-lstsq width-e0-lstsq e1-none e1-lstsq width-e1-lstsq) ;;
   depth-lm)
     OUT=docs/depth/lm SEEDS=4 TRAIN=config/depth-lm/e0-none/tail.json
-    ORDER=(e1-lstsq e0-none e0-lstsq span-e0-lstsq e1-none) ;;
+    ORDER=(e1-lstsq e1-none e0-none e0-lstsq span-e0-lstsq) ;;
   *) fail 2 "STUDY must be depth-fmnist or depth-lm, got: $STUDY_NAME" ;;
 esac
 STUDY=config/$STUDY_NAME MODELS=docs/depth/models
@@ -41,7 +42,12 @@ start=$(date +%s)
 
 # Every config of the study shares one trained model per seed.
 seq 0 "$SEEDS" | xargs -P "$JOBS" -I{} "$PYTHON" main_train.py "$TRAIN" --seed {} --threads 1 --wandb disabled --models-dir "$MODELS"
-printf "$STUDY/%s\n" "${ORDER[@]}" | xargs -P "$JOBS" -I{} "$PYTHON" -m src.reproduce {} --threads 1 --models-dir "$MODELS"
+for cell in "${ORDER[@]}"; do
+  for config in "$STUDY/$cell"/*.json; do
+    for seed in $(seq 0 "$SEEDS"); do echo "$config $seed"; done
+  done
+done | PYTHON=$PYTHON MODELS=$MODELS xargs -P "$JOBS" -L 1 bash -c \
+  '"$PYTHON" main_prune.py "$0" --seed "$1" --threads 1 --wandb disabled --models-dir "$MODELS"'
 
 copy_records "$STUDY" "$OUT"
 tar -cJf "$OUT/records.tar.xz" -C "$OUT" records
