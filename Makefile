@@ -37,7 +37,7 @@ reproduce: $(INSTALLED)
 	$(PY) -m src.reproduce $(CONFIGS)
 
 test: $(TEST_INSTALLED)
-	$(PY) -m pytest -q -rs tests
+	$(PY) -m pytest -q -rs --durations=15 tests
 
 bench: $(INSTALLED)
 	$(PY) bench/train_speed.py

@@ -42,6 +42,8 @@ start=$(date +%s)
 
 # Every config of the study shares one trained model per seed.
 seq 0 "$SEEDS" | xargs -P "$JOBS" -I{} "$PYTHON" main_train.py "$TRAIN" --seed {} --threads 1 --wandb disabled --models-dir "$MODELS"
+# The quoted $0, $1, $PYTHON and $MODELS are expanded by each job's bash.
+# shellcheck disable=SC2016
 for cell in "${ORDER[@]}"; do
   for config in "$STUDY/$cell"/*.json; do
     for seed in $(seq 0 "$SEEDS"); do echo "$config $seed"; done
