@@ -21,7 +21,7 @@ from src.report.depth import METRIC_LABELS
 from src.report.figures import figure_style, label_color, save_with_legend
 
 if TYPE_CHECKING:
-    from src.report.depth_study import Option
+    from src.report.depth_stats import Option
 
 
 def _mean(values: Sequence[float]) -> float:

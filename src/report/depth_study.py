@@ -27,166 +27,21 @@ Usage: ``python3 -m src.report.depth_study ROOT --count 6 --cells e0-none,e0-lst
 from __future__ import annotations
 
 import argparse
-import itertools
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from tabulate import tabulate
 
-from src import results
 from src.cli import run
-from src.depth_results import DepthResult
-from src.errors import UserError
 from src.io import atomic_write_text
 from src.report.csvs import csv_text
-from src.report.depth import load_depth_experiment, regret, spearman, true_damage
 from src.report.depth_figures import plot_accuracy_vs_macs, plot_latency
+from src.report.depth_stats import (BASELINES, MATCHED, MATCHED_UNPATCHED, METRICS, REPRESENTATION_AWARE, Metric,
+                                    Option, PairTest, Ranking, Study, best, criteria_tests, load_study, pair_test,
+                                    patch_tests, rankings)
 from src.report.figures import parse_formats
-from src.report.stats import ALPHA, PairedT, Stat, holm, paired_interval, paired_t
-
-REPRESENTATION_AWARE = ("cka", "cka-refit", "residual")
-BASELINES = ("tail", "cosine", "angular")
-MATCHED, MATCHED_UNPATCHED = 1, 2  # the width sweep's points matching the depth endpoint with and without the patch
-
-
-@dataclass(frozen=True)
-class Metric:
-    """The endpoint: a record's metric (``key``), which way is better, and how it prints (``scale``
-    times the stored value, to ``digits``; a difference in ``unit``)."""
-
-    key: str
-    label: str
-    unit: str
-    scale: float
-    digits: int
-    higher_is_better: bool
-
-    def value(self, v: float) -> str:
-        return f"{self.scale * v:.{self.digits}f}"
-
-    def difference(self, v: float) -> str:
-        return f"{self.scale * v:+.{self.digits}f}"
-
-
-METRICS = {"test_acc": Metric("test_acc", "test acc %", "pp", 100.0, 2, True),
-           "val_loss": Metric("val_loss", "val loss (nats)", "nats", 1.0, 4, False)}
-
-
-@dataclass(frozen=True)
-class Option:
-    """One config of a cell: its endpoint and its MACs there, per seed."""
-
-    cell: str
-    name: str
-    endpoint: dict[int, float]
-    macs: dict[int, int]
-    baseline_macs: dict[int, int]
-
-    @property
-    def stat(self) -> Stat | None:
-        return Stat.of(list(self.endpoint.values()))
-
-    @property
-    def macs_fraction(self) -> float:
-        return math.fsum(self.macs[s] / self.baseline_macs[s] for s in self.macs) / len(self.macs)
-
-
-@dataclass(frozen=True)
-class PairTest:
-    """``a`` - ``b`` over ``seeds``; ``p_holm`` adjusted within ``family``."""
-
-    family: str
-    a: str
-    b: str
-    seeds: tuple[int, ...]
-    test: PairedT | None
-    p_holm: float | None = None
-
-    @property
-    def significant(self) -> bool:
-        return self.p_holm is not None and self.p_holm < ALPHA
-
-
-def depth_options(cell_dir: Path, count: int, metric: Metric) -> tuple[list[Option], list[DepthResult]]:
-    """The cell's criteria at ``count`` blocks removed (by folder name), and every record it holds."""
-    options, records = [], []
-    for folder in sorted(p for p in Path(cell_dir).iterdir() if p.is_dir()):
-        exp = load_depth_experiment(folder)
-        done = [(r, r.point(count)) for r in exp.seeds if r.point(count) is not None]
-        options.append(Option(Path(cell_dir).name, folder.name,
-                              {r.seed: (p.after_retrain or p.after_prune)[metric.key] for r, p in done},
-                              {r.seed: p.macs for r, p in done}, {r.seed: r.baseline_macs for r, _ in done}))
-        records += exp.seeds
-    return options, records
-
-
-def width_options(cell_dir: Path, point: int, metric: Metric) -> list[Option]:
-    """The cell's width options at sweep point ``point`` (by folder name)."""
-    options = []
-    for folder in sorted(p for p in Path(cell_dir).iterdir() if p.is_dir()):
-        seeds = [results.load(path) for path in results.seed_files(folder)]
-        done = [(s, s.iteration(point)) for s in seeds if s.iteration(point) is not None]
-        options.append(Option(Path(cell_dir).name, folder.name,
-                              {s.seed: (it.after_retrain or it.after_prune)[metric.key] for s, it in done},
-                              {s.seed: it.macs for s, it in done}, {s.seed: s.baseline_macs for s, _ in done}))
-    return options
-
-
-def pair_test(family: str, a: Option, b: Option) -> PairTest:
-    seeds = tuple(sorted(set(a.endpoint) & set(b.endpoint)))
-    return PairTest(family, a.name, b.name, seeds, paired_t([a.endpoint[s] - b.endpoint[s] for s in seeds]))
-
-
-def corrected(tests: Sequence[PairTest]) -> list[PairTest]:
-    """The tests with Holm's adjustment over all of them (one family)."""
-    adjusted = holm([None if t.test is None else t.test.p for t in tests])
-    return [PairTest(t.family, t.a, t.b, t.seeds, t.test, p) for t, p in zip(tests, adjusted)]
-
-
-def criteria_tests(cell: str, options: Sequence[Option]) -> list[PairTest]:
-    """Every pair of the cell's options, in their order, Holm within the cell."""
-    return corrected([pair_test(cell, a, b) for a, b in itertools.combinations(options, 2)])
-
-
-def patch_tests(budget: str, none: Sequence[Option], lstsq: Sequence[Option]) -> list[PairTest]:
-    """``lstsq`` - ``none`` for each criterion both cells hold, Holm over them."""
-    unpatched = {o.name: o for o in none}
-    return corrected([pair_test(budget, o, unpatched[o.name]) for o in lstsq if o.name in unpatched])
-
-
-def best(options: Sequence[Option], metric: Metric) -> Option:
-    """The option with the best mean endpoint."""
-    sign = 1 if metric.higher_is_better else -1
-    return max((o for o in options if o.endpoint), key=lambda o: sign * o.stat.mean)
-
-
-@dataclass(frozen=True)
-class Ranking:
-    """One criterion's ranking quality over the seeds' damage tables, against the identity's or the patch's damage."""
-
-    criterion: str
-    patched: bool
-    rho: tuple[float, ...]
-    regret: tuple[float, ...]
-
-
-def rankings(records: Sequence[DepthResult]) -> list[Ranking]:
-    """Every criterion scored in the damage tables, against both damages (one table per seed: the cells' tables
-    of a seed are of the same trained model and calibration samples)."""
-    tables = {r.seed: r for r in records if r.damage is not None and r.criteria_scores}
-    scored = [tables[s] for s in sorted(tables)]
-    if not scored:
-        return []
-    out = []
-    for patched in (False, True):
-        for criterion in scored[0].criteria_scores:
-            pairs = [(r.criteria_scores[criterion], true_damage(r, patched)) for r in scored]
-            out.append(Ranking(criterion, patched, tuple(spearman(s, d) for s, d in pairs),
-                               tuple(regret(s, d) for s, d in pairs)))
-    return out
-
+from src.report.stats import paired_interval
 
 def _p(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g}"
@@ -219,32 +74,6 @@ def _interval(values: Sequence[float], scale: float = 1.0, digits: int = 3) -> s
     ci = paired_interval(values)
     spread = "" if ci is None else f" ({scale * ci.low:.{digits}f} to {scale * ci.high:.{digits}f})"
     return f"{scale * mean:.{digits}f}{spread}"
-
-
-@dataclass(frozen=True)
-class Study:
-    metric: Metric
-    count: int
-    cells: dict[str, list[Option]]                # depth cell -> its criteria at the endpoint
-    secondary: dict[int, dict[str, list[Option]]]  # other counts -> cell -> criteria
-    width: dict[str, dict[int, list[Option]]]      # budget -> point -> width options
-    records: dict[str, list[DepthResult]]          # depth cell -> its records
-
-
-def load_study(root: Path, cells: Sequence[str], count: int, secondary: Sequence[int], metric: Metric) -> Study:
-    """The depth cells ``cells`` of ``root`` (``<budget>-<compensation>``) and each budget's width cell."""
-    missing = [c for c in cells if not (Path(root) / c).is_dir()]
-    if missing:
-        raise UserError(f"{root}: no cell folder {', '.join(missing)}")
-    loaded = {c: depth_options(Path(root) / c, count, metric) for c in cells}
-    width = {}
-    for budget in dict.fromkeys(c.rsplit("-", 1)[0] for c in cells):
-        folder = Path(root) / f"width-{budget}-lstsq"
-        if folder.is_dir():
-            width[budget] = {p: width_options(folder, p, metric) for p in (MATCHED, MATCHED_UNPATCHED)}
-    return Study(metric, count, {c: o for c, (o, _) in loaded.items()},
-                 {k: {c: depth_options(Path(root) / c, k, metric)[0] for c in cells} for k in secondary},
-                 width, {c: r for c, (_, r) in loaded.items()})
 
 
 def endpoint_rows(study: Study) -> list[dict]:
