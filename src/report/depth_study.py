@@ -43,6 +43,14 @@ from src.report.depth_stats import (BASELINES, MATCHED, MATCHED_UNPATCHED, METRI
 from src.report.figures import parse_formats
 from src.report.stats import paired_interval
 
+def _plural(n: int, singular: str, plural: str | None = None) -> str:
+    return f"{n} {singular if n == 1 else plural or singular + 's'}"
+
+
+def _removed(count: int) -> str:
+    return f"{_plural(count, 'block')} removed"
+
+
 def _p(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g}"
 
@@ -102,8 +110,8 @@ def pair_rows(tests: Sequence[PairTest], kind: str) -> list[dict]:
 def criteria_section(study: Study, tests: dict[str, list[PairTest]]) -> list[str]:
     m = study.metric
     headers = test_headers(m)
-    out = [f"## Criteria at {study.count} blocks removed", "",
-           f"Each cell: {m.label} with {study.count} blocks removed, mean (min-max) over seeds; the paired "
+    out = [f"## Criteria at {_removed(study.count)}", "",
+           f"Each cell: {m.label} with {_removed(study.count)}, mean (min-max) over seeds; the paired "
            "t-test of every pair of criteria, Holm over the cell's pairs (a pair with identical endpoints on every seed "
            "has no test and is out of the family). "
            "Headline: the representation-aware criteria against the baselines; every pair is in `tests.csv`."]
@@ -111,7 +119,7 @@ def criteria_section(study: Study, tests: dict[str, list[PairTest]]) -> list[str
         sign = -1 if m.higher_is_better else 1
         ranked = sorted(options, key=lambda o: sign * o.stat.mean if o.stat else math.inf)
         tested = sum(t.test is not None and t.test.p is not None for t in tests[cell])
-        out += ["", f"### {cell}", "", f"{len(options)} criteria; Holm over {tested} tested pairs.", "",
+        out += ["", f"### {cell}", "", f"{_plural(len(options), 'criterion', 'criteria')}; Holm over {_plural(tested, 'tested pair')}.", "",
                 _table([[o.name, str(len(o.endpoint)), f"{o.macs_fraction:.3f}", _summary(o, m)] for o in ranked],
                        ["criterion", "seeds", "MACs left", m.label]), "",
                 _table([pair_row(t, m) for t in tests[cell] if {t.a, t.b} & set(REPRESENTATION_AWARE)
@@ -189,11 +197,11 @@ def write_study(root: Path, cells: Sequence[str], count: int, secondary: Sequenc
     width_lines, width_tests = width_section(study)
     secondary_lines = []
     for k, cells_k in study.secondary.items():
-        secondary_lines += ["", f"### {k} blocks removed", "", _table(
+        secondary_lines += ["", f"### {_removed(k)}", "", _table(
             [[cell, o.name, f"{o.macs_fraction:.3f}", _summary(o, metric)] for cell, options in cells_k.items()
              for o in options if o.endpoint], ["cell", "criterion", "MACs left", metric.label])]
     fixed = "" if endpoints is None else f" (`{endpoints}`)"
-    sections = [f"# The depth study: {count} blocks removed", "",
+    sections = [f"# The depth study: {_removed(count)}", "",
                 "Made by `python3 -m src.report.depth_study` from the records; the endpoints were fixed before the "
                 f"run{fixed}.", "",
                 *criteria_section(study, tests), "", *patch_section(patches, metric), "", *ranking_section(ranked), "",
