@@ -71,6 +71,19 @@ def test_ranking_quality_is_rho_and_regret_against_the_identity_s_and_the_patch_
     assert ranked["cka", True].regret == pytest.approx((0.298, 0.298))
 
 
+def test_each_damage_is_ranked_with_the_scores_of_the_table_recorded_with_its_compensation():
+    # loss (and pons) score the network as their cell compensates: the none table's scores rank the
+    # identity's damage, the lstsq table's the patch's, whichever cell is read last
+    unpatched = damaged(0)
+    patched = replace(damaged(0), run=result(0, compensate="lstsq").run,
+                      criteria_scores={"cka": {"blocks.0": 3.0, "blocks.1": 2.0, "blocks.2": 1.0},
+                                       "tail": {"blocks.0": 3.0, "blocks.1": 2.0, "blocks.2": 1.0}})
+    for records in ([unpatched, patched], [patched, unpatched]):
+        ranked = {(r.criterion, r.patched): r for r in rankings(records)}
+        assert ranked["cka", False].rho == pytest.approx((-0.5,))  # the none table's cka: blocks.0 first
+        assert ranked["cka", True].regret == pytest.approx((0.0,))  # the lstsq table's cka: blocks.2 first
+
+
 
 def test_the_best_option_has_the_highest_accuracy_or_the_lowest_loss():
     low, high = option("cka", [1.40, 1.42, 1.41]), option("tail", [1.50, 1.55, 1.52])

@@ -146,16 +146,24 @@ class Ranking:
     regret: tuple[float, ...]
 
 
+def _patched(record: DepthResult) -> bool:
+    return record.run.description["prune"]["params"]["compensate"] == "lstsq"
+
+
 def rankings(records: Sequence[DepthResult]) -> list[Ranking]:
-    """Every criterion scored in the damage tables, against both damages (one table per seed: the cells' tables
-    of a seed are of the same trained model and calibration samples)."""
-    tables = {r.seed: r for r in records if r.damage is not None and r.criteria_scores}
-    scored = [tables[s] for s in sorted(tables)]
-    if not scored:
-        return []
+    """Every criterion scored in the damage tables, against both damages: the identity's with the
+    scores of a table recorded without the patch, the patch's with those of one recorded with it
+    (``loss`` and ``pons`` score the network as its cell compensates); a seed's one table serves
+    both where it has one. The tables of a seed are of the same trained model and calibration samples."""
+    tables: dict[bool, dict[int, DepthResult]] = {False: {}, True: {}}
+    for r in records:
+        if r.damage is not None and r.criteria_scores:
+            tables[_patched(r)][r.seed] = r
     out = []
     for patched in (False, True):
-        for criterion in scored[0].criteria_scores:
+        chosen = {**tables[not patched], **tables[patched]}
+        scored = [chosen[s] for s in sorted(chosen)]
+        for criterion in (scored[0].criteria_scores if scored else ()):
             pairs = [(r.criteria_scores[criterion], true_damage(r, patched)) for r in scored]
             out.append(Ranking(criterion, patched, tuple(spearman(s, d) for s, d in pairs),
                                tuple(regret(s, d) for s, d in pairs)))
