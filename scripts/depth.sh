@@ -37,6 +37,7 @@ esac
 STUDY=config/$STUDY_NAME MODELS=docs/depth/models
 cd "$REPO"
 setup_python
+CPUS=$(nproc)  # before OMP_NUM_THREADS, which nproc would count instead
 export OMP_NUM_THREADS=1
 start=$(date +%s)
 
@@ -53,4 +54,4 @@ done | PYTHON=$PYTHON MODELS=$MODELS xargs -P "$JOBS" -L 1 bash -c \
 
 copy_records "$STUDY" "$OUT"
 tar -cJf "$OUT/records.tar.xz" -C "$OUT" records
-echo "wall time $(( $(date +%s) - start ))s with $JOBS processes ($(nproc) CPUs)" | tee "$OUT/wall-time.txt"
+echo "wall time $(( $(date +%s) - start ))s with $JOBS processes ($CPUS CPUs)" | tee "$OUT/wall-time.txt"

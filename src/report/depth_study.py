@@ -77,6 +77,11 @@ def _table(rows: list[list[str]], headers: Sequence[str]) -> str:
     return tabulate(rows, headers=list(headers), tablefmt="pipe", disable_numparse=True)
 
 
+def _table_or_none(rows: list[list[str]], headers: Sequence[str]) -> list[str]:
+    """The table, or no lines where it has no rows."""
+    return [_table(rows, headers)] if rows else []
+
+
 def _interval(values: Sequence[float], scale: float = 1.0, digits: int = 3) -> str:
     mean = math.fsum(values) / len(values)
     ci = paired_interval(values)
@@ -119,11 +124,12 @@ def criteria_section(study: Study, tests: dict[str, list[PairTest]]) -> list[str
         sign = -1 if m.higher_is_better else 1
         ranked = sorted(options, key=lambda o: sign * o.stat.mean if o.stat else math.inf)
         tested = sum(t.test is not None and t.test.p is not None for t in tests[cell])
-        out += ["", f"### {cell}", "", f"{_plural(len(options), 'criterion', 'criteria')}; Holm over {_plural(tested, 'tested pair')}.", "",
+        counts = f"{_plural(len(options), 'criterion', 'criteria')}; Holm over {_plural(tested, 'tested pair')}."
+        out += ["", f"### {cell}", "", counts, "",
                 _table([[o.name, str(len(o.endpoint)), f"{o.macs_fraction:.3f}", _summary(o, m)] for o in ranked],
                        ["criterion", "seeds", "MACs left", m.label]), "",
-                _table([pair_row(t, m) for t in tests[cell] if {t.a, t.b} & set(REPRESENTATION_AWARE)
-                        and {t.a, t.b} & set(BASELINES)], headers)]
+                *_table_or_none([pair_row(t, m) for t in tests[cell] if {t.a, t.b} & set(REPRESENTATION_AWARE)
+                                 and {t.a, t.b} & set(BASELINES)], headers)]
         others = [t for t in tests[cell] if t.significant and not ({t.a, t.b} & set(REPRESENTATION_AWARE)
                                                                    and {t.a, t.b} & set(BASELINES))]
         if others:
