@@ -2,11 +2,14 @@
 
 import colorsys
 import hashlib
+import itertools
 from dataclasses import replace
 
+import numpy as np
 import pytest
-from matplotlib.colors import to_hex
+from matplotlib.colors import to_hex, to_rgb
 
+from src.config import DEPTH_CRITERIA
 from src.errors import UserError
 from src.report import CRITERION_COLORS, build_report, label_color, main, run_style, write_outputs
 from src.report.figures import _styles
@@ -34,6 +37,13 @@ def test_an_unknown_name_gets_a_colour_from_its_sha256_alone():
         expected = to_hex(colorsys.hls_to_rgb(_name_number(name) / 2**32, 0.45, 0.7))
         assert label_color(name) == expected
     assert label_color("snip") != label_color("ex/a")
+
+
+def test_the_depth_criteria_drawn_in_one_panel_have_colours_told_apart():
+    # hashed hues can land next to each other (tail and pons were both orange): at least 0.2 apart in RGB
+    rgb = {name: np.array(to_rgb(label_color(name))) for name in DEPTH_CRITERIA}
+    closest = min(np.linalg.norm(rgb[a] - rgb[b]) for a, b in itertools.combinations(rgb, 2))
+    assert closest >= 0.2
 
 
 def test_variants_of_a_criterion_share_its_colour_and_differ_in_marker_or_line():

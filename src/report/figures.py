@@ -26,8 +26,11 @@ CRITERION_COLORS = {"cka": "#0072B2", "l1": "#D55E00", "l2": "#009E73", "random"
                     "obs": "#009E73",
                     # Torch-Pruning's importances take their counterparts' colours (BN scale: l2's).
                     "tp_l1": "#D55E00", "tp_bn": "#009E73", "tp_taylor": "#E69F00", "tp_random": "#000000"}
-# Variants drawn beside each other in one panel (the budget study's compute figure).
-LABEL_COLORS = {"cka-next": "#56B4E9", "cka-refit": "#882255"}
+# Variants drawn beside each other in one panel (the budget study's compute figure), and the depth
+# criteria (cka_prune.depth), drawn beside cka, cka-refit and random, where no width criterion is.
+LABEL_COLORS = {"cka-next": "#56B4E9", "cka-refit": "#882255",
+                "tail": "#D55E00", "cosine": "#009E73", "angular": "#56B4E9", "loss": "#E69F00",
+                "pons": "#CC79A7", "residual": "#999933"}
 FIGURE_FORMATS = ("png", "pdf", "svg")
 DPI = 150
 
