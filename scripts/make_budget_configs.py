@@ -14,8 +14,12 @@ writes are committed.
 
 from __future__ import annotations
 
-import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from src.config import write_configs  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "config"
 MODEL = {"type": "mlp", "input_size": 784, "hidden_sizes": [512, 512], "output_size": 10, "dropout_rate": 0.5}
@@ -107,10 +111,7 @@ def grid() -> dict[Path, dict]:
 
 def main() -> None:
     configs = {**grid(), **resnet_grid()}
-    for path, raw in configs.items():
-        (CONFIG / path).parent.mkdir(parents=True, exist_ok=True)
-        lines = ",\n".join(f"  {json.dumps(key)}: {json.dumps(value)}" for key, value in raw.items())
-        (CONFIG / path).write_text("{\n" + lines + "\n}\n")
+    write_configs(configs, CONFIG)
     print(f"wrote {len(configs)} configs under {CONFIG}/budget-fmnist*")
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from src.config import SEARCHABLE, PruneParams, TrainParams, load_config, parse_config, with_overrides
+from src.config import SEARCHABLE, PruneParams, TrainParams, load_config, parse_config, with_overrides, write_configs
 from src.errors import UserError
 from src.results import config_description
 
@@ -581,3 +581,11 @@ def test_residual_models_default_their_sizes_and_keep_them_out_of_older_identiti
 ])
 def test_residual_model_and_text_config_errors_are_one_line(path, value, expected, base):
     assert expected in error_of(edited(path, value, base))
+
+
+def test_write_configs_writes_one_top_level_section_per_line_that_reads_back(tmp_path):
+    raw = {"_comment": "a grid's config", "model": {"type": "mlp"}, "seeds": [0, 1]}
+    write_configs({Path("cell", "cka.json"): raw}, tmp_path)
+    text = (tmp_path / "cell" / "cka.json").read_text()
+    assert text == '{\n  "_comment": "a grid\'s config",\n  "model": {"type": "mlp"},\n  "seeds": [0, 1]\n}\n'
+    assert json.loads(text) == raw

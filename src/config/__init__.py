@@ -32,6 +32,7 @@ from src.config.schema import (DataConfig, ExperimentConfig, Hyperband, ModelCon
 from src.config.search import _read_search, _read_wandb
 from src.config.training import _read_data, _read_model, _read_params
 from src.errors import UserError
+from src.io import atomic_write_text
 
 __all__ = [
     "ACTIVATION_CRITERIA", "ALLOCATIONS", "BYTES", "COMPENSATIONS", "CORPUS_SHA256", "CRITERIA", "DATASET_SHAPES",
@@ -43,7 +44,7 @@ __all__ = [
     "DataConfig", "DepthConfig", "DepthParams", "ExperimentConfig", "Hyperband", "ModelConfig", "PruneConfig",
     "PruneParams", "SearchConfig",
     "SearchParameter", "TrainParams", "WandbConfig",
-    "is_seed", "load_config", "parse_config", "with_overrides",
+    "is_seed", "load_config", "parse_config", "with_overrides", "write_configs",
 ]
 
 
@@ -73,6 +74,14 @@ def parse_config(raw: Any, source: Path) -> ExperimentConfig:
         source=source, model=model, data=data, params=params, seeds=tuple(seeds),
         prune=prune, search=search, wandb=wandb, raw=raw, depth=depth,
     )
+
+
+def write_configs(configs: dict[Path, dict], root: Path) -> None:
+    """Write each raw config to ``root / path`` (atomically) in the committed layout: one top-level
+    section per line, so that a grid's configs diff line by line. The study generators' writer."""
+    for path, raw in configs.items():
+        lines = ",\n".join(f"  {json.dumps(key)}: {json.dumps(value)}" for key, value in raw.items())
+        atomic_write_text(Path(root) / path, "{\n" + lines + "\n}\n")
 
 
 def load_config(path: str | Path) -> ExperimentConfig:
