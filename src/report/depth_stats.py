@@ -83,27 +83,37 @@ class PairTest:
         return self.p_holm is not None and self.p_holm < ALPHA
 
 
-def depth_options(cell_dir: Path, count: int, metric: Metric) -> tuple[list[Option], list[DepthResult]]:
-    """The cell's criteria at ``count`` blocks removed (by folder name), and every record it holds."""
-    options, records = [], []
-    for folder in sorted(p for p in Path(cell_dir).iterdir() if p.is_dir()):
-        exp = load_depth_experiment(folder)
-        done = [(r, r.point(count)) for r in exp.seeds if r.point(count) is not None]
-        options.append(Option(Path(cell_dir).name, folder.name,
-                              {r.seed: (p.after_retrain or p.after_prune)[metric.key] for r, p in done},
-                              {r.seed: p.macs for r, p in done}, {r.seed: r.baseline_macs for r, _ in done}))
-        records += exp.seeds
-    return options, records
+def _folders(cell_dir: Path) -> list[Path]:
+    return sorted(p for p in Path(cell_dir).iterdir() if p.is_dir())
 
 
-def width_options(cell_dir: Path, point: int, metric: Metric) -> list[Option]:
-    """The cell's width options at sweep point ``point`` (by folder name)."""
+def load_depth_cell(cell_dir: Path) -> dict[str, list[DepthResult]]:
+    """The cell's depth records by option (folder name), read once for every count."""
+    return {folder.name: list(load_depth_experiment(folder).seeds) for folder in _folders(cell_dir)}
+
+
+def load_width_cell(cell_dir: Path) -> dict[str, list[results.SeedResult]]:
+    """The cell's width records by option (folder name), read once for every sweep point."""
+    return {folder.name: [results.load(path) for path in results.seed_files(folder)] for folder in _folders(cell_dir)}
+
+
+def depth_options(cell: str, records: dict[str, list[DepthResult]], count: int, metric: Metric) -> list[Option]:
+    """The cell's criteria at ``count`` blocks removed, from its records by option."""
     options = []
-    for folder in sorted(p for p in Path(cell_dir).iterdir() if p.is_dir()):
-        seeds = [results.load(path) for path in results.seed_files(folder)]
+    for name, seeds in records.items():
+        done = [(r, r.point(count)) for r in seeds if r.point(count) is not None]
+        options.append(Option(cell, name, {r.seed: (p.after_retrain or p.after_prune)[metric.key] for r, p in done},
+                              {r.seed: p.macs for r, p in done}, {r.seed: r.baseline_macs for r, _ in done}))
+    return options
+
+
+def width_options(cell: str, records: dict[str, list[results.SeedResult]], point: int,
+                  metric: Metric) -> list[Option]:
+    """The cell's width options at sweep point ``point``, from its records by option."""
+    options = []
+    for name, seeds in records.items():
         done = [(s, s.iteration(point)) for s in seeds if s.iteration(point) is not None]
-        options.append(Option(Path(cell_dir).name, folder.name,
-                              {s.seed: (it.after_retrain or it.after_prune)[metric.key] for s, it in done},
+        options.append(Option(cell, name, {s.seed: (it.after_retrain or it.after_prune)[metric.key] for s, it in done},
                               {s.seed: it.macs for s, it in done}, {s.seed: s.baseline_macs for s, _ in done}))
     return options
 
@@ -185,12 +195,13 @@ def load_study(root: Path, cells: Sequence[str], count: int, secondary: Sequence
     missing = [c for c in cells if not (Path(root) / c).is_dir()]
     if missing:
         raise UserError(f"{root}: no cell folder {', '.join(missing)}")
-    loaded = {c: depth_options(Path(root) / c, count, metric) for c in cells}
+    loaded = {c: load_depth_cell(Path(root) / c) for c in cells}
     width = {}
     for budget in dict.fromkeys(c.rsplit("-", 1)[0] for c in cells):
         folder = Path(root) / f"width-{budget}-lstsq"
         if folder.is_dir():
-            width[budget] = {p: width_options(folder, p, metric) for p in (MATCHED, MATCHED_UNPATCHED)}
-    return Study(metric, count, {c: o for c, (o, _) in loaded.items()},
-                 {k: {c: depth_options(Path(root) / c, k, metric)[0] for c in cells} for k in secondary},
-                 width, {c: r for c, (_, r) in loaded.items()})
+            records = load_width_cell(folder)
+            width[budget] = {p: width_options(folder.name, records, p, metric) for p in (MATCHED, MATCHED_UNPATCHED)}
+    return Study(metric, count, {c: depth_options(c, loaded[c], count, metric) for c in cells},
+                 {k: {c: depth_options(c, loaded[c], k, metric) for c in cells} for k in secondary},
+                 width, {c: [r for seeds in loaded[c].values() for r in seeds] for c in cells})
