@@ -37,6 +37,11 @@ class Metric:
     digits: int
     higher_is_better: bool
 
+    @property
+    def sign(self) -> int:
+        """+1 where a higher value is better, -1 where a lower one is: ``sign * value`` orders best last."""
+        return 1 if self.higher_is_better else -1
+
     def value(self, v: float) -> str:
         return f"{self.scale * v:.{self.digits}f}"
 
@@ -142,8 +147,7 @@ def patch_tests(budget: str, none: Sequence[Option], lstsq: Sequence[Option]) ->
 
 def best(options: Sequence[Option], metric: Metric) -> Option:
     """The option with the best mean endpoint."""
-    sign = 1 if metric.higher_is_better else -1
-    return max((o for o in options if o.endpoint), key=lambda o: sign * o.stat.mean)
+    return max((o for o in options if o.endpoint), key=lambda o: metric.sign * o.stat.mean)
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ from src.report.depth_stats import (BASELINES, MATCHED, MATCHED_UNPATCHED, METRI
 from src.report.figures import parse_formats
 from src.report.stats import paired_interval
 
+
 def _plural(n: int, singular: str, plural: str | None = None) -> str:
     return f"{n} {singular if n == 1 else plural or singular + 's'}"
 
@@ -112,6 +113,11 @@ def pair_rows(tests: Sequence[PairTest], kind: str) -> list[dict]:
              "p_holm": t.p_holm, "significant": t.significant} for t in tests]
 
 
+def _headline(t: PairTest) -> bool:
+    """A representation-aware criterion against a baseline."""
+    return bool({t.a, t.b} & set(REPRESENTATION_AWARE) and {t.a, t.b} & set(BASELINES))
+
+
 def criteria_section(study: Study, tests: dict[str, list[PairTest]]) -> list[str]:
     m = study.metric
     headers = test_headers(m)
@@ -121,17 +127,14 @@ def criteria_section(study: Study, tests: dict[str, list[PairTest]]) -> list[str
            "has no test and is out of the family). "
            "Headline: the representation-aware criteria against the baselines; every pair is in `tests.csv`."]
     for cell, options in study.cells.items():
-        sign = -1 if m.higher_is_better else 1
-        ranked = sorted(options, key=lambda o: sign * o.stat.mean if o.stat else math.inf)
+        ranked = sorted(options, key=lambda o: -m.sign * o.stat.mean if o.stat else math.inf)
         tested = sum(t.test is not None and t.test.p is not None for t in tests[cell])
         counts = f"{_plural(len(options), 'criterion', 'criteria')}; Holm over {_plural(tested, 'tested pair')}."
         out += ["", f"### {cell}", "", counts, "",
                 _table([[o.name, str(len(o.endpoint)), f"{o.macs_fraction:.3f}", _summary(o, m)] for o in ranked],
                        ["criterion", "seeds", "MACs left", m.label]), "",
-                *_table_or_none([pair_row(t, m) for t in tests[cell] if {t.a, t.b} & set(REPRESENTATION_AWARE)
-                                 and {t.a, t.b} & set(BASELINES)], headers)]
-        others = [t for t in tests[cell] if t.significant and not ({t.a, t.b} & set(REPRESENTATION_AWARE)
-                                                                   and {t.a, t.b} & set(BASELINES))]
+                *_table_or_none([pair_row(t, m) for t in tests[cell] if _headline(t)], headers)]
+        others = [t for t in tests[cell] if t.significant and not _headline(t)]
         if others:
             out += ["", "Other pairs with Holm p < 0.05:", "", _table([pair_row(t, m) for t in others], headers)]
     return out
