@@ -72,7 +72,8 @@ DEPTH_CELLS = ("e0-none", "e0-lstsq", "e1-none", "e1-lstsq")
 DEPTH_CRITERIA = ("angular", "cka", "cka-refit", "cosine", "loss", "pons", "random", "residual", "tail")
 WIDTH_CELLS = ("width-e0-lstsq", "width-e1-lstsq")
 WIDTH = ("cka", "tp_l1", "tp_taylor")
-# The language model's depth study (config/depth-lm/README.md): validation loss with 1 of 8 blocks removed.
+# The language model's depth study (config/depth-lm/README.md): validation loss with 1 of 8 blocks removed, in
+# the same four cells (DEPTH_CELLS) and a span cell reported on its own.
 DEPTH_LM = "depth-lm"
 DEPTH_LM_CELLS = {"e0-none": DEPTH_CRITERIA, "e0-lstsq": DEPTH_CRITERIA, "e1-none": ("tail",),
                   "e1-lstsq": ("angular", "cka", "cka-refit", "cosine", "residual", "tail"),
@@ -88,6 +89,12 @@ def _cell(study: str, records: str, cell: str, criteria: Sequence[str], out: str
     fixed = () if endpoint is None else ("--fixed-endpoint", endpoint)
     return Regeneration(study, out, cli.main, (*_folders(f"{records}/{cell}", criteria), *fixed, "--all-pairs",
                                         "--out", out, "--format", "png"))
+
+
+def _depth_cell(study: str, root: str, cell: str, criteria: Sequence[str]) -> Regeneration:
+    """A depth cell's own report (``src.report``), from ``root/records/cell`` into ``root/cell``."""
+    return Regeneration(study, f"{root}/{cell}", cli.main,
+                        (*_folders(f"{root}/records/{cell}", criteria), "--out", f"{root}/{cell}"))
 
 
 REGENERATIONS = (
@@ -117,18 +124,14 @@ REGENERATIONS = (
     Regeneration(RESNET_BUDGET, "docs/budget/resnet", grid.main, (
         "docs/budget/resnet/records", "--cells", ",".join(RESNET_CELLS), "--endpoint", RESNET_ENDPOINT,
         "--at", "0.5", "--out", "docs/budget/resnet", "--format", "png,pdf")),
-    *(Regeneration(DEPTH, f"docs/depth/{cell}", cli.main,
-                   (*_folders(f"docs/depth/records/{cell}", DEPTH_CRITERIA), "--out", f"docs/depth/{cell}"))
-      for cell in DEPTH_CELLS),
+    *(_depth_cell(DEPTH, "docs/depth", cell, DEPTH_CRITERIA) for cell in DEPTH_CELLS),
     *(_cell(DEPTH, "docs/depth/records", cell, WIDTH, f"docs/depth/{cell}", "iteration:1") for cell in WIDTH_CELLS),
     Regeneration(DEPTH, "docs/depth/study", depth_study.main, (
         "docs/depth/records", "--cells", ",".join(DEPTH_CELLS), "--count", "6", "--secondary", "3,9",
         "--endpoints", "config/depth-fmnist/README.md", "--out", "docs/depth/study", "--format", "png")),
-    *(Regeneration(DEPTH_LM, f"docs/depth/lm/{cell}", cli.main,
-                   (*_folders(f"docs/depth/lm/records/{cell}", criteria), "--out", f"docs/depth/lm/{cell}"))
-      for cell, criteria in DEPTH_LM_CELLS.items()),
+    *(_depth_cell(DEPTH_LM, "docs/depth/lm", cell, criteria) for cell, criteria in DEPTH_LM_CELLS.items()),
     Regeneration(DEPTH_LM, "docs/depth/lm/study", depth_study.main, (
-        "docs/depth/lm/records", "--cells", "e0-none,e0-lstsq,e1-none,e1-lstsq", "--count", "1", "--secondary", "2,4,6",
+        "docs/depth/lm/records", "--cells", ",".join(DEPTH_CELLS), "--count", "1", "--secondary", "2,4,6",
         "--metric", "val_loss", "--endpoints", "config/depth-lm/README.md", "--out", "docs/depth/lm/study",
         "--format", "png")),
 )
