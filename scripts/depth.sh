@@ -27,10 +27,10 @@ STUDY_NAME=${2:-depth-fmnist}
 # longest jobs (about two minutes each), so that the short ones fill the end.
 case $STUDY_NAME in
   depth-fmnist)
-    OUT=docs/depth SEEDS=9 TRAIN=config/depth-fmnist/e0-none/tail.json
+    OUT=docs/depth LAST_SEED=9 TRAIN=config/depth-fmnist/e0-none/tail.json
     ORDER=(e0-none e0-lstsq width-e0-lstsq e1-none e1-lstsq width-e1-lstsq) ;;
   depth-lm)
-    OUT=docs/depth/lm SEEDS=4 TRAIN=config/depth-lm/e0-none/tail.json
+    OUT=docs/depth/lm LAST_SEED=4 TRAIN=config/depth-lm/e0-none/tail.json
     ORDER=(e1-lstsq e1-none e0-none e0-lstsq span-e0-lstsq) ;;
   *) fail 2 "STUDY must be depth-fmnist or depth-lm, got: $STUDY_NAME" ;;
 esac
@@ -42,12 +42,12 @@ export OMP_NUM_THREADS=1
 start=$(date +%s)
 
 # Every config of the study shares one trained model per seed.
-seq 0 "$SEEDS" | xargs -P "$JOBS" -I{} "$PYTHON" main_train.py "$TRAIN" --seed {} --threads 1 --wandb disabled --models-dir "$MODELS"
+seq 0 "$LAST_SEED" | xargs -P "$JOBS" -I{} "$PYTHON" main_train.py "$TRAIN" --seed {} --threads 1 --wandb disabled --models-dir "$MODELS"
 # The quoted $0, $1, $PYTHON and $MODELS are expanded by each job's bash.
 # shellcheck disable=SC2016
 for cell in "${ORDER[@]}"; do
   for config in "$STUDY/$cell"/*.json; do
-    for seed in $(seq 0 "$SEEDS"); do echo "$config $seed"; done
+    for seed in $(seq 0 "$LAST_SEED"); do echo "$config $seed"; done
   done
 done | PYTHON=$PYTHON MODELS=$MODELS xargs -P "$JOBS" -L 1 bash -c \
   '"$PYTHON" main_prune.py "$0" --seed "$1" --threads 1 --wandb disabled --models-dir "$MODELS"'

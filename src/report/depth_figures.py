@@ -1,9 +1,9 @@
 """The depth study's figures (:mod:`src.report.depth_study`).
 
 - ``accuracy-vs-macs``: one panel per depth cell; each criterion's mean metric over seeds (test
-  accuracy, or validation loss for a language model)
-  against the mean fraction of the dense network's MACs left, at every removal count (the dense
-  model at 1), with the same budget's width options (lstsq) at their rates as open markers.
+  accuracy, or validation loss for a language model) against the mean fraction of the dense
+  network's MACs left, at every removal count (the dense model at 1), with the same budget's width
+  options (lstsq) at their rates as open markers.
 - ``latency``: per timed cell, each criterion's mean metric against its mean one-thread
   latency at batch 1 as a fraction of the dense network's, timed in the same run (the dense
   network at 1, a star), at every removal count. The ratio, not the seconds: on a shared machine
@@ -39,14 +39,12 @@ def curve(records: Sequence[DepthResult], x: str, metric: str) -> list[tuple[flo
     """(mean x, mean ``metric``) at every count all ``records`` have, the dense model first;
     ``x``: ``macs`` or ``latency`` (at batch 1), each as a fraction of the dense network's."""
     def where(r: DepthResult, point) -> float:
-        if point is None:
-            return 1.0
         if x == "macs":
             return point.macs / r.baseline_macs
         return point.latency_seconds["1"] / r.baseline_latency_seconds["1"]
 
     counts = sorted(set.intersection(*({p.count for p in r.points} for r in records)))
-    xy = [(_mean([where(r, None) for r in records]), _mean([r.baseline[metric] for r in records]))]
+    xy = [(1.0, _mean([r.baseline[metric] for r in records]))]
     for k in counts:
         points = [(r, r.point(k)) for r in records]
         xy.append((_mean([where(r, p) for r, p in points]),
