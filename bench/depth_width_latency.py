@@ -24,7 +24,6 @@ from pathlib import Path
 
 import torch
 from tabulate import tabulate
-from torch.utils import benchmark
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -63,19 +62,6 @@ def exported(net: torch.nn.Module, example: torch.Tensor, folder: Path) -> torch
     return torch.export.load(path).module()
 
 
-def program_latency(program: torch.nn.Module, example: torch.Tensor) -> dict[int, float]:
-    """:func:`cka_prune.depth.latency` of an exported program, whose mode was fixed when it was traced
-    (it refuses ``eval()``)."""
-    seconds = {}
-    with torch.no_grad():
-        for size in (1, 64):
-            batch = example[:1].expand(size, *example.shape[1:]).contiguous()
-            program(batch)
-            timer = benchmark.Timer("program(batch)", num_threads=1, globals={"program": program, "batch": batch})
-            seconds[size] = float(timer.blocked_autorange(min_run_time=0.5).median)
-    return seconds
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7, help="timing rounds, the networks in turns (default 7)")
@@ -91,9 +77,7 @@ def main() -> None:
     seconds = {name: {1: [], 64: []} for name in nets}
     for _ in range(args.rounds):
         for name, net in nets.items():
-            timed = (program_latency(net, example) if name.endswith(" [exported]")
-                     else depth.latency(net, example[:1], batch_sizes=(1, 64), threads=1))
-            for batch, s in timed.items():
+            for batch, s in depth.latency(net, example[:1], batch_sizes=(1, 64), threads=1).items():
                 seconds[name][batch].append(s)
     dense = {b: statistics.median(seconds["dense"][b]) for b in (1, 64)}
     rows = []

@@ -28,3 +28,11 @@ def test_latency_has_one_median_per_batch_size():
     timings = depth.latency(model, torch.randn(3, 6), batch_sizes=(1, 4), min_run_time=0.01)
     assert list(timings) == [1, 4] and all(isinstance(t, float) and t > 0 for t in timings.values())
     assert model.training and all(m.training for m in model.modules())
+
+
+def test_an_exported_program_is_timed_as_it_was_traced():
+    # ExportedProgram.module() refuses eval() and train(): its mode was fixed when it was exported
+    model = ResidualMLP().eval()
+    program = torch.export.export(model, (torch.randn(2, 6),), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    timings = depth.latency(program.module(), torch.randn(3, 6), batch_sizes=(1, 4), min_run_time=0.01)
+    assert list(timings) == [1, 4] and all(isinstance(t, float) and t > 0 for t in timings.values())

@@ -74,9 +74,13 @@ def rows(t: torch.Tensor) -> torch.Tensor:
 
 @contextlib.contextmanager
 def evaluating(model: nn.Module) -> Iterator[nn.Module]:
-    """`model` in eval mode and without gradients, its training flags restored after."""
+    """`model` in eval mode and without gradients, its training flags restored after. A `torch.export`
+    program's module refuses `eval()` (its mode was fixed when it was traced): it runs as it is."""
     modes = [(m, m.training) for m in model.modules()]
-    model.eval()
+    try:
+        model.eval()
+    except NotImplementedError:  # refused before any submodule changed: nothing to restore
+        modes = []
     try:
         with torch.no_grad():
             yield model
