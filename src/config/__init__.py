@@ -32,7 +32,6 @@ from src.config.schema import (DataConfig, ExperimentConfig, Hyperband, ModelCon
 from src.config.search import _read_search, _read_wandb
 from src.config.training import _read_data, _read_model, _read_params
 from src.errors import UserError
-from src.io import atomic_write_text
 
 __all__ = [
     "ACTIVATION_CRITERIA", "ALLOCATIONS", "BYTES", "COMPENSATIONS", "CORPUS_SHA256", "CRITERIA", "DATASET_SHAPES",
@@ -77,11 +76,13 @@ def parse_config(raw: Any, source: Path) -> ExperimentConfig:
 
 
 def write_configs(configs: dict[Path, dict], root: Path) -> None:
-    """Write each raw config to ``root / path`` (atomically) in the committed layout: one top-level
-    section per line, so that a grid's configs diff line by line. The study generators' writer."""
+    """Write each raw config to ``root / path`` in the committed layout: one top-level section per
+    line, so that a grid's configs diff line by line. The study generators' writer. (Plain writes:
+    the package stays importable on its own, as the batch scripts' config check imports it.)"""
     for path, raw in configs.items():
         lines = ",\n".join(f"  {json.dumps(key)}: {json.dumps(value)}" for key, value in raw.items())
-        atomic_write_text(Path(root) / path, "{\n" + lines + "\n}\n")
+        (Path(root) / path).parent.mkdir(parents=True, exist_ok=True)
+        (Path(root) / path).write_text("{\n" + lines + "\n}\n")
 
 
 def load_config(path: str | Path) -> ExperimentConfig:
