@@ -12,7 +12,7 @@ import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from src import results
 from src.depth_results import DepthResult
@@ -102,25 +102,26 @@ def load_width_cell(cell_dir: Path) -> dict[str, list[results.SeedResult]]:
     return {folder.name: [results.load(path) for path in results.seed_files(folder)] for folder in _folders(cell_dir)}
 
 
-def depth_options(cell: str, records: dict[str, list[DepthResult]], count: int, metric: Metric) -> list[Option]:
-    """The cell's criteria at ``count`` blocks removed, from its records by option."""
+def _options(cell: str, records: dict[str, list], at: Callable[[Any], Any], metric: Metric) -> list[Option]:
+    """One option per folder: each seed's endpoint and MACs at ``at(record)`` (a depth point or a
+    width iteration; seeds where it is None left out)."""
     options = []
     for name, seeds in records.items():
-        done = [(r, r.point(count)) for r in seeds if r.point(count) is not None]
+        done = [(r, at(r)) for r in seeds if at(r) is not None]
         options.append(Option(cell, name, {r.seed: (p.after_retrain or p.after_prune)[metric.key] for r, p in done},
                               {r.seed: p.macs for r, p in done}, {r.seed: r.baseline_macs for r, _ in done}))
     return options
 
 
+def depth_options(cell: str, records: dict[str, list[DepthResult]], count: int, metric: Metric) -> list[Option]:
+    """The cell's criteria at ``count`` blocks removed, from its records by option."""
+    return _options(cell, records, lambda r: r.point(count), metric)
+
+
 def width_options(cell: str, records: dict[str, list[results.SeedResult]], point: int,
                   metric: Metric) -> list[Option]:
     """The cell's width options at sweep point ``point``, from its records by option."""
-    options = []
-    for name, seeds in records.items():
-        done = [(s, s.iteration(point)) for s in seeds if s.iteration(point) is not None]
-        options.append(Option(cell, name, {s.seed: (it.after_retrain or it.after_prune)[metric.key] for s, it in done},
-                              {s.seed: it.macs for s, it in done}, {s.seed: s.baseline_macs for s, _ in done}))
-    return options
+    return _options(cell, records, lambda s: s.iteration(point), metric)
 
 
 def pair_test(family: str, a: Option, b: Option) -> PairTest:
